@@ -1,0 +1,92 @@
+"""Flowerbed: builds the Dash app from Settings; `server` for gunicorn; `main()` is the CLI."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import dash
+
+from callbacks import shell as shell_callbacks
+from callbacks import tasks as tasks_callbacks
+from callbacks import workers as workers_callbacks
+from components.shell import shell
+from monitor.api import create_blueprint
+from monitor.services import Services, build_services
+from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("flowerbed")
+
+
+def create_app(settings: Settings, services: Services | None = None) -> dash.Dash:
+    """The Dash app; background services start with the first request (or `start_services`)."""
+    services = services or build_services(settings)
+    prefix = normalized_prefix(settings.url_prefix)
+    app = dash.Dash(
+        __name__,
+        url_base_pathname=prefix,
+        assets_folder=str(HERE / "assets"),
+        title="Flowerbed",
+        update_title=None,
+        suppress_callback_exceptions=True,  # pages are rendered by the router callback
+        serve_locally=True,
+    )
+    app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
+    for module in (shell_callbacks, workers_callbacks, tasks_callbacks):
+        module.register(app, services)
+    app.server.register_blueprint(create_blueprint(services, prefix))
+    app.server.before_request(services.start)
+    app.server.config["flowerbed_services"] = services
+    return app
+
+
+def start_services(flask_server) -> None:
+    """Start the collector and inspector of an app built by create_app (gunicorn's worker hook)."""
+    flask_server.config["flowerbed_services"].start()
+
+
+def __getattr__(name):
+    # `gunicorn app:server` builds the app from the environment on first access, not at import.
+    if name == "server":
+        global server
+        server = create_app(_settings_or_exit([])).server
+        return server
+    raise AttributeError(name)
+
+
+def _settings_or_exit(argv) -> Settings:
+    try:
+        return load_settings(argv, os.environ)
+    except SettingsError as exc:
+        print(f"flowerbed: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings_or_exit(sys.argv[1:] if argv is None else argv)
+    app = create_app(settings)
+    from gunicorn.app.base import BaseApplication  # the CLI serves with the same server as the Procfile
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.address}:{settings.port}")
+            self.cfg.set("workers", 1)
+            self.cfg.set("threads", 8)
+            self.cfg.set("accesslog", None)
+            # Threads do not survive a fork: start them in the worker that serves the pages.
+            self.cfg.set("post_worker_init", lambda worker: start_services(app.server))
+
+        def load(self):
+            return app.server
+
+    log.info("Flowerbed on http://%s:%s%s (broker %s, store %s)", settings.address, settings.port,
+             normalized_prefix(settings.url_prefix), settings.broker if not settings.demo else "embedded demo",
+             settings.db)
+    _Gunicorn().run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The Tasks page: search validation, the infinite grid's rows, refresh, and opening a task."""
+from __future__ import annotations
+
+import urllib.parse
+
+from dash import Input, Output, State, no_update
+
+from components.tasks import GRID_FIELDS
+from monitor import search
+from monitor.queries import QueryError, TaskQuery, fetch_tasks
+
+
+def grid_query(request: dict, query: dict) -> TaskQuery:
+    """A TaskQuery from AG Grid's getRowsRequest and the page's search and state chip."""
+    start = int(request.get("startRow") or 0)
+    end = int(request.get("endRow") or start + 100)
+    sort = tuple((item["colId"], item.get("sort") == "desc") for item in request.get("sortModel") or ())
+    return TaskQuery(
+        search=query.get("search") or "",
+        states=(query["state"],) if query.get("state") else (),
+        column_filters=request.get("filterModel") or {},
+        sort=sort or TaskQuery.sort,
+        offset=start,
+        limit=max(1, min(end - start, 1000)),
+    )
+
+
+def register(app, services) -> None:
+    @app.callback(
+        Output("tasks-query", "data"),
+        Output("tasks-search-message", "children"),
+        Output("url", "search"),
+        Input("tasks-search", "value"),
+        Input("tasks-state", "value"),
+        prevent_initial_call=True,
+    )
+    def update_query(text, state):
+        try:
+            search.compile_search(text or "")
+        except search.SearchError as exc:
+            return no_update, f"Search not understood: {exc}", no_update
+        params = {key: value for key, value in (("q", text), ("state", state)) if value}
+        url_search = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return {"search": text or "", "state": state or ""}, "", url_search
+
+    @app.callback(
+        Output("tasks-grid", "getRowsResponse"),
+        Output("tasks-count", "children"),
+        Input("tasks-grid", "getRowsRequest"),
+        State("tasks-query", "data"),
+        prevent_initial_call=True,
+    )
+    def load_rows(request, query):
+        if not request:
+            return no_update, no_update
+        try:
+            page = fetch_tasks(services.store, grid_query(request, query or {}), GRID_FIELDS)
+        except QueryError as exc:
+            return {"rowData": [], "rowCount": 0}, f"Filter not understood: {exc}"
+        count = f"{page.total:,}{'' if page.total_is_exact else '+'} tasks"
+        # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
+        row_count = page.total if page.total_is_exact else None
+        if row_count is None and len(page.rows) < int(request.get("endRow", 0)) - int(request.get("startRow", 0)):
+            row_count = int(request.get("startRow", 0)) + len(page.rows)
+        return {"rowData": page.rows, "rowCount": row_count}, count
+
+    # A new query empties the grid's cache; the interval re-reads the visible blocks in place,
+    # so sort, filters and scroll position stay where the user left them.
+    app.clientside_callback(
+        """function(query) {
+            const api = dash_ag_grid.getApi('tasks-grid');
+            if (api) { api.purgeInfiniteCache(); }
+            return window.dash_clientside.no_update;
+        }""",
+        Output("tasks-grid", "className"),
+        Input("tasks-query", "data"),
+        prevent_initial_call=True,
+    )
+    app.clientside_callback(
+        """function(tick) {
+            const api = dash_ag_grid.getApi('tasks-grid');
+            if (api) { api.refreshInfiniteCache(); }
+            return window.dash_clientside.no_update;
+        }""",
+        Output("tasks-grid", "style"),
+        Input("refresh-tick", "n_intervals"),
+        prevent_initial_call=True,
+    )
+
+    @app.callback(
+        Output("url", "pathname"),
+        Input("tasks-grid", "cellClicked"),
+        prevent_initial_call=True,
+    )
+    def open_task(cell):
+        if not cell or not cell.get("rowId"):
+            return no_update
+        return app.get_relative_path(f"/task/{cell['rowId']}")

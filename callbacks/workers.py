@@ -1,0 +1,40 @@
+"""The Dashboard: worker rows and totals, refreshed on the interval or by the Refresh button."""
+from __future__ import annotations
+
+import time
+
+from dash import Input, Output, Patch, ctx
+
+from components.workers import summary, worker_rows
+
+
+def register(app, services) -> None:
+    @app.callback(
+        Output("workers-grid", "rowData"),
+        Output("stat-online", "children"),
+        Output("stat-active", "children"),
+        Output("stat-succeeded", "children"),
+        Output("stat-failed", "children"),
+        Output("workers-inspected", "children"),
+        Input("refresh-tick", "n_intervals"),
+        Input("workers-refresh", "n_clicks"),
+    )
+    def refresh_workers(_tick, _clicks):
+        if ctx.triggered_id == "workers-refresh":
+            services.inspector.request_refresh()  # runs in the background; the next tick shows it
+        now = time.time()
+        rows = worker_rows(services.store.workers(now), now)
+        totals = summary(rows)
+        last = services.inspector.last_run
+        inspected = f"inspected {now - last:.0f} s ago" if last else "not inspected yet"
+        if ctx.triggered_id == "workers-refresh":
+            inspected = "inspect requested…"
+        return rows, totals["online"], totals["active"], totals["succeeded"], totals["failed"], inspected
+
+    @app.callback(Output("workers-grid", "dashGridOptions"), Input("workers-search", "value"),
+                  prevent_initial_call=True)
+    def filter_workers(text):
+        # AG Grid's quick filter matches any column in the browser; the worker list is small.
+        options = Patch()
+        options["quickFilterText"] = text or ""
+        return options

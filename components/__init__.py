@@ -1,0 +1,1 @@
+"""Layout builders: pure functions from data to Dash components (no callbacks, no I/O)."""

@@ -1,0 +1,40 @@
+"""Small pieces shared by the pages."""
+from __future__ import annotations
+
+import datetime as dt
+
+from dash import html
+
+STATE_CLASSES = {
+    "SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry", "STARTED": "started",
+    "RECEIVED": "received", "PENDING": "pending", "REVOKED": "revoked", "REJECTED": "revoked",
+}
+
+
+def stat_card(label: str, value, card_id: str | None = None, tone: str = "") -> html.Div:
+    value_props = {"id": card_id} if card_id else {}
+    return html.Div([
+        html.Div(label, className="stat-label"),
+        html.Div(value, className="stat-value", **value_props),
+    ], className=f"stat-card {tone}".strip())
+
+
+def state_badge(state: str | None) -> html.Span:
+    return html.Span(state or "UNKNOWN", className=f"badge badge-{STATE_CLASSES.get(state, 'pending')}")
+
+
+def format_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "—"
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def format_number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def page_header(title: str, *extra, subtitle: str | None = None) -> html.Div:
+    return html.Div([
+        html.Div([html.H1(title), html.P(subtitle, className="subtitle") if subtitle else None]),
+        html.Div(list(extra), className="page-actions"),
+    ], className="page-header")

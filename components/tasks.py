@@ -1,0 +1,113 @@
+"""The Tasks page (search, state chips, infinite grid) and the task detail view."""
+from __future__ import annotations
+
+import dash_ag_grid as dag
+from dash import dcc, html
+
+from .common import format_time, page_header, state_badge
+
+STATE_CHIPS = (("All", ""), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
+               ("Retried", "RETRY"), ("Received", "RECEIVED"))
+
+_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "filter": "agNumberColumnFilter",
+         "width": 200}
+TASK_COLUMNS = [
+    {"field": "name", "headerName": "Name", "minWidth": 180, "flex": 2, "filter": "agTextColumnFilter"},
+    {"field": "uuid", "headerName": "UUID", "width": 300, "cellClass": "mono", "filter": "agTextColumnFilter"},
+    {"field": "state", "headerName": "State", "width": 120, "filter": "agTextColumnFilter",
+     "cellClassRules": {f"cell-{css}": f"params.value == '{state}'" for state, css in (
+         ("SUCCESS", "success"), ("FAILURE", "failure"), ("RETRY", "retry"), ("STARTED", "started"),
+         ("RECEIVED", "received"), ("REVOKED", "revoked"))}},
+    {"field": "args", "headerName": "args", "width": 150, "cellClass": "mono", "filter": "agTextColumnFilter"},
+    {"field": "kwargs", "headerName": "kwargs", "width": 150, "cellClass": "mono", "filter": "agTextColumnFilter"},
+    {"field": "result", "headerName": "Result", "width": 150, "cellClass": "mono", "filter": "agTextColumnFilter"},
+    {"field": "received", "headerName": "Received (UTC)", **_TIME},
+    {"field": "started", "headerName": "Started (UTC)", **_TIME},
+    {"field": "runtime", "headerName": "Runtime (s)", "width": 120, "type": "numericColumn",
+     "filter": "agNumberColumnFilter", "valueFormatter": {"function": "flowerbedSeconds(params.value)"}},
+    {"field": "worker", "headerName": "Worker", "width": 170, "filter": "agTextColumnFilter"},
+    {"field": "retries", "headerName": "Retries", "width": 100, "type": "numericColumn", "hide": True,
+     "filter": "agNumberColumnFilter"},
+    {"field": "exception", "headerName": "Exception", "width": 240, "hide": True, "filter": "agTextColumnFilter"},
+]
+GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS)
+SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: exception:, "
+               "combined with AND, OR, NOT/-term, parentheses and \"quotes\". "
+               "Example: name:tasks.add state:FAILURE OR kwargs:user_id=42")
+
+
+def tasks_layout(search: str, state: str) -> html.Div:
+    return html.Div([
+        page_header("Tasks", html.Span(id="tasks-count", className="muted"),
+                    subtitle="Sorting, filtering and paging run in the store; the table refreshes itself."),
+        html.Div([
+            dcc.Input(id="tasks-search", type="search", value=search, debounce=0.4, className="search-input wide",
+                      placeholder="Search tasks: name:tasks.add state:FAILURE, a UUID, or any text…",
+                      spellCheck=False, autoComplete="off"),
+            html.Span("?", className="help", title=SEARCH_HELP),
+        ], className="toolbar"),
+        html.Div(id="tasks-search-message", className="inline-message", role="alert"),
+        dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
+                       value=state, inline=True, className="chips", inputClassName="chip-input",
+                       labelClassName="chip"),
+        dcc.Store(id="tasks-query", data={"search": search, "state": state}),
+        dag.AgGrid(
+            id="tasks-grid",
+            rowModelType="infinite",
+            columnDefs=TASK_COLUMNS,
+            defaultColDef={"sortable": True, "resizable": True,
+                           "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
+                                            "maxNumConditions": 2}},
+            getRowId="params.data.uuid",
+            dashGridOptions={"cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
+                             "infiniteInitialRowCount": 1, "tooltipShowDelay": 300,
+                             "overlayNoRowsTemplate": "No tasks match."},
+            style={"height": "calc(100vh - 290px)", "minHeight": "420px", "width": "100%"},
+            className="grid",
+        ),
+    ])
+
+
+_DETAIL_TIMES = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
+_DETAIL_FIELDS = ("uuid", "name", "state", "worker", "args", "kwargs", "result", "retries", "runtime",
+                  "eta", "expires", "exchange", "routing_key", "client", "root_id", "parent_id")
+
+
+def task_detail(task: dict, relative_path) -> html.Div:
+    def link_or_text(value):
+        if value and value != task["uuid"]:
+            return dcc.Link(value, href=relative_path(f"/task/{value}"), className="mono")
+        return value
+
+    rows = []
+    for field in _DETAIL_FIELDS:
+        value = task.get(field)
+        if field in ("root_id", "parent_id"):
+            value = link_or_text(value)
+        elif field == "state":
+            value = state_badge(value)
+        elif field == "runtime" and value is not None:
+            value = f"{value:.6f} s"
+        rows.append(html.Tr([html.Th(field), html.Td(value if value not in (None, "") else "—")]))
+    times = [html.Tr([html.Th(field), html.Td(format_time(task.get(field)))])
+             for field in _DETAIL_TIMES if task.get(field) is not None]
+    wait = (task["started"] - task["received"]) if task.get("started") and task.get("received") else None
+    if wait is not None:
+        times.append(html.Tr([html.Th("queue wait"), html.Td(f"{wait:.6f} s")]))
+    failure = []
+    if task.get("exception"):
+        failure.append(html.H2("Exception"))
+        failure.append(html.Pre(task["exception"], className="code exception"))
+    if task.get("traceback"):
+        failure.append(html.H2("Traceback"))
+        failure.append(html.Pre(task["traceback"], className="code"))
+    return html.Div([
+        page_header(task.get("name") or "Unknown task", state_badge(task.get("state")),
+                    dcc.Link("← All tasks", href=relative_path("/tasks"), className="button ghost"),
+                    subtitle=task["uuid"]),
+        html.Div([
+            html.Div([html.H2("Task"), html.Table(html.Tbody(rows), className="kv")], className="panel"),
+            html.Div([html.H2("Timeline"), html.Table(html.Tbody(times), className="kv")], className="panel"),
+        ], className="detail-grid"),
+        html.Div(failure, className="panel") if failure else None,
+    ], id="task-detail")

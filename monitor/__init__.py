@@ -1,0 +1,1 @@
+"""Flowerbed's engine: everything that talks to Celery or the store. It never imports Dash."""

@@ -1,0 +1,78 @@
+"""Periodic `inspect` of the workers, in the background; replies go to the store.
+
+No page ever waits on a broadcast: a Refresh button only asks this thread to run early.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+INSPECT_METHODS = ("stats", "active", "reserved", "scheduled", "registered", "active_queues", "conf", "revoked")
+
+
+class Inspector:
+    def __init__(self, celery_app, store: Store, *, interval: float = 10.0, timeout: float = 1.0,
+                 enable_events: bool = True):
+        self.app = celery_app
+        self.store = store
+        self.interval = interval
+        self.timeout = timeout
+        self.enable_events = enable_events
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.last_run: float | None = None
+        self.last_error: str | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run_forever, name="flowerbed-inspector", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def request_refresh(self) -> None:
+        """Run an inspect now (without waiting for it)."""
+        self._wake.set()
+
+    def _run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.inspect_once()
+                self.last_error = None
+            except Exception as exc:  # broker down or a garbled reply: try again next round
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("inspect failed: %s", self.last_error)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def inspect_once(self) -> dict[str, dict]:
+        if self.enable_events:
+            self.app.control.enable_events()
+        known_online = sum(1 for w in self.store.workers() if w["online"])
+        # With a limit the broadcast returns as soon as every worker we know answered.
+        inspect = self.app.control.inspect(timeout=self.timeout, limit=known_online or None)
+        replies: dict[str, dict] = {}
+        for method in INSPECT_METHODS:
+            for hostname, reply in (getattr(inspect, method)() or {}).items():
+                replies.setdefault(hostname, {})[method] = reply
+        now = time.time()
+        if replies:
+            self.store.save_inspection(replies, now)
+        self.last_run = now
+        self.runs += 1
+        return replies

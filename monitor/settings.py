@@ -1,0 +1,135 @@
+"""One Settings object, built from CLI flags and the environment.
+
+Every option has a flag and an environment variable; a flag wins over the environment. Flower's
+variable names are accepted as fallbacks so an existing deployment keeps working.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Mapping, Sequence
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+DEMO_BROKER = "memory://localhost/"
+
+
+class SettingsError(ValueError):
+    """A malformed or unknown option; the message is one line meant for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    broker: str = DEFAULT_BROKER
+    address: str = "127.0.0.1"
+    port: int = 5555
+    db: str = "flowerbed.db"
+    max_tasks: int = 100_000
+    refresh_seconds: float = 3.0
+    inspect_seconds: float = 10.0
+    inspect_timeout: float = 1.0
+    enable_events: bool = True
+    url_prefix: str = ""
+    demo: bool = False
+
+
+# (field, flags, environment variables in order of preference, type, help)
+_OPTIONS = (
+    ("broker", ("--broker", "-b"), ("FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL"), str,
+     "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pass@host:5672//"),
+    ("address", ("--address",), ("FLOWERBED_ADDRESS", "FLOWER_ADDRESS"), str,
+     "address the web server binds to"),
+    ("port", ("--port",), ("FLOWERBED_PORT", "PORT", "FLOWER_PORT"), int,
+     "port the web server listens on"),
+    ("db", ("--db",), ("FLOWERBED_DB", "FLOWER_DB"), str,
+     "SQLite file that keeps task and worker history across restarts"),
+    ("max_tasks", ("--max-tasks",), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
+     "tasks kept in the store; the oldest go first"),
+    ("refresh_seconds", ("--refresh-seconds",), ("FLOWERBED_REFRESH_SECONDS",), float,
+     "how often the pages refresh themselves"),
+    ("inspect_seconds", ("--inspect-seconds",), ("FLOWERBED_INSPECT_SECONDS",), float,
+     "how often workers are inspected (stats, active, registered, queues)"),
+    ("inspect_timeout", ("--inspect-timeout",), ("FLOWERBED_INSPECT_TIMEOUT", "FLOWER_INSPECT_TIMEOUT"), float,
+     "seconds to wait for workers' inspect replies"),
+    ("url_prefix", ("--url-prefix",), ("FLOWERBED_URL_PREFIX", "FLOWER_URL_PREFIX"), str,
+     "serve under this path, e.g. /flower"),
+)
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; we want one clear line
+        raise SettingsError(message)
+
+
+def _positive(name: str, value):
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _convert(kind, raw: str, source: str):
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{source}: expected {'a number' if kind is not str else 'text'}, got {raw!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flowerbed", description="Flowerbed: a Celery monitor with history and runtime charts.")
+    for field, flags, env, kind, help_text in _OPTIONS:
+        default = getattr(Settings, field)
+        parser.add_argument(*flags, dest=field, default=None, metavar=field.upper(),
+                            help=f"{help_text} (env {', '.join(env)}; default {default!r})")
+    parser.add_argument("--no-enable-events", dest="enable_events", action="store_false", default=None,
+                        help="do not ask workers to turn task events on (env FLOWERBED_ENABLE_EVENTS=0)")
+    parser.add_argument("--demo", action="store_true", default=None,
+                        help="run an embedded demo cluster (in-memory broker, workers and traffic); env FLOWERBED_DEMO=1")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment, then defaults. Raises SettingsError with one line."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(list(argv) if argv is not None else [])
+    values = {}
+    for field, _flags, env, kind, _help in _OPTIONS:
+        raw = getattr(args, field)
+        source = f"--{field.replace('_', '-')}"
+        if raw is None:
+            name = next((n for n in env if environ.get(n)), None)
+            if name is None:
+                continue
+            raw, source = environ[name], name
+        values[field] = _convert(kind, raw, source)
+    for field, env in (("enable_events", "FLOWERBED_ENABLE_EVENTS"), ("demo", "FLOWERBED_DEMO")):
+        flag = getattr(args, field)
+        if flag is not None:
+            values[field] = flag
+        elif environ.get(env):
+            try:
+                values[field] = _BOOLEANS[environ[env].strip().lower()]
+            except KeyError:
+                raise SettingsError(f"{env}: expected 1/0, true/false, yes/no or on/off, got {environ[env]!r}") from None
+    settings = Settings(**values)
+    _validate(settings)
+    if settings.demo:
+        settings = dataclasses.replace(settings, broker=DEMO_BROKER)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 < settings.port < 65536:
+        raise SettingsError(f"port must be between 1 and 65535, got {settings.port}")
+    for name in ("max_tasks", "refresh_seconds", "inspect_seconds", "inspect_timeout"):
+        _positive(name.replace("_", "-"), getattr(settings, name))
+    if "://" not in settings.broker:
+        raise SettingsError(f"broker must be a URL such as redis://localhost:6379/0, got {settings.broker!r}")
+    if settings.url_prefix and not settings.url_prefix.strip("/"):
+        raise SettingsError(f"url-prefix must name a path such as /flower, got {settings.url_prefix!r}")
+
+
+def normalized_prefix(url_prefix: str) -> str:
+    """'/flower', 'flower/' and '/flower/' all become '/flower/'; no prefix is '/'."""
+    stripped = url_prefix.strip("/")
+    return f"/{stripped}/" if stripped else "/"

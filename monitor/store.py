@@ -1,0 +1,193 @@
+"""The store: SQLite (standard library, WAL) holding tasks, workers and worker samples.
+
+One writer (the collector's writing thread, or the inspector for inspect replies) and any number of
+readers; each thread gets its own connection because sqlite3 connections are not shared between
+threads. Everything the web side shows is read from here, never from live celery objects.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import Iterable, Sequence
+
+# Task columns in table order. `seq` (the rowid) orders tasks by when they were first seen and
+# drives retention; `uuid` is the key events are merged on.
+TASK_FIELDS = (
+    "uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
+    "retries", "sent", "received", "started", "succeeded", "failed", "retried", "revoked",
+    "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
+    "client", "timestamp",
+)
+TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
+NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime")
+TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
+WORKER_FIELDS = (
+    "hostname", "pid", "freq", "last_heartbeat", "offline_at", "active", "processed", "loadavg",
+    "sw_ident", "sw_ver", "sw_sys",
+)
+# Per-worker counts of task events, kept across restarts (the heartbeat's own `processed`
+# restarts from zero with the worker).
+WORKER_COUNTERS = ("received", "started", "succeeded", "failed", "retried")
+# celery's Worker.alive rule: a worker is gone once two heartbeat periods pass without one.
+HEARTBEAT_EXPIRE_FACTOR = 2.0
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    name TEXT, state TEXT, worker TEXT, args TEXT, kwargs TEXT, result TEXT, exception TEXT,
+    traceback TEXT, retries INTEGER, sent REAL, received REAL, started REAL, succeeded REAL,
+    failed REAL, retried REAL, revoked REAL, rejected REAL, runtime REAL, eta TEXT, expires TEXT,
+    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
+CREATE INDEX IF NOT EXISTS tasks_worker ON tasks(worker);
+CREATE INDEX IF NOT EXISTS tasks_received ON tasks(received);
+CREATE INDEX IF NOT EXISTS tasks_started ON tasks(started);
+CREATE INDEX IF NOT EXISTS tasks_runtime ON tasks(runtime);
+CREATE TABLE IF NOT EXISTS workers (
+    hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
+    active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in WORKER_COUNTERS)},
+    inspect TEXT, inspected_at REAL
+);
+CREATE TABLE IF NOT EXISTS worker_samples (
+    hostname TEXT NOT NULL, at REAL NOT NULL, active INTEGER, load1 REAL, load5 REAL, load15 REAL
+);
+CREATE INDEX IF NOT EXISTS worker_samples_at ON worker_samples(at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_TASK_UPSERT = (
+    f"INSERT INTO tasks ({', '.join(TASK_FIELDS)}) VALUES ({', '.join('?' * len(TASK_FIELDS))}) "
+    "ON CONFLICT(uuid) DO UPDATE SET "
+    # A row written from a partial in-memory task (evicted from the merge state) must not erase
+    # what is stored, nor move a finished task back to an earlier state.
+    + ", ".join(f"{f} = coalesce(excluded.{f}, tasks.{f})" for f in TASK_FIELDS[1:] if f != "state")
+    + ", state = CASE WHEN tasks.state IN ('SUCCESS', 'FAILURE', 'REVOKED') "
+      "AND excluded.state IN ('PENDING', 'RECEIVED', 'STARTED') THEN tasks.state ELSE excluded.state END"
+)
+_WORKER_UPSERT = (
+    f"INSERT INTO workers ({', '.join(WORKER_FIELDS)}) VALUES ({', '.join('?' * len(WORKER_FIELDS))}) "
+    "ON CONFLICT(hostname) DO UPDATE SET "
+    + ", ".join(f"{f} = coalesce(excluded.{f}, workers.{f})" for f in WORKER_FIELDS[1:])
+)
+_COUNTER_UPSERT = (
+    f"INSERT INTO workers (hostname, {', '.join(WORKER_COUNTERS)}) VALUES (?, {', '.join('?' * len(WORKER_COUNTERS))}) "
+    "ON CONFLICT(hostname) DO UPDATE SET "
+    + ", ".join(f"{c} = workers.{c} + excluded.{c}" for c in WORKER_COUNTERS)
+)
+
+
+class Store:
+    def __init__(self, path: str, max_tasks: int = 100_000, sample_days: float = 7.0):
+        self.path = path
+        self.max_tasks = max_tasks
+        self.sample_seconds = sample_days * 86400
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            self._connection().executescript(_SCHEMA)
+
+    # -- connections -------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            self._local.conn = conn
+        return conn
+
+    def query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self._connection().execute(sql, params).fetchall()
+
+    def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
+        conn = self._connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    conn.executemany(sql, rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- writes ------------------------------------------------------------------------------
+    def write_batch(self, tasks: Sequence[tuple] = (), workers: Sequence[tuple] = (),
+                    counters: Sequence[tuple] = (), samples: Sequence[tuple] = ()) -> None:
+        """One transaction for everything a collector batch changed.
+
+        tasks: tuples in TASK_FIELDS order; workers: in WORKER_FIELDS order; counters:
+        (hostname, *increments in WORKER_COUNTERS order); samples: (hostname, at, active, l1, l5, l15).
+        """
+        self._write((
+            (_TASK_UPSERT, tasks),
+            (_WORKER_UPSERT, workers),
+            (_COUNTER_UPSERT, counters),
+            ("INSERT INTO worker_samples VALUES (?, ?, ?, ?, ?, ?)", samples),
+        ))
+
+    def save_inspection(self, replies: dict[str, dict], at: float) -> None:
+        """Inspect replies per worker; a worker that only answered inspect still gets a row."""
+        rows = [(host, json.dumps(reply, default=str), at) for host, reply in replies.items()]
+        self._write(((
+            "INSERT INTO workers (hostname, inspect, inspected_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at",
+            rows),))
+
+    def set_meta(self, key: str, value) -> None:
+        self._write((("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(key, json.dumps(value))]),))
+
+    def get_meta(self, key: str, default=None):
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def enforce_retention(self, now: float | None = None) -> int:
+        """Drop the oldest tasks beyond max_tasks and samples older than the sample window."""
+        now = time.time() if now is None else now
+        excess = self.count_tasks() - self.max_tasks
+        deleted = 0
+        statements = [("DELETE FROM worker_samples WHERE at < ?", [(now - self.sample_seconds,)])]
+        if excess > 0:
+            cutoff = self.query("SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET ?", (excess,))[0]["seq"]
+            statements.append(("DELETE FROM tasks WHERE seq < ?", [(cutoff,)]))
+            deleted = excess
+        self._write(statements)
+        return deleted
+
+    # -- reads -------------------------------------------------------------------------------
+    def count_tasks(self, where: str = "", params: Sequence = ()) -> int:
+        return self.query(f"SELECT count(*) FROM tasks {'WHERE ' + where if where else ''}", params)[0][0]
+
+    def get_task(self, uuid: str) -> dict | None:
+        rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
+        return dict(rows[0]) if rows else None
+
+    def workers(self, now: float | None = None) -> list[dict]:
+        """Every known worker, from events and inspect, with `online` derived from heartbeats."""
+        now = time.time() if now is None else now
+        result = []
+        for row in self.query("SELECT * FROM workers ORDER BY hostname"):
+            worker = dict(row)
+            worker["loadavg"] = json.loads(worker["loadavg"]) if worker["loadavg"] else None
+            worker["inspect"] = json.loads(worker["inspect"]) if worker["inspect"] else {}
+            worker["online"] = is_online(worker, now)
+            result.append(worker)
+        return result
+
+
+def is_online(worker: dict, now: float) -> bool:
+    last = worker.get("last_heartbeat")
+    if last is None:
+        return False
+    if worker.get("offline_at") and worker["offline_at"] >= last:
+        return False
+    return now < last + (worker.get("freq") or 2.0) * HEARTBEAT_EXPIRE_FACTOR

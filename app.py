@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dash
 
+import auth
 from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
 from callbacks import workers as workers_callbacks
@@ -23,10 +24,13 @@ log = logging.getLogger("flowerbed")
 def create_app(settings: Settings, services: Services | None = None) -> dash.Dash:
     """The Dash app; background services start with the first request (or `start_services`)."""
     services = services or build_services(settings)
-    prefix = normalized_prefix(settings.url_prefix)
+    requests_prefix = normalized_prefix(settings.url_prefix)
+    # Behind a proxy that strips the prefix, routes live at / while links keep the prefix.
+    routes_prefix = "/" if settings.url_prefix_stripped else requests_prefix
     app = dash.Dash(
         __name__,
-        url_base_pathname=prefix,
+        routes_pathname_prefix=routes_prefix,
+        requests_pathname_prefix=requests_prefix,
         assets_folder=str(HERE / "assets"),
         title="Flowerbed",
         update_title=None,
@@ -36,7 +40,8 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
     for module in (shell_callbacks, workers_callbacks, tasks_callbacks):
         module.register(app, services)
-    app.server.register_blueprint(create_blueprint(services, prefix))
+    auth.install(app, settings, public_paths=(f"{routes_prefix}healthcheck",))
+    app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act))
     app.server.before_request(services.start)
     app.server.config["flowerbed_services"] = services
     return app

@@ -23,3 +23,18 @@ window.flowerbedAge = dagfuncs.flowerbedAge = function (seconds) {
   if (seconds < 3600) { return (seconds / 60).toFixed(0) + " min ago"; }
   return (seconds / 3600).toFixed(1) + " h ago";
 };
+
+// Navigation from clientside callbacks: the same pushState + event that dcc.Link uses, so the
+// router sees the new path and the browser's back button works.
+window.flowerbedNavigate = function (path) {
+  window.history.pushState({}, "", path);
+  window.dispatchEvent(new CustomEvent("_dashprivate_pushstate"));
+};
+
+// Keep the Tasks page's query in the address bar (shareable, restored by Back) without a re-render.
+window.flowerbedReplaceQuery = function (params) {
+  var query = new URLSearchParams();
+  Object.keys(params).forEach(function (key) { if (params[key]) { query.set(key, params[key]); } });
+  var text = query.toString();
+  window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : ""));
+};

@@ -1,8 +1,6 @@
 """The Tasks page: search validation, the infinite grid's rows, refresh, and opening a task."""
 from __future__ import annotations
 
-import urllib.parse
-
 from dash import Input, Output, State, no_update
 
 from components.tasks import GRID_FIELDS
@@ -17,7 +15,7 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
     sort = tuple((item["colId"], item.get("sort") == "desc") for item in request.get("sortModel") or ())
     return TaskQuery(
         search=query.get("search") or "",
-        states=(query["state"],) if query.get("state") else (),
+        states=(query["state"],) if query.get("state") not in (None, "", "ALL") else (),
         column_filters=request.get("filterModel") or {},
         sort=sort or TaskQuery.sort,
         offset=start,
@@ -29,7 +27,6 @@ def register(app, services) -> None:
     @app.callback(
         Output("tasks-query", "data"),
         Output("tasks-search-message", "children"),
-        Output("url", "search"),
         Input("tasks-search", "value"),
         Input("tasks-state", "value"),
         prevent_initial_call=True,
@@ -38,10 +35,8 @@ def register(app, services) -> None:
         try:
             search.compile_search(text or "")
         except search.SearchError as exc:
-            return no_update, f"Search not understood: {exc}", no_update
-        params = {key: value for key, value in (("q", text), ("state", state)) if value}
-        url_search = f"?{urllib.parse.urlencode(params)}" if params else ""
-        return {"search": text or "", "state": state or ""}, "", url_search
+            return no_update, f"Search not understood: {exc}"
+        return {"search": text or "", "state": state or ""}, ""
 
     @app.callback(
         Output("tasks-grid", "getRowsResponse"),
@@ -57,7 +52,7 @@ def register(app, services) -> None:
             page = fetch_tasks(services.store, grid_query(request, query or {}), GRID_FIELDS)
         except QueryError as exc:
             return {"rowData": [], "rowCount": 0}, f"Filter not understood: {exc}"
-        count = f"{page.total:,}{'' if page.total_is_exact else '+'} tasks"
+        count = f"{page.total:,}{'' if page.total_is_exact else '+'} task{'' if page.total == 1 else 's'}"
         # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
         row_count = page.total if page.total_is_exact else None
         if row_count is None and len(page.rows) < int(request.get("endRow", 0)) - int(request.get("startRow", 0)):
@@ -68,8 +63,8 @@ def register(app, services) -> None:
     # so sort, filters and scroll position stay where the user left them.
     app.clientside_callback(
         """function(query) {
-            const api = dash_ag_grid.getApi('tasks-grid');
-            if (api) { api.purgeInfiniteCache(); }
+            try { dash_ag_grid.getApi('tasks-grid').purgeInfiniteCache(); } catch (notReady) {}
+            window.flowerbedReplaceQuery({q: query.search, state: query.state === 'ALL' ? '' : query.state});
             return window.dash_clientside.no_update;
         }""",
         Output("tasks-grid", "className"),
@@ -78,8 +73,7 @@ def register(app, services) -> None:
     )
     app.clientside_callback(
         """function(tick) {
-            const api = dash_ag_grid.getApi('tasks-grid');
-            if (api) { api.refreshInfiniteCache(); }
+            try { dash_ag_grid.getApi('tasks-grid').refreshInfiniteCache(); } catch (notReady) {}
             return window.dash_clientside.no_update;
         }""",
         Output("tasks-grid", "style"),
@@ -87,12 +81,12 @@ def register(app, services) -> None:
         prevent_initial_call=True,
     )
 
-    @app.callback(
-        Output("url", "pathname"),
+    app.clientside_callback(
+        """function(cell) {
+            if (cell && cell.rowId) { window.flowerbedNavigate('%s' + encodeURIComponent(cell.rowId)); }
+            return window.dash_clientside.no_update;
+        }""" % app.get_relative_path("/task/"),
+        Output("tasks-grid", "id"),
         Input("tasks-grid", "cellClicked"),
         prevent_initial_call=True,
     )
-    def open_task(cell):
-        if not cell or not cell.get("rowId"):
-            return no_update
-        return app.get_relative_path(f"/task/{cell['rowId']}")

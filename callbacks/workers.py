@@ -5,6 +5,7 @@ import time
 
 from dash import Input, Output, Patch, ctx
 
+import auth
 from components.workers import summary, worker_rows
 
 
@@ -20,15 +21,17 @@ def register(app, services) -> None:
         Input("workers-refresh", "n_clicks"),
     )
     def refresh_workers(_tick, _clicks):
-        if ctx.triggered_id == "workers-refresh":
+        refresh_clicked = ctx.triggered_id == "workers-refresh"
+        allowed = refresh_clicked and auth.can_act()
+        if allowed:
             services.inspector.request_refresh()  # runs in the background; the next tick shows it
         now = time.time()
         rows = worker_rows(services.store.workers(now), now)
         totals = summary(rows)
         last = services.inspector.last_run
         inspected = f"inspected {now - last:.0f} s ago" if last else "not inspected yet"
-        if ctx.triggered_id == "workers-refresh":
-            inspected = "inspect requested…"
+        if refresh_clicked:
+            inspected = "inspect requested…" if allowed else "read-only users cannot trigger an inspect"
         return rows, totals["online"], totals["active"], totals["succeeded"], totals["failed"], inspected
 
     @app.callback(Output("workers-grid", "dashGridOptions"), Input("workers-search", "value"),

@@ -16,6 +16,8 @@ def shell(relative_path, refresh_ms: int) -> html.Div:
             html.Nav([dcc.Link(label, href=relative_path(f"/{path}"), className="nav-link", id=f"nav-{path or 'dashboard'}")
                       for label, path in NAV_ITEMS], className="nav"),
             html.Div(id="collector-status", className="collector-status"),
+            html.Button("◐", id="theme-toggle", className="theme-toggle", title="Switch light / dark theme",
+                        **{"aria-label": "Switch light or dark theme"}),
         ], className="topbar"),
         html.Main(id="page", className="page"),
     ], className="app")

@@ -6,14 +6,14 @@ from dash import dcc, html
 
 from .common import format_time, page_header, state_badge
 
-STATE_CHIPS = (("All", ""), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
+STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
                ("Retried", "RETRY"), ("Received", "RECEIVED"))
 
-_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "filter": "agNumberColumnFilter",
-         "width": 200}
+_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "filter": "agDateColumnFilter",
+         "width": 205}
 TASK_COLUMNS = [
     {"field": "name", "headerName": "Name", "minWidth": 180, "flex": 2, "filter": "agTextColumnFilter"},
-    {"field": "uuid", "headerName": "UUID", "width": 300, "cellClass": "mono", "filter": "agTextColumnFilter"},
+    {"field": "uuid", "headerName": "UUID", "width": 290, "cellClass": "mono", "filter": "agTextColumnFilter"},
     {"field": "state", "headerName": "State", "width": 120, "filter": "agTextColumnFilter",
      "cellClassRules": {f"cell-{css}": f"params.value == '{state}'" for state, css in (
          ("SUCCESS", "success"), ("FAILURE", "failure"), ("RETRY", "retry"), ("STARTED", "started"),
@@ -37,6 +37,7 @@ SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: e
 
 
 def tasks_layout(search: str, state: str) -> html.Div:
+    state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     return html.Div([
         page_header("Tasks", html.Span(id="tasks-count", className="muted"),
                     subtitle="Sorting, filtering and paging run in the store; the table refreshes itself."),
@@ -48,8 +49,7 @@ def tasks_layout(search: str, state: str) -> html.Div:
         ], className="toolbar"),
         html.Div(id="tasks-search-message", className="inline-message", role="alert"),
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
-                       value=state, inline=True, className="chips", inputClassName="chip-input",
-                       labelClassName="chip"),
+                       value=state, inline=True, className="chips", labelClassName="chip"),
         dcc.Store(id="tasks-query", data={"search": search, "state": state}),
         dag.AgGrid(
             id="tasks-grid",
@@ -59,9 +59,9 @@ def tasks_layout(search: str, state: str) -> html.Div:
                            "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
                                             "maxNumConditions": 2}},
             getRowId="params.data.uuid",
-            dashGridOptions={"cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
+            dashGridOptions={"rowHeight": 34, "headerHeight": 38, "cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
                              "infiniteInitialRowCount": 1, "tooltipShowDelay": 300,
-                             "overlayNoRowsTemplate": "No tasks match."},
+                             "localeText": {"noRowsToShow": "No tasks match."}},
             style={"height": "calc(100vh - 290px)", "minHeight": "420px", "width": "100%"},
             className="grid",
         ),

@@ -58,8 +58,9 @@ def _states_arg() -> tuple[str, ...]:
     return tuple(s.strip().upper() for s in request.args.get("state", "").split(",") if s.strip())
 
 
-def create_blueprint(services, prefix: str) -> Blueprint:
-    """Routes under `prefix` ('/' or '/flower/'), reading `services.store`."""
+def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
+    """Routes under `prefix` ('/' or '/flower/'), reading `services.store`; `may_act()` says
+    whether the current user may trigger actions."""
     api = Blueprint("flowerbed_api", __name__, url_prefix=prefix.rstrip("/") or None)
     store = services.store
 
@@ -83,6 +84,8 @@ def create_blueprint(services, prefix: str) -> Blueprint:
                 continue
             result[worker["hostname"]] = _flower_worker(worker)
         if request.args.get("refresh") in ("1", "true"):
+            if not may_act():
+                return _error(403, "read-only users cannot trigger an inspect")
             services.inspector.request_refresh()
         return jsonify(result)
 

@@ -217,6 +217,9 @@ def task_row(task) -> tuple:
         value = getattr(task, field, None)
         if field == "worker":
             value = value.hostname if value is not None else None
+        elif field == "runtime" and value is None and task.failed and task.started:
+            # task-failed events carry no runtime; both stamps come from the same worker clock.
+            value = max(0.0, task.failed - task.started)
         values.append(_scalar(value))
     return tuple(values)
 

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEMO_BROKER = "memory://localhost/"
+DEMO_DB = "flowerbed-demo.db"
 
 
 class SettingsError(ValueError):
@@ -30,7 +31,23 @@ class Settings:
     inspect_timeout: float = 1.0
     enable_events: bool = True
     url_prefix: str = ""
+    url_prefix_stripped: bool = False
+    basic_auth: str = ""
+    basic_auth_readonly: str = ""
+    no_auth: bool = False
     demo: bool = False
+
+    @property
+    def admins(self) -> dict[str, str]:
+        return parse_users(self.basic_auth, "basic-auth")
+
+    @property
+    def viewers(self) -> dict[str, str]:
+        return parse_users(self.basic_auth_readonly, "basic-auth-readonly")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth or self.basic_auth_readonly)
 
 
 # (field, flags, environment variables in order of preference, type, help)
@@ -53,6 +70,21 @@ _OPTIONS = (
      "seconds to wait for workers' inspect replies"),
     ("url_prefix", ("--url-prefix",), ("FLOWERBED_URL_PREFIX", "FLOWER_URL_PREFIX"), str,
      "serve under this path, e.g. /flower"),
+    ("basic_auth", ("--basic-auth",), ("FLOWERBED_BASIC_AUTH", "FLOWER_BASIC_AUTH"), str,
+     "admin users as user:password pairs separated by commas; a password may be a werkzeug hash"),
+    ("basic_auth_readonly", ("--basic-auth-readonly",), ("FLOWERBED_BASIC_AUTH_READONLY",), str,
+     "read-only users (see everything, can trigger no action), same format as --basic-auth"),
+)
+# (field, flag, environment variable, help) for on/off switches
+_SWITCHES = (
+    ("enable_events", "--no-enable-events", "FLOWERBED_ENABLE_EVENTS",
+     "do not ask workers to turn task events on"),
+    ("url_prefix_stripped", "--url-prefix-stripped", "FLOWERBED_URL_PREFIX_STRIPPED",
+     "the reverse proxy removes --url-prefix before forwarding (nginx: proxy_pass http://host:port/;)"),
+    ("no_auth", "--no-auth", "FLOWERBED_NO_AUTH",
+     "allow binding to a non-loopback address without basic auth"),
+    ("demo", "--demo", "FLOWERBED_DEMO",
+     "run an embedded demo cluster (in-memory broker, workers and traffic)"),
 )
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -81,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(Settings, field)
         parser.add_argument(*flags, dest=field, default=None, metavar=field.upper(),
                             help=f"{help_text} (env {', '.join(env)}; default {default!r})")
-    parser.add_argument("--no-enable-events", dest="enable_events", action="store_false", default=None,
-                        help="do not ask workers to turn task events on (env FLOWERBED_ENABLE_EVENTS=0)")
-    parser.add_argument("--demo", action="store_true", default=None,
-                        help="run an embedded demo cluster (in-memory broker, workers and traffic); env FLOWERBED_DEMO=1")
+    for field, flag, env, help_text in _SWITCHES:
+        turns_off = flag.startswith("--no-") and not field.startswith("no_")
+        parser.add_argument(flag, dest=field, action="store_false" if turns_off else "store_true", default=None,
+                            help=f"{help_text} (env {env}={'0' if turns_off else '1'})")
     return parser
 
 
@@ -102,7 +134,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
                 continue
             raw, source = environ[name], name
         values[field] = _convert(kind, raw, source)
-    for field, env in (("enable_events", "FLOWERBED_ENABLE_EVENTS"), ("demo", "FLOWERBED_DEMO")):
+    for field, _flag, env, _help in _SWITCHES:
         flag = getattr(args, field)
         if flag is not None:
             values[field] = flag
@@ -113,8 +145,9 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
                 raise SettingsError(f"{env}: expected 1/0, true/false, yes/no or on/off, got {environ[env]!r}") from None
     settings = Settings(**values)
     _validate(settings)
-    if settings.demo:
-        settings = dataclasses.replace(settings, broker=DEMO_BROKER)
+    if settings.demo:  # the demo's history stays apart from a real cluster's
+        settings = dataclasses.replace(settings, broker=DEMO_BROKER,
+                                       db=values.get("db", DEMO_DB))
     return settings
 
 
@@ -127,6 +160,30 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"broker must be a URL such as redis://localhost:6379/0, got {settings.broker!r}")
     if settings.url_prefix and not settings.url_prefix.strip("/"):
         raise SettingsError(f"url-prefix must name a path such as /flower, got {settings.url_prefix!r}")
+    if settings.url_prefix_stripped and not settings.url_prefix:
+        raise SettingsError("url-prefix-stripped needs --url-prefix (the path the proxy serves under)")
+    overlap = set(settings.admins) & set(settings.viewers)
+    if overlap:
+        raise SettingsError(f"user {sorted(overlap)[0]!r} is in both --basic-auth and --basic-auth-readonly")
+    if not settings.auth_enabled and not settings.no_auth and settings.address not in LOOPBACK:
+        raise SettingsError(f"refusing to serve on {settings.address} without basic auth: "
+                            "set --basic-auth user:password, or pass --no-auth to allow it")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_users(text: str, option: str) -> dict[str, str]:
+    """'ann:secret,bob:pbkdf2:sha256:...' → {'ann': 'secret', 'bob': 'pbkdf2:sha256:...'}."""
+    users = {}
+    for entry in filter(None, (part.strip() for part in (text or "").split(","))):
+        user, sep, password = entry.partition(":")
+        if not user:
+            raise SettingsError(f"{option}: expected user:password pairs separated by commas; an entry has no user")
+        if not sep or not password:
+            raise SettingsError(f"{option}: expected user:password pairs separated by commas; {user!r} has no password")
+        users[user] = password
+    return users
 
 
 def normalized_prefix(url_prefix: str) -> str:

@@ -1,8 +1,24 @@
-"""Read by gunicorn from the working directory (the Procfile's command): starts the collector
-and inspector in the worker process, since threads started before the fork would not survive it."""
+"""Read by gunicorn from the working directory, so the Procfile's command gets it too."""
+
+
+def on_starting(server):
+    """Refuse to listen beyond loopback without auth, as the CLI does."""
+    import sys
+
+    from monitor.settings import SettingsError, check_exposure, load_settings
+
+    try:
+        settings = load_settings([])
+        for bind in server.cfg.bind:
+            check_exposure(settings, bind.rsplit(":", 1)[0] if ":" in bind else bind)
+    except SettingsError as exc:
+        print(f"flowerbed: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def post_worker_init(worker):
+    """Start the collector and inspector in the worker: threads started before the fork would
+    not survive it."""
     import app
 
     app.start_services(app.server)

@@ -23,7 +23,11 @@ def register(app, services) -> None:
 
 def route(app, services, pathname: str | None, search: str | None):
     """The page for a path (without the URL prefix)."""
-    path = app.strip_relative_path(pathname or "/") or ""
+    prefix = app.config.requests_pathname_prefix
+    pathname = pathname or prefix
+    if not (pathname + "/").startswith(prefix):
+        return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
+    path = app.strip_relative_path(pathname) or ""
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
         return dashboard_layout(worker_rows(services.store.workers(), time.time()))

@@ -68,6 +68,8 @@ class Inspector:
         inspect = self.app.control.inspect(timeout=self.timeout, limit=known_online or None)
         replies: dict[str, dict] = {}
         for method in INSPECT_METHODS:
+            if self._stop.is_set():
+                break
             for hostname, reply in (getattr(inspect, method)() or {}).items():
                 replies.setdefault(hostname, {})[method] = reply
         now = time.time()

@@ -58,7 +58,7 @@ _OPTIONS = (
      "address the web server binds to"),
     ("port", ("--port",), ("FLOWERBED_PORT", "PORT", "FLOWER_PORT"), int,
      "port the web server listens on"),
-    ("db", ("--db",), ("FLOWERBED_DB", "FLOWER_DB"), str,
+    ("db", ("--db",), ("FLOWERBED_DB",), str,
      "SQLite file that keeps task and worker history across restarts"),
     ("max_tasks", ("--max-tasks",), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
      "tasks kept in the store; the oldest go first"),
@@ -165,12 +165,17 @@ def _validate(settings: Settings) -> None:
     overlap = set(settings.admins) & set(settings.viewers)
     if overlap:
         raise SettingsError(f"user {sorted(overlap)[0]!r} is in both --basic-auth and --basic-auth-readonly")
-    if not settings.auth_enabled and not settings.no_auth and settings.address not in LOOPBACK:
-        raise SettingsError(f"refusing to serve on {settings.address} without basic auth: "
+    check_exposure(settings, settings.address)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def check_exposure(settings: Settings, address: str) -> None:
+    """Serving beyond this machine without auth must be asked for explicitly."""
+    if not settings.auth_enabled and not settings.no_auth and address not in LOOPBACK:
+        raise SettingsError(f"refusing to serve on {address} without basic auth: "
                             "set --basic-auth user:password, or pass --no-auth to allow it")
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_users(text: str, option: str) -> dict[str, str]:

@@ -1,0 +1,153 @@
+"""Basic auth, roles and URL prefixes through Flask's test client (the real app, no server)."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from werkzeug.security import generate_password_hash
+
+import app as flowerbed_app
+from monitor.settings import load_settings
+
+ADMIN = ("ada", "correct horse")
+VIEWER = ("vic", "battery staple")
+MALFORMED_HEADERS = [
+    "Basic",
+    "Basic ",
+    "Basic !!!not-base64!!!",
+    "Bearer abc.def.ghi",
+    "Basic " + base64.b64encode(b"no-colon-here").decode(),
+    "Basic " + base64.b64encode(b"\xff\xfe\xfa:\x00").decode(),
+    "basic" + base64.b64encode(b"ada:correct horse").decode(),
+    "Basic " + base64.b64encode(b"ada:wrong").decode(),
+    "Basic " + base64.b64encode(b"nobody:correct horse").decode(),
+    "Digest username=ada",
+]
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def build(tmp_path, *flags):
+    settings = load_settings([
+        "--broker", "memory://localhost/", "--db", str(tmp_path / "access.db"),
+        "--basic-auth", f"{ADMIN[0]}:{generate_password_hash(ADMIN[1])}",
+        "--basic-auth-readonly", f"{VIEWER[0]}:{VIEWER[1]}", *flags,
+    ], environ={})
+    dash_app = flowerbed_app.create_app(settings)
+    yield dash_app
+    dash_app.server.config["flowerbed_services"].stop()
+
+
+@pytest.fixture(params=["", "/flower"], ids=["root", "prefix"])
+def dash_app(request, tmp_path):
+    flags = ("--url-prefix", request.param) if request.param else ()
+    yield from build(tmp_path, *flags)
+
+
+def concrete_urls(dash_app) -> list[tuple[str, str]]:
+    """Every rule of the app's URL map, with placeholders filled, and its methods."""
+    urls = []
+    for rule in dash_app.server.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: "x" + m.group(1), rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            urls.append((method, path))
+    return urls
+
+
+def health_path(dash_app) -> str:
+    return dash_app.config.routes_pathname_prefix + "healthcheck"
+
+
+def test_every_route_needs_credentials(dash_app):
+    client = dash_app.server.test_client()
+    urls = concrete_urls(dash_app)
+    assert len(urls) >= 12  # pages, Dash internals, API, health
+    for method, path in urls:
+        if path == health_path(dash_app):
+            continue
+        response = client.open(path, method=method)
+        assert response.status_code == 401, (method, path, response.status_code)
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_malformed_authorization_is_401_never_500(dash_app):
+    client = dash_app.server.test_client()
+    prefix = dash_app.config.routes_pathname_prefix
+    for header in MALFORMED_HEADERS:
+        for path in (prefix, prefix + "api/workers", prefix + "_dash-layout"):
+            response = client.get(path, headers={"Authorization": header})
+            assert response.status_code == 401, (header, path, response.status_code)
+
+
+def test_callback_route_needs_credentials(dash_app):
+    client = dash_app.server.test_client()
+    body = {"output": "page.children", "outputs": {"id": "page", "property": "children"},
+            "inputs": [{"id": "url", "property": "pathname", "value": "/healthcheck"}],
+            "changedPropIds": ["url.pathname"], "state": [{"id": "url", "property": "search", "value": ""}]}
+    path = dash_app.config.routes_pathname_prefix + "_dash-update-component"
+    assert client.post(path, json=body).status_code == 401
+    assert client.post(path, json=body, headers=basic(*VIEWER)).status_code == 200
+
+
+def test_health_check_stays_open(dash_app):
+    response = dash_app.server.test_client().get(health_path(dash_app))
+    assert response.status_code == 200
+    assert response.data == b"OK"
+
+
+@pytest.mark.parametrize("user", [ADMIN, VIEWER], ids=["admin", "viewer"])
+def test_each_role_sees_every_page_and_api(dash_app, user):
+    client = dash_app.server.test_client()
+    prefix = dash_app.config.routes_pathname_prefix
+    for path in ("", "tasks", "task/unknown", "_dash-layout", "_dash-dependencies", "api/workers",
+                 "api/tasks?limit=5", "api/collector"):
+        response = client.get(prefix + path, headers=basic(*user))
+        assert response.status_code == 200, (path, response.status_code)
+
+
+def test_viewer_cannot_trigger_actions(dash_app):
+    client = dash_app.server.test_client()
+    path = dash_app.config.routes_pathname_prefix + "api/workers?refresh=1"
+    denied = client.get(path, headers=basic(*VIEWER))
+    assert denied.status_code == 403
+    assert "read-only" in denied.get_json()["error"]
+    assert client.get(path, headers=basic(*ADMIN)).status_code == 200
+
+
+def assert_links_under_flower(html: str) -> None:
+    config = json.loads(re.search(r'<script id="_dash-config" type="application/json">(.*?)</script>', html,
+                                  re.S).group(1))
+    assert config["requests_pathname_prefix"] == "/flower/"
+    assert re.search(r'src="/flower/_dash-component-suites/', html)
+    assert re.search(r'href="/flower/assets/style\.css', html)
+    assert not re.search(r'(src|href)="/_dash', html)
+
+
+def test_pages_reference_assets_under_the_prefix(tmp_path):
+    for app_ in build(tmp_path, "--url-prefix", "/flower"):
+        assert_links_under_flower(app_.server.test_client().get("/flower/", headers=basic(*ADMIN)).get_data(as_text=True))
+
+
+def test_stripping_proxy_mode_routes_at_root_links_with_prefix(tmp_path):
+    for app_ in build(tmp_path, "--url-prefix", "/flower", "--url-prefix-stripped"):
+        client = app_.server.test_client()
+        assert client.get("/healthcheck").status_code == 200
+        assert client.get("/flower/healthcheck").status_code != 200  # the proxy took the prefix off
+        assert_links_under_flower(client.get("/", headers=basic(*ADMIN)).get_data(as_text=True))
+        assert client.get("/api/tasks", headers=basic(*ADMIN)).status_code == 200
+
+
+def test_secret_key_is_kept_beside_the_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOWERBED_SECRET_KEY", raising=False)
+    keys = []
+    for _ in range(2):
+        for app_ in build(tmp_path):
+            keys.append(app_.server.secret_key)
+    assert keys[0] and keys[0] == keys[1]
+    secret_file = tmp_path / "access.db.secret"
+    assert secret_file.read_text().strip() == keys[0]
+    assert secret_file.stat().st_mode & 0o077 == 0

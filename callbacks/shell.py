@@ -16,18 +16,33 @@ def register(app, services) -> None:
     def render_page(pathname, search):
         return route(app, services, pathname, search)
 
+    nav_ids = [f"nav-{path or 'dashboard'}" for _label, path in shell_components.NAV_ITEMS]
+
+    @app.callback([Output(nav_id, "className") for nav_id in nav_ids], Input("url", "pathname"))
+    def highlight_nav(pathname):
+        section = (safe_strip(app, pathname) or "").split("/")[0] or "dashboard"
+        current = "nav-tasks" if section == "task" else f"nav-{section}"
+        return ["nav-link active" if nav_id == current else "nav-link" for nav_id in nav_ids]
+
     @app.callback(Output("collector-status", "children"), Input("refresh-tick", "n_intervals"))
     def show_collector_status(_tick):
         return shell_components.collector_status(services.collector_stats())
 
 
-def route(app, services, pathname: str | None, search: str | None):
-    """The page for a path (without the URL prefix)."""
+def safe_strip(app, pathname: str | None) -> str | None:
+    """The path without the URL prefix ('' for the home page), None when outside the prefix."""
     prefix = app.config.requests_pathname_prefix
     pathname = pathname or prefix
     if not (pathname + "/").startswith(prefix):
+        return None
+    return app.strip_relative_path(pathname) or ""
+
+
+def route(app, services, pathname: str | None, search: str | None):
+    """The page for a path (without the URL prefix)."""
+    path = safe_strip(app, pathname)
+    if path is None:
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
-    path = app.strip_relative_path(pathname) or ""
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
         return dashboard_layout(worker_rows(services.store.workers(), time.time()))

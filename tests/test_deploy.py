@@ -1,0 +1,235 @@
+"""Deployment as users do it: the Procfile's command, the one-command demo, and real nginx in front
+with the prefix kept and stripped, driven by a real browser."""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+USER, PASSWORD = "ops", "tulips"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str, auth: bool = True, timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_for(check, timeout: float, what: str):
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, ValueError) as exc:  # not listening yet, half-written JSON
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Process:
+    """A subprocess whose output goes to a file, stopped at the end of the test."""
+
+    def __init__(self, command, log_path: Path, env=None, cwd=ROOT, shell=False):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     shell=shell, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def processes():
+    started = []
+    yield lambda *args, **kwargs: started.append(Process(*args, **kwargs)) or started[-1]
+    for process in reversed(started):
+        process.stop()
+
+
+def demo_server(processes, tmp_path, name: str, *flags) -> str:
+    port = free_port()
+    processes([sys.executable, "app.py", "--demo", "--db", str(tmp_path / f"{name}.db"), "--port", str(port),
+               "--basic-auth", f"{USER}:{PASSWORD}", "--refresh-seconds", "1", *flags], tmp_path / f"{name}.log")
+    return f"http://127.0.0.1:{port}"
+
+
+def online_workers(base: str) -> int:
+    import json
+
+    status, body = get(f"{base}/api/workers")
+    return status == 200 and sum(1 for worker in json.loads(body).values() if worker["status"])
+
+
+def test_procfile_command_serves_pages_through_basic_auth(processes, tmp_path):
+    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
+    command = line.split(":", 1)[1].strip()
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "FLOWERBED_DEMO": "1", "FLOWERBED_DB": str(tmp_path / "paas.db"),
+           "FLOWERBED_BASIC_AUTH": f"{USER}:{PASSWORD}"}
+    server = processes(command, tmp_path / "procfile.log", env=env, shell=True)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get(f"{base}/healthcheck", auth=False)[0] == 200, 30, f"the Procfile's server\n{server.output()}")
+    assert get(f"{base}/", auth=False)[0] == 401
+    status, body = get(f"{base}/")
+    assert status == 200 and b"Flowerbed" in body
+    # The collector runs inside gunicorn's worker (gunicorn.conf.py), so workers appear.
+    wait_for(lambda: online_workers(base) == 3, 20, "the demo workers through the Procfile's server")
+
+
+def test_procfile_command_refuses_public_address_without_auth(tmp_path):
+    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
+    env = {key: value for key, value in os.environ.items() if "AUTH" not in key}
+    env.update(PORT=str(free_port()), FLOWERBED_DEMO="1", FLOWERBED_DB=str(tmp_path / "open.db"))
+    result = subprocess.run(line.split(":", 1)[1], shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "without basic auth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_shows_workers_and_tasks_within_seconds(processes, tmp_path):
+    import json
+
+    base = demo_server(processes, tmp_path, "demo")
+    wait_for(lambda: get(f"{base}/healthcheck", auth=False)[0] == 200, 30, "the demo server")
+    started = time.monotonic()
+    wait_for(lambda: online_workers(base) == 3, 5, "three online demo workers")
+    tasks = wait_for(lambda: json.loads(get(f"{base}/api/tasks?limit=50")[1]) or None, 5, "demo tasks")
+    assert time.monotonic() - started < 10
+    assert {task["worker"] for task in tasks.values() if task["worker"]} <= {
+        "demo-alpha@flowerbed", "demo-beta@flowerbed", "demo-gamma@flowerbed"}
+    wait_for(lambda: any(t["state"] == "SUCCESS" for t in json.loads(get(f"{base}/api/tasks?limit=200")[1]).values()),
+             10, "a finished demo task")
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+user root root;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /flower/ {{
+            proxy_pass {upstream};
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_in_front(processes, tmp_path: Path, name: str, upstream: str) -> str:
+    if not Path(NGINX).exists():
+        pytest.fail("nginx is not installed: tests/run.sh installs Debian's nginx-light")
+    workdir = tmp_path / name
+    workdir.mkdir()
+    port = free_port()
+    (workdir / "nginx.conf").write_text(NGINX_CONF.format(tmp=workdir, port=port, upstream=upstream))
+    processes([NGINX, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)], workdir / "nginx.log")
+    return f"http://127.0.0.1:{port}/flower"
+
+
+# (mode, flowerbed flags, nginx proxy_pass suffix): keeping the prefix passes the path on as it is;
+# with a trailing slash nginx replaces /flower/ with /.
+PROXY_MODES = [
+    ("keeps-prefix", ("--url-prefix", "/flower"), ""),
+    ("strips-prefix", ("--url-prefix", "/flower", "--url-prefix-stripped"), "/"),
+]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("mode, flags, proxy_suffix", PROXY_MODES, ids=[m[0] for m in PROXY_MODES])
+def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_suffix):
+    direct = demo_server(processes, tmp_path, mode, *flags)
+    wait_for(lambda: get(f"{direct}/healthcheck", auth=False)[0] == 200 or
+             get(f"{direct}/flower/healthcheck", auth=False)[0] == 200, 30, "the monitor")
+    front = nginx_in_front(processes, tmp_path, f"nginx-{mode}", direct + proxy_suffix)
+    wait_for(lambda: get(f"{front}/healthcheck", auth=False)[0] == 200, 15, "nginx's proxied health check")
+    assert get(f"{front}/api/workers", auth=False)[0] == 401
+    wait_for(lambda: online_workers(front) == 3, 20, "workers through nginx")
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900},
+                                  http_credentials={"username": USER, "password": PASSWORD})
+    page = context.new_page()
+    problems = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+            if response.status >= 400 and "favicon" not in response.url else None)
+    page.goto(f"{front}/")
+    page.wait_for_selector("#workers-grid .ag-row", timeout=15_000)
+    assert page.locator("#workers-grid .ag-row [col-id=status]").all_inner_texts().count("Online") == 3
+
+    page.click("#nav-tasks")
+    page.wait_for_selector("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]", timeout=15_000)
+    assert page.evaluate("location.pathname") == "/flower/tasks"
+    uuid = page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]").first.inner_text()
+    page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=name]").first.click()
+    page.wait_for_selector("#task-detail", timeout=10_000)
+    assert page.evaluate("location.pathname") == f"/flower/task/{uuid}"
+
+    page.click("#theme-toggle")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    page.reload()
+    page.wait_for_selector("#task-detail", timeout=10_000)
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"  # kept in the browser
+    screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
+    if screenshots:
+        page.screenshot(path=f"{screenshots}/nginx-{mode}-detail-dark.png")
+    assert not [p for p in problems if "favicon" not in p], problems
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        yield chromium
+        chromium.close()

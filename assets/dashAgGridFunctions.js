@@ -3,13 +3,18 @@ var dagfuncs = (window.dashAgGridFunctions = window.dashAgGridFunctions || {});
 
 function pad(n, width) { return String(n).padStart(width || 2, "0"); }
 
-// Epoch seconds → "2026-11-24 10:30:05.123" in UTC, as the column headers say.
+// Epoch seconds → "2026-11-24 10:30:05" in UTC, as the column headers say (the detail view and
+// the tooltip give milliseconds; the grid keeps the column narrow).
 window.flowerbedTime = dagfuncs.flowerbedTime = function (value) {
   if (value === null || value === undefined || value === "") { return ""; }
   var d = new Date(value * 1000);
   return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
-    pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds()) + "." +
-    pad(d.getUTCMilliseconds(), 3);
+    pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
+};
+
+window.flowerbedTimeMs = dagfuncs.flowerbedTimeMs = function (value) {
+  if (value === null || value === undefined || value === "") { return ""; }
+  return dagfuncs.flowerbedTime(value) + "." + pad(new Date(value * 1000).getUTCMilliseconds(), 3);
 };
 
 window.flowerbedSeconds = dagfuncs.flowerbedSeconds = function (value) {

@@ -10,25 +10,29 @@ STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"),
                ("Retried", "RETRY"), ("Received", "RECEIVED"))
 
 _TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "filter": "agDateColumnFilter",
-         "width": 205}
+         "tooltipValueGetter": {"function": "flowerbedTimeMs(params.value)"}, "width": 160}
+_TEXT = {"filter": "agTextColumnFilter"}
+_FREE_FORM = {"minWidth": 100, "flex": 1, "cellClass": "mono", **_TEXT}
+# Fixed widths for the columns whose content has a known length; name and the free-form columns
+# share what is left, so that Runtime and Worker stay on screen at common laptop widths.
 TASK_COLUMNS = [
-    {"field": "name", "headerName": "Name", "minWidth": 180, "flex": 2, "filter": "agTextColumnFilter"},
-    {"field": "uuid", "headerName": "UUID", "width": 290, "cellClass": "mono", "filter": "agTextColumnFilter"},
-    {"field": "state", "headerName": "State", "width": 120, "filter": "agTextColumnFilter",
+    {"field": "name", "headerName": "Name", "minWidth": 140, "flex": 1.4, **_TEXT},
+    {"field": "uuid", "headerName": "UUID", "width": 225, "cellClass": "mono", "tooltipField": "uuid", **_TEXT},
+    {"field": "state", "headerName": "State", "width": 108, **_TEXT,
      "cellClassRules": {f"cell-{css}": f"params.value == '{state}'" for state, css in (
          ("SUCCESS", "success"), ("FAILURE", "failure"), ("RETRY", "retry"), ("STARTED", "started"),
          ("RECEIVED", "received"), ("REVOKED", "revoked"))}},
-    {"field": "args", "headerName": "args", "width": 150, "cellClass": "mono", "filter": "agTextColumnFilter"},
-    {"field": "kwargs", "headerName": "kwargs", "width": 150, "cellClass": "mono", "filter": "agTextColumnFilter"},
-    {"field": "result", "headerName": "Result", "width": 150, "cellClass": "mono", "filter": "agTextColumnFilter"},
+    {"field": "args", "headerName": "args", "tooltipField": "args", **_FREE_FORM},
+    {"field": "kwargs", "headerName": "kwargs", "tooltipField": "kwargs", **_FREE_FORM},
+    {"field": "result", "headerName": "Result", "tooltipField": "result", **_FREE_FORM},
     {"field": "received", "headerName": "Received (UTC)", **_TIME},
     {"field": "started", "headerName": "Started (UTC)", **_TIME},
-    {"field": "runtime", "headerName": "Runtime (s)", "width": 120, "type": "numericColumn",
+    {"field": "runtime", "headerName": "Runtime (s)", "width": 128, "type": "numericColumn",
      "filter": "agNumberColumnFilter", "valueFormatter": {"function": "flowerbedSeconds(params.value)"}},
-    {"field": "worker", "headerName": "Worker", "width": 170, "filter": "agTextColumnFilter"},
+    {"field": "worker", "headerName": "Worker", "width": 180, **_TEXT},
     {"field": "retries", "headerName": "Retries", "width": 100, "type": "numericColumn", "hide": True,
      "filter": "agNumberColumnFilter"},
-    {"field": "exception", "headerName": "Exception", "width": 240, "hide": True, "filter": "agTextColumnFilter"},
+    {"field": "exception", "headerName": "Exception", "width": 240, "hide": True, **_TEXT},
 ]
 GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS)
 SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: exception:, "

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
 import dash
 
 import auth
+from callbacks import analytics as analytics_callbacks
 from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
 from callbacks import workers as workers_callbacks
@@ -38,7 +40,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         serve_locally=True,
     )
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
-    for module in (shell_callbacks, workers_callbacks, tasks_callbacks):
+    for module in (shell_callbacks, workers_callbacks, tasks_callbacks, analytics_callbacks):
         module.register(app, services)
     auth.install(app, settings, public_paths=(f"{routes_prefix}healthcheck",))
     app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act))
@@ -56,7 +58,7 @@ def __getattr__(name):
     # `gunicorn app:server` builds the app from the environment on first access, not at import.
     if name == "server":
         global server
-        server = create_app(_settings_or_exit([])).server
+        server = _app_or_exit(_settings_or_exit([])).server
         return server
     raise AttributeError(name)
 
@@ -69,10 +71,18 @@ def _settings_or_exit(argv) -> Settings:
         raise SystemExit(2) from None
 
 
+def _app_or_exit(settings: Settings) -> dash.Dash:
+    try:
+        return create_app(settings)
+    except (sqlite3.Error, OSError) as exc:  # the store (or its .secret beside it) cannot be opened
+        print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings_or_exit(sys.argv[1:] if argv is None else argv)
-    app = create_app(settings)
+    app = _app_or_exit(settings)
     from gunicorn.app.base import BaseApplication  # the CLI serves with the same server as the Procfile
 
     class _Gunicorn(BaseApplication):
@@ -81,6 +91,7 @@ def main(argv=None) -> None:
             self.cfg.set("workers", 1)
             self.cfg.set("threads", 8)
             self.cfg.set("accesslog", None)
+            self.cfg.set("control_socket_disable", True)  # one path per user: several monitors would clash
             # Threads do not survive a fork: start them in the worker that serves the pages.
             self.cfg.set("post_worker_init", lambda worker: start_services(app.server))
 

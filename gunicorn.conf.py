@@ -1,5 +1,8 @@
 """Read by gunicorn from the working directory, so the Procfile's command gets it too."""
 
+# gunicorn's control socket lives at one path per user: two monitors on a host would fight over it.
+control_socket_disable = True
+
 
 def on_starting(server):
     """Refuse to listen beyond loopback without auth, as the CLI does."""

@@ -2,86 +2,27 @@
 with the prefix kept and stripped, driven by a real browser."""
 from __future__ import annotations
 
-import base64
+import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, Process, Stack, free_port, get, wait_for
+
 USER, PASSWORD = "ops", "tulips"
+CREDENTIALS = (USER, PASSWORD)
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get(url: str, auth: bool = True, timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_for(check, timeout: float, what: str):
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, ValueError) as exc:  # not listening yet, half-written JSON
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class Process:
-    """A subprocess whose output goes to a file, stopped at the end of the test."""
-
-    def __init__(self, command, log_path: Path, env=None, cwd=ROOT, shell=False):
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                     shell=shell, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(5)
-        self.log.close()
 
 
 @pytest.fixture
 def processes():
-    started = []
-    yield lambda *args, **kwargs: started.append(Process(*args, **kwargs)) or started[-1]
-    for process in reversed(started):
-        process.stop()
+    stack = Stack()
+    yield lambda *args, **kwargs: stack.add(Process(*args, **kwargs))
+    stack.stop_all()
 
 
 def demo_server(processes, tmp_path, name: str, *flags) -> str:
@@ -92,9 +33,7 @@ def demo_server(processes, tmp_path, name: str, *flags) -> str:
 
 
 def online_workers(base: str) -> int:
-    import json
-
-    status, body = get(f"{base}/api/workers")
+    status, body = get(f"{base}/api/workers", CREDENTIALS)
     return status == 200 and sum(1 for worker in json.loads(body).values() if worker["status"])
 
 
@@ -106,9 +45,9 @@ def test_procfile_command_serves_pages_through_basic_auth(processes, tmp_path):
            "FLOWERBED_BASIC_AUTH": f"{USER}:{PASSWORD}"}
     server = processes(command, tmp_path / "procfile.log", env=env, shell=True)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: get(f"{base}/healthcheck", auth=False)[0] == 200, 30, f"the Procfile's server\n{server.output()}")
-    assert get(f"{base}/", auth=False)[0] == 401
-    status, body = get(f"{base}/")
+    wait_for(lambda: get(f"{base}/healthcheck")[0] == 200, 30, f"the Procfile's server\n{server.output()}")
+    assert get(f"{base}/")[0] == 401
+    status, body = get(f"{base}/", CREDENTIALS)
     assert status == 200 and b"Flowerbed" in body
     # The collector runs inside gunicorn's worker (gunicorn.conf.py), so workers appear.
     wait_for(lambda: online_workers(base) == 3, 20, "the demo workers through the Procfile's server")
@@ -126,17 +65,14 @@ def test_procfile_command_refuses_public_address_without_auth(tmp_path):
 
 
 def test_demo_shows_workers_and_tasks_within_seconds(processes, tmp_path):
-    import json
-
     base = demo_server(processes, tmp_path, "demo")
-    wait_for(lambda: get(f"{base}/healthcheck", auth=False)[0] == 200, 30, "the demo server")
-    started = time.monotonic()
+    wait_for(lambda: get(f"{base}/healthcheck")[0] == 200, 30, "the demo server")
+    # The issue's promise: within 5 seconds the workers are online and tasks are listed.
     wait_for(lambda: online_workers(base) == 3, 5, "three online demo workers")
-    tasks = wait_for(lambda: json.loads(get(f"{base}/api/tasks?limit=50")[1]) or None, 5, "demo tasks")
-    assert time.monotonic() - started < 10
+    tasks = wait_for(lambda: json.loads(get(f"{base}/api/tasks?limit=50", CREDENTIALS)[1]) or None, 5, "demo tasks")
     assert {task["worker"] for task in tasks.values() if task["worker"]} <= {
         "demo-alpha@flowerbed", "demo-beta@flowerbed", "demo-gamma@flowerbed"}
-    wait_for(lambda: any(t["state"] == "SUCCESS" for t in json.loads(get(f"{base}/api/tasks?limit=200")[1]).values()),
+    wait_for(lambda: any(t["state"] == "SUCCESS" for t in json.loads(get(f"{base}/api/tasks?limit=200", CREDENTIALS)[1]).values()),
              10, "a finished demo task")
 
 
@@ -185,11 +121,11 @@ PROXY_MODES = [
 @pytest.mark.parametrize("mode, flags, proxy_suffix", PROXY_MODES, ids=[m[0] for m in PROXY_MODES])
 def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_suffix):
     direct = demo_server(processes, tmp_path, mode, *flags)
-    wait_for(lambda: get(f"{direct}/healthcheck", auth=False)[0] == 200 or
-             get(f"{direct}/flower/healthcheck", auth=False)[0] == 200, 30, "the monitor")
+    wait_for(lambda: get(f"{direct}/healthcheck")[0] == 200 or
+             get(f"{direct}/flower/healthcheck")[0] == 200, 30, "the monitor")
     front = nginx_in_front(processes, tmp_path, f"nginx-{mode}", direct + proxy_suffix)
-    wait_for(lambda: get(f"{front}/healthcheck", auth=False)[0] == 200, 15, "nginx's proxied health check")
-    assert get(f"{front}/api/workers", auth=False)[0] == 401
+    wait_for(lambda: get(f"{front}/healthcheck")[0] == 200, 15, "nginx's proxied health check")
+    assert get(f"{front}/api/workers")[0] == 401
     wait_for(lambda: online_workers(front) == 3, 20, "workers through nginx")
 
     context = browser.new_context(viewport={"width": 1440, "height": 900},
@@ -221,15 +157,3 @@ def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_
         page.screenshot(path=f"{screenshots}/nginx-{mode}-detail-dark.png")
     assert not [p for p in problems if "favicon" not in p], problems
     context.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        yield chromium
-        chromium.close()

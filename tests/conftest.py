@@ -1,0 +1,104 @@
+"""Shared fixtures: a private Redis, RabbitMQ, real celery workers, Flowerbed servers and chromium.
+
+Factories are function-scoped and stop what they started at teardown; modules that want one
+server and worker for all their tests build them from tests/helpers.py in a module fixture.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from helpers import CeleryWorker, FlowerbedServer, Process, RedisServer, Stack, port_open, wait_started
+
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private redis-server for the whole session, with `.url` and `.restart()` (a test that
+    restarts the broker under a running cluster takes `restartable_redis`, so others are undisturbed)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def restartable_redis(tmp_path):
+    """A redis-server of the test's own, for tests that restart the broker under a running cluster."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    try:
+        return subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(tmp_path_factory):
+    """The local RabbitMQ (started when installed but not running), in a vhost of this session's
+    own when rabbitmqctl may create one, so that concurrent test runs do not see each other's
+    events; skips when there is no RabbitMQ."""
+    started = None
+    if not port_open(RABBITMQ_HOST, RABBITMQ_PORT):
+        if not shutil.which("rabbitmq-server"):
+            pytest.skip(f"RabbitMQ is not reachable on {RABBITMQ_HOST}:{RABBITMQ_PORT} and rabbitmq-server is "
+                        "not installed (apt-get install rabbitmq-server)")
+        started = Process(["rabbitmq-server"], tmp_path_factory.mktemp("rabbitmq") / "rabbitmq.log")
+        wait_started(started, lambda: port_open(RABBITMQ_HOST, RABBITMQ_PORT), 120, "rabbitmq-server")
+    vhost = f"flowerbed-tests-{uuid.uuid4().hex[:8]}"
+    if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"):
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
+        _rabbitmqctl("delete_vhost", vhost)
+    else:
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
+    if started is not None:
+        started.stop()
+
+
+@pytest.fixture
+def celery_worker(tmp_path):
+    """celery_worker(broker_url, hostname="alpha@tests") starts a real worker; see CeleryWorker."""
+    stack = Stack()
+    yield lambda broker, hostname="alpha@tests", **options: stack.add(CeleryWorker(broker, hostname, tmp_path, **options))
+    stack.stop_all()
+
+
+@pytest.fixture
+def flowerbed_server(tmp_path):
+    """flowerbed_server(broker_url, *flags, db=None) runs `python app.py` and returns its base URL
+    (a FlowerbedServer: a str with .stop()); the same `db` again brings the history back."""
+    stack = Stack()
+    count = 0
+
+    def start(broker: str, *flags: str, db=None) -> FlowerbedServer:
+        nonlocal count
+        count += 1
+        return stack.add(FlowerbedServer.start(broker, db or tmp_path / f"flowerbed-{count}.db",
+                                               tmp_path / f"flowerbed-{count}.log", *flags))
+    yield start
+    stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        yield chromium
+        chromium.close()

@@ -1,0 +1,235 @@
+"""Plain helpers shared by the tests: free ports, bounded waits, HTTP, and the real processes the
+tests run (Redis, celery workers, Flowerbed itself). Fixtures wrapping them live in conftest.py."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid as uuid_module
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.2):
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, ValueError, KeyError) as exc:  # not listening yet, half-written JSON, not there yet
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def get(url: str, credentials: tuple[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of a GET, with basic auth when `credentials` are given; errors are returned."""
+    request = urllib.request.Request(url)
+    if credentials:
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def get_json(url: str, credentials: tuple[str, str] | None = None):
+    """(status, decoded JSON body) of a GET."""
+    status, body = get(url, credentials)
+    return status, json.loads(body)
+
+
+class Process:
+    """A subprocess in its own process group whose output goes to a file."""
+
+    def __init__(self, command, log_path: Path, env=None, cwd=ROOT, shell=False):
+        self.command = command
+        self.log_path = Path(log_path)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     shell=shell, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+def wait_started(process: Process, check, timeout: float, what: str):
+    """wait_for, failing at once (with the log) when the process died instead."""
+    def started():
+        if not process.running():
+            pytest.fail(f"{what} exited with {process.proc.returncode}:\n{process.output()[-3000:]}")
+        return check()
+    return wait_for(started, timeout, f"{what}\n{process.output()[-3000:]}")
+
+
+class RedisServer:
+    """A private redis-server on a free port (no persistence), which a test may restart."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Process | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = Process(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(self.workdir)], self.workdir / "redis.log")
+        wait_started(self.process, lambda: port_open("127.0.0.1", self.port), 10, "redis-server")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every client loses its connection."""
+        self.stop()
+        self.start()
+
+
+class CeleryWorker:
+    """A real `celery worker` subprocess running tests/sample_tasks.py, consuming its own queue so
+    tasks sent for one test never reach another test's worker; `send` routes tasks to it."""
+
+    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4):
+        from celery import Celery
+
+        self.broker = broker
+        self.hostname = hostname
+        self.queue = f"q-{hostname.replace('@', '-')}-{uuid_module.uuid4().hex[:6]}"
+        env = {**os.environ, "SAMPLE_BROKER": broker}
+        # A one-second heartbeat lets the monitor see the worker go offline within ~2 s.
+        self.process = Process(
+            [sys.executable, "-m", "celery", "-A", "sample_tasks", "worker", "-E", "-P", "threads",
+             "-c", str(concurrency), "-n", hostname, "-Q", self.queue, "--heartbeat-interval", "1",
+             "--without-mingle", "--without-gossip", "-l", "info"],
+            log_dir / f"worker-{hostname}.log", env=env, cwd=TESTS)
+        self.client = Celery("flowerbed-tests-client", broker=broker, set_as_current=False)
+        self.client.conf.update(task_send_sent_event=True, broker_connection_retry_on_startup=True)
+        wait_started(self.process, lambda: f"{hostname} ready." in self.process.output(), 30,
+                     f"celery worker {hostname}")
+
+    def send(self, task_name: str, *args, **kwargs) -> str:
+        """Send a sample task to this worker's queue; returns the task's UUID."""
+        return self.client.send_task(task_name, args, kwargs, queue=self.queue).id
+
+    def output(self) -> str:
+        return self.process.output()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM is a warm shutdown, where the worker says goodbye with a worker-offline event;
+        after SIGKILL only its missing heartbeats tell."""
+        self.process.stop(sig)
+        self.client.close()
+
+
+class FlowerbedServer(str):
+    """The base URL of a running `python app.py` (a str, so f"{server}/api/tasks" works), with
+    `.stop()`, `.output()` and the `.db` it keeps its history in."""
+
+    process: Process
+    db: Path
+
+    @classmethod
+    def start(cls, broker: str, db: Path, log_path: Path, *flags: str) -> "FlowerbedServer":
+        port = free_port()
+        process = Process([sys.executable, "app.py", "--broker", broker, "--db", str(db), "--port", str(port),
+                           "--refresh-seconds", "1", *flags], log_path)
+        server = cls(f"http://127.0.0.1:{port}")
+        server.process, server.db = process, db
+        wait_started(process, lambda: get(f"{server}/healthcheck")[0] == 200, 30, "the Flowerbed server")
+        return server
+
+    def output(self) -> str:
+        return self.process.output()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class Stack:
+    """Things with a stop(), stopped in reverse order at the end of a fixture's scope."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, item):
+        self.items.append(item)
+        return item
+
+    def stop_all(self) -> None:
+        for item in reversed(self.items):
+            item.stop()
+        self.items.clear()
+
+
+def tasks(base: str, query: str = "limit=1000", credentials=None) -> dict:
+    """/api/tasks as {uuid: task}."""
+    status, body = get_json(f"{base}/api/tasks?{query}", credentials)
+    assert status == 200, body
+    return body
+
+
+def wait_for_tasks(base: str, expected: dict[str, str], timeout: float = 30, credentials=None) -> dict:
+    """Wait until every {uuid: state} in `expected` is stored with that state; returns /api/tasks."""
+    def arrived():
+        seen = tasks(base, credentials=credentials)
+        return seen if all(seen.get(uuid, {}).get("state") == state for uuid, state in expected.items()) else None
+    return wait_for(arrived, timeout, f"tasks {expected} in {base}")
+
+
+def worker_status(base: str, hostname: str, credentials=None):
+    """A worker's `status` in /api/workers (True online, False offline), None when unknown."""
+    status, workers = get_json(f"{base}/api/workers", credentials)
+    return workers.get(hostname, {}).get("status") if status == 200 else None
+
+
+def task_row(**fields) -> tuple:
+    """A row for Store.write_batch(tasks=...) from the fields given; the others are NULL."""
+    from monitor.store import TASK_FIELDS
+
+    unknown = set(fields) - set(TASK_FIELDS)
+    assert not unknown, f"not task fields: {unknown}"
+    return tuple(fields.get(field) for field in TASK_FIELDS)

@@ -1,0 +1,242 @@
+"""The pages in Debian's chromium, on a real Redis with two real celery workers: the Dashboard's
+worker rows and filter box, and the Tasks page's list, sorting, search, state chips, auto refresh
+and detail view."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from helpers import CeleryWorker, FlowerbedServer, Stack, wait_for, wait_for_tasks, worker_status
+
+pytestmark = pytest.mark.browser
+
+UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000"
+TIMEOUT_MS = 15_000
+
+
+@dataclasses.dataclass
+class Cluster:
+    server: FlowerbedServer
+    workers: list[CeleryWorker]
+    sent: dict[str, str]  # what the task is for → its UUID; tests that send more add theirs
+    sleeps: dict[str, float]  # the sample.sleep tasks among them → seconds
+
+    def slowest_first(self) -> list[str]:
+        return [self.sent[purpose] for purpose in sorted(self.sleeps, key=self.sleeps.get, reverse=True)]
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_url, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    stack = Stack()
+    try:
+        # Its own Redis database, so the other modules' workers and tasks stay out of these pages.
+        broker = redis_url.rsplit("/", 1)[0] + "/3"
+        server = stack.add(FlowerbedServer.start(broker, tmp / "flowerbed.db", tmp / "flowerbed.log"))
+        workers = [stack.add(CeleryWorker(broker, hostname, tmp)) for hostname in ("alpha@browser", "beta@browser")]
+        for worker in workers:
+            wait_for(lambda: worker_status(server, worker.hostname), 20, f"{worker.hostname} online")
+        alpha = workers[0]
+        sleeps = {"short": 0.3, "medium": 0.6, "long": 1.2}
+        sent = {
+            "add": alpha.send("sample.add", 2, 3),
+            "fail": alpha.send("sample.fail", "boom"),
+            "flaky": alpha.send("sample.flaky", 2),
+            **{purpose: alpha.send("sample.sleep", seconds) for purpose, seconds in sleeps.items()},
+        }
+        wait_for_tasks(server, {uuid: "FAILURE" if purpose == "fail" else "SUCCESS" for purpose, uuid in sent.items()})
+        yield Cluster(server, workers, sent, sleeps)
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page; the test fails if the browser logged an error or a request failed."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+            if response.status >= 400 else None)
+    yield page
+    screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
+    if screenshots:
+        page.screenshot(path=f"{screenshots}/browser-{request.node.name}.png", full_page=True)
+    context.close()
+    assert not problems, problems
+
+
+TASK_ROWS = "#tasks-grid .ag-center-cols-container .ag-row"
+# Displayed rows in grid order (the DOM order of an infinite grid need not be), loaded ones only.
+DISPLAYED_UUIDS = """() => Array.from(document.querySelectorAll('%s'))
+    .map(row => [Number(row.getAttribute('row-index')), row.querySelector('[col-id=uuid]')?.innerText || ''])
+    .filter(([, uuid]) => uuid).sort((a, b) => a[0] - b[0]).map(([, uuid]) => uuid)""" % TASK_ROWS
+
+
+def displayed_uuids(page) -> list[str]:
+    return page.evaluate(DISPLAYED_UUIDS)
+
+
+def wait_for_rows(page, expected: list[str] | set[str], what: str) -> list[str]:
+    """Wait until the Tasks grid shows exactly `expected` (a list: in that order)."""
+    def shown():
+        uuids = displayed_uuids(page)
+        return uuids if (uuids if isinstance(expected, list) else set(uuids)) == expected else None
+    return wait_for(shown, TIMEOUT_MS / 1000, f"{what}; showing {displayed_uuids(page)}")
+
+
+def open_tasks(page, cluster, query: str = "") -> None:
+    page.goto(f"{cluster.server}/tasks{query}")
+    page.wait_for_selector(f"{TASK_ROWS} [col-id=uuid]")
+
+
+def test_dashboard_shows_each_worker_online_with_its_counts(page, cluster):
+    page.goto(f"{cluster.server}/")
+    page.wait_for_selector("#workers-grid .ag-row [col-id=status]")
+    rows = page.evaluate("""() => Array.from(document.querySelectorAll('#workers-grid .ag-center-cols-container .ag-row'))
+        .map(row => ({host: row.querySelector('[col-id=hostname]').innerText,
+                      status: row.querySelector('[col-id=status]').innerText,
+                      failed: row.querySelector('[col-id=failed]').innerText}))""")
+    assert {row["host"]: row["status"] for row in rows} == {"alpha@browser": "Online", "beta@browser": "Online"}
+    assert {row["host"]: row["failed"] for row in rows}["alpha@browser"] == "1"
+    assert page.inner_text("#stat-online") == "2 / 2"
+
+
+def refreshes_workers(response) -> bool:
+    return "_dash-update-component" in response.url and "workers-grid.rowData" in (response.request.post_data or "")
+
+
+def test_workers_search_box_filters_rows(page, cluster):
+    page.goto(f"{cluster.server}/")
+    hostnames = "#workers-grid .ag-center-cols-container .ag-row [col-id=hostname]"
+    page.wait_for_selector(hostnames)
+    page.fill("#workers-search", "beta")
+    wait_for(lambda: page.locator(hostnames).all_inner_texts() == ["beta@browser"], 10, "only beta listed")
+    with page.expect_response(refreshes_workers):  # a refresh tick replaces the rows: the filter must hold
+        pass
+    assert page.locator(hostnames).all_inner_texts() == ["beta@browser"]
+    page.fill("#workers-search", "")
+    wait_for(lambda: sorted(page.locator(hostnames).all_inner_texts()) == ["alpha@browser", "beta@browser"], 10,
+             "both workers listed again")
+
+
+def test_tasks_page_lists_exactly_the_tasks_with_state_and_worker(page, cluster):
+    open_tasks(page, cluster)
+    wait_for_rows(page, set(cluster.sent.values()), "every task sent")
+    row = page.locator(f"{TASK_ROWS}[row-id='{cluster.sent['fail']}']")
+    assert row.locator("[col-id=state]").inner_text() == "FAILURE"
+    assert row.locator("[col-id=worker]").inner_text() == "alpha@browser"
+    assert page.inner_text("#tasks-count") == f"{len(cluster.sent)} tasks"
+
+
+def test_sorting_by_runtime_descending_puts_the_slowest_first(page, cluster):
+    open_tasks(page, cluster)
+    header = page.locator("#tasks-grid .ag-header-cell[col-id=runtime]")
+    header.locator(".ag-header-cell-label").click()  # ascending
+    header.locator(".ag-header-cell-label").click()  # descending
+    assert header.get_attribute("aria-sort") == "descending"
+    uuids = wait_for_rows(page, set(cluster.sent.values()), "the sorted tasks")
+    assert uuids[:len(cluster.sleeps)] == cluster.slowest_first()
+    runtimes = [float(text) for text in page.locator(f"{TASK_ROWS} [col-id=runtime]").all_inner_texts() if text]
+    assert max(runtimes) >= 1.2
+
+
+def test_searching_a_uuid_leaves_exactly_that_row(page, cluster):
+    open_tasks(page, cluster)
+    page.fill("#tasks-search", cluster.sent["medium"])
+    wait_for_rows(page, [cluster.sent["medium"]], "only the searched task")
+    assert page.inner_text("#tasks-count") == "1 task"
+    assert f"q={cluster.sent['medium']}" in page.url  # the search is kept in the address
+
+
+def test_malformed_search_shows_an_inline_message_and_keeps_the_rows(page, cluster):
+    open_tasks(page, cluster)
+    page.fill("#tasks-search", "state:FAILURE AND (name:sample")
+    message = page.locator("#tasks-search-message")
+    message.wait_for(state="visible")
+    assert message.inner_text() == "Search not understood: missing ')'"
+    assert set(displayed_uuids(page)) == set(cluster.sent.values())
+    page.fill("#tasks-search", "state:FAILURE")
+    wait_for_rows(page, [cluster.sent["fail"]], "the failed task once the search is fixed")
+    assert message.inner_text() == ""
+
+
+def test_malformed_search_in_the_address_shows_the_inline_message_and_every_task(page, cluster):
+    open_tasks(page, cluster, "?q=(name:sample")  # a shared link, or Back to a mistyped search
+    assert page.inner_text("#tasks-search-message") == "Search not understood: missing ')'"
+    wait_for_rows(page, set(cluster.sent.values()), "every task")
+    assert page.input_value("#tasks-search") == "(name:sample"
+
+
+@pytest.mark.parametrize("chip, failed", [("Failed", True), ("Succeeded", False)])
+def test_state_chip_filters_the_tasks(page, cluster, chip, failed):
+    open_tasks(page, cluster)
+    page.locator("#tasks-state label", has_text=chip).click()
+    expected = {uuid for purpose, uuid in cluster.sent.items() if (purpose == "fail") == failed}
+    wait_for_rows(page, expected, f"the {chip} tasks")
+    assert f"state={'FAILURE' if failed else 'SUCCESS'}" in page.url
+
+
+def test_sort_and_search_survive_the_auto_refresh_which_shows_new_tasks(page, cluster):
+    open_tasks(page, cluster, "?q=name:sample.sleep")
+    header = page.locator("#tasks-grid .ag-header-cell[col-id=runtime]")
+    header.locator(".ag-header-cell-label").click()
+    header.locator(".ag-header-cell-label").click()
+    wait_for_rows(page, cluster.slowest_first(), "the sleep tasks, slowest first")
+    # A slower task arrives while the page is open: the refresh shows it in place, sorted and filtered.
+    cluster.sleeps["longest"] = max(cluster.sleeps.values()) + 0.4
+    cluster.sent["longest"] = cluster.workers[1].send("sample.sleep", cluster.sleeps["longest"])
+    cluster.sent["unrelated"] = cluster.workers[1].send("sample.add", 1, 1)
+    wait_for_rows(page, cluster.slowest_first(), "the new slowest task on top")
+    assert header.get_attribute("aria-sort") == "descending"
+    assert page.input_value("#tasks-search") == "name:sample.sleep"
+
+
+def test_row_click_opens_the_detail_with_exception_and_traceback(page, cluster):
+    open_tasks(page, cluster, "?state=FAILURE")
+    wait_for_rows(page, [cluster.sent["fail"]], "the failed task")
+    page.locator(f"{TASK_ROWS} [col-id=name]").first.click()
+    page.wait_for_selector("#task-detail")
+    assert page.evaluate("location.pathname") == f"/task/{cluster.sent['fail']}"
+    assert page.inner_text("#task-detail .page-header h1") == "sample.fail"
+    assert page.inner_text("#task-detail .code.exception") == "ValueError('boom')"
+    traceback = page.inner_text("#task-detail pre.code:not(.exception)")
+    assert traceback.startswith("Traceback (most recent call last)") and "raise ValueError(message)" in traceback
+    page.go_back()
+    page.wait_for_selector(f"{TASK_ROWS} [col-id=uuid]")
+    assert page.evaluate("location.pathname") == "/tasks"
+
+
+def test_unknown_uuid_shows_not_found(page, cluster):
+    page.goto(f"{cluster.server}/task/{UNKNOWN_UUID}")
+    page.wait_for_selector(".empty-state h1")
+    assert page.inner_text(".empty-state h1") == "Not found"
+    assert UNKNOWN_UUID in page.inner_text(".empty-state p")
+
+
+def test_a_task_that_succeeded_after_a_retry_labels_the_exception_as_an_earlier_attempt(page, cluster):
+    page.goto(f"{cluster.server}/task/{cluster.sent['flaky']}")
+    page.wait_for_selector("#task-detail")
+    headings = page.locator("#task-detail .panel h2").all_inner_texts()
+    assert [h.lower() for h in headings if h.lower().startswith(("exception", "traceback"))] == [
+        "exception of an earlier attempt", "traceback of an earlier attempt"]
+    timeline = page.locator("#task-detail .panel").nth(1)
+    events = timeline.locator("th").all_inner_texts()
+    stamps = [text for text in timeline.locator("td").all_inner_texts() if text.endswith("UTC")]
+    assert stamps == sorted(stamps)  # in the order they happened
+    assert events.index("retried") < events.index("succeeded")
+
+
+def test_dashboard_shows_a_stopped_worker_offline(page, cluster):
+    # Last in the file: it stops the second worker for good.
+    page.goto(f"{cluster.server}/")
+    status = "#workers-grid .ag-row[row-id='beta@browser'] [col-id=status]"
+    page.wait_for_selector(status)
+    assert page.inner_text(status) == "Online"
+    cluster.workers[1].stop()
+    wait_for(lambda: page.inner_text(status) == "Offline", 10, "beta shown Offline")
+    assert page.inner_text("#stat-online") == "1 / 2"

@@ -1,0 +1,202 @@
+"""The collector's merge: hand-made celery events (as the receiver delivers them) go through
+Collector.merge_batch into a real Store on a temporary file."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from celery import Celery
+from celery.events.state import State
+
+from monitor.collector import Collector
+from monitor.store import Store
+
+T0 = 1_800_000_000.0
+WORKER = "celery@alpha"
+UUID = "11111111-2222-4333-8444-555555555555"
+
+
+class Feed:
+    """A collector over a real store, and celery's event dicts built the way the receiver hands
+    them over (timestamp, local_received, a Lamport clock)."""
+
+    def __init__(self, tmp_path, **collector_options):
+        self.store = Store(str(tmp_path / "collector.db"))
+        self.collector = Collector(Celery("collector-tests", broker="memory://", set_as_current=False), self.store,
+                                   batch_seconds=0.01, **collector_options)
+        self.state = State()
+        self.clock = itertools.count(1)
+        # The receiving thread's handler: the same path a real event takes to the writer.
+        self.receive = self.collector._hand_over_function()
+
+    def event(self, type_, at, **fields):
+        return {"type": type_, "timestamp": at, "local_received": at, "clock": next(self.clock),
+                "hostname": WORKER, "utcoffset": 0, "pid": 4242, **fields}
+
+    def merge(self, *events):
+        for event in events:
+            self.receive(event)
+        while self.collector.merge_batch(self.state):
+            pass
+        return self.collector.stats()
+
+    def task(self, uuid=UUID):
+        return self.store.get_task(uuid)
+
+    def worker(self, hostname=WORKER, now=None):
+        return {w["hostname"]: w for w in self.store.workers(now)}.get(hostname)
+
+
+@pytest.fixture
+def feed(tmp_path):
+    return Feed(tmp_path)
+
+
+def task_lifecycle(feed, uuid=UUID, start=T0):
+    """received → started → succeeded, one second of runtime."""
+    return [
+        feed.event("task-received", start, uuid=uuid, name="sample.add", args="(2, 3)", kwargs="{}", retries=0),
+        feed.event("task-started", start + 0.5, uuid=uuid),
+        feed.event("task-succeeded", start + 1.5, uuid=uuid, result="5", runtime=1.0),
+    ]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (2, 0, 1), (1, 2, 0)],
+                         ids=["in-order", "reversed", "succeeded-first", "started-first"])
+def test_out_of_order_events_end_in_the_final_state_with_every_field(feed, order):
+    events = task_lifecycle(feed)
+    feed.merge(*(events[i] for i in order))
+    task = feed.task()
+    assert task["state"] == "SUCCESS"
+    assert (task["name"], task["args"], task["result"], task["runtime"]) == ("sample.add", "(2, 3)", "5", 1.0)
+    assert (task["received"], task["started"], task["succeeded"]) == (T0, T0 + 0.5, T0 + 1.5)
+    assert task["worker"] == WORKER
+
+
+def test_late_events_in_a_later_batch_do_not_move_a_finished_task_back(feed):
+    received, started, succeeded = task_lifecycle(feed)
+    feed.merge(succeeded)
+    feed.merge(received)
+    feed.merge(started)
+    task = feed.task()
+    assert (task["state"], task["name"], task["started"]) == ("SUCCESS", "sample.add", T0 + 0.5)
+
+
+def test_duplicate_events_are_merged_once_and_counted(feed):
+    events = task_lifecycle(feed)
+    stats = feed.merge(*events, *events)
+    assert feed.store.count_tasks() == 1
+    assert feed.task()["state"] == "SUCCESS"
+    assert (stats["received"], stats["merged"], stats["stored"], stats["malformed"]) == (6, 6, 6, 0)
+
+
+def test_failed_task_keeps_exception_and_traceback_and_gets_a_runtime(feed):
+    feed.merge(
+        feed.event("task-received", T0, uuid=UUID, name="sample.fail"),
+        feed.event("task-started", T0 + 1, uuid=UUID),
+        feed.event("task-failed", T0 + 3.25, uuid=UUID, exception="ValueError('boom')",
+                   traceback="Traceback (most recent call last):\n  ...\nValueError: boom"),
+    )
+    task = feed.task()
+    assert (task["state"], task["exception"], task["runtime"]) == ("FAILURE", "ValueError('boom')", 2.25)
+    assert task["traceback"].startswith("Traceback")
+
+
+def test_retry_then_success_ends_successful_with_retries_counted(feed):
+    feed.merge(
+        feed.event("task-received", T0, uuid=UUID, name="sample.flaky", retries=0),
+        feed.event("task-started", T0 + 0.1, uuid=UUID),
+        feed.event("task-retried", T0 + 0.2, uuid=UUID, exception="RuntimeError('attempt 1 failed')"),
+        feed.event("task-received", T0 + 0.5, uuid=UUID, name="sample.flaky", retries=1),
+        feed.event("task-started", T0 + 0.6, uuid=UUID),
+        feed.event("task-succeeded", T0 + 0.7, uuid=UUID, result="1", runtime=0.1),
+    )
+    task = feed.task()
+    assert (task["state"], task["retries"], task["retried"]) == ("SUCCESS", 1, T0 + 0.2)
+    counters = feed.worker()
+    assert {name: counters[name] for name in ("received", "started", "succeeded", "failed", "retried")} == {
+        "received": 2, "started": 2, "succeeded": 1, "failed": 0, "retried": 1}
+
+
+def test_worker_counters_add_up_across_batches(feed):
+    for number in range(3):
+        feed.merge(*task_lifecycle(feed, uuid=f"{UUID[:-1]}{number}", start=T0 + number))
+    worker = feed.worker()
+    assert (worker["received"], worker["started"], worker["succeeded"]) == (3, 3, 3)
+
+
+def test_worker_is_online_from_heartbeats_and_offline_after_two_missed_or_a_goodbye(feed):
+    feed.merge(feed.event("worker-online", T0, freq=1.0, sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux"),
+               feed.event("worker-heartbeat", T0 + 1, freq=1.0, active=2, processed=10, loadavg=[0.5, 0.25, 0.1]))
+    worker = feed.worker(now=T0 + 1.5)
+    assert worker["online"] is True
+    assert (worker["active"], worker["processed"], worker["loadavg"], worker["sw_ver"]) == (2, 10, [0.5, 0.25, 0.1], "5.7.0")
+    assert feed.worker(now=T0 + 2.9)["online"] is True
+    assert feed.worker(now=T0 + 3.1)["online"] is False  # two heartbeat periods without one
+
+    feed.merge(feed.event("worker-offline", T0 + 2, freq=1.0))
+    assert feed.worker(now=T0 + 2.1)["online"] is False
+    feed.merge(feed.event("worker-online", T0 + 10, freq=1.0))
+    assert feed.worker(now=T0 + 10.5)["online"] is True  # back again
+
+
+def test_heartbeats_are_kept_as_samples(feed):
+    feed.merge(*(feed.event("worker-heartbeat", T0 + i, freq=1.0, active=i, loadavg=[i, 0, 0]) for i in range(3)))
+    samples = feed.store.query("SELECT at, active, load1 FROM worker_samples ORDER BY at")
+    assert [tuple(row) for row in samples] == [(T0, 0, 0.0), (T0 + 1, 1, 1.0), (T0 + 2, 2, 2.0)]
+
+
+# Events as they could reach the writer from a buggy or hostile producer on the event bus.
+MALFORMED_EVENTS = {
+    "not-a-dict": "task-succeeded",
+    "no-type": {"uuid": UUID, "hostname": WORKER, "timestamp": T0, "clock": 1, "local_received": T0},
+    "type-not-text": {"type": 42, "uuid": UUID, "hostname": WORKER, "timestamp": T0, "clock": 1,
+                      "local_received": T0},
+    "unknown-type": {"type": "flux-capacitor", "hostname": WORKER, "timestamp": T0, "clock": 1,
+                     "local_received": T0},
+    "task-without-uuid": {"type": "task-succeeded", "hostname": WORKER, "timestamp": T0, "clock": 1,
+                          "local_received": T0},
+    "task-without-hostname": {"type": "task-started", "uuid": UUID, "timestamp": T0, "clock": 1,
+                              "local_received": T0},
+    "worker-without-timestamp": {"type": "worker-heartbeat", "hostname": "celery@ghost", "local_received": T0},
+    "uuid-not-hashable": {"type": "task-received", "uuid": ["x"], "hostname": WORKER, "timestamp": T0,
+                          "clock": 1, "local_received": T0},
+}
+
+
+@pytest.mark.parametrize("event", MALFORMED_EVENTS.values(), ids=MALFORMED_EVENTS.keys())
+def test_malformed_event_is_counted_and_the_next_events_still_merge(feed, event):
+    stats = feed.merge(event, *task_lifecycle(feed))
+    assert stats["malformed"] == 1
+    assert feed.task()["state"] == "SUCCESS"
+
+
+# Events whose fields exist but hold values of the wrong type: they merge, and what the store
+# keeps stays usable (numbers stay numbers) instead of blocking every later write.
+GARBAGE_VALUES = {
+    "timestamp-text": lambda feed: feed.event("task-started", "soon", uuid=UUID),
+    "retries-huge": lambda feed: feed.event("task-received", T0, uuid=UUID, name="sample.add", retries=10 ** 30),
+    "result-huge-number": lambda feed: feed.event("task-succeeded", T0 + 2, uuid=UUID, result=10 ** 30),
+    "loadavg-number": lambda feed: feed.event("worker-heartbeat", T0, freq=1.0, loadavg=7),
+    "freq-text": lambda feed: feed.event("worker-heartbeat", T0, freq="often"),
+    "lone-surrogate": lambda feed: feed.event("task-received", T0, uuid=UUID, name="sample.\ud800"),
+}
+
+
+@pytest.mark.parametrize("make_event", GARBAGE_VALUES.values(), ids=GARBAGE_VALUES.keys())
+def test_garbage_values_never_block_later_writes_nor_break_reads(feed, make_event):
+    feed.merge(make_event(feed))
+    other = "99999999-2222-4333-8444-555555555555"
+    feed.merge(*task_lifecycle(feed, uuid=other))
+    assert feed.task(other)["state"] == "SUCCESS"
+    assert feed.collector.stats()["backlog"] == 0
+    for task in feed.store.query("SELECT retries, received, started, runtime FROM tasks"):
+        assert all(value is None or isinstance(value, (int, float)) for value in tuple(task))
+    assert feed.worker(now=T0)["hostname"] == WORKER  # workers() computes online from numbers
+
+
+def test_events_beyond_the_backlog_limit_are_dropped_and_counted(tmp_path):
+    feed = Feed(tmp_path, max_backlog=2)
+    stats = feed.merge(*task_lifecycle(feed))  # three events, room for two
+    assert (stats["received"], stats["dropped"], stats["stored"]) == (3, 1, 2)
+    assert feed.task()["state"] == "STARTED"

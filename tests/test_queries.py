@@ -1,0 +1,156 @@
+"""Task queries in SQL: AG Grid column filters, sorting on any column, paging, counts, and the
+QueryError a user gets for what cannot be understood."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import task_row
+from monitor.queries import COUNT_CAP, QueryError, TaskQuery, fetch_tasks, parse_sort, parse_time
+from monitor.store import TASK_FIELDS, Store
+
+T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+TASKS = {  # short name → fields
+    "add": dict(name="tasks.add", state="SUCCESS", worker="w@alpha", args="(2, 3)", result="5", received=T0,
+                started=T0 + 1, runtime=0.5, retries=0),
+    "slow": dict(name="reports.build", state="SUCCESS", worker="w@beta", args="('daily',)", result="ok",
+                 received=T0 + 60, started=T0 + 61, runtime=9.0, retries=2),
+    "fail": dict(name="payments.charge", state="FAILURE", worker="w@alpha", args="(1,)", received=T0 + 120,
+                 started=T0 + 121, runtime=0.1, retries=0, exception="ValueError('declined')"),
+    "queued": dict(name="tasks.add", state="RECEIVED", worker="w@beta", args="(1, 1)", received=T0 + 180),
+}
+UUIDS = {key: f"00000000-0000-4000-8000-{index:012d}" for index, key in enumerate(TASKS)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = Store(str(tmp_path_factory.mktemp("queries") / "queries.db"))
+    store.write_batch(tasks=[task_row(uuid=UUIDS[key], **fields) for key, fields in TASKS.items()])
+    return store
+
+
+def keys(store, **query) -> list[str]:
+    by_uuid = {uuid: key for key, uuid in UUIDS.items()}
+    return [by_uuid[row["uuid"]] for row in fetch_tasks(store, TaskQuery(**query)).rows]
+
+
+@pytest.mark.parametrize("column, model, expected", [
+    ("name", {"filterType": "text", "type": "contains", "filter": "add"}, {"add", "queued"}),
+    ("name", {"filterType": "text", "type": "notContains", "filter": "add"}, {"slow", "fail"}),
+    ("name", {"filterType": "text", "type": "equals", "filter": "reports.build"}, {"slow"}),
+    ("name", {"filterType": "text", "type": "notEqual", "filter": "tasks.add"}, {"slow", "fail"}),
+    ("name", {"filterType": "text", "type": "startsWith", "filter": "pay"}, {"fail"}),
+    ("worker", {"filterType": "text", "type": "endsWith", "filter": "@beta"}, {"slow", "queued"}),
+    ("args", {"filterType": "text", "type": "contains", "filter": "_"}, set()),  # _ is literal
+    ("result", {"filterType": "text", "type": "blank"}, {"fail", "queued"}),
+    ("exception", {"filterType": "text", "type": "notBlank"}, {"fail"}),
+    ("runtime", {"filterType": "number", "type": "greaterThan", "filter": 1}, {"slow"}),
+    ("runtime", {"filterType": "number", "type": "lessThanOrEqual", "filter": 0.5}, {"add", "fail"}),
+    ("runtime", {"filterType": "number", "type": "inRange", "filter": 0.2, "filterTo": 1}, {"add"}),
+    ("retries", {"filterType": "number", "type": "equals", "filter": 2}, {"slow"}),
+    ("runtime", {"filterType": "number", "type": "blank"}, {"queued"}),
+    ("received", {"filterType": "date", "type": "greaterThan", "dateFrom": "2027-01-15 08:01:30"}, {"fail", "queued"}),
+    ("received", {"filterType": "date", "type": "inRange", "dateFrom": "2027-01-15 08:00:30",
+                  "dateTo": "2027-01-15 08:02:30"}, {"slow", "fail"}),
+    ("name", {"filterType": "text", "operator": "OR", "conditions": [
+        {"filterType": "text", "type": "startsWith", "filter": "pay"},
+        {"filterType": "text", "type": "startsWith", "filter": "rep"}]}, {"slow", "fail"}),
+    ("runtime", {"filterType": "number", "operator": "AND", "conditions": [
+        {"filterType": "number", "type": "greaterThan", "filter": 0.2},
+        {"filterType": "number", "type": "lessThan", "filter": 5}]}, {"add"}),
+])
+def test_column_filter(store, column, model, expected):
+    assert set(keys(store, column_filters={column: model})) == expected
+
+
+def test_filters_combine_with_search_states_and_received_range(store):
+    assert keys(store, search="name:tasks.add", states=("RECEIVED",)) == ["queued"]
+    assert keys(store, workers=("w@alpha",), column_filters={
+        "runtime": {"filterType": "number", "type": "lessThan", "filter": 1}}, sort=(("runtime", False),)) == ["fail", "add"]
+    assert set(keys(store, received_from=T0 + 60, received_to=T0 + 180)) == {"slow", "fail"}
+
+
+@pytest.mark.parametrize("column", TASK_FIELDS + ("seq",))
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+def test_every_column_sorts(store, column, descending):
+    rows = fetch_tasks(store, TaskQuery(sort=((column, descending),)), columns=(column,)).rows
+    values = [row[column] for row in rows]
+    present = [value for value in values if value is not None]
+    assert present == sorted(present, reverse=descending)
+    # SQLite's NULL order: first ascending, last descending.
+    nulls = [value is None for value in values]
+    assert nulls == sorted(nulls, reverse=not descending)
+
+
+def test_runtime_descending_puts_the_slowest_first_and_ties_follow_arrival(store):
+    assert keys(store, sort=(("runtime", True),)) == ["slow", "add", "fail", "queued"]
+    assert keys(store, sort=(("name", False),)) == ["fail", "slow", "add", "queued"]
+    assert keys(store) == ["queued", "fail", "slow", "add"]  # newest first by default
+
+
+def test_paging_and_counts(store):
+    page = fetch_tasks(store, TaskQuery(sort=(("seq", False),), offset=1, limit=2))
+    assert [row["uuid"] for row in page.rows] == [UUIDS["slow"], UUIDS["fail"]]
+    assert (page.total, page.total_is_exact) == (4, True)
+    filtered = fetch_tasks(store, TaskQuery(states=("SUCCESS",), limit=1))
+    assert (len(filtered.rows), filtered.total) == (1, 2)
+
+
+def test_a_count_past_the_cap_says_it_is_not_exact(tmp_path):
+    store = Store(str(tmp_path / "many.db"), max_tasks=COUNT_CAP * 2)
+    store.write_batch(tasks=[task_row(uuid=f"u{n}", name="bulk", state="SUCCESS") for n in range(COUNT_CAP + 5)])
+    page = fetch_tasks(store, TaskQuery(search="name:bulk", limit=10))
+    assert (page.total, page.total_is_exact, len(page.rows)) == (COUNT_CAP, False, 10)
+    assert fetch_tasks(store, TaskQuery(limit=10)).total == COUNT_CAP + 5  # no filter: exact count
+
+
+@pytest.mark.parametrize("query, message", [
+    (TaskQuery(sort=(("colour", True),)), "cannot sort by 'colour'"),
+    (TaskQuery(sort=(("uuid; DROP TABLE tasks", False),)), "cannot sort by"),
+    (TaskQuery(column_filters={"colour": {"type": "contains", "filter": "x"}}), "cannot filter on 'colour'"),
+    (TaskQuery(column_filters={"name": "contains x"}), "malformed filter for 'name'"),
+    (TaskQuery(column_filters={"name": {"filterType": "text", "type": "regex", "filter": "x"}}), "unsupported filter 'regex'"),
+    (TaskQuery(column_filters={"runtime": {"filterType": "number", "type": "equals", "filter": "fast"}}),
+     "runtime: expected a number"),
+    (TaskQuery(column_filters={"runtime": {"filterType": "number", "type": "inRange", "filter": 1}}),
+     "a range needs both ends"),
+    (TaskQuery(column_filters={"received": {"filterType": "date", "type": "equals", "dateFrom": "last tuesday"}}),
+     "received: expected epoch seconds or a date"),
+    (TaskQuery(search="state:NOPE"), "unknown state NOPE"),
+    (TaskQuery(search="(a"), "missing ')'"),
+])
+def test_what_cannot_be_understood_is_a_query_error(store, query, message):
+    with pytest.raises(QueryError) as raised:
+        fetch_tasks(store, query)
+    assert message in str(raised.value)
+
+
+def test_unknown_columns_to_fetch_are_refused(store):
+    with pytest.raises(QueryError, match="unknown column 'password'"):
+        fetch_tasks(store, TaskQuery(), columns=("uuid", "password"))
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, (("seq", True),)),
+    ("-runtime", (("runtime", True),)),
+    ("name,-received", (("name", False), ("received", True))),
+])
+def test_parse_sort_takes_any_column_with_minus_for_descending(text, expected):
+    assert parse_sort(text) == expected
+
+
+@pytest.mark.parametrize("text", ["colour", "-", "name,,runtime"])
+def test_parse_sort_refuses_unknown_columns(text):
+    with pytest.raises(QueryError, match="cannot sort by"):
+        parse_sort(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1800000000", T0),
+    ("1800000000.5", T0 + 0.5),
+    ("2027-01-15", T0 - 8 * 3600),
+    ("2027-01-15 08:00", T0),
+    ("2027-01-15T10:00+02:00", T0),
+    ("", None),
+])
+def test_parse_time_takes_epoch_or_iso_in_utc(text, expected):
+    assert parse_time(text, "received_start") == expected

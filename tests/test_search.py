@@ -1,0 +1,113 @@
+"""The task search language: how queries parse, what they match in a real store, and the message
+a malformed query gets."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import task_row
+from monitor import search
+from monitor.queries import TaskQuery, fetch_tasks
+from monitor.search import BoolOp, Not, SearchError, Term
+from monitor.store import Store
+
+UUIDS = {
+    "add": "0a1b2c3d-0000-4000-8000-000000000001",
+    "checkout": "0a1b2c3d-0000-4000-8000-000000000002",
+    "declined": "9f8e7d6c-0000-4000-8000-000000000003",
+    "retrying": "9f8e7d6c-0000-4000-8000-000000000004",
+    "percent": "5555aaaa-0000-4000-8000-000000000005",
+}
+ROWS = [
+    task_row(uuid=UUIDS["add"], name="tasks.add", state="SUCCESS", worker="celery@alpha", args="(2, 3)",
+             kwargs="{}", result="5"),
+    task_row(uuid=UUIDS["checkout"], name="shop.checkout", state="STARTED", worker="celery@beta", args="()",
+             kwargs="{'user_id': 42, 'cart': 'big'}"),
+    task_row(uuid=UUIDS["declined"], name="payments.charge", state="FAILURE", worker="celery@alpha",
+             args="(1042,)", kwargs="{'user_id': '42'}", exception="ValueError('card declined: connection reset')"),
+    task_row(uuid=UUIDS["retrying"], name="inventory.sync", state="RETRY", worker="celery@batch", args="('north',)",
+             kwargs="{'user_id': 420}", exception="ConnectionError('connection reset by peer')"),
+    task_row(uuid=UUIDS["percent"], name="reports.build", state="SUCCESS", worker="celery@batch", args="('100%',)",
+             kwargs="{}", result="under_score"),
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = Store(str(tmp_path_factory.mktemp("search") / "search.db"))
+    store.write_batch(tasks=ROWS)
+    return store
+
+
+@pytest.mark.parametrize("query, tree", [
+    ("tasks.add", Term(None, "tasks.add")),
+    ("name:tasks.add state:FAILURE", BoolOp("AND", (Term("name", "tasks.add"), Term("state", "FAILURE")))),
+    ("a OR b c", BoolOp("OR", (Term(None, "a"), BoolOp("AND", (Term(None, "b"), Term(None, "c")))))),
+    ("a and (b or c)", BoolOp("AND", (Term(None, "a"), BoolOp("OR", (Term(None, "b"), Term(None, "c")))))),
+    ("-worker:celery@batch", Not(Term("worker", "celery@batch"))),
+    ("NOT NOT a", Not(Not(Term(None, "a")))),
+    ('"connection reset"', Term(None, "connection reset")),
+    ('exception:"card declined: x"', Term("exception", "card declined: x")),
+    ('"say \\"hi\\""', Term(None, 'say "hi"')),
+    ("NAME:x", Term("name", "x")),
+    ("celery@host:1", Term(None, "celery@host:1")),  # not a field name: plain text
+    ("-", Term(None, "-")),
+    ("   ", None),
+    ("", None),
+])
+def test_query_parses_to_tree(query, tree):
+    assert search.parse(query) == tree
+
+
+@pytest.mark.parametrize("query, message", [
+    ("(name:a", "missing ')'"),
+    ("name:a)", "unmatched ')'"),
+    ("()", "empty parentheses"),
+    ("a AND", "expected a search term after AND, found the end of the query"),
+    ("OR a", "expected a search term here, found 'OR'"),
+    ("a AND OR b", "expected a search term after AND, found 'OR'"),
+    ("NOT", "expected a search term after NOT"),
+    ('"unclosed', "unclosed quote"),
+    ('name:"unclosed', "unclosed quote"),
+    ("colour:red", "unknown field 'colour:'"),
+    ("name:", "'name:' needs a value, e.g. name:tasks.add"),
+    ("state:NOPE", "unknown state NOPE"),
+    ("state:SUCCESS,nope", "unknown state NOPE"),
+    ("(" * 30 + "a" + ")" * 30, "nests too deeply"),
+    ("NOT " * 30 + "a", "nests too deeply"),
+    ("a " * 300, "too long"),
+])
+def test_malformed_query_raises_search_error_with_message(query, message):
+    with pytest.raises(SearchError) as raised:
+        search.compile_search(query)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)  # shown as one line next to the search box
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("name:tasks.add", ["add"]),
+    ("TASKS.ADD", ["add"]),  # free text ignores case
+    ("state:failure", ["declined"]),
+    ("state:FAILURE,RETRY", ["declined", "retrying"]),
+    ("state:FAILURE OR state:RETRY", ["declined", "retrying"]),
+    ("worker:celery@alpha", ["add", "declined"]),
+    ("-worker:celery@alpha", ["checkout", "retrying", "percent"]),
+    ('"connection reset"', ["declined", "retrying"]),
+    ('"connection reset" -worker:celery@batch', ["declined"]),
+    ("exception:ValueError", ["declined"]),
+    ("-exception:reset", ["add", "checkout", "percent"]),  # tasks without an exception count as not matching
+    ("kwargs:user_id=42", ["checkout", "declined"]),  # 42 and '42', not 420
+    ("args:1042", ["declined"]),
+    ("result:5", ["add"]),
+    ("100%", ["percent"]),  # % and _ are literal, not wildcards
+    ("under_score", ["percent"]),
+    ("%", ["percent"]),
+    (f"uuid:{UUIDS['declined']}", ["declined"]),
+    ("uuid:9F8E7D6C", ["declined", "retrying"]),  # a prefix, any case
+    (UUIDS["checkout"], ["checkout"]),
+    ("(name:tasks.add OR name:shop.checkout) AND -state:STARTED", ["add"]),
+    ("NOT (state:SUCCESS OR state:STARTED)", ["declined", "retrying"]),
+    ("nothing-like-this", []),
+])
+def test_search_matches_in_the_store(store, query, expected):
+    rows = fetch_tasks(store, TaskQuery(search=query, limit=100), ("uuid",)).rows
+    assert {row["uuid"] for row in rows} == {UUIDS[key] for key in expected}

@@ -1,0 +1,149 @@
+"""Settings from flags and the environment, and the `flowerbed` command as a user meets it: --help
+explains every option; a wrong value stops with one line and no traceback."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+from monitor.settings import DEMO_BROKER, DEMO_DB, Settings, SettingsError, build_parser, load_settings
+
+FLOWERBED = shutil.which("flowerbed")
+
+
+def test_defaults_need_nothing():
+    assert load_settings([], {}) == Settings()
+
+
+def test_flags_win_over_the_environment_which_wins_over_defaults():
+    settings = load_settings(["--port", "6000", "-b", "amqp://guest@rabbit//"],
+                             {"FLOWERBED_PORT": "7000", "FLOWERBED_MAX_TASKS": "50", "CELERY_BROKER_URL": "redis://x/1"})
+    assert (settings.port, settings.broker, settings.max_tasks) == (6000, "amqp://guest@rabbit//", 50)
+
+
+@pytest.mark.parametrize("environ, field, value", [
+    ({"CELERY_BROKER_URL": "redis://celery-var:6379/0"}, "broker", "redis://celery-var:6379/0"),
+    ({"FLOWER_BROKER_URL": "redis://flower-var:6379/0"}, "broker", "redis://flower-var:6379/0"),
+    ({"FLOWERBED_BROKER": "redis://ours/0", "CELERY_BROKER_URL": "redis://theirs/0"}, "broker", "redis://ours/0"),
+    ({"PORT": "8080"}, "port", 8080),  # what a PaaS sets
+    ({"FLOWER_PORT": "5566"}, "port", 5566),
+    ({"FLOWER_MAX_TASKS": "10"}, "max_tasks", 10),
+    ({"FLOWER_URL_PREFIX": "/flower"}, "url_prefix", "/flower"),
+    ({"FLOWERBED_ENABLE_EVENTS": "0"}, "enable_events", False),
+    ({"FLOWERBED_NO_AUTH": "yes"}, "no_auth", True),
+    ({"FLOWERBED_REFRESH_SECONDS": "0.5"}, "refresh_seconds", 0.5),
+])
+def test_environment_names_including_flowers(environ, field, value):
+    assert getattr(load_settings([], environ), field) == value
+
+
+def test_switches():
+    settings = load_settings(["--no-enable-events", "--url-prefix", "/flower", "--url-prefix-stripped"], {})
+    assert (settings.enable_events, settings.url_prefix_stripped) == (False, True)
+
+
+def test_demo_uses_the_embedded_broker_and_its_own_history():
+    demo = load_settings(["--demo"], {"FLOWERBED_BROKER": "redis://real/0"})
+    assert (demo.broker, demo.db) == (DEMO_BROKER, DEMO_DB)
+    assert load_settings(["--demo", "--db", "mine.db"], {}).db == "mine.db"
+
+
+def test_users_parse_with_hashes_kept_whole():
+    settings = load_settings(["--basic-auth", "ann:secret,bob:pbkdf2:sha256:600000$salt$hash",
+                              "--basic-auth-readonly", "vic:view"], {})
+    assert settings.admins == {"ann": "secret", "bob": "pbkdf2:sha256:600000$salt$hash"}
+    assert settings.viewers == {"vic": "view"}
+
+
+def test_failover_broker_urls_are_accepted():
+    broker = "sentinel://h1:26379;sentinel://h2:26379"
+    assert load_settings(["--broker", broker], {}).broker == broker
+
+
+BAD_VALUES = [
+    (["--port", "abc"], {}, "--port: expected a whole number, got 'abc'"),
+    (["--port", "0"], {}, "port must be between 1 and 65535"),
+    (["--max-tasks", "1.5"], {}, "--max-tasks: expected a whole number"),
+    (["--refresh-seconds", "-1"], {}, "refresh-seconds must be a finite number greater than 0"),
+    (["--inspect-timeout", "nan"], {}, "inspect-timeout must be a finite number greater than 0"),
+    (["--broker", "nonsense"], {}, "broker must be a URL such as redis://"),
+    (["--broker", "reddis://localhost:6379/0"], {}, "unknown transport 'reddis'"),
+    (["--broker", "redis://localhost:port/0"], {}, "Port could not be cast to integer"),
+    (["--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
+    (["--port"], {}, "argument --port: expected one argument"),
+    (["--url-prefix", "/"], {}, "url-prefix must name a path"),
+    (["--url-prefix-stripped"], {}, "url-prefix-stripped needs --url-prefix"),
+    (["--basic-auth", "ann"], {}, "'ann' has no password"),
+    (["--basic-auth", "ann:x", "--basic-auth-readonly", "ann:y"], {}, "user 'ann' is in both"),
+    (["--address", "0.0.0.0"], {}, "refusing to serve on 0.0.0.0 without basic auth"),
+    ([], {"FLOWERBED_PORT": "http"}, "FLOWERBED_PORT: expected a whole number"),
+    ([], {"FLOWERBED_DEMO": "maybe"}, "FLOWERBED_DEMO: expected 1/0"),
+]
+
+
+@pytest.mark.parametrize("argv, environ, message", BAD_VALUES, ids=[" ".join(a) or next(iter(e)) for a, e, _ in BAD_VALUES])
+def test_bad_values_raise_one_line_settings_errors(argv, environ, message):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(argv, environ)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("broker", ["redi://ann:s3cret@rabbit//", "redis://ann:s3cret@redis:port/0"])
+def test_broker_errors_never_show_the_password(broker):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(["--broker", broker], {})
+    assert "s3cret" not in str(raised.value) and "ann:**@" in str(raised.value)
+
+
+def test_public_address_with_auth_or_no_auth_is_allowed():
+    assert load_settings(["--address", "0.0.0.0", "--basic-auth", "a:b"], {}).address == "0.0.0.0"
+    assert load_settings(["--address", "0.0.0.0", "--no-auth"], {}).no_auth is True
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {key: value for key, value in os.environ.items()
+             if not key.startswith(("FLOWERBED_", "FLOWER_", "CELERY_"))}
+    return subprocess.run([FLOWERBED, *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**clean, **env})
+
+
+def test_help_explains_every_option():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text, flag
+        if action.dest != "help":
+            assert len(action.help) > 20 and action.help.split(" (env")[0] in text, action.dest
+    for env in ("FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL", "FLOWERBED_PORT", "PORT",
+                "FLOWERBED_DB", "FLOWERBED_BASIC_AUTH", "FLOWERBED_DEMO"):
+        assert re.search(rf"\b{env}\b", text), env
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--port", "abc"], {}, "--port: expected a whole number, got 'abc'"),
+    (["--broker", "nonsense"], {}, "broker must be a URL"),
+    (["--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
+    ([], {"FLOWERBED_MAX_TASKS": "lots"}, "FLOWERBED_MAX_TASKS: expected a whole number"),
+    (["--db", "/nonexistent-dir/flowerbed.db"], {}, "cannot use --db '/nonexistent-dir/flowerbed.db'"),
+], ids=["port", "broker", "unknown-flag", "env", "db"])
+def test_cli_stops_with_one_line_and_no_traceback(args, env, message):
+    result = run_cli(*args, **env)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "basic auth is OFF" not in line]
+    assert len(errors) == 1 and errors[0].startswith("flowerbed: error: "), result.stderr
+    assert message in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_python_app_py_is_the_same_cli():
+    result = subprocess.run([sys.executable, "app.py", "--port", "abc"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert (result.returncode, result.stderr.strip()) == (2, "flowerbed: error: --port: expected a whole number, got 'abc'")

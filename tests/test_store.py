@@ -1,0 +1,104 @@
+"""The SQLite store: retention, history across re-opening, and the upsert rules."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import task_row
+from monitor.store import WORKER_FIELDS, Store, is_online
+
+T0 = 1_800_000_000.0
+
+
+def uuid(number: int) -> str:
+    return f"00000000-0000-4000-8000-{number:012d}"
+
+
+def worker_row(hostname, **fields):
+    return tuple(fields.get(field, hostname if field == "hostname" else None) for field in WORKER_FIELDS)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "store.db"), max_tasks=5)
+
+
+def test_retention_keeps_the_newest_max_tasks(store):
+    for number in range(8):  # one batch per task, as they arrive
+        store.write_batch(tasks=[task_row(uuid=uuid(number), name="t", state="SUCCESS", received=T0 + number)])
+    assert store.enforce_retention() == 3
+    kept = [row["uuid"] for row in store.query("SELECT uuid FROM tasks ORDER BY seq")]
+    assert kept == [uuid(number) for number in range(3, 8)]
+    assert store.enforce_retention() == 0  # nothing more to drop
+
+
+def test_a_task_updated_late_keeps_its_place_in_the_retention_order(store):
+    store.write_batch(tasks=[task_row(uuid=uuid(n), state="STARTED") for n in range(5)])
+    store.write_batch(tasks=[task_row(uuid=uuid(0), state="SUCCESS")])  # the oldest finishes last
+    store.write_batch(tasks=[task_row(uuid=uuid(5), state="RECEIVED")])
+    store.enforce_retention()
+    assert store.get_task(uuid(0)) is None  # first seen first, so first to go
+    assert store.count_tasks() == 5
+
+
+def test_worker_samples_older_than_the_window_are_dropped(tmp_path):
+    store = Store(str(tmp_path / "samples.db"), sample_days=1)
+    store.write_batch(samples=[("w@a", T0 - 2 * 86400, 1, 0.1, 0.1, 0.1), ("w@a", T0 - 3600, 2, 0.2, 0.2, 0.2)])
+    store.enforce_retention(now=T0)
+    assert [row["active"] for row in store.query("SELECT active FROM worker_samples")] == [2]
+
+
+def test_history_survives_reopening_the_file(tmp_path):
+    path = str(tmp_path / "history.db")
+    first = Store(path)
+    first.write_batch(tasks=[task_row(uuid=uuid(1), name="sample.add", state="SUCCESS", result="5", runtime=0.25)],
+                      workers=[worker_row("w@a", freq=2.0, last_heartbeat=T0)],
+                      counters=[("w@a", 1, 1, 1, 0, 0)])
+    first.set_meta("collector", {"stored": 3})
+
+    reopened = Store(path)
+    task = reopened.get_task(uuid(1))
+    assert (task["name"], task["state"], task["result"], task["runtime"]) == ("sample.add", "SUCCESS", "5", 0.25)
+    worker = reopened.workers(now=T0 + 1)[0]
+    assert (worker["hostname"], worker["succeeded"], worker["online"]) == ("w@a", 1, True)
+    assert reopened.get_meta("collector") == {"stored": 3}
+
+
+@pytest.mark.parametrize("final", ["SUCCESS", "FAILURE", "REVOKED"])
+@pytest.mark.parametrize("late", ["PENDING", "RECEIVED", "STARTED"])
+def test_upsert_never_moves_a_finished_task_back(store, final, late):
+    store.write_batch(tasks=[task_row(uuid=uuid(1), name="t", state=final, succeeded=T0 + 2)])
+    store.write_batch(tasks=[task_row(uuid=uuid(1), state=late, started=T0 + 1)])
+    task = store.get_task(uuid(1))
+    assert (task["state"], task["started"], task["succeeded"]) == (final, T0 + 1, T0 + 2)
+
+
+def test_upsert_keeps_stored_fields_a_partial_row_lacks_and_takes_retries(store):
+    store.write_batch(tasks=[task_row(uuid=uuid(1), name="t", args="(1,)", state="STARTED")])
+    store.write_batch(tasks=[task_row(uuid=uuid(1), state="RETRY", retries=1)])
+    task = store.get_task(uuid(1))
+    assert (task["name"], task["args"], task["state"], task["retries"]) == ("t", "(1,)", "RETRY", 1)
+    store.write_batch(tasks=[task_row(uuid=uuid(1), state="STARTED")])  # retried tasks do run again
+    assert store.get_task(uuid(1))["state"] == "STARTED"
+
+
+def test_worker_counters_accumulate_and_inspect_only_workers_are_listed(store):
+    store.write_batch(counters=[("w@a", 2, 2, 1, 1, 0)])
+    store.write_batch(counters=[("w@a", 1, 1, 1, 0, 1)])
+    store.save_inspection({"w@b": {"stats": {"pid": 7}}}, at=T0)
+    workers = {w["hostname"]: w for w in store.workers(now=T0)}
+    assert {k: workers["w@a"][k] for k in ("received", "started", "succeeded", "failed", "retried")} == {
+        "received": 3, "started": 3, "succeeded": 2, "failed": 1, "retried": 1}
+    assert workers["w@b"]["inspect"] == {"stats": {"pid": 7}}
+    assert workers["w@b"]["online"] is False  # inspect alone does not say it is alive now
+
+
+@pytest.mark.parametrize("worker, now, online", [
+    ({"last_heartbeat": T0, "freq": 2.0}, T0 + 3.9, True),
+    ({"last_heartbeat": T0, "freq": 2.0}, T0 + 4.1, False),
+    ({"last_heartbeat": T0, "freq": None}, T0 + 3.9, True),  # celery's default period: 2 s
+    ({"last_heartbeat": T0, "freq": 2.0, "offline_at": T0 + 1}, T0 + 1.5, False),
+    ({"last_heartbeat": T0 + 5, "freq": 2.0, "offline_at": T0 + 1}, T0 + 6, True),  # came back
+    ({"last_heartbeat": None}, T0, False),
+])
+def test_online_means_a_heartbeat_within_two_periods_and_no_goodbye_since(worker, now, online):
+    assert is_online(worker, now) is online

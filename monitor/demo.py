@@ -95,9 +95,11 @@ class DemoCluster:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        # The workers' own INFO lines (one per task) would drown the monitor's log.
+        # The workers' own INFO lines (one per task) would drown the monitor's log, and so would
+        # the tracebacks of the failures the demo makes on purpose: the pages show those.
         for name in ("celery", "kombu"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
         for hostname in WORKER_NAMES:
             worker = self.app.WorkController(
                 hostname=hostname, pool_cls="threads", concurrency=4, loglevel="WARNING",

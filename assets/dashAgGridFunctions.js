@@ -43,3 +43,36 @@ window.flowerbedReplaceQuery = function (params) {
   var text = query.toString();
   window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : ""));
 };
+
+// Analytics grids: durations in the unit that reads best, rates as percentages, counts grouped.
+window.flowerbedDuration = dagfuncs.flowerbedDuration = function (seconds) {
+  if (seconds === null || seconds === undefined || isNaN(seconds)) { return ""; }
+  if (seconds < 0.01) { return (seconds * 1000).toFixed(1) + " ms"; }
+  if (seconds < 1) { return (seconds * 1000).toFixed(0) + " ms"; }
+  if (seconds < 60) { return seconds.toFixed(2) + " s"; }
+  if (seconds < 3600) { return (seconds / 60).toFixed(1) + " min"; }
+  return (seconds / 3600).toFixed(1) + " h";
+};
+
+window.flowerbedPercent = dagfuncs.flowerbedPercent = function (fraction) {
+  if (fraction === null || fraction === undefined || isNaN(fraction)) { return ""; }
+  return (fraction * 100).toFixed(fraction > 0 && fraction < 0.001 ? 3 : 2) + " %";
+};
+
+window.flowerbedPercentChange = dagfuncs.flowerbedPercentChange = function (change) {
+  if (change === null || change === undefined || isNaN(change)) { return ""; }
+  return (change > 0 ? "+" : "") + (change * 100).toFixed(2) + " pt";
+};
+
+window.flowerbedCount = dagfuncs.flowerbedCount = function (value) {
+  return value === null || value === undefined ? "" : Number(value).toLocaleString("en-US");
+};
+
+// A drill-down from the Analytics page: target is [search text, state chip] whose {0}, {1}... are
+// filled from `values` (a clicked point's customdata); see components/analytics.py.
+window.flowerbedOpenTasks = function (base, target, values) {
+  var params = new URLSearchParams();
+  params.set("q", target[0].replace(/\{(\d+)\}/g, function (_match, index) { return values[Number(index)]; }));
+  if (target[1]) { params.set("state", target[1]); }
+  window.flowerbedNavigate(base + "tasks?" + params.toString());
+};

@@ -7,6 +7,9 @@ import urllib.parse
 from dash import Input, Output, State
 
 from components import shell as shell_components
+from monitor import analytics
+from components.analytics import analytics_layout
+from callbacks.tasks import search_message
 from components.tasks import task_detail, tasks_layout
 from components.workers import dashboard_layout, worker_rows
 
@@ -46,8 +49,11 @@ def route(app, services, pathname: str | None, search: str | None):
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
         return dashboard_layout(worker_rows(services.store.workers(), time.time()))
+    if path == "analytics":
+        return analytics_layout(analytics.filter_options(services.store), params.get("range", ["1h"])[0])
     if path == "tasks":
-        return tasks_layout(params.get("q", [""])[0], params.get("state", [""])[0])
+        text = params.get("q", [""])[0]
+        return tasks_layout(text, params.get("state", [""])[0], search_message(text))
     if path.startswith("task/"):
         uuid = path.split("/", 1)[1]
         task = services.store.get_task(uuid)

@@ -23,6 +23,15 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
     )
 
 
+def search_message(text: str | None) -> str:
+    """What the Tasks page says under the search box: why the search cannot be understood, or ''."""
+    try:
+        search.compile_search(text or "")
+    except search.SearchError as exc:
+        return f"Search not understood: {exc}"
+    return ""
+
+
 def register(app, services) -> None:
     @app.callback(
         Output("tasks-query", "data"),
@@ -32,10 +41,9 @@ def register(app, services) -> None:
         prevent_initial_call=True,
     )
     def update_query(text, state):
-        try:
-            search.compile_search(text or "")
-        except search.SearchError as exc:
-            return no_update, f"Search not understood: {exc}"
+        message = search_message(text)
+        if message:
+            return no_update, message
         return {"search": text or "", "state": state or ""}, ""
 
     @app.callback(

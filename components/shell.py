@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dash import dcc, html
 
-NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"))
+NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"))
 
 
 def shell(relative_path, refresh_ms: int) -> html.Div:

@@ -37,10 +37,16 @@ TASK_COLUMNS = [
 GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS)
 SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: exception:, "
                "combined with AND, OR, NOT/-term, parentheses and \"quotes\". "
-               "Example: name:tasks.add state:FAILURE OR kwargs:user_id=42")
+               "Example: name:tasks.add state:FAILURE OR kwargs:user_id=42\n"
+               "Exact name or worker: name=shop.checkout worker=celery@host. "
+               "Times (UTC) and runtime (seconds) compare with >= > <= <: received started sent finished runtime, "
+               "e.g. finished>=2026-11-25T10:00 finished<2026-11-25T10:15 runtime>2.5 "
+               "(what a click on the Analytics page fills in).")
 
 
-def tasks_layout(search: str, state: str) -> html.Div:
+def tasks_layout(search: str, state: str, search_message: str = "") -> html.Div:
+    """`search_message` says why `search` (from the address) cannot be understood; the grid then
+    lists every task, as it does while a search typed in the box is malformed."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     return html.Div([
         page_header("Tasks", html.Span(id="tasks-count", className="muted"),
@@ -51,10 +57,10 @@ def tasks_layout(search: str, state: str) -> html.Div:
                       spellCheck=False, autoComplete="off"),
             html.Span("?", className="help", title=SEARCH_HELP),
         ], className="toolbar"),
-        html.Div(id="tasks-search-message", className="inline-message", role="alert"),
+        html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
-        dcc.Store(id="tasks-query", data={"search": search, "state": state}),
+        dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state}),
         dag.AgGrid(
             id="tasks-grid",
             rowModelType="infinite",
@@ -93,17 +99,19 @@ def task_detail(task: dict, relative_path) -> html.Div:
         elif field == "runtime" and value is not None:
             value = f"{value:.6f} s"
         rows.append(html.Tr([html.Th(field), html.Td(value if value not in (None, "") else "—")]))
-    times = [html.Tr([html.Th(field), html.Td(format_time(task.get(field)))])
-             for field in _DETAIL_TIMES if task.get(field) is not None]
+    stamps = sorted((task[field], field) for field in _DETAIL_TIMES if task.get(field) is not None)
+    times = [html.Tr([html.Th(field), html.Td(format_time(at))]) for at, field in stamps]  # in the order they happened
     wait = (task["started"] - task["received"]) if task.get("started") and task.get("received") else None
     if wait is not None:
         times.append(html.Tr([html.Th("queue wait"), html.Td(f"{wait:.6f} s")]))
     failure = []
+    # A task that succeeded after a retry still carries the exception of the attempt that failed.
+    earlier = "" if task.get("state") in ("FAILURE", "RETRY") else " of an earlier attempt"
     if task.get("exception"):
-        failure.append(html.H2("Exception"))
+        failure.append(html.H2(f"Exception{earlier}"))
         failure.append(html.Pre(task["exception"], className="code exception"))
     if task.get("traceback"):
-        failure.append(html.H2("Traceback"))
+        failure.append(html.H2(f"Traceback{earlier}"))
         failure.append(html.Pre(task["traceback"], className="code"))
     return html.Div([
         page_header(task.get("name") or "Unknown task", state_badge(task.get("state")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dash_ag_grid as dag
 from dash import dcc, html
 
+from .analytics import compact_row
 from .common import page_header, stat_card
 
 WORKER_COLUMNS = [
@@ -60,6 +61,7 @@ def dashboard_layout(rows: list[dict]) -> html.Div:
             stat_card("Succeeded", totals["succeeded"], "stat-succeeded", "tone-ok"),
             stat_card("Failed", totals["failed"], "stat-failed", "tone-bad"),
         ], className="stat-row"),
+        compact_row(),
         html.Div([
             dcc.Input(id="workers-search", type="search", placeholder="Filter workers by name, status or any column…",
                       debounce=False, className="search-input"),

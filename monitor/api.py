@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from .queries import QueryError, TaskQuery, fetch_tasks, parse_sort, parse_time
 from .store import TASK_FIELDS
@@ -104,7 +104,9 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
             limit=_int_arg("limit", 1000, MAX_LIMIT),
         )
         page = fetch_tasks(store, query)
-        response = jsonify({row["uuid"]: _flower_task(row) for row in page.rows})
+        # Flask's jsonify sorts keys, which would undo `sort_by`: keep the rows in query order.
+        body = current_app.json.dumps({row["uuid"]: _flower_task(row) for row in page.rows}, sort_keys=False)
+        response = current_app.response_class(body, mimetype="application/json")
         response.headers["X-Total-Count"] = str(page.total) + ("" if page.total_is_exact else "+")
         return response
 

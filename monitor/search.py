@@ -6,20 +6,35 @@
     kwargs:user_id=42            a keyword argument's value, as Flower matches it
     state:FAILURE OR state:RETRY AND/OR (either case), NOT or a leading '-', parentheses
     "connection reset"           quotes keep spaces (and colons) in one term
+    received>=2026-11-25T10:00   comparisons (>= > <= <) on the times received, started, sent,
+    finished<2026-11-25T10:05    finished (UTC date/time or epoch seconds) and runtime (seconds):
+    runtime>2.5                  what a drill-down from the Analytics page writes
+    name=shop.checkout           exactly this name (or worker=celery@host), where name: matches a part
 
 `compile_search` raises SearchError with a message fit to show next to the search box.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 
 from celery import states
 
+from .rollup import FINAL_STATES, finished_sql
+from .store import TEXT_COLUMNS
+
 FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception")
-FREE_TEXT_COLUMNS = ("name", "uuid", "worker", "args", "kwargs", "result", "exception")
+FREE_TEXT_COLUMNS = TEXT_COLUMNS  # name uuid worker args kwargs result exception, indexed by trigrams
 KNOWN_STATES = tuple(sorted(states.ALL_STATES))
 
+# Column (or expression) each comparable field means; `finished` only for tasks in a final state.
+COMPARABLE = {
+    "received": "received", "started": "started", "sent": "sent", "runtime": "runtime",
+    "finished": f"(CASE WHEN state IN ({', '.join(repr(s) for s in FINAL_STATES)}) THEN {finished_sql()} END)",
+}
+EXACT = ("name", "worker")
+_COMPARISON = re.compile(r"([A-Za-z_]+)(>=|<=|>|<|=)(.*)", re.S)
 _TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*"?)|((?:[^\s()"]|"(?:[^"\\]|\\.)*"?)+))')
 
 
@@ -31,6 +46,13 @@ class SearchError(ValueError):
 class Term:
     field: str | None  # None: free text
     value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Compare:
+    field: str  # a key of COMPARABLE, or one of EXACT with op '='
+    op: str  # >=, >, <=, <, =
+    value: float | str  # epoch seconds, seconds for runtime, the text for '=' 
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +97,18 @@ def _word(word: str) -> tuple[str, object]:
     negate = word.startswith("-") and len(word) > 1
     if negate:
         word = word[1:]
+    compared = _COMPARISON.fullmatch(word)
+    field = compared.group(1).lower() if compared else None
+    if field in COMPARABLE and compared.group(2) != "=" or field in EXACT and compared.group(2) == "=":
+        op, text = compared.group(2), compared.group(3)
+        if op == "=":
+            value = _unquote(text) if text.startswith('"') else text
+            if not value:
+                raise SearchError(f"'{field}=' needs a value, e.g. {field}={_EXAMPLES[field]}")
+            term = Compare(field, op, value)
+        else:
+            term = Compare(field, op, _comparison_value(field, text))
+        return ("NEG", term) if negate else ("TERM", term)
     field, sep, value = word.partition(":")
     if sep and re.fullmatch(r"[A-Za-z_]+", field):
         field = field.lower()
@@ -90,13 +124,52 @@ def _word(word: str) -> tuple[str, object]:
     return ("NEG", term) if negate else ("TERM", term)
 
 
+def parse_moment(text: str) -> float:
+    """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30 (UTC unless it says).
+
+    Raises ValueError."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def format_moment(epoch: float) -> str:
+    """The UTC date/time a comparison reads back (parse_moment's inverse, to the second)."""
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _comparison_value(field: str, text: str) -> float:
+    if not text:
+        raise SearchError(f"'{field}' needs a value after the comparison, e.g. {field}>={_EXAMPLES[field]}")
+    try:
+        return float(text) if field == "runtime" else parse_moment(text)
+    except ValueError:
+        expected = "a number of seconds" if field == "runtime" else "a UTC date/time such as 2026-11-25T10:30"
+        raise SearchError(f"{field}: expected {expected}, got {text!r}") from None
+
+
 _EXAMPLES = {"name": "tasks.add", "uuid": "3f2a", "state": "FAILURE", "worker": "celery@host",
-             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError"}
+             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError",
+             "received": "2026-11-25T10:00", "started": "2026-11-25T10:00", "sent": "2026-11-25T10:00",
+             "finished": "2026-11-25T10:00", "runtime": "2.5"}
 
 
 class _Parser:
     def __init__(self, tokens):
-        self.tokens, self.position = tokens, 0
+        self.tokens, self.position, self.depth = tokens, 0, 0
+
+    def nested(self, parse_inner):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise SearchError(f"the search nests too deeply: at most {MAX_DEPTH} levels of parentheses and NOT")
+        node = parse_inner()
+        self.depth -= 1
+        return node
 
     def peek(self):
         return self.tokens[self.position][0] if self.position < len(self.tokens) else None
@@ -134,7 +207,7 @@ class _Parser:
         kind = self.peek()
         if kind == "NOT":
             self.take()
-            return Not(self.unary("NOT"))
+            return Not(self.nested(lambda: self.unary("NOT")))
         if kind == "NEG":
             return Not(self.take()[1])
         if kind == "TERM":
@@ -143,7 +216,7 @@ class _Parser:
             self.take()
             if self.peek() == ")":
                 raise SearchError("empty parentheses")
-            node = self.or_expr()
+            node = self.nested(self.or_expr)
             if self.peek() != ")":
                 raise SearchError("missing ')'")
             self.take()
@@ -153,9 +226,17 @@ class _Parser:
         raise SearchError(f"expected a search term {where}, found {found}")
 
 
+# The parser and SQLite both recurse per nesting level and SQLite caps a statement's size; past
+# these limits a query is an error the user can fix, not a crash.
+MAX_TOKENS = 200
+MAX_DEPTH = 20
+
+
 def parse(query: str):
     """The query's syntax tree, or None for an empty query."""
     tokens = _tokens(query or "")
+    if len(tokens) > MAX_TOKENS:
+        raise SearchError(f"the search is too long: at most {MAX_TOKENS} terms, operators and parentheses")
     return _Parser(tokens).parse() if tokens else None
 
 
@@ -163,11 +244,33 @@ def _like(value: str) -> str:
     return "%" + re.sub(r"([%_\\])", r"\\\1", value) + "%"
 
 
+_TRIGRAMS_LOOKED_UP = 4
+
+
+def _indexed(sql: str, params: list, substrings) -> tuple[str, list]:
+    """`sql` (LIKE conditions, the exact rule) on the tasks the trigram index says may match.
+
+    The index (store.TEXT_COLUMNS, no positions) narrows the rows to those holding some trigrams
+    of the substrings, in any column; it folds case at least as widely as LIKE, so it never drops
+    a row LIKE keeps. Shorter than a trigram, a substring cannot be looked up: `sql` scans alone.
+    Each trigram looked up costs a read of every row holding it, and in task data the letters
+    spell what most rows share (names, keys) while digits and punctuation make ids and numbers:
+    look up the few trigrams with the fewest letters (at 1M tasks, all the trigrams of
+    cust-04217 took ~130 ms, its four digit-heavy ones a few ms)."""
+    trigrams = dict.fromkeys(text[i:i + 3] for text in substrings for i in range(len(text) - 2))
+    if not trigrams:
+        return sql, params
+    rarest = sorted(trigrams, key=lambda trigram: sum(char.isalpha() for char in trigram))[:_TRIGRAMS_LOOKED_UP]
+    match = " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in rarest)
+    return f"(seq IN (SELECT rowid FROM tasks_text WHERE tasks_text MATCH ?) AND {sql})", [match, *params]
+
+
 def _term_sql(term: Term) -> tuple[str, list]:
     field, value = term.field, term.value
     if field is None:
         pattern = _like(value)
-        return "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in FREE_TEXT_COLUMNS) + ")", [pattern] * len(FREE_TEXT_COLUMNS)
+        return _indexed("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in FREE_TEXT_COLUMNS) + ")",
+                        [pattern] * len(FREE_TEXT_COLUMNS), [value])
     if field == "state":
         wanted = [s.strip().upper() for s in value.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in KNOWN_STATES]
@@ -182,14 +285,18 @@ def _term_sql(term: Term) -> tuple[str, list]:
         return "uuid GLOB ?", [re.sub(r"([*?\[])", r"[\1]", value) + "*"]
     if field == "kwargs" and "=" in value:
         key, _, wanted = (part.strip() for part in value.partition("="))
-        return ("(kwargs LIKE ? ESCAPE '\\' OR kwargs LIKE ? ESCAPE '\\')",
-                [_like(f"'{key}': {wanted}"), _like(f"'{key}': '{wanted}'")])
-    return f"{field} LIKE ? ESCAPE '\\'", [_like(value)]
+        # kwargs is a dict's repr: the value must end there too, so user_id=42 does not match 420.
+        patterns = (f"'{key}': {wanted},", f"'{key}': {wanted}}}", f"'{key}': '{wanted}'")
+        return _indexed("(" + " OR ".join("kwargs LIKE ? ESCAPE '\\'" for _ in patterns) + ")",
+                        [_like(pattern) for pattern in patterns], [f"'{key}': ", wanted])
+    return _indexed(f"{field} LIKE ? ESCAPE '\\'", [_like(value)], [value])
 
 
 def to_sql(node) -> tuple[str, list]:
     if isinstance(node, Term):
         return _term_sql(node)
+    if isinstance(node, Compare):
+        return f"{COMPARABLE.get(node.field, node.field)} {node.op} ?", [node.value]
     if isinstance(node, Not):
         sql, params = to_sql(node.operand)
         return f"NOT coalesce({sql}, 0)", params

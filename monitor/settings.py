@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 from typing import Mapping, Sequence
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
@@ -95,8 +97,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive(name: str, value):
-    if value <= 0:
-        raise SettingsError(f"{name} must be greater than 0, got {value}")
+    if not math.isfinite(value) or value <= 0:  # nan and inf would reach the timers and the layout
+        raise SettingsError(f"{name} must be a finite number greater than 0, got {value}")
     return value
 
 
@@ -104,15 +106,17 @@ def _convert(kind, raw: str, source: str):
     try:
         return kind(raw)
     except ValueError:
-        raise SettingsError(f"{source}: expected {'a number' if kind is not str else 'text'}, got {raw!r}") from None
+        expected = {int: "a whole number", float: "a number"}.get(kind, "text")
+        raise SettingsError(f"{source}: expected {expected}, got {raw!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flowerbed", description="Flowerbed: a Celery monitor with history and runtime charts.")
     for field, flags, env, kind, help_text in _OPTIONS:
         default = getattr(Settings, field)
+        shown = "none" if default == "" else repr(default)
         parser.add_argument(*flags, dest=field, default=None, metavar=field.upper(),
-                            help=f"{help_text} (env {', '.join(env)}; default {default!r})")
+                            help=f"{help_text} (env {', '.join(env)}; default {shown})")
     for field, flag, env, help_text in _SWITCHES:
         turns_off = flag.startswith("--no-") and not field.startswith("no_")
         parser.add_argument(flag, dest=field, action="store_false" if turns_off else "store_true", default=None,
@@ -156,8 +160,7 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"port must be between 1 and 65535, got {settings.port}")
     for name in ("max_tasks", "refresh_seconds", "inspect_seconds", "inspect_timeout"):
         _positive(name.replace("_", "-"), getattr(settings, name))
-    if "://" not in settings.broker:
-        raise SettingsError(f"broker must be a URL such as redis://localhost:6379/0, got {settings.broker!r}")
+    check_broker(settings.broker)
     if settings.url_prefix and not settings.url_prefix.strip("/"):
         raise SettingsError(f"url-prefix must name a path such as /flower, got {settings.url_prefix!r}")
     if settings.url_prefix_stripped and not settings.url_prefix:
@@ -166,6 +169,26 @@ def _validate(settings: Settings) -> None:
     if overlap:
         raise SettingsError(f"user {sorted(overlap)[0]!r} is in both --basic-auth and --basic-auth-readonly")
     check_exposure(settings, settings.address)
+
+
+def check_broker(broker: str) -> None:
+    """A URL kombu can connect with (';' separates failover URLs), checked before anything starts:
+    a typo otherwise shows up only as a collector that never connects."""
+    from kombu.transport import TRANSPORT_ALIASES
+    from kombu.utils.url import parse_url
+
+    for url in (part.strip() for part in broker.split(";")):
+        scheme, sep, _rest = url.partition("://")
+        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**@", url)  # never print a password
+        if not sep:
+            raise SettingsError(f"broker must be a URL such as redis://localhost:6379/0, got {shown!r}")
+        if scheme.split("+", 1)[0] not in TRANSPORT_ALIASES:
+            raise SettingsError(f"broker: unknown transport {scheme!r} in {shown!r} "
+                                "(e.g. redis://, rediss://, amqp://, sqs://)")
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            raise SettingsError(f"broker: {exc} in {shown!r}") from None
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")

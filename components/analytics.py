@@ -1,0 +1,540 @@
+"""The Analytics page and the Dashboard's compact charts: pure functions from analytics frames to
+figures, grids and layout (no I/O).
+
+A drill-down target is the Tasks page's search text and state chip, `[q, state]` (see drill()).
+Grid rows carry theirs in a `drill` field (or a `uuid`, opening that task). A chart trace carries a
+target in `meta` whose {0}, {1} are filled from the clicked point's `customdata` (a bucket's start and
+end, or a task name), so a 100-bucket chart does not send 100 copies of the filters. The clientside
+callbacks in callbacks/analytics.py open them.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import dash_ag_grid as dag
+from dash import dcc, html
+
+from monitor.search import format_moment
+
+from .common import page_header, stat_card
+
+RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
+                 ("Custom", "custom"))
+COMPARE_CHOICES = (("Previous period", "previous"), ("Same time yesterday", "day"),
+                   ("Same time last week", "week"), ("Before / after a time", "split"))
+STATE_COLORS = {"SUCCESS": "#22a06b", "FAILURE": "#e5484d", "REVOKED": "#8b95a1"}
+METRIC_COLORS = {"runtime": "#8b5cf6", "wait": "#0ea5e9", "sent_wait": "#f59e0b"}
+WORKER_PALETTE = ("#8b5cf6", "#0ea5e9", "#22a06b", "#f59e0b", "#e5484d", "#14b8a6", "#ec4899", "#64748b",
+                  "#a3e635", "#f97316")
+# A task seen only through its final event (the monitor started while it ran) has no name.
+UNKNOWN_NAME = "(name unknown)"
+# Chips on the Tasks page; other states go into the search text of a drill-down.
+TASKS_PAGE_STATES = ("STARTED", "SUCCESS", "FAILURE", "RETRY", "RECEIVED")
+METRIC_AXES = {"runtime": "run time (log scale)", "wait": "received → started (log scale)",
+               "sent_wait": "sent → started (log scale)"}
+LOG_TICKS = [m * 10.0 ** e for e in range(-3, 5) for m in (1, 2, 5)]
+GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"],
+                "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+# -- drill-down targets --------------------------------------------------------------------------
+def drill(scope, start=None, end=None, names=None, state=None, exception=None) -> list[str]:
+    """[search text, state chip] of the Tasks page showing exactly the tasks behind a mark: finished
+    in [start, end) (the scope's range by default; a str is used as it is, e.g. a "{0}" placeholder),
+    of the scope's names and workers (or `names`), in `state`, whose exception contains `exception`."""
+    def moment(value, default):
+        return value if isinstance(value, str) else compact_moment(default if value is None else value)
+
+    terms = [f"finished>={moment(start, scope.start)}", f"finished<{moment(end, math.ceil(scope.end))}"]
+    for field, values in (("name", scope.names if names is None else names), ("worker", scope.workers)):
+        if values:
+            alternatives = [f"{field}={_quoted(v)}" for v in values]
+            terms.append(alternatives[0] if len(alternatives) == 1 else f"({' OR '.join(alternatives)})")
+    if exception:
+        terms.append(f"exception:{_quoted(exception, always=True)}")
+    if state and state not in TASKS_PAGE_STATES:
+        terms.append(f"state:{state}")
+    return [" ".join(terms), state if state in TASKS_PAGE_STATES else ""]
+
+
+def compact_moment(epoch: float) -> str:
+    """format_moment without zero seconds: 2026-11-25T10:15."""
+    text = format_moment(epoch)
+    return text[:-3] if text.endswith(":00") else text
+
+
+def _quoted(value: str, always: bool = False) -> str:
+    if always or any(c in value for c in ' "()'):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+# -- figures ------------------------------------------------------------------------------------
+# Figures are plain dicts, as Dash sends them: plotly's graph objects validate every property
+# (tens of ms per refresh) and embed a ~7 kB default template in every figure.
+
+
+def _layout(uirevision: str, height: int, **extra) -> dict:
+    """Transparent, theme-neutral: the stylesheet colours the text for light and dark themes."""
+    layout = dict(
+        uirevision=uirevision, height=height, margin=dict(l=8, r=8, t=8, b=8),
+        paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+        font=dict(family="system-ui, -apple-system, Segoe UI, DejaVu Sans, sans-serif", size=12, color="#7a8591"),
+        hoverlabel=dict(font=dict(size=12)), hovermode="closest",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, bgcolor="rgba(0,0,0,0)"),
+        xaxis=dict(gridcolor="rgba(128,128,128,.18)", zeroline=False, automargin=True),
+        yaxis=dict(gridcolor="rgba(128,128,128,.18)", zeroline=False, automargin=True),
+    )
+    for key, value in extra.items():
+        layout[key] = {**layout[key], **value} if isinstance(value, dict) and key in layout else value
+    return layout
+
+
+def empty_figure(message: str, height: int = 260) -> dict:
+    return _figure([], _layout("empty", height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                               annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper",
+                                                 yref="paper", font=dict(size=13))]))
+
+
+def _figure(traces: list[dict], layout: dict) -> dict:
+    return {"data": traces, "layout": layout}
+
+
+def _time_axis(scope) -> dict:
+    # The whole range shows even where it has no data. Not `range`: a range that moves with every
+    # refresh would count as a new value and undo the user's zoom that uirevision keeps.
+    return dict(type="date")
+
+
+def _iso(epoch: float) -> str:
+    return format_moment(epoch).replace("T", " ")
+
+
+def throughput_figure(frame, scope, uirevision: str, height: int = 280, compact: bool = False) -> dict:
+    """Finished tasks per bucket, stacked by final state; a bar opens its tasks."""
+    if frame.empty:
+        return empty_figure("No task finished in this range", height)
+    step = frame.attrs.get("bucket_seconds", 60)
+    order = {"SUCCESS": 0, "FAILURE": 1, "REVOKED": 2}
+    traces = []
+    for state, rows in sorted(frame.groupby("state", sort=False), key=lambda item: order.get(item[0], 9)):
+        traces.append(dict(
+            type="bar", x=_ms(rows["bucket"]), **_period(step), y=rows["count"].tolist(), width=step * 1000 * 0.9,
+            name=state.title(), uid=state, marker=dict(color=STATE_COLORS.get(state, "#64748b")),
+            customdata=_bucket_bounds(rows["bucket"], step), meta=drill(scope, "{0}", "{1}", state=state),
+            hovertemplate=f"%{{y:,}} {state.lower()} · %{{x|%H:%M}} UTC (per {step_label(step)})<extra></extra>"))
+    compact_layout = dict(legend=dict(x=1, xanchor="right", font=dict(size=11)), margin=dict(t=20)) if compact else {}
+    return _figure(traces, _layout(uirevision, height, barmode="stack", bargap=0.08, xaxis=_time_axis(scope),
+                                   yaxis=dict(title=None if compact else f"tasks / {step_label(step)}"),
+                                   **compact_layout))
+
+
+def failure_rate_figure(rates, scope, uirevision: str, height: int = 280) -> dict:
+    """Failures per bucket (bars) and the failure rate (line, right axis); a bar opens the failures."""
+    if rates.empty or not rates["finished"].sum():
+        return empty_figure("No task finished in this range", height)
+    step = rates.attrs.get("bucket_seconds", 60)
+    starts = _ms(rates["bucket"])
+    return _figure([
+        dict(type="bar", x=starts, **_period(step), y=rates["failed"].tolist(), width=step * 1000 * 0.9, name="Failures", uid="failures",
+             marker=dict(color=STATE_COLORS["FAILURE"]), opacity=0.55,
+             customdata=_bucket_bounds(rates["bucket"], step), meta=drill(scope, "{0}", "{1}", state="FAILURE"),
+             hovertemplate="%{y:,} failed · %{x|%H:%M} UTC<extra></extra>"),
+        dict(type="scatter", x=starts, **_period(step), y=(rates["rate"] * 100).round(3).tolist(),
+             name="Failure rate", uid="rate", yaxis="y2", mode="lines+markers", marker=dict(size=4),
+             line=dict(color="#f04438", width=2),
+             hovertemplate="%{y:.2f} % failed · %{x|%H:%M} UTC<extra></extra>"),
+    ], _layout(uirevision, height, bargap=0.08, xaxis=_time_axis(scope), yaxis=dict(title="failures", rangemode="tozero"),
+               yaxis2=dict(title="failure rate", overlaying="y", side="right", rangemode="tozero",
+                           ticksuffix=" %", tickformat=".3~g", tickmode="auto", nticks=5, showgrid=False, zeroline=False, automargin=True)))
+
+
+def distribution_figure(stats, metric: str, scope, uirevision: str, height: int | None = None,
+                        limit: int = 20, compact: bool = False) -> dict:
+    """A box per task name from the quantiles: box p25–p75, line at p50, whiskers p5–p99, ◆ the mean;
+    log scale, slowest p50 on top. A box opens that name's tasks."""
+    rows = _named(stats)
+    rows = rows[rows[f"{metric}_count"] > 0].nlargest(limit, f"{metric}_p50") if not rows.empty else rows
+    if rows.empty:
+        message = ("No task-sent events in this range (set task_send_sent_event = True)" if metric == "sent_wait"
+                   else "No finished task in this range")
+        return empty_figure(message, height or 260)
+    rows = rows.iloc[::-1]
+    names = list(rows["name"])
+    target = drill(scope, names=("{0}",))
+    traces = []
+    for _, row in rows.iterrows():
+        q = {k: round(float(row[f"{metric}_{k}"]), 6)
+             for k in ("p5", "p25", "p50", "p75", "p95", "p99", "max", "mean", "count")}
+        traces.append(dict(
+            type="box", y=[row["name"]], q1=[q["p25"]], median=[q["p50"]], q3=[q["p75"]], lowerfence=[q["p5"]],
+            upperfence=[q["p99"]], mean=[q["mean"]], orientation="h", name=row["name"], showlegend=False,
+            marker=dict(color=METRIC_COLORS[metric]), line=dict(width=1.5), fillcolor=_transparent(METRIC_COLORS[metric]),
+            customdata=[[_quoted(row["name"])]], meta=target,
+            hovertemplate=(f"<b>{row['name']}</b><br>p50 {_seconds(q['p50'])} · p95 {_seconds(q['p95'])} · "
+                           f"p99 {_seconds(q['p99'])}<br>mean {_seconds(q['mean'])} · max {_seconds(q['max'])} · "
+                           f"{int(q['count']):,} tasks<extra></extra>")))
+    height = height or max(180, 34 * len(names) + 60)
+    return _figure(traces, _layout(
+        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[_seconds(t) for t in LOG_TICKS],
+                                       title=None if compact else METRIC_AXES[metric]),
+        yaxis=dict(categoryorder="array", categoryarray=names, showgrid=False, tickfont=dict(size=11 if compact else 12))))
+
+
+def failures_by_name_figure(stats, scope, uirevision: str, limit: int = 10, height: int = 300) -> dict:
+    """Failures per task name, most first, labelled with the failure rate; a bar opens them."""
+    rows = _named(stats)
+    rows = rows[rows["failed"] > 0].nlargest(limit, "failed") if not rows.empty else rows
+    if rows.empty:
+        return empty_figure("No failures in this range", height)
+    rows = rows.iloc[::-1]
+    return _figure([dict(
+        type="bar", x=rows["failed"].tolist(), y=rows["name"].tolist(), orientation="h",
+        marker=dict(color=STATE_COLORS["FAILURE"]), text=[f"{rate:.1%}" for rate in rows["failure_rate"]],
+        textposition="outside", cliponaxis=False, customdata=[[_quoted(name)] for name in rows["name"]],
+        meta=drill(scope, names=("{0}",), state="FAILURE"),
+        hovertemplate="<b>%{y}</b><br>%{x:,} failed (%{text} of finished)<extra></extra>",
+    )], _layout(uirevision, height, xaxis=dict(title="failures"), margin=dict(l=8, r=48, t=8, b=8),
+                # room for `limit` bars, so that one failing name gets a bar, not a wall
+                yaxis=dict(showgrid=False, range=[len(rows) - limit - 0.5, len(rows) - 0.5])))
+
+
+def worker_figure(frame, column: str, title: str, scope, uirevision: str, height: int = 240) -> dict:
+    """One line per worker over time, from the heartbeat rollup. Evenly spaced points go as a start
+    and a step (x0, dx) with gaps as null: no x array per worker."""
+    if frame.empty:
+        return empty_figure("No heartbeats in this range", height)
+    step = frame.attrs.get("bucket_seconds", 60)
+    grid = range(int(frame["bucket"].min()), int(frame["bucket"].max()) + step, step)
+    traces = []
+    for index, (worker, rows) in enumerate(frame.groupby("worker", sort=True)):
+        values = rows.set_index("bucket")[column].round(3).reindex(grid)
+        traces.append(dict(
+            type="scatter", x0=grid[0] * 1000, dx=step * 1000, **_period(step), y=values.astype(object).where(values.notna(), None).tolist(),
+            name=worker, uid=_css_safe(worker), mode="lines+markers", marker=dict(size=3), connectgaps=False,
+            line=dict(width=1.8, color=WORKER_PALETTE[index % len(WORKER_PALETTE)]),
+            hovertemplate=f"{worker}<br>%{{y:.2f}} {title} · %{{x|%H:%M}} UTC<extra></extra>"))
+    return _figure(traces, _layout(uirevision, height, xaxis=_time_axis(scope),
+                                   yaxis=dict(title=title, rangemode="tozero"), hovermode="x unified"))
+
+
+def _period(step: int) -> dict:
+    # x is a bucket's start; plotly draws the mark in the middle of the bucket, ticks stay on round times.
+    return dict(xperiod=step * 1000, xperiodalignment="middle")
+
+
+def _ms(epochs) -> list[int]:
+    """Epoch seconds as the epoch milliseconds plotly's date axes take: shorter than ISO text."""
+    return (epochs * 1000).round().astype("int64").tolist()
+
+
+def _bucket_bounds(buckets, step: int) -> list[list[str]]:
+    return [[compact_moment(b), compact_moment(b + step)] for b in buckets]
+
+
+def _named(stats):
+    """Rows of known task names: a task seen only through its last event has none, and no bar or box
+    could open its tasks (the tables list them as "(name unknown)")."""
+    return stats[stats["name"] != ""] if not stats.empty else stats
+
+
+def _css_safe(text: str) -> str:
+    # plotly builds CSS selectors from a trace's uid: "celery@host" would break the page.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _transparent(hex_color: str, alpha: float = 0.25) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _seconds(value) -> str:
+    if value is None or value != value:
+        return "—"
+    if value < 1:
+        return f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
+    return f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min"
+
+
+def step_label(step: int) -> str:
+    return f"{step // 60} min" if step < 3600 else f"{step // 3600} h"
+
+
+def window_label(scope) -> str:
+    return f"{_iso(scope.start)[:16]} – {_iso(scope.end)[:16]}"
+
+
+# -- grid rows ------------------------------------------------------------------------------------
+def _records(frame, columns) -> list[dict]:
+    """JSON-safe rows: NaN becomes null, floats keep 6 decimals (a microsecond)."""
+    return [{k: (None if v != v else round(v, 6)) if isinstance(v, float) else v for k, v in zip(columns, values)}
+            for values in frame[list(columns)].itertuples(index=False, name=None)]
+
+
+def stats_rows(stats, scope) -> list[dict]:
+    columns = ["name", "finished", "failed", "failure_rate", "runtime_mean", "runtime_p50", "runtime_p90",
+               "runtime_p95", "runtime_p99", "runtime_max", "wait_p50", "wait_p95", "wait_max", "sent_wait_p50",
+               "sent_wait_p95"]
+    rows = _records(stats, columns)
+    for row in rows:
+        if row["name"]:
+            row["drill"] = drill(scope, names=(row["name"],))
+        else:
+            row["name"] = UNKNOWN_NAME
+    return rows
+
+
+def exception_rows(groups, tracebacks: dict, scope) -> list[dict]:
+    rows = _records(groups, ["type", "message", "count", "names", "first", "last", "sample_uuid", "match"])
+    for row in rows:
+        names = tuple(row["names"].split(", "))
+        row["traceback"] = _tail(tracebacks.get(row["sample_uuid"], ""))
+        row["drill"] = drill(scope, names=names if len(names) == 1 else (), state="FAILURE", exception=row.pop("match"))
+    return rows
+
+
+def _tail(text: str, lines: int = 14, chars: int = 1500) -> str:
+    """The end of a traceback: where it was raised and what, within a tooltip's size."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])[-chars:]
+
+
+def task_rows(frame, columns) -> list[dict]:
+    """Rows of single tasks: a click opens the task (its `uuid`)."""
+    return _records(frame, columns)
+
+
+def compare_rows(frame, after_scope) -> list[dict]:
+    columns = ["name", "finished_before", "finished_after", "runtime_p50_before", "runtime_p50_after",
+               "runtime_p50_ratio", "runtime_p95_before", "runtime_p95_after", "runtime_p95_ratio",
+               "failure_rate_before", "failure_rate_after", "failure_rate_change"]
+    rows = _records(frame, columns)
+    for row in rows:
+        if row["name"]:
+            row["drill"] = drill(after_scope, names=(row["name"],))
+        else:
+            row["name"] = UNKNOWN_NAME
+    return rows
+
+
+# -- grids ----------------------------------------------------------------------------------------
+def _duration(field, header, **extra) -> dict:
+    return {"field": field, "headerName": header, "type": "numericColumn", "width": 84,
+            "valueFormatter": {"function": "flowerbedDuration(params.value)"}, **extra}
+
+
+def _count(field, header, **extra) -> dict:
+    return {"field": field, "headerName": header, "type": "numericColumn", "width": 92,
+            "valueFormatter": {"function": "flowerbedCount(params.value)"}, **extra}
+
+
+def _percent(field, header, **extra) -> dict:
+    return {"field": field, "headerName": header, "type": "numericColumn", "width": 84,
+            "valueFormatter": {"function": "flowerbedPercent(params.value)"}, **extra}
+
+
+def _ratio(field, header) -> dict:
+    return {"field": field, "headerName": header, "type": "numericColumn", "width": 90,
+            "valueFormatter": {"function": "params.value == null ? '' : '×' + params.value.toFixed(2)"},
+            "cellClassRules": {"cell-failure": "params.value >= 1.2", "cell-success": "params.value <= 0.83"}}
+
+
+_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "width": 190}
+_SHORT_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value).slice(5, 19)"}, "width": 128,
+               "headerTooltip": "UTC"}
+_NAME = {"field": "name", "headerName": "Task name", "minWidth": 160, "flex": 1, "cellClass": "mono"}
+
+STATS_COLUMNS = [
+    _NAME, _count("finished", "Finished"), _count("failed", "Failed"), _percent("failure_rate", "Fail %"),
+    {"headerName": "Run time", "children": [
+        _duration("runtime_mean", "Mean"), _duration("runtime_p50", "p50"), _duration("runtime_p90", "p90"),
+        _duration("runtime_p95", "p95", sort="desc"), _duration("runtime_p99", "p99"), _duration("runtime_max", "Max")]},
+    {"headerName": "Wait: received → started", "children": [
+        _duration("wait_p50", "p50"), _duration("wait_p95", "p95"), _duration("wait_max", "Max")]},
+    {"headerName": "Wait: sent → started", "headerTooltip": "needs task-sent events (task_send_sent_event)",
+     "children": [_duration("sent_wait_p50", "p50"), _duration("sent_wait_p95", "p95")]},
+]
+EXCEPTION_COLUMNS = [
+    {"field": "type", "headerName": "Exception", "width": 130, "cellClass": "mono cell-failure",
+     "tooltipField": "traceback"},
+    {"field": "message", "headerName": "Message (numbers, ids as #)", "flex": 3, "minWidth": 200,
+     "cellClass": "mono", "tooltipField": "traceback"},
+    _count("count", "Count", sort="desc", width=96),
+    {"field": "names", "headerName": "Task names", "flex": 1, "minWidth": 120, "cellClass": "mono"},
+    {"field": "first", "headerName": "First seen", **_SHORT_TIME},
+    {"field": "last", "headerName": "Last seen", **_SHORT_TIME},
+]
+SLOWEST_COLUMNS = [
+    _NAME, _duration("runtime", "Runtime", sort="desc", width=104),
+    {"field": "state", "headerName": "State", "width": 100,
+     "cellClassRules": {"cell-success": "params.value == 'SUCCESS'", "cell-failure": "params.value == 'FAILURE'"}},
+    {"field": "worker", "headerName": "Worker", "width": 170},
+    {"field": "received", "headerName": "Received (UTC)", **_TIME},
+]
+STUCK_COLUMNS = [
+    _NAME, _duration("running", "Running for", sort="desc", width=116),
+    _duration("limit", "Limit", headerTooltip="the name's p99 runtime in the range, else the limit above"),
+    {"field": "over", "headerName": "× limit", "type": "numericColumn", "width": 90,
+     "valueFormatter": {"function": "params.value == null ? '' : '×' + params.value.toFixed(1)"}},
+    {"field": "worker", "headerName": "Worker", "width": 170},
+    {"field": "started", "headerName": "Started (UTC)", **_TIME},
+]
+COMPARE_COLUMNS = [
+    _NAME, _count("finished_before", "Before n"), _count("finished_after", "After n"),
+    _duration("runtime_p50_before", "p50 before"), _duration("runtime_p50_after", "p50 after"),
+    _ratio("runtime_p50_ratio", "p50 Δ"),
+    _duration("runtime_p95_before", "p95 before"), _duration("runtime_p95_after", "p95 after"),
+    _ratio("runtime_p95_ratio", "p95 Δ"),
+    _percent("failure_rate_before", "Fail % before", width=110), _percent("failure_rate_after", "Fail % after", width=110),
+    {"field": "failure_rate_change", "headerName": "Fail Δ", "type": "numericColumn", "width": 90,
+     "valueFormatter": {"function": "flowerbedPercentChange(params.value)"},
+     "cellClassRules": {"cell-failure": "params.value > 0.005", "cell-success": "params.value < -0.005"}},
+]
+
+
+def grid(grid_id: str, columns, file_name: str, empty: str, height: int | None = None, **options) -> dag.AgGrid:
+    """A client-side grid whose rows open their drill-down target and export as CSV (as sorted/filtered)."""
+    return dag.AgGrid(
+        id=grid_id, rowData=[], columnDefs=columns,
+        defaultColDef={"sortable": True, "resizable": True, "suppressHeaderMenuButton": True},
+        csvExportParams={"fileName": file_name},
+        dashGridOptions={"rowHeight": 32, "headerHeight": 36, "animateRows": False, "tooltipShowDelay": 250,
+                         "tooltipInteraction": True, "enableCellTextSelection": True,
+                         "localeText": {"noRowsToShow": empty},
+                         **({"domLayout": "autoHeight"} if height is None else {}), **options},
+        style={"width": "100%", **({"height": f"{height}px"} if height else {})},
+        className="grid analytics-grid",
+    )
+
+
+def _panel(title: str, body, *, help_text: str | None = None, actions=None, class_name: str = "") -> html.Div:
+    return html.Div([
+        html.Div([html.H2(title), html.Span(help_text, className="panel-help") if help_text else None,
+                  html.Div(actions or [], className="panel-actions")], className="panel-head"),
+        body,
+    ], className=f"panel chart-panel {class_name}".strip())
+
+
+def _graph(graph_id: str, height: int = 280) -> dcc.Graph:
+    """A graph whose height follows its figure's (`height` until the first refresh)."""
+    return dcc.Graph(id=graph_id, figure=empty_figure("Loading…", height), config=GRAPH_CONFIG, className="chart")
+
+
+def _csv_button(grid_id: str) -> html.Button:
+    return html.Button("CSV", id=f"{grid_id}-csv", className="button ghost small", n_clicks=0,
+                       title="Download this table as CSV, as sorted and filtered")
+
+
+CSV_GRIDS = ("analytics-stats", "analytics-exceptions", "analytics-slowest", "analytics-stuck", "analytics-compare")
+DASHBOARD_GRAPHS = ("dashboard-throughput", "dashboard-runtime")
+GRAPHS = ("analytics-throughput", "analytics-failure-rate", "analytics-runtime", "analytics-wait",
+          "analytics-failures-by-name", "analytics-worker-active", "analytics-worker-load")
+
+
+def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
+    """The Analytics page; `options` lists the names, workers and queues the filters offer; `range_key`
+    (from ?range=) picks the range it opens with."""
+    range_key = range_key if range_key in {value for _label, value in RANGE_CHOICES[:-1]} else "1h"
+    def dropdown(dropdown_id, placeholder, values):
+        return dcc.Dropdown(id=dropdown_id, options=values, multi=True, placeholder=placeholder,
+                            className="filter-dropdown")
+
+    return html.Div([
+        page_header("Analytics", html.Span(id="analytics-updated", className="muted"),
+                    subtitle="Where time goes and what fails. Times in UTC; click a bar, box or row to open its tasks."),
+        html.Div([
+            dcc.RadioItems(id="analytics-range", options=[{"label": l, "value": v} for l, v in RANGE_CHOICES],
+                           value=range_key, inline=True, className="chips", labelClassName="chip"),
+            html.Div([
+                dcc.Input(id="analytics-from", type="text", placeholder="from 2026-11-25 09:00", debounce=True,
+                          className="search-input time-input"),
+                html.Span("→", className="muted"),
+                dcc.Input(id="analytics-to", type="text", placeholder="to 2026-11-25 10:00", debounce=True,
+                          className="search-input time-input"),
+            ], id="analytics-custom", className="custom-range", style={"display": "none"}),
+            dropdown("analytics-names", "All task names", options.get("name", [])),
+            dropdown("analytics-workers", "All workers", options.get("worker", [])),
+            dropdown("analytics-queues", "All queues", options.get("queue", [])),
+        ], className="analytics-controls"),
+        html.Div(id="analytics-message", className="inline-message", role="alert"),
+        html.Div(id="analytics-cards", className="stat-row compact-stats"),
+        html.Div([
+            _panel("Throughput by final state", _graph("analytics-throughput"),
+                   help_text="finished tasks per bucket"),
+            _panel("Failures over time", _graph("analytics-failure-rate"), help_text="count and rate"),
+        ], className="chart-grid two"),
+        html.Div([
+            _panel("Run time by task name", _graph("analytics-runtime", 300),
+                   help_text="box p25–p75 · line p50 · whiskers p5–p99"),
+            _panel("Queue wait by task name", _graph("analytics-wait", 300),
+                   help_text="sent → started when task-sent events arrive, else received → started"),
+        ], className="chart-grid two"),
+        _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS, "task-runtimes.csv",
+                                                      "No finished task in this range."),
+               help_text="quantiles from log histograms (±4.4 %); worker/queue filters narrow counts, means "
+                         "and max", actions=[_csv_button("analytics-stats")]),
+        html.Div([
+            _panel("Failures by task name", _graph("analytics-failures-by-name", 300)),
+            _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS, "exceptions.csv",
+                                                 "No failures in this range.", height=300),
+                   help_text="hover for a sample traceback", actions=[_csv_button("analytics-exceptions")]),
+        ], className="chart-grid failures"),
+        html.Div([
+            _panel("Active tasks per worker", _graph("analytics-worker-active", 240),
+                   help_text="mean of heartbeats per bucket"),
+            _panel("Load average (1 min) per worker", _graph("analytics-worker-load", 240)),
+        ], className="chart-grid two"),
+        html.Div([
+            _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS, "slowest-tasks.csv",
+                                                      "No finished task in this range.", height=330),
+                   actions=[_csv_button("analytics-slowest")]),
+            _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS, "stuck-tasks.csv",
+                                       "Nothing running past its limit.", height=330),
+                   help_text="started, still running past their name's p99",
+                   actions=[html.Label(["else after ", dcc.Input(id="analytics-stuck-limit", type="number", min=1,
+                                                                 value=300, debounce=True, className="number-input"),
+                                        " s"], className="muted small"),
+                            _csv_button("analytics-stuck")]),
+        ], className="chart-grid two"),
+        _panel("Compare two windows", html.Div([
+            html.Div([
+                dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
+                               value="day", inline=True, className="chips", labelClassName="chip"),
+                dcc.Input(id="compare-split", type="text", placeholder="split at 2026-11-25 10:00", debounce=True,
+                          className="search-input time-input", style={"display": "none"}),
+                html.Span(id="compare-windows", className="muted small"),
+            ], className="compare-controls"),
+            grid("analytics-compare", COMPARE_COLUMNS, "compare.csv", "No finished task in either window."),
+        ]), help_text="per task name: runtime p50/p95 and failure rate, then → now",
+            actions=[_csv_button("analytics-compare")]),
+        dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
+    ], className="analytics")
+
+
+def summary_cards(stats, stuck_count: int, scope) -> list:
+    finished = int(stats["finished"].sum()) if not stats.empty else 0
+    failed = int(stats["failed"].sum()) if not stats.empty else 0
+    rate = f"{failed / finished:.2%}" if finished else "—"
+    per_minute = finished / (scope.span / 60)
+    waits = stats[stats["wait_count"] > 0] if not stats.empty else stats
+    worst_wait = waits.nlargest(1, "wait_p95") if not waits.empty else waits
+    wait_text = (f"{_seconds(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
+    return [
+        stat_card("Finished", f"{finished:,}", tone="tone-ok"),
+        stat_card("Throughput", f"{per_minute:,.1f} / min", tone="tone-info"),
+        stat_card("Failed", f"{failed:,} · {rate}", tone="tone-bad"),
+        stat_card("Worst p95 queue wait", html.Span([wait_text, html.Small(
+            f" {worst_wait['name'].iloc[0]}" if not worst_wait.empty else "", className="stat-sub")])),
+        stat_card("Stuck now", f"{stuck_count:,}", tone="tone-bad" if stuck_count else "tone-ok"),
+    ]
+
+
+# -- the Dashboard's compact row ------------------------------------------------------------------
+def compact_row() -> html.Div:
+    """Throughput and run times of the last hour, above the workers table; a click opens the tasks."""
+    return html.Div([
+        _panel("Last hour: throughput by state", _graph("dashboard-throughput", 170)),
+        _panel("Last hour: run time by task name", _graph("dashboard-runtime", 170),
+               help_text="p5–p99, slowest 8"),
+        dcc.Store(id="dashboard-figures"), dcc.Store(id="dashboard-drill"),
+    ], className="chart-grid two compact-charts")

@@ -1,0 +1,350 @@
+"""Runtime and failure analytics: SQL over the rollups (see rollup.py) and pandas for the shaping.
+
+Every function takes the store and a Scope (time range and optional task names, workers, queues)
+and returns plain data, mostly DataFrames already aggregated to what a chart or table shows: the
+size of a result depends on the number of task names and buckets, never on the number of tasks.
+Raw task rows are read only where an index keeps it cheap: the slowest tasks (the runtime index, or
+the started index within the rollup's slowest minutes), stuck tasks (state = 'STARTED') and sample
+tracebacks (by uuid).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import rollup
+from .store import Store
+
+RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
+# Bucket sizes a chart may use, each a multiple of a rollup grain; the smallest that keeps a range
+# within MAX_BUCKETS wins.
+BUCKET_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 10800, 21600, 43200, 86400)
+MAX_BUCKETS = 120
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+# A running task with no finished run of its name to compare with counts as stuck past this.
+DEFAULT_STUCK_SECONDS = 300.0
+# A task's queue is its routing key, which only task-sent events carry; unknown values are stored as
+# '' in the rollups (their key columns cannot be NULL).
+UNKNOWN = ""
+
+
+class AnalyticsError(ValueError):
+    """A range or filter the user can fix; the message is shown as it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    start: float
+    end: float
+    names: tuple[str, ...] = ()
+    workers: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.end > self.start:
+            raise AnalyticsError("The range ends before it starts: pick an end after the start.")
+
+    @property
+    def span(self) -> float:
+        return self.end - self.start
+
+    def shifted(self, seconds: float) -> "Scope":
+        return dataclasses.replace(self, start=self.start + seconds, end=self.end + seconds)
+
+
+def last(range_key: str, now: float | None = None, **filters) -> Scope:
+    """The Scope of a named range ending now, e.g. last("1h", names=("shop.checkout",))."""
+    if range_key not in RANGES:
+        raise AnalyticsError(f"unknown range {range_key!r} (use {', '.join(RANGES)})")
+    now = time.time() if now is None else now
+    return Scope(now - RANGES[range_key], now, **{k: tuple(v or ()) for k, v in filters.items()})
+
+
+def bucket_seconds(scope: Scope, now: float | None = None) -> int:
+    """Bucket size for time series: ≤ MAX_BUCKETS buckets, never finer than the rollup still keeps."""
+    now = time.time() if now is None else now
+    step = next((s for s in BUCKET_STEPS if scope.span / s <= MAX_BUCKETS), BUCKET_STEPS[-1])
+    for grain in rollup.GRAINS[:-1]:
+        if _grain_of(step) == grain and scope.start < now - rollup.KEEP_SECONDS[grain]:
+            step = rollup.GRAINS[rollup.GRAINS.index(grain) + 1]  # those rows are gone; coarser ones remain
+    return step
+
+
+def _grain_of(step: int) -> int:
+    return max(g for g in rollup.GRAINS if step % g == 0)
+
+
+def _filters(scope: Scope, dimensions=("name", "worker", "queue")) -> tuple[str, list]:
+    clauses, params = [], []
+    for column, values in (("name", scope.names), ("worker", scope.workers), ("queue", scope.queues)):
+        if values and column in dimensions:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def _series_where(scope: Scope, step: int, dimensions=("name", "worker", "queue")) -> tuple[str, list]:
+    """Rows of the grain a time series of `step` buckets reads, in the range, narrowed by filters."""
+    grain = _grain_of(step)
+    extra, params = _filters(scope, dimensions)
+    return f"grain = ? AND bucket >= ? AND bucket < ?{extra}", [grain, (int(scope.start) // step) * step, scope.end, *params]
+
+
+def _cover(start: float, end: float, finest: int) -> list[tuple[int, int, float]]:
+    """(grain, first bucket, end) pieces covering [start, end): the coarsest grain for the middle, finer
+    ones down to `finest` for the edges, so a week reads a few hundred rows per name instead of ten
+    thousand. Like the time series, the range starts at the beginning of its first `finest` bucket."""
+    pieces = []
+
+    def cover(lo: float, hi: float, grains):
+        grain, finer = grains[-1], grains[:-1]
+        if not finer:  # the finest grain takes the edges' partial buckets whole
+            if hi > lo:
+                pieces.append((grain, int(lo) // grain * grain, hi))
+            return
+        inner_lo, inner_hi = -(-int(lo) // grain) * grain, int(hi) // grain * grain
+        if inner_lo >= inner_hi:
+            cover(lo, hi, finer)
+            return
+        pieces.append((grain, inner_lo, inner_hi))
+        cover(lo, inner_lo, finer)
+        cover(inner_hi, hi, finer)
+
+    cover(start, end, tuple(g for g in rollup.GRAINS if g >= finest))
+    return pieces
+
+
+def _cover_where(scope: Scope, now: float | None, dimensions=("name", "worker", "queue")) -> tuple[str, list]:
+    pieces = _cover(scope.start, scope.end, _grain_of(bucket_seconds(scope, now)))
+    extra, params = _filters(scope, dimensions)
+    where = " OR ".join("(grain = ? AND bucket >= ? AND bucket < ?)" for _ in pieces)
+    return f"({where}){extra}", [value for piece in pieces for value in piece] + params
+
+
+def _frame(store: Store, sql: str, params, columns) -> pd.DataFrame:
+    rows = store.query(sql, params)
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+
+# -- time series -----------------------------------------------------------------------------
+def throughput(store: Store, scope: Scope, now: float | None = None) -> pd.DataFrame:
+    """Finished tasks per bucket and final state: columns time (UTC), bucket, state, count.
+
+    Buckets with no task are absent; failure_rate() derives the failure rate from this frame."""
+    step = bucket_seconds(scope, now)
+    where, params = _series_where(scope, step)
+    frame = _frame(store, f"SELECT (bucket / ?) * ? AS b, state, sum(count) FROM task_rollup WHERE {where} "
+                          "GROUP BY b, state ORDER BY b", [step, step, *params], ["bucket", "state", "count"])
+    frame.insert(0, "time", pd.to_datetime(frame["bucket"], unit="s", utc=True))
+    frame.attrs["bucket_seconds"] = step
+    return frame
+
+
+def failure_rate(throughput_frame: pd.DataFrame) -> pd.DataFrame:
+    """Per bucket: finished, failed and failed / finished, from a throughput() frame."""
+    if throughput_frame.empty:
+        return pd.DataFrame(columns=["time", "bucket", "finished", "failed", "rate"])
+    frame = throughput_frame.assign(failed=throughput_frame["count"].where(throughput_frame["state"] == "FAILURE", 0))
+    per_bucket = frame.groupby(["time", "bucket"], as_index=False).agg(finished=("count", "sum"), failed=("failed", "sum"))
+    per_bucket["rate"] = per_bucket["failed"] / per_bucket["finished"]
+    per_bucket.attrs["bucket_seconds"] = throughput_frame.attrs.get("bucket_seconds")
+    return per_bucket
+
+
+def worker_activity(store: Store, scope: Scope, now: float | None = None) -> pd.DataFrame:
+    """Heartbeat samples per bucket and worker: mean and peak active tasks, mean 1-minute load."""
+    step = bucket_seconds(scope, now)
+    where, params = _series_where(scope, step, dimensions=("worker",))
+    frame = _frame(store, f"SELECT (bucket / ?) * ? AS b, hostname, sum(active_sum) / sum(samples), "
+                          f"max(active_max), sum(load1_sum) / sum(samples) FROM worker_rollup "
+                          f"WHERE {where.replace('worker IN', 'hostname IN')} GROUP BY b, hostname ORDER BY b",
+                   [step, step, *params], ["bucket", "worker", "active_mean", "active_max", "load1"])
+    frame.insert(0, "time", pd.to_datetime(frame["bucket"], unit="s", utc=True))
+    frame.attrs["bucket_seconds"] = step
+    return frame
+
+
+# -- distributions ---------------------------------------------------------------------------
+def quantiles_from_histogram(bins: np.ndarray, counts: np.ndarray, qs=QUANTILES) -> list[float]:
+    """Quantiles of values binned by rollup.bin_of: each is its bin's geometric middle (±4.4 %).
+
+    `bins` must be sorted ascending; bin 0 ([0, 0.1 ms)) reports 0.05 ms."""
+    if len(counts) == 0 or counts.sum() == 0:
+        return [float("nan")] * len(qs)
+    cumulative = np.cumsum(counts)
+    ranks = np.ceil(np.asarray(qs) * cumulative[-1])
+    chosen = bins[np.searchsorted(cumulative, np.maximum(ranks, 1))]
+    lower, upper = rollup.bin_bounds(chosen.astype(float))
+    middle = np.where(chosen > 0, np.sqrt(np.maximum(lower, 1e-12) * upper), rollup.BIN_FLOOR / 2)
+    return middle.tolist()
+
+
+STAT_COLUMNS = ("count", "mean", *(f"p{round(q * 100)}" for q in QUANTILES), "max")
+STATS_COLUMNS = ["name", "finished", "failed", "failure_rate",
+                 *(f"{m}_{s}" for m in rollup.METRICS for s in STAT_COLUMNS)]
+
+
+def task_stats(store: Store, scope: Scope, now: float | None = None) -> pd.DataFrame:
+    """One row per task name: finished count, failures, failure rate, and for each metric
+    (runtime, wait, sent_wait) count, mean, p5, p25, p50, p75, p90, p95, p99 and max, as `<metric>_<stat>`.
+
+    Counts, means and maxima follow every filter. The histograms have no worker or queue dimension,
+    so quantiles follow the name filter only; they are clamped to the (filtered) exact maximum."""
+    where, params = _cover_where(scope, now)
+    metric_sums = ", ".join(f"sum({m}_count), sum({m}_sum), max({m}_max)" for m in rollup.METRICS)
+    totals = _frame(
+        store,
+        f"SELECT name, sum(count), sum(CASE WHEN state = 'FAILURE' THEN count ELSE 0 END), {metric_sums} "
+        f"FROM task_rollup WHERE {where} GROUP BY name", params,
+        ["name", "finished", "failed", *(f"{m}_{c}" for m in rollup.METRICS for c in ("count", "sum", "max"))])
+    if totals.empty:
+        return pd.DataFrame(columns=STATS_COLUMNS)
+    where, params = _cover_where(scope, now, dimensions=("name",))
+    bins = _frame(store, f"SELECT name, metric, bin, sum(count) FROM task_histogram WHERE {where} "
+                         "GROUP BY name, metric, bin ORDER BY name, metric, bin", params,
+                  ["name", "metric", "bin", "count"])
+    quantiles = {
+        (name, metric): quantiles_from_histogram(group["bin"].to_numpy(), group["count"].to_numpy())
+        for (name, metric), group in bins.groupby(["name", "metric"], sort=False)
+    }
+    totals["failure_rate"] = totals["failed"] / totals["finished"]
+    for metric in rollup.METRICS:
+        count = totals[f"{metric}_count"]
+        totals[f"{metric}_mean"] = (totals[f"{metric}_sum"] / count).where(count > 0)
+        values = [quantiles.get((name, metric), [np.nan] * len(QUANTILES)) for name in totals["name"]]
+        for index, q in enumerate(QUANTILES):
+            estimate = pd.Series([v[index] for v in values], index=totals.index, dtype=float)
+            totals[f"{metric}_p{round(q * 100)}"] = estimate.clip(upper=totals[f"{metric}_max"]).where(count > 0)
+    return totals[STATS_COLUMNS].sort_values("finished", ascending=False, ignore_index=True)
+
+
+def compare(store: Store, before: Scope, after: Scope, now: float | None = None) -> pd.DataFrame:
+    """Per task name, runtime p50/p95 and failure rate in two windows and the change (the ratio
+    after / before for p50 and p95, the difference for the failure rate)."""
+    picked = ["name", "finished", "failure_rate", "runtime_p50", "runtime_p95"]
+    merged = pd.merge(task_stats(store, before, now)[picked], task_stats(store, after, now)[picked],
+                      on="name", how="outer", suffixes=("_before", "_after"))
+    for stat in ("runtime_p50", "runtime_p95"):
+        merged[f"{stat}_ratio"] = merged[f"{stat}_after"] / merged[f"{stat}_before"]
+    merged["failure_rate_change"] = merged["failure_rate_after"] - merged["failure_rate_before"]
+    return merged.sort_values("finished_after", ascending=False, na_position="last", ignore_index=True)
+
+
+# -- raw rows where an index keeps them cheap -----------------------------------------------------
+FINISHED_SQL = rollup.finished_sql()
+
+
+def _task_filters(scope: Scope) -> tuple[str, list]:
+    # coalesce() also keeps SQLite off the name and worker indexes: the caller picks the index.
+    clauses, params = [], []
+    for column, values in (("name", scope.names), ("worker", scope.workers), ("routing_key", scope.queues)):
+        if values:
+            clauses.append(f"coalesce({column}, '') IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+SLOWEST_COLUMNS = ["uuid", "name", "state", "worker", "received", "runtime"]
+
+
+def slowest_tasks(store: Store, scope: Scope, stats: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
+    """The tasks with the longest runtime that finished in the range (`stats`: task_stats of the scope).
+
+    With many tasks in the range and no filter, walking the runtime index down from the range's
+    longest runtime stops after a few rows. Otherwise most rows that index yields would be skipped, so
+    the rollup picks the `limit` buckets with the highest maximum runtime (the slowest tasks finished
+    in them, by the pigeonhole principle) and only tasks started in those buckets (widened by their
+    maximum runtime) are read, through the started index."""
+    longest = stats["runtime_max"].max() if not stats.empty else None
+    if longest is None or np.isnan(longest):
+        return pd.DataFrame(columns=SLOWEST_COLUMNS)
+    extra, params = _task_filters(scope)
+    finished = f"{FINISHED_SQL} >= ? AND {FINISHED_SQL} < ?"
+    filtered = scope.names or scope.workers or scope.queues
+    if not filtered and stats["finished"].sum() > 200 * limit:
+        return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks INDEXED BY tasks_runtime "
+                             f"WHERE runtime <= ? AND {finished} ORDER BY runtime DESC LIMIT ?",
+                      [longest, scope.start, scope.end, limit], SLOWEST_COLUMNS)
+    grain = _grain_of(bucket_seconds(dataclasses.replace(scope, end=scope.start + 60), None))
+    where, where_params = _series_where(scope, grain)
+    by_name = "INDEXED BY task_rollup_by_name" if scope.names else ""
+    buckets = store.query(f"SELECT bucket, max(runtime_max) AS longest FROM task_rollup {by_name} WHERE {where} "
+                          "GROUP BY bucket ORDER BY longest DESC LIMIT ?", [*where_params, limit])
+    if not buckets:
+        return pd.DataFrame(columns=SLOWEST_COLUMNS)
+    windows = " OR ".join("started BETWEEN ? AND ?" for _ in buckets)
+    window_params = [v for b in buckets for v in (b["bucket"] - (b["longest"] or 0) - 1, b["bucket"] + grain)]
+    # +runtime: SQLite would otherwise walk the runtime index for the ORDER BY instead of the windows.
+    return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks WHERE ({windows}) "
+                         f"AND +runtime IS NOT NULL AND {finished}{extra} ORDER BY +runtime DESC LIMIT ?",
+                  [*window_params, scope.start, scope.end, *params, limit], SLOWEST_COLUMNS)
+
+
+STUCK_COLUMNS = ["uuid", "name", "worker", "started", "running", "limit", "over"]
+
+
+def stuck_tasks(store: Store, scope: Scope, p99_by_name: dict, limit_seconds: float = DEFAULT_STUCK_SECONDS,
+                now: float | None = None, limit: int = 15) -> pd.DataFrame:
+    """Tasks started and still running for longer than their name's p99 runtime (from `p99_by_name`),
+    or than `limit_seconds` for a name with no finished run to compare with; longest overrun first."""
+    now = time.time() if now is None else now
+    extra, params = _task_filters(scope)
+    running = _frame(store, f"SELECT uuid, name, worker, started FROM tasks WHERE state = 'STARTED' "
+                            f"AND started IS NOT NULL{extra}", params, ["uuid", "name", "worker", "started"])
+    if running.empty:
+        return pd.DataFrame(columns=STUCK_COLUMNS)
+    running["running"] = now - running["started"]
+    running["limit"] = running["name"].map(p99_by_name).astype(float).fillna(limit_seconds)
+    running["over"] = running["running"] / running["limit"]
+    stuck = running[running["running"] > running["limit"]]
+    return stuck.sort_values("over", ascending=False).head(limit)[STUCK_COLUMNS].reset_index(drop=True)
+
+
+EXCEPTION_COLUMNS = ["type", "message", "count", "names", "first", "last", "sample_uuid", "match"]
+
+
+def exception_groups(store: Store, scope: Scope, limit: int = 20) -> pd.DataFrame:
+    """Failures in the range grouped by exception type and message (numbers and ids masked as #):
+    count, task names, first and last seen, the latest failure's uuid, and `match`, the longest
+    literal part of the exception text, for an `exception:` search that finds the group's tasks."""
+    extra, params = _filters(scope)
+    # `latest`: the latest failure's time and uuid in one sortable text (epochs keep 10 digits until 2286).
+    groups = _frame(store, f"SELECT exception, sum(count), group_concat(DISTINCT name), min(first), max(last), "
+                           f"max(printf('%.6f', last) || ' ' || last_uuid) FROM failure_rollup "
+                           f"WHERE bucket >= ? AND bucket < ? AND first < ? AND last >= ?{extra} "
+                           "GROUP BY exception ORDER BY sum(count) DESC, max(last) DESC LIMIT ?",
+                    [int(scope.start) // rollup.MINUTE * rollup.MINUTE, scope.end, scope.end, scope.start, *params,
+                     limit], ["key", "count", "names", "first", "last", "latest"])
+    if groups.empty:
+        return pd.DataFrame(columns=EXCEPTION_COLUMNS)
+    split = groups["key"].str.split(rollup.KEY_SEPARATOR, n=1)
+    groups["type"], groups["message"] = split.str[0], split.str[1]
+    groups["names"] = groups["names"].map(lambda names: ", ".join(sorted(set(names.split(",")))))
+    groups["sample_uuid"] = groups["latest"].str.split(" ").str[-1]
+    groups["match"] = [_longest_literal(kind, masked) for kind, masked in zip(groups["type"], groups["message"])]
+    return groups[EXCEPTION_COLUMNS]
+
+
+def _longest_literal(kind: str, masked: str) -> str:
+    """The longest run of the exception text that the masked message keeps as it is."""
+    pieces = [p for p in masked.split("#") if p.strip()]
+    best = max(pieces, key=len, default="")
+    return best if len(best) > len(kind) else kind
+
+
+def tracebacks(store: Store, uuids) -> dict[str, str]:
+    """The traceback (else the exception) of each task, by uuid."""
+    uuids = [u for u in uuids if u]
+    rows = store.query(f"SELECT uuid, traceback, exception FROM tasks WHERE uuid IN ({', '.join('?' * len(uuids))})",
+                       uuids) if uuids else []
+    return {r["uuid"]: r["traceback"] or r["exception"] or "" for r in rows}
+
+
+# -- what the filters can offer -----------------------------------------------------------------
+def filter_options(store: Store) -> dict[str, list[str]]:
+    """Task names, workers and queues seen in the kept three-hour rollup (for the filter menus)."""
+    rows = store.query("SELECT DISTINCT name, worker, queue FROM task_rollup WHERE grain = ?", (rollup.THREE_HOURS,))
+    return {key: sorted({r[key] for r in rows} - {UNKNOWN}) for key in ("name", "worker", "queue")}

@@ -143,7 +143,9 @@ def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_
     page.wait_for_selector("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]", timeout=15_000)
     assert page.evaluate("location.pathname") == "/flower/tasks"
     uuid = page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]").first.inner_text()
-    page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=name]").first.click()
+    # New demo tasks arrive at the top meanwhile: click the row whose uuid was read (AG Grid's
+    # row-id comes from getRowId), not whichever row is first by now.
+    page.locator(f'#tasks-grid .ag-center-cols-container .ag-row[row-id="{uuid}"] [col-id=name]').click()
     page.wait_for_selector("#task-detail", timeout=10_000)
     assert page.evaluate("location.pathname") == f"/flower/task/{uuid}"
 

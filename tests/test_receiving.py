@@ -1,0 +1,168 @@
+"""The receiving process (monitor/receiving.py) on a real Redis: events published to the broker reach
+the Collector's store through the child process, which is restarted when it dies, reconnects when
+the broker restarts, ends with Collector.stop() and skips (and counts) garbage from the bus."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import uuid as uuid_module
+
+import pytest
+import redis
+from celery import Celery
+from celery.events.event import get_exchange
+from kombu import Producer
+
+from helpers import wait_for
+from monitor.collector import Collector
+from monitor.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+def receivers() -> list:
+    """The collector's receiving processes alive now (children of this process)."""
+    return [p for p in multiprocessing.active_children() if p.name == "flowerbed-receiver" and p.is_alive()]
+
+
+@pytest.fixture
+def collector_on(tmp_path):
+    """collector_on(broker_url) starts a Collector on a real store, deciding by itself (as in
+    production) to receive in a process; waits until its receiving process is connected."""
+    started = []
+
+    def start(broker: str) -> Collector:
+        app = Celery("receiving-tests", broker=broker, set_as_current=False)
+        collector = Collector(app, Store(str(tmp_path / f"receiving-{len(started)}.db")), batch_seconds=0.05,
+                              max_backoff=1.0)
+        started.append(collector)
+        collector.start()
+        wait_for(lambda: collector.connected, 20, "the receiving process connected")
+        return collector
+    yield start
+    for collector in started:
+        collector.stop()
+
+
+def publish(app: Celery, *uuids: str) -> None:
+    """A task-received event per uuid, from celery's own event dispatcher, on a fresh connection."""
+    with app.connection_for_write() as connection:
+        dispatcher = app.events.Dispatcher(connection, hostname="probe@receiving-tests")
+        for uuid in uuids:
+            dispatcher.send("task-received", uuid=uuid, name="probe.task", args="()", kwargs="{}", retries=0)
+        dispatcher.close()
+
+
+def deliver(collector: Collector, timeout: float = 20) -> str:
+    """Publish one event every 0.2 s until one reaches the store, and return its uuid. (A
+    subscriber that has just (re)connected misses what was published before it subscribed.)"""
+    sent = []
+
+    def arrived():
+        sent.append(str(uuid_module.uuid4()))
+        publish(collector.app, sent[-1])
+        return next((uuid for uuid in sent if collector.store.get_task(uuid)), None)
+    return wait_for(arrived, timeout, "an event through the receiving process")
+
+
+def test_worker_events_reach_the_store_through_the_receiving_process(redis_url, collector_on, celery_worker):
+    collector = collector_on(redis_url)
+    assert collector.receive_in_process is True
+    assert len(receivers()) == 1
+    worker = celery_worker(redis_url, "alpha@receiving")
+    done, failed = worker.send("sample.add", 2, 3), worker.send("sample.fail", "boom")
+    wait_for(lambda: (collector.store.get_task(done) or {}).get("state") == "SUCCESS" and
+             (collector.store.get_task(failed) or {}).get("state") == "FAILURE", 20,
+             "the worker's task events in the store")
+    task = collector.store.get_task(done)
+    assert (task["name"], task["result"], task["worker"]) == ("sample.add", "5", "alpha@receiving")
+    stats = collector.stats()
+    assert stats["received"] >= 6 and stats["stored"] >= 6  # at least received, started, finished × 2
+    assert (stats["disconnects"], stats["malformed"], stats["dropped"]) == (0, 0, 0)
+
+
+def test_a_killed_receiving_process_is_restarted_and_events_arrive_again(redis_url, collector_on):
+    collector = collector_on(redis_url)
+    deliver(collector)
+    [child] = receivers()
+    os.kill(child.pid, signal.SIGKILL)
+    replacement = wait_for(lambda: [p for p in receivers() if p.pid != child.pid], 15, "a new receiving process")
+    assert not child.is_alive()
+    assert len(replacement) == 1
+    uuid = deliver(collector)
+    assert collector.store.get_task(uuid)["name"] == "probe.task"
+
+
+def test_a_broker_restart_is_counted_and_events_arrive_again(restartable_redis, collector_on):
+    collector = collector_on(restartable_redis.url)
+    deliver(collector)
+    [child] = receivers()
+    restartable_redis.restart()
+    wait_for(lambda: collector.stats()["disconnects"] >= 1, 15, "the lost connection counted")
+    uuid = deliver(collector)
+    assert collector.store.get_task(uuid)["state"] == "RECEIVED"
+    assert collector.connected is True
+    assert receivers() == [child]  # the same process reconnected: losing the broker is not a crash
+
+
+def test_stop_ends_the_receiving_process(redis_url, collector_on):
+    collector = collector_on(redis_url)
+    [child] = receivers()
+    collector.stop()
+    assert not child.is_alive()
+    assert child.exitcode is not None
+    assert receivers() == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)  # reaped: not even a zombie left
+
+
+# Bodies kombu cannot decode, or that decode to something that is not an event: each is counted.
+UNDECODABLE = [
+    ("not json{", {"content_type": "application/json", "content_encoding": "utf-8"}),
+    (b"\x80\x04 pickle refused", {"content_type": "application/x-python-serialize", "content_encoding": "binary"}),
+    ("not an event", {"serializer": "json"}),
+    ([1, 2], {"serializer": "json"}),  # a batch of two non-events
+]
+UNDECODABLE_EVENTS = 5
+
+
+def publish_raw(redis_url: str, app: Celery, body: str) -> None:
+    """PUBLISH straight on Redis's event channel, without kombu's envelope."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.publish(f"/0.{app.conf.event_exchange}/task.garbage", body) >= 1  # we subscribe to it
+    finally:
+        client.close()
+
+
+def test_garbage_on_the_event_channel_is_counted_as_malformed_and_the_stream_goes_on(redis_url, collector_on):
+    collector = collector_on(redis_url)
+    deliver(collector)
+    [child] = receivers()
+    with collector.app.connection_for_write() as connection:
+        producer = Producer(connection, exchange=get_exchange(connection))
+        for body, options in UNDECODABLE:
+            producer.publish(body, routing_key="task.garbage", declare=[producer.exchange], **options)
+    publish_raw(redis_url, collector.app, "not even JSON")  # kombu's transport skips it (uncounted)
+    uuid = str(uuid_module.uuid4())
+    publish(collector.app, uuid)  # right behind the garbage
+    stats = wait_for(lambda: (lambda s: s if s["malformed"] >= UNDECODABLE_EVENTS and collector.store.get_task(uuid)
+                              else None)(collector.stats()), 15, "the garbage counted and the next event stored")
+    assert stats["malformed"] == UNDECODABLE_EVENTS
+    assert stats["disconnects"] == 0
+    assert receivers() == [child]
+
+
+def test_events_received_before_the_capture_breaks_are_not_lost(redis_url, collector_on):
+    # JSON without kombu's envelope makes kombu's Redis transport raise (KeyError 'properties'), which
+    # ends the capture like a lost connection: the event just before it, still in the receiving
+    # process's batch, must reach the store all the same.
+    collector = collector_on(redis_url)
+    deliver(collector)
+    uuid = str(uuid_module.uuid4())
+    publish(collector.app, uuid)
+    publish_raw(redis_url, collector.app, "{}")
+    wait_for(lambda: collector.stats()["disconnects"] >= 1, 15, "the broken capture counted")
+    wait_for(lambda: collector.store.get_task(uuid), 10, "the event received before the capture broke")
+    deliver(collector)  # and it goes on after reconnecting

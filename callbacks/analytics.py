@@ -195,6 +195,11 @@ def compare_windows(scope: analytics.Scope, mode: str, split_text: str | None, n
     return dataclasses.replace(scope, start=split - (after_end - split), end=split), after
 
 
+# The controls scope_from_controls reads (after now), in its argument order.
+SCOPE_INPUTS = [Input(control, "value") for control in (
+    "analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers", "analytics-queues")]
+
+
 def register(app, services) -> None:
     store = services.store
     base = app.get_relative_path("/")
@@ -202,12 +207,7 @@ def register(app, services) -> None:
     @app.callback(
         [Output(component, prop) for component, prop in REFRESH_OUTPUTS],
         Input("refresh-tick", "n_intervals"),
-        Input("analytics-range", "value"),
-        Input("analytics-from", "value"),
-        Input("analytics-to", "value"),
-        Input("analytics-names", "value"),
-        Input("analytics-workers", "value"),
-        Input("analytics-queues", "value"),
+        *SCOPE_INPUTS,
         Input("analytics-stuck-limit", "value"),
     )
     def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, stuck_limit):
@@ -224,12 +224,7 @@ def register(app, services) -> None:
         Input("refresh-tick", "n_intervals"),
         Input("compare-mode", "value"),
         Input("compare-split", "value"),
-        Input("analytics-range", "value"),
-        Input("analytics-from", "value"),
-        Input("analytics-to", "value"),
-        Input("analytics-names", "value"),
-        Input("analytics-workers", "value"),
-        Input("analytics-queues", "value"),
+        *SCOPE_INPUTS,
     )
     def refresh_compare(_tick, mode, split_text, range_key, custom_from, custom_to, names, workers, queues):
         now = time.time()

@@ -380,15 +380,20 @@ STUCK_COLUMNS = [
     {"field": "started", "headerName": "Started (UTC)", **_TIME},
 ]
 COMPARE_COLUMNS = [
-    _NAME, _count("finished_before", "Before n"), _count("finished_after", "After n"),
-    _duration("runtime_p50_before", "p50 before"), _duration("runtime_p50_after", "p50 after"),
-    _ratio("runtime_p50_ratio", "p50 Δ"),
-    _duration("runtime_p95_before", "p95 before"), _duration("runtime_p95_after", "p95 after"),
-    _ratio("runtime_p95_ratio", "p95 Δ"),
-    _percent("failure_rate_before", "Fail % before", width=110), _percent("failure_rate_after", "Fail % after", width=110),
-    {"field": "failure_rate_change", "headerName": "Fail Δ", "type": "numericColumn", "width": 90,
-     "valueFormatter": {"function": "flowerbedPercentChange(params.value)"},
-     "cellClassRules": {"cell-failure": "params.value > 0.005", "cell-success": "params.value < -0.005"}},
+    _NAME,
+    {"headerName": "Finished", "children": [
+        _count("finished_before", "Before", width=84), _count("finished_after", "After", width=84)]},
+    {"headerName": "Run time p50", "children": [
+        _duration("runtime_p50_before", "Before"), _duration("runtime_p50_after", "After"),
+        _ratio("runtime_p50_ratio", "Change")]},
+    {"headerName": "Run time p95", "children": [
+        _duration("runtime_p95_before", "Before"), _duration("runtime_p95_after", "After"),
+        _ratio("runtime_p95_ratio", "Change")]},
+    {"headerName": "Failure rate", "children": [
+        _percent("failure_rate_before", "Before"), _percent("failure_rate_after", "After"),
+        {"field": "failure_rate_change", "headerName": "Change", "type": "numericColumn", "width": 90,
+         "valueFormatter": {"function": "flowerbedPercentChange(params.value)"},
+         "cellClassRules": {"cell-failure": "params.value > 0.005", "cell-success": "params.value < -0.005"}}]},
 ]
 
 

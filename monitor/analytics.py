@@ -77,16 +77,20 @@ def _grain_of(step: int) -> int:
     return max(g for g in rollup.GRAINS if step % g == 0)
 
 
-def _filters(scope: Scope, dimensions=("name", "worker", "queue")) -> tuple[str, list]:
+# Which filters a rollup table can apply, and its column for each: a dimension it lacks is ignored.
+ALL_DIMENSIONS = {"name": "name", "worker": "worker", "queue": "queue"}
+
+
+def _filters(scope: Scope, dimensions=ALL_DIMENSIONS) -> tuple[str, list]:
     clauses, params = [], []
-    for column, values in (("name", scope.names), ("worker", scope.workers), ("queue", scope.queues)):
-        if values and column in dimensions:
-            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+    for dimension, values in (("name", scope.names), ("worker", scope.workers), ("queue", scope.queues)):
+        if values and dimension in dimensions:
+            clauses.append(f"{dimensions[dimension]} IN ({', '.join('?' * len(values))})")
             params.extend(values)
     return "".join(f" AND {c}" for c in clauses), params
 
 
-def _series_where(scope: Scope, step: int, dimensions=("name", "worker", "queue")) -> tuple[str, list]:
+def _series_where(scope: Scope, step: int, dimensions=ALL_DIMENSIONS) -> tuple[str, list]:
     """Rows of the grain a time series of `step` buckets reads, in the range, narrowed by filters."""
     grain = _grain_of(step)
     extra, params = _filters(scope, dimensions)
@@ -117,7 +121,7 @@ def _cover(start: float, end: float, finest: int) -> list[tuple[int, int, float]
     return pieces
 
 
-def _cover_where(scope: Scope, now: float | None, dimensions=("name", "worker", "queue")) -> tuple[str, list]:
+def _cover_where(scope: Scope, now: float | None, dimensions=ALL_DIMENSIONS) -> tuple[str, list]:
     pieces = _cover(scope.start, scope.end, _grain_of(bucket_seconds(scope, now)))
     extra, params = _filters(scope, dimensions)
     where = " OR ".join("(grain = ? AND bucket >= ? AND bucket < ?)" for _ in pieces)
@@ -157,10 +161,10 @@ def failure_rate(throughput_frame: pd.DataFrame) -> pd.DataFrame:
 def worker_activity(store: Store, scope: Scope, now: float | None = None) -> pd.DataFrame:
     """Heartbeat samples per bucket and worker: mean and peak active tasks, mean 1-minute load."""
     step = bucket_seconds(scope, now)
-    where, params = _series_where(scope, step, dimensions=("worker",))
+    where, params = _series_where(scope, step, dimensions={"worker": "hostname"})
     frame = _frame(store, f"SELECT (bucket / ?) * ? AS b, hostname, sum(active_sum) / sum(samples), "
                           f"max(active_max), sum(load1_sum) / sum(samples) FROM worker_rollup "
-                          f"WHERE {where.replace('worker IN', 'hostname IN')} GROUP BY b, hostname ORDER BY b",
+                          f"WHERE {where} GROUP BY b, hostname ORDER BY b",
                    [step, step, *params], ["bucket", "worker", "active_mean", "active_max", "load1"])
     frame.insert(0, "time", pd.to_datetime(frame["bucket"], unit="s", utc=True))
     frame.attrs["bucket_seconds"] = step
@@ -202,7 +206,7 @@ def task_stats(store: Store, scope: Scope, now: float | None = None) -> pd.DataF
         ["name", "finished", "failed", *(f"{m}_{c}" for m in rollup.METRICS for c in ("count", "sum", "max"))])
     if totals.empty:
         return pd.DataFrame(columns=STATS_COLUMNS)
-    where, params = _cover_where(scope, now, dimensions=("name",))
+    where, params = _cover_where(scope, now, dimensions={"name": "name"})
     bins = _frame(store, f"SELECT name, metric, bin, sum(count) FROM task_histogram WHERE {where} "
                          "GROUP BY name, metric, bin ORDER BY name, metric, bin", params,
                   ["name", "metric", "bin", "count"])

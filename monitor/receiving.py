@@ -103,5 +103,9 @@ def _capture(app, connection, pipe, parent: int) -> None:
 
     receiver = Receiver(connection, handlers={"*": hand_over}, app=app, counts=counts)
     send(("connected", connection.as_uri()))
-    for _ in receiver.consume(limit=None, timeout=None, safety_interval=IDLE_SECONDS, wakeup=True):
-        pass
+    try:
+        for _ in receiver.consume(limit=None, timeout=None, safety_interval=IDLE_SECONDS, wakeup=True):
+            pass
+    finally:  # the connection lost (or the capture ended): what was received still goes out
+        if batch or counts:
+            flush()

@@ -127,15 +127,20 @@ def _word(word: str) -> tuple[str, object]:
 def parse_moment(text: str) -> float:
     """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30 (UTC unless it says).
 
-    Raises ValueError."""
+    Raises ValueError, also for a moment no date can show (nan, inf, 1e20): the pages format the
+    moments they are given, and an OverflowError there would fail the whole callback."""
     try:
-        return float(text)
+        epoch = float(text)
     except ValueError:
-        pass
-    moment = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
+        moment = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return moment.timestamp()
+    try:
+        format_moment(epoch)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{text!r} is out of the range of dates") from None
+    return epoch
 
 
 def format_moment(epoch: float) -> str:

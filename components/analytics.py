@@ -276,7 +276,12 @@ def stats_rows(stats, scope) -> list[dict]:
     columns = ["name", "finished", "failed", "failure_rate", "runtime_mean", "runtime_p50", "runtime_p90",
                "runtime_p95", "runtime_p99", "runtime_max", "wait_p50", "wait_p95", "wait_max", "sent_wait_p50",
                "sent_wait_p95"]
-    rows = _records(stats, columns)
+    return _per_name_rows(stats, columns, scope)
+
+
+def _per_name_rows(frame, columns, scope) -> list[dict]:
+    """Rows keyed by task name; a click opens that name's tasks in `scope`."""
+    rows = _records(frame, columns)
     for row in rows:
         if row["name"]:
             row["drill"] = drill(scope, names=(row["name"],))
@@ -308,13 +313,7 @@ def compare_rows(frame, after_scope) -> list[dict]:
     columns = ["name", "finished_before", "finished_after", "runtime_p50_before", "runtime_p50_after",
                "runtime_p50_ratio", "runtime_p95_before", "runtime_p95_after", "runtime_p95_ratio",
                "failure_rate_before", "failure_rate_after", "failure_rate_change"]
-    rows = _records(frame, columns)
-    for row in rows:
-        if row["name"]:
-            row["drill"] = drill(after_scope, names=(row["name"],))
-        else:
-            row["name"] = UNKNOWN_NAME
-    return rows
+    return _per_name_rows(frame, columns, after_scope)
 
 
 # -- grids ----------------------------------------------------------------------------------------

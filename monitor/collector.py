@@ -6,6 +6,12 @@ lost); on a broker outside this process it relays batches from a receiving proce
 which decodes events on a core of its own. The writing thread merges with celery's own `State`
 rules, which already handle out-of-order and duplicate events, and writes what changed in one
 transaction every `batch_seconds`.
+
+No single event may stop it. An event that cannot be merged is counted and skipped; a batch the
+store refuses is split until the rows it refuses are found, repaired where possible, else counted
+and dropped; a store that cannot be written now (a lock, a full disk) keeps the batch and is
+retried with backoff, with the error shown in `stats()` and logged once. One collector per broker
+writes to a store: the others stand by behind a lease kept in the store.
 """
 from __future__ import annotations
 
@@ -14,35 +20,40 @@ import json
 import logging
 import multiprocessing
 import os
-import sqlite3
+import socket
 import sys
 import threading
 import time
+import uuid as uuid_module
 
-from celery.events.receiver import EventReceiver
-from celery.events.state import State
+from celery.events.state import TASK_EVENT_TO_STATE, State, Task
+from kombu.utils.url import maybe_sanitize_url
 
 from . import receiving
-from .store import NUMERIC_FIELDS, TASK_FIELDS, WORKER_COUNTERS, Store
+from .incident import Incident
+from .store import NUMERIC_FIELDS, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS, Store
 
 log = logging.getLogger(__name__)
 
 _COUNTER_INDEX = {f"task-{name}": i for i, name in enumerate(WORKER_COUNTERS)}
 _NUMERIC_FIELDS = frozenset(NUMERIC_FIELDS)
 _SQLITE_INT = (-2 ** 63, 2 ** 63 - 1)
-# What binding a value SQLite cannot take raises (a huge int, a lone surrogate, a list): data
-# errors, unlike a locked database, which is worth retrying.
-_UNSTORABLE = (OverflowError, ValueError, TypeError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+# What stands after the kept part of a text field that was too long for the store.
+TRUNCATED = "…[truncated {:,} characters]"
+DEFAULT_FIELD_LIMIT = 65_536
 
 
 class Collector:
     # tasks_in_memory: how many tasks celery's State keeps for merging. A task's events arrive within
     # its runtime, and a late event for a task already let go is merged by the store's upsert, so a
     # short horizon is enough; each task held costs ~4 KB (20k held: ~90 MB of RSS in bench/).
+    # lease_seconds outlasts the store's busy timeout and a retry, so that a writer waiting on a
+    # lock keeps its lease.
     def __init__(self, celery_app, store: Store, *, batch_seconds: float = 0.25, batch_events: int = 20_000,
                  max_backlog: int = 1_000_000, tasks_in_memory: int = 5_000,
                  retention_seconds: float = 5.0, max_backoff: float = 10.0,
-                 receive_in_process: bool | None = None):
+                 receive_in_process: bool | None = None, field_limit: int = DEFAULT_FIELD_LIMIT,
+                 lease_seconds: float = 30.0):
         self.app = celery_app
         self.store = store
         self.batch_seconds = batch_seconds
@@ -51,6 +62,8 @@ class Collector:
         self.tasks_in_memory = tasks_in_memory
         self.retention_seconds = retention_seconds
         self.max_backoff = max_backoff
+        self.field_limit = field_limit
+        self.lease_seconds = lease_seconds
         # None: in a process of its own (see receiving.py), unless the broker lives in this process.
         self.receive_in_process = receive_in_process
         self._inbox: collections.deque = collections.deque()
@@ -59,10 +72,24 @@ class Collector:
         self._receiver = None
         self._start_lock = threading.Lock()
         self.connected = False
-        self.counts = collections.Counter()  # received, merged, stored, dropped, malformed, disconnects
-        self.last_error: str | None = None
+        # received, merged, stored, dropped, malformed, unreadable, rejected, truncated, disconnects, skipped
+        self.counts = collections.Counter()
         self.lag_seconds = 0.0
+        self.last_stored_at: float | None = None
         self._pending = _Pending()
+        self._unwritten: _Unwritten | None = None
+        self._state = self.new_merge_state()
+        self.broker = Incident("collector: the broker connection", log)
+        self.writer = Incident("collector: writing to the store", log)
+        self.lease_name = f"collector:{maybe_sanitize_url(celery_app.conf.broker_url)}"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid_module.uuid4().hex[:6]}"
+        self.lease_holder: str | None = None
+        self.holder_reported_at: float | None = None  # when the lease holder last published its counters
+
+    @property
+    def active(self) -> bool:
+        """Whether this collector holds its broker's lease and so writes what it receives."""
+        return self.lease_holder == self.owner
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,17 +111,58 @@ class Collector:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+        if self.active:
+            try:
+                self._write_what_is_held(time.monotonic() + timeout)
+                self.store.release_lease(self.lease_name, self.owner)
+            except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
+                log.warning("collector: stopped with events unwritten or its lease held (%s: %s); a standby "
+                            "takes over when the lease expires", type(exc).__name__, exc)
+            self.lease_holder = None
 
-    def stats(self) -> dict:
+    def _write_what_is_held(self, deadline: float) -> None:
+        """On a clean stop: merge and write what was received, within the time given."""
+        while (self._inbox or self._unwritten) and time.monotonic() < deadline:
+            self.merge_batch(self._state)
+
+    def stats(self, now: float | None = None) -> dict:
+        now = time.time() if now is None else now
+        counts = self.counts
+        waiting = self._oldest_waiting()
         return {
-            **{key: self.counts[key] for key in ("received", "merged", "stored", "dropped", "disconnects")},
+            **{key: counts[key] for key in ("received", "merged", "stored", "dropped", "rejected", "truncated",
+                                            "disconnects")},
             # Counted apart because two threads count them: the receiver (unreadable) and the writer.
-            "malformed": self.counts["malformed"] + self.counts["unreadable"],
-            "backlog": len(self._inbox),
-            "lag_seconds": round(self.lag_seconds, 3),
+            "malformed": counts["malformed"] + counts["unreadable"],
+            "skipped_standby": counts["skipped"],
+            "backlog": len(self._inbox) + (self._unwritten.events if self._unwritten else 0) + self._pending.events,
+            # While writes fail, the lag is the age of the oldest event still waiting, so it grows.
+            "lag_seconds": round(max(self.lag_seconds, now - waiting) if waiting else self.lag_seconds, 3),
+            "last_stored_at": self.last_stored_at,
             "connected": self.connected,
-            "last_error": self.last_error,
+            "broker_error": self.broker.message,
+            "writer_error": self.writer.message,
+            "writer_failing_since": self.writer.since,
+            "last_error": self.writer.message or self.broker.message or self.writer.last or self.broker.last,
+            "role": "active" if self.active else "standby" if self.lease_holder else "starting",
+            "lease_holder": self.lease_holder,
+            "holder_reported_at": None if self.active else self.holder_reported_at,
+            "owner": self.owner,
+            "running": bool(self._threads),
+            "updated_at": now,
         }
+
+    def _oldest_waiting(self) -> float | None:
+        """When the oldest event not yet in the store was received, or None when none waits."""
+        if self._unwritten is not None:
+            return self._unwritten.oldest
+        if self._pending.oldest is not None:
+            return self._pending.oldest
+        try:
+            oldest = self._inbox[0].get("local_received")
+        except (IndexError, AttributeError):  # empty, or emptied meanwhile by the writer
+            return None
+        return oldest if type(oldest) is float else None
 
     # -- receiving thread --------------------------------------------------------------------
     def _receive_forever(self) -> None:
@@ -111,24 +179,31 @@ class Collector:
             started = time.monotonic()
             try:
                 with self.app.connection_for_read() as connection:
-                    self._receiver = _TolerantReceiver(connection, handlers={"*": self._hand_over_function()},
-                                                       app=self.app, counts=self.counts)
+                    self._receiver = receiving.TolerantReceiver(
+                        connection, handlers={"*": self._hand_over_function()}, app=self.app, counts=self.counts)
                     if self._stop.is_set():  # stop() ran before the receiver existed
                         return
-                    self.connected = True
-                    self.last_error = None
-                    log.info("collector connected to %s", connection.as_uri())
+                    self._connected(connection.as_uri())
                     self._receiver.capture(limit=None, timeout=None, wakeup=True)
             except Exception as exc:  # the broker went away: count it, wait, reconnect
-                self.counts["disconnects"] += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("collector lost the broker (%s); reconnecting in %.1fs", self.last_error, backoff)
+                self._lost(f"{type(exc).__name__}: {exc}")
             finally:
                 self.connected = False
             if time.monotonic() - started > 30:
                 backoff = 0.5
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff)
+
+    def _connected(self, uri: str) -> None:
+        self.connected = True
+        if self.broker.message is None:
+            log.info("collector connected to %s", uri)
+        self.broker.recovered()
+
+    def _lost(self, error: str) -> None:
+        self.connected = False
+        self.counts["disconnects"] += 1
+        self.broker.failing(error)
 
     def _relay_from_process(self) -> None:
         """Run the receiving process (restarted if it dies) and move its batches into the inbox."""
@@ -170,12 +245,9 @@ class Collector:
                     events = events[:room]
                 inbox.extend(events)
             elif message[0] == "connected":
-                self.connected, self.last_error = True, None
-                log.info("collector connected to %s", message[1])
+                self._connected(message[1])
             else:
-                self.connected, self.last_error = False, message[1]
-                counts["disconnects"] += 1
-                log.warning("collector lost the broker (%s); reconnecting", self.last_error)
+                self._lost(message[1])
 
     def _hand_over_function(self):
         # Runs once per event on the receiving thread: keep it to a length check and an append.
@@ -193,27 +265,65 @@ class Collector:
     # -- writing thread ----------------------------------------------------------------------
     def _write_forever(self) -> None:
         _yield_cpu_to_receiving()
-        state = State(max_tasks_in_memory=self.tasks_in_memory, max_workers_in_memory=10_000)
-        next_retention = time.monotonic() + self.retention_seconds
+        housekeeping_at = 0.0
+        backoff = 0.5
         while not self._stop.is_set():
             try:
-                merged = self.merge_batch(state)
-                if not merged:
+                if time.monotonic() >= housekeeping_at:
+                    self._housekeeping()
+                    housekeeping_at = time.monotonic() + self.retention_seconds
+                if not self.active:
+                    self._skip_waiting_events()
+                    self._stop.wait(self.batch_seconds)
+                    continue
+                if not self.merge_batch(self._state):
                     self._stop.wait(self.batch_seconds / 5)
-                if time.monotonic() >= next_retention:
-                    self.store.enforce_retention()
-                    self.store.set_meta("collector", self.stats())
-                    next_retention = time.monotonic() + self.retention_seconds
-            except Exception:  # a store error must not kill the collector; the pending batch is retried
-                log.exception("collector failed to write a batch")
-                self._stop.wait(1.0)
+                self.writer.recovered()
+                backoff = 0.5
+            except Exception as exc:  # a store error must not kill the collector: what waits is kept
+                self.writer.failing(f"{type(exc).__name__}: {exc}", unexpected=not self.store.is_transient(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    def new_merge_state(self) -> State:
+        """celery's State, with finished tasks kept finished, holding tasks_in_memory tasks."""
+        return _FinishedStaysFinished(max_tasks_in_memory=self.tasks_in_memory, max_workers_in_memory=10_000)
+
+    def _housekeeping(self) -> None:
+        """Renew the lease, trim the store and publish the counters for other processes."""
+        holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds)["owner"]
+        if holder != self.owner and _gone(holder):  # killed on this host: no need to wait for its lease
+            holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds, replacing=holder)["owner"]
+        if holder != self.lease_holder:
+            if holder == self.owner:
+                log.info("collector %s records %s", self.owner, self.lease_name.partition(":")[2])
+            else:
+                log.warning("collector %s stands by: %s already records %s into this store; it takes over "
+                            "when that one stops", self.owner, holder, self.lease_name.partition(":")[2])
+            self.lease_holder = holder
+        if self.active:
+            self.store.enforce_retention()
+            self.store.set_meta("collector", self.stats())
+        else:
+            self.holder_reported_at = (self.store.get_meta("collector") or {}).get("updated_at")
+            self._skip_waiting_events()
+
+    def _skip_waiting_events(self) -> None:
+        """A standby leaves the writing to the lease holder, which receives the same events."""
+        skipped = len(self._inbox) + self._pending.events + (self._unwritten.events if self._unwritten else 0)
+        self._inbox.clear()
+        self._pending, self._unwritten = _Pending(), None
+        self.counts["skipped"] += skipped
 
     def merge_batch(self, state: State) -> int:
         """Merge what the inbox holds (up to one batch) into `state` and write it. Returns events taken.
 
         This is the per-event hot path: locals instead of attribute lookups, no per-event writes.
-        What a failed write leaves in `self._pending` goes out with the next batch.
+        A batch the store could not take yet is written first; meanwhile the inbox waits.
         """
+        if self._unwritten is not None:
+            self._write_unwritten()
+            return 1
         inbox, popleft = self._inbox, self._inbox.popleft
         pending = self._pending
         dirty_tasks, dirty_workers = pending.tasks, pending.workers
@@ -232,23 +342,30 @@ class Collector:
             event = popleft()
             taken += 1
             try:
+                kind = event["type"]
+                # What the store keys rows on must be text: a task without an id, or a worker
+                # without a name, has nothing to be merged into.
+                if type(event.get("hostname")) is not str or (
+                        kind[:5] == "task-" and (type(event.get("uuid")) is not str or not event["uuid"])):
+                    malformed += 1
+                    continue
                 (obj, _created), subject = apply_event(event)
-                if event["type"].startswith("worker-"):
+                if kind[:7] == "worker-":
                     offline_at = event.get("local_received") if subject == "offline" else None
                     dirty_workers[obj.hostname] = (obj, offline_at)
                     if subject == "heartbeat":
-                        samples.append((obj.hostname, event.get("local_received"), _number(obj.active),
+                        samples.append((obj.hostname, _number(event.get("local_received")), _number(obj.active),
                                         *_loadavg(obj.loadavg)))
                 else:
                     dirty_tasks[obj.uuid] = obj
                     worker = obj.worker
                     if worker is not None:
                         dirty_workers.setdefault(worker.hostname, (worker, None))
-                        index = counter_index(event["type"])
+                        index = counter_index(kind)
                         if index is not None:
                             increments[worker.hostname][index] += 1
                 if pending.oldest is None:
-                    pending.oldest = event.get("local_received")
+                    pending.oldest = _number(event.get("local_received"))
                 pending.events += 1
             except Exception:  # missing fields, unknown type, garbage: count it and go on
                 malformed += 1
@@ -259,34 +376,101 @@ class Collector:
         return taken
 
     def _flush(self, pending: "_Pending") -> None:
-        batch = {
-            "tasks": [task_row(task) for task in pending.tasks.values()],
-            "workers": [worker_row(worker, offline_at) for worker, offline_at in pending.workers.values()],
+        limit, counts = self.field_limit, self.counts
+        self._unwritten = _Unwritten({
+            "tasks": [task_row(task, limit, counts) for task in pending.tasks.values()],
+            "workers": [worker_row(worker, offline_at, limit, counts)
+                        for worker, offline_at in pending.workers.values()],
             "counters": [(host, *values) for host, values in pending.increments.items()],
             "samples": pending.samples,
-        }
-        try:
-            self.store.write_batch(**batch)
-        except _UNSTORABLE as exc:
-            # Garbage from the event bus that SQLite refuses: retrying the batch would fail forever
-            # and block every later event, so write row by row and drop the rows that fail.
-            log.warning("a batch held values the store cannot take (%s); dropping those rows", exc)
-            self.counts["malformed"] += self._write_storable_rows(batch)
-        self.counts["merged"] += pending.events
-        self.counts["stored"] += pending.events
-        if pending.oldest:
-            self.lag_seconds = max(0.0, time.time() - pending.oldest)
+        }, pending.events, pending.oldest)
         self._pending = _Pending()
+        self._write_unwritten()
 
-    def _write_storable_rows(self, batch: dict) -> int:
-        dropped = 0
-        for kind, rows in batch.items():
-            for row in rows:
-                try:
-                    self.store.write_batch(**{kind: [row]})
-                except _UNSTORABLE:
-                    dropped += 1
-        return dropped
+    def _write_unwritten(self) -> None:
+        """Write the batch in hand: at once when the store takes it whole, else split until every
+        row it refuses is found. A store error worth retrying propagates, and what is not yet
+        committed stays in hand (committed parts are never written twice: counters add up)."""
+        batch = self._unwritten
+        if batch.parts is None:
+            try:
+                self.store.write_batch(**batch.rows)
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    raise
+                batch.split(exc)
+        while batch.parts:
+            kind, rows = batch.parts[0]
+            try:
+                self.store.write_batch(**{kind: rows})
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    raise
+                if len(rows) > 1:
+                    batch.parts.popleft()
+                    batch.parts.extendleft([(kind, rows[len(rows) // 2:]), (kind, rows[:len(rows) // 2])])
+                    continue
+                self._write_repaired(kind, rows[0], exc)
+            batch.parts.popleft()
+        self._unwritten = None
+        self.counts["merged"] += batch.events
+        self.counts["stored"] += batch.events
+        self.last_stored_at = time.time()
+        if batch.oldest:
+            self.lag_seconds = max(0.0, self.last_stored_at - batch.oldest)
+
+    def _write_repaired(self, kind: str, row: tuple, error: Exception) -> None:
+        """One row the store refused: retry it with every value made storable, else drop it."""
+        repaired = tuple(map(_storable, row))
+        if repaired != row:
+            try:
+                self.store.write_batch(**{kind: [repaired]})
+                return
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    raise
+                error = exc
+        self.counts["rejected"] += 1
+        log.log(logging.WARNING if self.counts["rejected"] == 1 else logging.DEBUG,
+                "collector: the store refused a %s row (%s: %s); dropped and counted in `rejected` "
+                "(logged once)", kind[:-1], type(error).__name__, error)
+
+
+def _gone(owner: str) -> bool:
+    """Whether a lease owner ('host:pid:tag') is a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+class _FinalTask(Task):
+    """celery's Task, except that a late task-received, -started or -retried (or a custom state)
+    never moves a SUCCESS, FAILURE or REVOKED task back. celery lets RETRY win over any state; a
+    monitor must not show a task that succeeded as retrying because that event came last."""
+
+    def event(self, type_, timestamp=None, local_received=None, fields=None, **celery_defaults):
+        state = TASK_EVENT_TO_STATE.get(type_)
+        if self.state in TERMINAL_STATES and state not in TERMINAL_STATES:
+            if state is not None:
+                setattr(self, type_, timestamp)  # e.g. `started`: when it happened is still true
+            keep = self.merge_rules.get(state, ())
+            self.__dict__.update({key: value for key, value in (fields or {}).items() if key in keep})
+            return
+        super().event(type_, timestamp, local_received, fields, **celery_defaults)
+
+
+class _FinishedStaysFinished(State):
+    """celery's State, except that a finished task stays finished (see _FinalTask)."""
+
+    Task = _FinalTask
 
 
 # Writing may lag (the inbox holds what waits), receiving may not: on a busy machine the scheduler
@@ -302,33 +486,6 @@ def _yield_cpu_to_receiving() -> None:
             pass
 
 
-class _TolerantReceiver(EventReceiver):
-    """celery's receiver, except that an event it cannot read (not a dict, a timestamp that is not
-    a number…) is counted and skipped: in celery's own the error ends the capture, which would
-    reconnect and lose the events that arrive meanwhile."""
-
-    def __init__(self, *args, counts: collections.Counter, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._counts = counts
-
-    def _receive(self, body, message, list=list, isinstance=isinstance):
-        process, from_message = self.process, self.event_from_message
-        for event in body if isinstance(body, list) else (body,):
-            try:
-                type_, event = from_message(event)
-            except Exception:  # garbage from the bus; what is merely incomplete fails in the writer
-                self._counts["unreadable"] += 1
-                continue
-            process(type_, event)
-
-    def on_decode_error(self, message, exc):
-        # A body kombu cannot decode (not JSON, a content type not accepted): kombu's handler only
-        # logs it; count it with the events that cannot be read. (A payload published on Redis's
-        # channel without kombu's envelope fails in kombu's transport before this: a reconnect.)
-        self._counts["unreadable"] += 1
-        log.debug("skipped an undecodable message on the event bus: %r", exc)
-
-
 class _Pending:
     """What merged events changed and the store has not taken yet."""
 
@@ -341,6 +498,21 @@ class _Pending:
         self.oldest: float | None = None
 
 
+class _Unwritten:
+    """A batch of rows in hand: whole (`parts` None) until the store refuses it, then a queue of
+    (kind, rows) parts, each split in halves when refused."""
+
+    def __init__(self, rows: dict, events: int, oldest: float | None):
+        self.rows = rows
+        self.events = events
+        self.oldest = oldest
+        self.parts: collections.deque | None = None
+
+    def split(self, error: Exception) -> None:
+        log.debug("collector: the store refused a batch (%s); looking for the rows it refuses", error)
+        self.parts = collections.deque((kind, rows) for kind, rows in self.rows.items() if rows)
+
+
 # Events are JSON from any producer: numbers are kept only when they are numbers SQLite can
 # hold, so that what the pages compute with (times, runtimes, heartbeat periods) stays numeric.
 def _number(value):
@@ -350,8 +522,28 @@ def _number(value):
     return None
 
 
-def _text(value):
-    return value if value is None or type(value) is str else str(value)
+def _text(value, limit: int, counts: collections.Counter):
+    """Text for the store: other values as their str(), and at most `limit` characters, marked."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        try:
+            value = str(value)
+        except RecursionError:
+            return receiving.TOO_DEEP
+    if len(value) > limit:
+        counts["truncated"] += 1
+        return value[:limit] + TRUNCATED.format(len(value) - limit)
+    return value
+
+
+def _storable(value):
+    """A value the store can bind: lone surrogates (valid JSON, invalid UTF-8) become U+FFFD."""
+    if type(value) is str:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if value is None or type(value) is float:
+        return value
+    return _number(value) if type(value) is int else str(value)
 
 
 def _loadavg(value) -> tuple:
@@ -361,7 +553,8 @@ def _loadavg(value) -> tuple:
     return tuple(_number(v) for v in (*value[:3], None, None, None)[:3])
 
 
-def task_row(task) -> tuple:
+def task_row(task, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None) -> tuple:
+    counts = collections.Counter() if counts is None else counts
     values = []
     for field in TASK_FIELDS:
         value = getattr(task, field, None)
@@ -374,17 +567,17 @@ def task_row(task) -> tuple:
         elif field == "worker":
             values.append(value.hostname if value is not None else None)
         else:
-            values.append(_text(value))
+            values.append(_text(value, limit, counts))
     return tuple(values)
 
 
-def worker_row(worker, offline_at) -> tuple:
+def worker_row(worker, offline_at, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None) -> tuple:
+    counts = collections.Counter() if counts is None else counts
     load = _loadavg(worker.loadavg)
+    heartbeat = worker.heartbeats[-1] if worker.heartbeats else None
     return (
-        worker.hostname, _number(worker.pid), _number(worker.freq),
-        worker.heartbeats[-1] if worker.heartbeats else None,
-        offline_at,
+        worker.hostname, _number(worker.pid), _number(worker.freq), _number(heartbeat), _number(offline_at),
         _number(worker.active), _number(worker.processed),
         json.dumps(load) if worker.loadavg and None not in load else None,
-        _text(worker.sw_ident), _text(worker.sw_ver), _text(worker.sw_sys),
+        *(_text(value, limit, counts) for value in (worker.sw_ident, worker.sw_ver, worker.sw_sys)),
     )

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 
+from .incident import Incident
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Inspector:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.last_run: float | None = None
-        self.last_error: str | None = None
+        self.failure = Incident("inspector: inspect", log)
         self.runs = 0
 
     def start(self) -> None:
@@ -53,10 +54,9 @@ class Inspector:
         while not self._stop.is_set():
             try:
                 self.inspect_once()
-                self.last_error = None
+                self.failure.recovered()
             except Exception as exc:  # broker down or a garbled reply: try again next round
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("inspect failed: %s", self.last_error)
+                self.failure.failing(f"{type(exc).__name__}: {exc}")
             self._wake.wait(self.interval)
             self._wake.clear()
 

@@ -13,13 +13,22 @@ The child speaks over a one-way pipe, in messages:
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import pickle
 import time
+from queue import Empty
+
+from celery.events.receiver import EventReceiver
+from kombu.transport import redis as kombu_redis
+from kombu.utils.url import maybe_sanitize_url
 
 try:
     import fcntl
 except ImportError:  # not on Windows: pipes keep their default size there
     fcntl = None
+
+log = logging.getLogger(__name__)
 
 # A batch goes out when it holds this many events or its first event waited this long.
 BATCH_EVENTS = 5000
@@ -27,6 +36,95 @@ BATCH_SECONDS = 0.1
 # How long the broker may stay silent before a waiting batch goes out and the parent is checked on.
 IDLE_SECONDS = 0.05
 PIPE_BYTES = 1 << 20
+# What replaces a value nested too deeply to pickle or turn into text.
+TOO_DEEP = "…[nested too deeply to show]"
+
+
+class TolerantReceiver(EventReceiver):
+    """celery's receiver, except that an event it cannot read (not a dict, a timestamp that is not
+    a number…) is counted and skipped: in celery's own the error ends the capture, which would
+    reconnect and lose the events that arrive meanwhile."""
+
+    def __init__(self, *args, counts: collections.Counter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counts = counts
+
+    def _receive(self, body, message, list=list, isinstance=isinstance):
+        process, from_message = self.process, self.event_from_message
+        for event in body if isinstance(body, list) else (body,):
+            try:
+                type_, event = from_message(event)
+            except Exception:  # garbage from the bus; what is merely incomplete fails in the writer
+                self._counts["unreadable"] += 1
+                continue
+            process(type_, event)
+
+    def on_decode_error(self, message, exc):
+        # A body kombu cannot decode (not JSON, a content type not accepted): kombu's handler only
+        # logs it; count it with the events that cannot be read.
+        self._counts["unreadable"] += 1
+        log.debug("skipped an undecodable message on the event bus: %r", exc)
+
+    def get_consumers(self, Consumer, channel):
+        if isinstance(channel, _TolerantRedisChannel):
+            channel.counts = self._counts
+        return super().get_consumers(Consumer, channel)
+
+
+class _TolerantRedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, except that what is published on the event channel and cannot be
+    made a message (JSON nested too deeply to parse, JSON that is not kombu's envelope) is counted
+    and skipped: in kombu's the error ends the capture, a reconnect that loses what is published
+    meanwhile."""
+
+    counts: collections.Counter | None = None  # the receiver's, given when it starts consuming
+
+    def _receive_one(self, c):
+        try:
+            return super()._receive_one(c)
+        except RecursionError as exc:  # JSON nested too deeply to parse
+            self._skip(exc)
+            raise Empty() from None
+
+    def _deliver_fanout_message(self, message, exchange):
+        try:
+            return super()._deliver_fanout_message(message, exchange)
+        except Exception as exc:  # JSON, but not kombu's envelope (the receiver's own errors are caught in it)
+            self._skip(exc)
+            return False
+
+    def _skip(self, error: Exception) -> None:
+        if self.counts is not None:
+            self.counts["unreadable"] += 1
+        log.debug("skipped a message on the event channel that is not kombu's: %r", error)
+
+
+class TolerantRedisTransport(kombu_redis.Transport):
+    Channel = _TolerantRedisChannel
+
+
+class _CountSkippedByKombu(logging.Filter):
+    """kombu's Redis transport skips a message that is not JSON and logs it with a traceback; count
+    it with the unreadable ones instead, so that garbage is neither uncounted nor a flood in the log."""
+
+    def __init__(self, counts: collections.Counter):
+        super().__init__()
+        self.counts = counts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Cannot process event on channel"):
+            self.counts["unreadable"] += 1
+            return False
+        return True
+
+
+def connection_for_events(app):
+    """The app's connection for reading events, with the tolerant channel on plain Redis."""
+    connection = app.connection_for_read()
+    if type(connection.transport) is kombu_redis.Transport:
+        connection.release()
+        connection = app.connection_for_read(transport=TolerantRedisTransport)
+    return connection
 
 
 def widen_pipe(connection) -> None:
@@ -59,7 +157,7 @@ def receive_in_child(conf: dict, pipe, max_backoff: float) -> None:
     while os.getppid() == parent:
         started = time.monotonic()
         try:
-            with app.connection_for_read() as connection:
+            with connection_for_events(app) as connection:
                 _capture(app, connection, pipe, parent)
         except (BrokenPipeError, EOFError):
             return  # the parent is gone
@@ -75,15 +173,16 @@ def receive_in_child(conf: dict, pipe, max_backoff: float) -> None:
 
 
 def _capture(app, connection, pipe, parent: int) -> None:
-    from .collector import _TolerantReceiver
-
     batch: list = []
     counts = collections.Counter()
     first_at = [0.0]
     send, monotonic = pipe.send, time.monotonic
 
     def flush():
-        send(("events", batch[:], counts["unreadable"]))
+        try:
+            send(("events", batch, counts["unreadable"]))
+        except (RecursionError, pickle.PicklingError):  # one event nested too deeply: not its neighbours
+            send(("events", [_picklable(event) for event in batch], counts["unreadable"]))
         batch.clear()
         counts.clear()
 
@@ -94,7 +193,7 @@ def _capture(app, connection, pipe, parent: int) -> None:
         if len(batch) >= BATCH_EVENTS:
             flush()
 
-    class Receiver(_TolerantReceiver):
+    class Receiver(TolerantReceiver):
         def on_iteration(self):  # between two reads from the broker
             if (batch or counts) and monotonic() - first_at[0] >= BATCH_SECONDS:
                 flush()
@@ -102,10 +201,31 @@ def _capture(app, connection, pipe, parent: int) -> None:
                 self.should_stop = True
 
     receiver = Receiver(connection, handlers={"*": hand_over}, app=app, counts=counts)
-    send(("connected", connection.as_uri()))
+    kombu_log, skipped = logging.getLogger("kombu.transport.redis"), _CountSkippedByKombu(counts)
+    kombu_log.addFilter(skipped)
+    # (as_uri() would name the transport class in place of the scheme)
+    send(("connected", maybe_sanitize_url(app.conf.broker_read_url or app.conf.broker_url)))
     try:
         for _ in receiver.consume(limit=None, timeout=None, safety_interval=IDLE_SECONDS, wakeup=True):
             pass
     finally:  # the connection lost (or the capture ended): what was received still goes out
+        kombu_log.removeFilter(skipped)
         if batch or counts:
             flush()
+
+
+def _picklable(event: dict) -> dict:
+    """The event, with any field too deeply nested to pickle replaced by a note saying so."""
+    try:
+        pickle.dumps(event, pickle.HIGHEST_PROTOCOL)
+        return event
+    except (RecursionError, pickle.PicklingError):
+        pass
+    fields = {}
+    for key, value in event.items():
+        try:
+            pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            fields[key] = value
+        except (RecursionError, pickle.PicklingError):
+            fields[key] = TOO_DEEP
+    return fields

@@ -68,7 +68,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         celery_app=celery_app,
         store=store,
-        collector=Collector(celery_app, store),
+        collector=Collector(celery_app, store, field_limit=settings.max_field_size),
         inspector=Inspector(celery_app, store, interval=settings.inspect_seconds,
                             timeout=settings.inspect_timeout, enable_events=settings.enable_events),
     )

@@ -28,6 +28,8 @@ class Settings:
     port: int = 5555
     db: str = "flowerbed.db"
     max_tasks: int = 100_000
+    max_field_size: int = 65_536
+    stall_seconds: float = 30.0
     refresh_seconds: float = 3.0
     inspect_seconds: float = 10.0
     inspect_timeout: float = 1.0
@@ -64,6 +66,10 @@ _OPTIONS = (
      "SQLite file that keeps task and worker history across restarts"),
     ("max_tasks", ("--max-tasks",), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
      "tasks kept in the store; the oldest go first"),
+    ("max_field_size", ("--max-field-size",), ("FLOWERBED_MAX_FIELD_SIZE",), int,
+     "characters kept of a task's text field (args, kwargs, result, traceback…); the rest is cut, with a marker"),
+    ("stall_seconds", ("--stall-seconds",), ("FLOWERBED_STALL_SECONDS",), float,
+     "/healthcheck/ready fails once events wait this long with nothing stored"),
     ("refresh_seconds", ("--refresh-seconds",), ("FLOWERBED_REFRESH_SECONDS",), float,
      "how often the pages refresh themselves"),
     ("inspect_seconds", ("--inspect-seconds",), ("FLOWERBED_INSPECT_SECONDS",), float,
@@ -158,7 +164,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
 def _validate(settings: Settings) -> None:
     if not 0 < settings.port < 65536:
         raise SettingsError(f"port must be between 1 and 65535, got {settings.port}")
-    for name in ("max_tasks", "refresh_seconds", "inspect_seconds", "inspect_timeout"):
+    for name in ("max_tasks", "max_field_size", "stall_seconds", "refresh_seconds", "inspect_seconds",
+                 "inspect_timeout"):
         _positive(name.replace("_", "-"), getattr(settings, name))
     check_broker(settings.broker)
     if settings.url_prefix and not settings.url_prefix.strip("/"):

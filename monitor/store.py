@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from . import rollup
 
@@ -102,8 +102,11 @@ _TASK_CONFLICT = (
     # A row written from a partial in-memory task (evicted from the merge state) must not erase
     # what is stored, nor move a finished task back to an earlier state.
     + ", ".join(f"{f} = coalesce(excluded.{f}, tasks.{f})" for f in TASK_FIELDS[1:] if f != "state")
-    + ", state = CASE WHEN tasks.state IN ('SUCCESS', 'FAILURE', 'REVOKED') "
-      "AND excluded.state IN ('PENDING', 'RECEIVED', 'STARTED') THEN tasks.state ELSE excluded.state END"
+    # A finished task stays finished: a late received, started or retried row (or one of a custom
+    # state) never moves it back, whichever order the rows arrive in.
+    + f", state = CASE WHEN tasks.state IN {TERMINAL_STATES} "
+      f"AND coalesce(excluded.state, '') NOT IN {TERMINAL_STATES} THEN tasks.state "
+      "ELSE coalesce(excluded.state, tasks.state) END"
 )
 
 
@@ -136,8 +139,11 @@ _COUNTER_UPSERT = (
 
 
 class Store:
-    def __init__(self, path: str, max_tasks: int = 100_000, sample_days: float = 7.0):
+    # busy_seconds: how long a write waits for another process's lock before it fails and the
+    # collector shows the error (and retries), instead of seeming stuck.
+    def __init__(self, path: str, max_tasks: int = 100_000, sample_days: float = 7.0, busy_seconds: float = 10.0):
         self.path = path
+        self.busy_seconds = busy_seconds
         self.max_tasks = max_tasks
         self.sample_seconds = sample_days * 86400
         self._local = threading.local()
@@ -153,7 +159,7 @@ class Store:
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_seconds, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -163,6 +169,29 @@ class Store:
 
     def query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()
+
+    def iter_query(self, sql: str, params: Sequence = (), chunk: int = 500) -> Iterator[dict]:
+        """The rows of a query as dicts, read `chunk` at a time, so that a large answer can be
+        streamed without holding it all in memory."""
+        cursor = self._connection().execute(sql, params)
+        try:
+            while rows := cursor.fetchmany(chunk):
+                yield from map(dict, rows)
+        finally:
+            cursor.close()
+
+    # SQLite's own codes for a store that cannot be written now but may be soon (a lock, a full
+    # disk, an I/O error); anything else a write raises is about the data and will never succeed.
+    _TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                        "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_NOMEM", "SQLITE_INTERRUPT")
+
+    @classmethod
+    def is_transient(cls, error: BaseException) -> bool:
+        """Whether a write that raised `error` is worth retrying as it is."""
+        if isinstance(error, MemoryError):
+            return True
+        code = getattr(error, "sqlite_errorname", None) or ""
+        return isinstance(error, sqlite3.OperationalError) and (not code or code.startswith(cls._TRANSIENT_CODES))
 
     def _write(self, statements: Iterable[tuple[str, Sequence]], then=None) -> None:
         """Run the statements in one transaction; `then(connection)` runs last, inside it."""
@@ -210,6 +239,32 @@ class Store:
 
     def set_meta(self, key: str, value) -> None:
         self._write((("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(key, json.dumps(value))]),))
+
+    def claim_lease(self, name: str, owner: str, seconds: float, now: float | None = None,
+                    replacing: str | None = None) -> dict:
+        """Take or renew the lease `name` for `owner` unless another owner holds it unexpired (or
+        that owner is `replacing`: the caller knows it is gone).
+
+        Returns the holder after the attempt: {"owner", "expires"}; the caller holds the lease when
+        its owner is that one. One transaction, so two processes can never both take it."""
+        now = time.time() if now is None else now
+        key = f"lease:{name}"
+        holder = []
+
+        def take(conn):
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            current = json.loads(row[0]) if row else None
+            if current is None or current["owner"] in (owner, replacing) or current["expires"] <= now:
+                current = {"owner": owner, "expires": now + seconds}
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(current)))
+            holder.append(current)
+        self._write((), then=take)
+        return holder[0]
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up at once (a clean stop), so that a standby takes over without waiting."""
+        self._write((), then=lambda conn: conn.execute(
+            "DELETE FROM meta WHERE key = ? AND json_extract(value, '$.owner') = ?", (f"lease:{name}", owner)))
 
     def get_meta(self, key: str, default=None):
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))

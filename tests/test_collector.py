@@ -3,12 +3,17 @@ Collector.merge_batch into a real Store on a temporary file."""
 from __future__ import annotations
 
 import itertools
+import socket
+import sqlite3
+import subprocess
+import time
 
 import pytest
 from celery import Celery
-from celery.events.state import State
 
-from monitor.collector import Collector
+from monitor import receiving
+from monitor.collector import TRUNCATED, Collector
+from monitor.receiving import TOO_DEEP
 from monitor.store import Store
 
 T0 = 1_800_000_000.0
@@ -24,7 +29,7 @@ class Feed:
         self.store = Store(str(tmp_path / "collector.db"))
         self.collector = Collector(Celery("collector-tests", broker="memory://", set_as_current=False), self.store,
                                    batch_seconds=0.01, **collector_options)
-        self.state = State()
+        self.state = self.collector.new_merge_state()
         self.clock = itertools.count(1)
         # The receiving thread's handler: the same path a real event takes to the writer.
         self.receive = self.collector._hand_over_function()
@@ -200,3 +205,158 @@ def test_events_beyond_the_backlog_limit_are_dropped_and_counted(tmp_path):
     stats = feed.merge(*task_lifecycle(feed))  # three events, room for two
     assert (stats["received"], stats["dropped"], stats["stored"]) == (3, 1, 2)
     assert feed.task()["state"] == "STARTED"
+
+
+# -- one bad event or row never stops the rest (issue: a null uuid poisoned the store) --------
+
+def test_task_events_without_a_text_uuid_or_hostname_are_counted_and_skipped(feed):
+    bad = [feed.event("task-received", T0, uuid=None, name="x"), feed.event("task-received", T0, uuid=7),
+           feed.event("task-received", T0, uuid=""), feed.event("task-started", T0, uuid=UUID, hostname=None),
+           feed.event("worker-heartbeat", T0, hostname=5, freq=1.0)]
+    stats = feed.merge(*bad, *task_lifecycle(feed))
+    assert stats["malformed"] == len(bad)
+    assert feed.task()["state"] == "SUCCESS"
+    assert feed.store.count_tasks() == 1
+
+
+class RefusingStore(Store):
+    """A real store that refuses, as a constraint would, any task row named 'poison'."""
+
+    def write_batch(self, tasks=(), **rows):
+        if any(row[1] == "poison" for row in tasks):
+            raise sqlite3.IntegrityError("CHECK constraint failed: poison")
+        super().write_batch(tasks=tasks, **rows)
+
+
+def test_a_batch_the_store_refuses_is_split_until_the_bad_row_is_dropped_and_nothing_is_written_twice(tmp_path):
+    feed = Feed(tmp_path)
+    feed.collector.store = feed.store = RefusingStore(str(tmp_path / "refusing.db"))
+    good = [f"{UUID[:-2]}{n:02d}" for n in range(40)]
+    events = [event for uuid in good for event in task_lifecycle(feed, uuid=uuid)]
+    events.insert(17, feed.event("task-received", T0, uuid="poison-id", name="poison"))
+    stats = feed.merge(*events)
+    assert stats["rejected"] == 1
+    assert feed.store.count_tasks() == len(good)
+    assert all(feed.task(uuid)["state"] == "SUCCESS" for uuid in good)
+    assert (feed.worker()["received"], feed.worker()["succeeded"]) == (len(good) + 1, len(good))  # once each
+    assert stats["backlog"] == 0 and stats["writer_error"] is None
+
+
+def test_text_the_store_cannot_encode_is_repaired_not_lost(feed):
+    feed.merge(feed.event("task-received", T0, uuid=UUID, name="sample.\ud800add", args="(\x00,)"))
+    task = feed.task()
+    assert (task["name"], task["args"]) == ("sample.\ufffdadd", "(\x00,)")
+    assert feed.collector.stats()["rejected"] == 0
+
+
+def test_long_fields_are_cut_to_the_limit_with_a_marker(tmp_path):
+    feed = Feed(tmp_path, field_limit=1000)
+    stats = feed.merge(feed.event("task-received", T0, uuid=UUID, name="sample.add", args="x" * 10_000_000,
+                                  kwargs="{}"))
+    args = feed.task()["args"]
+    assert args == "x" * 1000 + TRUNCATED.format(10_000_000 - 1000)
+    assert (feed.task()["kwargs"], stats["truncated"]) == ("{}", 1)
+
+
+def test_values_nested_too_deeply_to_show_are_stored_as_a_note(feed):
+    nested = []
+    for _ in range(100_000):
+        nested = [nested]
+    feed.merge(feed.event("task-received", T0, uuid=UUID, name="sample.add", args=nested),
+               *task_lifecycle(feed, uuid=UUID[:-1] + "9"))
+    assert feed.task()["args"] == TOO_DEEP
+    assert feed.task(UUID[:-1] + "9")["state"] == "SUCCESS"
+
+
+def test_a_batch_too_deep_to_pickle_loses_only_the_deep_field():
+    nested = []
+    for _ in range(100_000):
+        nested = [nested]
+    good = {"type": "task-received", "uuid": UUID, "args": "(1,)"}
+    assert receiving._picklable(good) is good
+    assert receiving._picklable({**good, "args": nested}) == {**good, "args": TOO_DEEP}
+
+
+# -- a store that cannot be written keeps what waits, says so, and catches up -----------------
+
+def test_a_full_disk_keeps_the_batch_shows_the_error_and_lag_then_catches_up_exactly(feed):
+    feed.merge(*task_lifecycle(feed, uuid=UUID[:-1] + "0"))
+    connection = feed.store._connection()  # the writer's (this thread's) connection
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count = {pages}")
+    for event in (event for n in range(1, 200) for event in task_lifecycle(feed, uuid=f"{UUID[:-3]}{n:03d}",
+                                                                         start=time.time())):
+        feed.receive(event)
+    with pytest.raises(sqlite3.OperationalError, match="full") as refused:
+        feed.collector.merge_batch(feed.state)
+    assert feed.store.is_transient(refused.value)  # kept and retried, not split and dropped
+    stats = feed.collector.stats(now=time.time() + 60)
+    assert stats["backlog"] > 0 and stats["lag_seconds"] >= 59  # grows while writes fail
+
+    connection.execute("PRAGMA max_page_count = 1073741823")
+    while feed.collector.merge_batch(feed.state):
+        pass
+    assert feed.store.count_tasks() == 200
+    assert feed.worker()["succeeded"] == 200  # the refused batch was written once, not twice
+    assert feed.collector.stats()["backlog"] == 0
+
+
+# -- a finished task stays finished ------------------------------------------------------------
+
+@pytest.mark.parametrize("late", ["task-retried", "task-received", "task-started"])
+@pytest.mark.parametrize("batches", ["one-batch", "two-batches"])
+def test_late_events_never_move_a_finished_task_back(feed, late, batches):
+    received, started, succeeded = task_lifecycle(feed)
+    late_event = feed.event(late, T0 + 0.2, uuid=UUID, exception="Retry in 1s")
+    if batches == "one-batch":
+        feed.merge(received, started, succeeded, late_event)
+    else:
+        feed.merge(received, started, succeeded)
+        feed.merge(late_event)
+    assert feed.task()["state"] == "SUCCESS"
+    # and in a fresh merge state (the task let go of), only the store's rule keeps it final
+    feed.state = feed.collector.new_merge_state()
+    feed.merge(feed.event(late, T0 + 0.3, uuid=UUID))
+    assert feed.task()["state"] == "SUCCESS"
+
+
+def test_a_retry_that_comes_before_success_still_shows_as_retry_until_it_succeeds(feed):
+    feed.merge(feed.event("task-received", T0, uuid=UUID, name="sample.flaky"),
+               feed.event("task-started", T0 + 0.1, uuid=UUID),
+               feed.event("task-retried", T0 + 0.2, uuid=UUID))
+    assert feed.task()["state"] == "RETRY"
+
+
+# -- one collector per broker and store --------------------------------------------------------
+
+def test_a_second_collector_on_the_same_broker_and_store_stands_by_and_takes_over_on_stop(tmp_path):
+    first, second = Feed(tmp_path), Feed(tmp_path)
+    first.collector._housekeeping()
+    second.collector._housekeeping()
+    assert (first.collector.active, second.collector.active) == (True, False)
+    assert second.collector.stats()["role"] == "standby"
+    assert second.collector.stats()["lease_holder"] == first.collector.owner
+
+    events = task_lifecycle(first)
+    for feed in (first, second):  # pub/sub: both receive every event
+        for event in events:
+            feed.receive(event)
+    first.collector.merge_batch(first.state)
+    second.collector._housekeeping()  # a standby skips what it received
+    assert second.collector.stats()["backlog"] == 0
+    assert first.worker()["succeeded"] == 1
+
+    first.collector.stop()
+    second.collector._housekeeping()
+    assert second.collector.active
+
+
+def test_a_collector_killed_on_this_host_is_replaced_at_once_not_when_its_lease_expires(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    first, second = Feed(tmp_path), Feed(tmp_path)
+    first.collector.owner = f"{socket.gethostname()}:{dead.pid}:killed"
+    first.collector._housekeeping()
+    assert first.collector.active
+    second.collector._housekeeping()
+    assert second.collector.active

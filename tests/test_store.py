@@ -64,7 +64,7 @@ def test_history_survives_reopening_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("final", ["SUCCESS", "FAILURE", "REVOKED"])
-@pytest.mark.parametrize("late", ["PENDING", "RECEIVED", "STARTED"])
+@pytest.mark.parametrize("late", ["PENDING", "RECEIVED", "STARTED", "RETRY", "PROGRESS"])
 def test_upsert_never_moves_a_finished_task_back(store, final, late):
     store.write_batch(tasks=[task_row(uuid=uuid(1), name="t", state=final, succeeded=T0 + 2)])
     store.write_batch(tasks=[task_row(uuid=uuid(1), state=late, started=T0 + 1)])

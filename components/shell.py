@@ -24,16 +24,34 @@ def shell(relative_path, refresh_ms: int) -> html.Div:
 
 
 def collector_status(stats: dict) -> list:
-    connected = stats.get("connected")
-    details = (f"{stats.get('stored', 0):,} events stored · {stats.get('dropped', 0):,} dropped · "
-               f"{stats.get('disconnects', 0):,} disconnects · backlog {stats.get('backlog', 0):,} · "
-               f"lag {stats.get('lag_seconds', 0):.2f} s")
-    if stats.get("last_error"):
-        details += f" · last error: {stats['last_error']}"
+    """The top bar's one-line answer to "is Flowerbed recording?", worst news first."""
+    role = stats.get("role")
+    if stats.get("writer_error"):
+        tone, headline = "bad", "Store not writable"
+    elif role != "standby" and not stats.get("connected"):
+        tone, headline = "bad", "Broker unreachable"
+    elif role == "standby":
+        tone, headline = "warn", "Standing by"
+    elif stats.get("dropped") or stats.get("rejected"):
+        tone, headline = "warn", "Recording, events lost"
+    else:
+        tone, headline = "ok", "Recording"
+    details = [f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
+               f"backlog {stats.get('backlog', 0):,}"]
+    for key, label in (("dropped", "dropped (backlog full)"), ("rejected", "rows refused by the store"),
+                       ("malformed", "malformed"), ("disconnects", "disconnects")):
+        if stats.get(key):
+            details.append(f"{stats[key]:,} {label}")
+    if role == "standby":
+        details.insert(0, f"{stats.get('lease_holder')} records this broker; this one takes over if it stops")
+    error = stats.get("writer_error") or stats.get("broker_error") or stats.get("last_error")
+    if error:
+        details.append(f"{'error' if tone == 'bad' else 'last error'}: {error}")
+    text = " · ".join(details)
     return [
-        html.Span(className=f"dot {'dot-ok' if connected else 'dot-bad'}"),
-        html.Span("Broker connected" if connected else "Broker unreachable", className="status-text"),
-        html.Span(details, className="status-details"),
+        html.Span(className=f"dot dot-{tone}"),
+        html.Span(headline, className=f"status-text status-{tone}"),
+        html.Span(text, className="status-details", title=text),
     ]
 
 

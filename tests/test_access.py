@@ -58,8 +58,10 @@ def concrete_urls(dash_app) -> list[tuple[str, str]]:
     return urls
 
 
-def health_path(dash_app) -> str:
-    return dash_app.config.routes_pathname_prefix + "healthcheck"
+def health_paths(dash_app) -> tuple[str, str]:
+    """The liveness and readiness checks, open on purpose (orchestrators probe without credentials)."""
+    prefix = dash_app.config.routes_pathname_prefix
+    return prefix + "healthcheck", prefix + "healthcheck/ready"
 
 
 def test_every_route_needs_credentials(dash_app):
@@ -67,7 +69,7 @@ def test_every_route_needs_credentials(dash_app):
     urls = concrete_urls(dash_app)
     assert len(urls) >= 12  # pages, Dash internals, API, health
     for method, path in urls:
-        if path == health_path(dash_app):
+        if path in health_paths(dash_app):
             continue
         response = client.open(path, method=method)
         assert response.status_code == 401, (method, path, response.status_code)
@@ -93,10 +95,13 @@ def test_callback_route_needs_credentials(dash_app):
     assert client.post(path, json=body, headers=basic(*VIEWER)).status_code == 200
 
 
-def test_health_check_stays_open(dash_app):
-    response = dash_app.server.test_client().get(health_path(dash_app))
-    assert response.status_code == 200
-    assert response.data == b"OK"
+def test_health_checks_stay_open(dash_app):
+    alive, ready = health_paths(dash_app)
+    client = dash_app.server.test_client()
+    response = client.get(alive)
+    assert (response.status_code, response.data) == (200, b"OK")
+    response = client.get(ready)  # open too: 200 or 503 by the collector's state, with the reasons
+    assert response.status_code == (503 if response.json["problems"] else 200)
 
 
 @pytest.mark.parametrize("user", [ADMIN, VIEWER], ids=["admin", "viewer"])

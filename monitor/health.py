@@ -1,0 +1,57 @@
+"""Health endpoints, open without auth: `/healthcheck` says the web process answers (no I/O, so it
+stays fast under any load), `/healthcheck/ready` (or `/healthcheck?strict=1`) says whether
+Flowerbed is doing its job, with 503 and the reasons when it is not, so an orchestrator can act."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify, request
+
+_STRICT = ("1", "true", "yes")
+
+
+def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[str]:
+    """Why the collector is not doing its job, from its counters; empty when it is."""
+    if not stats:
+        return ["no collector has reported to this store yet"]
+    problems = []
+    # A collector in this process reports now; one in another process through the store.
+    silent = now - (stats.get("updated_at") or 0)
+    if silent > stall_seconds:
+        problems.append(f"the collector last reported {silent:.0f} s ago")
+    holder_silent = now - (stats.get("holder_reported_at") or now)
+    if stats.get("role") == "standby" and holder_silent > stall_seconds:
+        problems.append(f"this collector stands by, and the one recording this broker ({stats.get('lease_holder')}) "
+                        f"last reported {holder_silent:.0f} s ago")
+    if stats.get("writer_error"):
+        since = stats.get("writer_failing_since")
+        problems.append("the store cannot be written"
+                        + (f" for {now - since:.0f} s" if since else "") + f": {stats['writer_error']}")
+    if not stats.get("connected"):
+        problems.append(f"the broker is unreachable: {stats.get('broker_error') or 'not connected yet'}")
+    if stats.get("backlog") and (stats.get("lag_seconds") or 0) > stall_seconds:
+        problems.append(f"{stats['backlog']:,} events wait and the oldest is {stats['lag_seconds']:.0f} s old "
+                        f"(more than {stall_seconds:g} s)")
+    return problems
+
+
+def create_health_blueprint(services, prefix: str) -> Blueprint:
+    health = Blueprint("flowerbed_health", __name__, url_prefix=prefix.rstrip("/") or None)
+
+    def ready():
+        stats = services.collector_stats()
+        problems = readiness_problems(stats, time.time(), services.settings.stall_seconds)
+        body = {"status": "not ready" if problems else "ready", "problems": problems,
+                "collector": {key: stats.get(key) for key in (
+                    "role", "connected", "backlog", "lag_seconds", "last_stored_at", "dropped", "rejected",
+                    "malformed")}}
+        return jsonify(body), 503 if problems else 200
+
+    @health.get("/healthcheck")
+    def alive():
+        if request.args.get("strict", "").lower() in _STRICT:
+            return ready()
+        return "OK", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+    health.add_url_rule("/healthcheck/ready", "ready", ready)
+    return health

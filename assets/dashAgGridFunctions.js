@@ -76,3 +76,19 @@ window.flowerbedOpenTasks = function (base, target, values) {
   if (target[1]) { params.set("state", target[1]); }
   window.flowerbedNavigate(base + "tasks?" + params.toString());
 };
+
+// CSV export (every Analytics table, csvExportParams.processCellCallback): text starting with
+// = + - @ tab or carriage return is a formula to Excel, LibreOffice and Google Sheets, so a task
+// named =HYPERLINK(...) or an exception =cmd|... would run when the file is opened. Such text gets
+// a leading ' (OWASP's advice). A cell exports as the grid shows it (its valueFormatter); a number's
+// text is our own formatting, never a formula, so a negative one keeps its minus sign.
+var CSV_FORMULA_START = /^[=+\-@\t\r]/;
+
+window.flowerbedCsvText = dagfuncs.flowerbedCsvText = function (value, shown) {
+  if (typeof value === "number" || typeof shown !== "string") { return shown; }
+  return CSV_FORMULA_START.test(shown) ? "'" + shown : shown;
+};
+
+dagfuncs.flowerbedCsvCell = function (params) {
+  return dagfuncs.flowerbedCsvText(params.value, params.formatValue(params.value));
+};

@@ -43,6 +43,8 @@ def safe_strip(app, pathname: str | None) -> str | None:
 
 def route(app, services, pathname: str | None, search: str | None):
     """The page for a path (without the URL prefix)."""
+    if not isinstance(pathname, (str, type(None))) or not isinstance(search, (str, type(None))):
+        return shell_components.not_found("That address cannot be read.", app.get_relative_path)
     path = safe_strip(app, pathname)
     if path is None:
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
@@ -56,7 +58,7 @@ def route(app, services, pathname: str | None, search: str | None):
         return tasks_layout(text, params.get("state", [""])[0], search_message(text))
     if path.startswith("task/"):
         uuid = path.split("/", 1)[1]
-        task = services.store.get_task(uuid)
+        task = services.store.get_task(uuid) if uuid.isprintable() and len(uuid) <= 1000 else None
         if task is None:
             return shell_components.not_found(f"No task with UUID {uuid} is in the store.", app.get_relative_path)
         return task_detail(task, app.get_relative_path)

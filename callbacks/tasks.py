@@ -3,30 +3,27 @@ from __future__ import annotations
 
 from dash import Input, Output, State, no_update
 
-from components.tasks import GRID_FIELDS
+from components.tasks import GRID_FIELDS, STATE_CHIPS
 from monitor import search
-from monitor.queries import QueryError, TaskQuery, fetch_tasks
+from monitor.queries import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
+
+CHIP_STATES = tuple(value for _label, value in STATE_CHIPS)
 
 
 def grid_query(request: dict, query: dict) -> TaskQuery:
-    """A TaskQuery from AG Grid's getRowsRequest and the page's search and state chip."""
-    start = int(request.get("startRow") or 0)
-    end = int(request.get("endRow") or start + 100)
-    sort = tuple((item["colId"], item.get("sort") == "desc") for item in request.get("sortModel") or ())
-    return TaskQuery(
-        search=query.get("search") or "",
-        states=(query["state"],) if query.get("state") not in (None, "", "ALL") else (),
-        column_filters=request.get("filterModel") or {},
-        sort=sort or TaskQuery.sort,
-        offset=start,
-        limit=max(1, min(end - start, 1000)),
-    )
+    """A TaskQuery from AG Grid's getRowsRequest and the page's query ({search, state chip})."""
+    if not isinstance(query, dict):
+        raise QueryError(f"malformed page query: {shown(query)}")
+    state = query.get("state") or "ALL"
+    if state not in CHIP_STATES:
+        raise QueryError(f"unknown state {shown(state)}")
+    return grid_request_query(request, query.get("search") or "", () if state == "ALL" else (state,))
 
 
 def search_message(text: str | None) -> str:
     """What the Tasks page says under the search box: why the search cannot be understood, or ''."""
     try:
-        search.compile_search(text or "")
+        search.compile_search(text)
     except search.SearchError as exc:
         return f"Search not understood: {exc}"
     return ""
@@ -41,7 +38,7 @@ def register(app, services) -> None:
         prevent_initial_call=True,
     )
     def update_query(text, state):
-        message = search_message(text)
+        message = search_message(text) or ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}")
         if message:
             return no_update, message
         return {"search": text or "", "state": state or ""}, ""
@@ -57,14 +54,15 @@ def register(app, services) -> None:
         if not request:
             return no_update, no_update
         try:
-            page = fetch_tasks(services.store, grid_query(request, query or {}), GRID_FIELDS)
+            wanted = grid_query(request, query or {})
+            page = fetch_tasks(services.store, wanted, GRID_FIELDS)
         except QueryError as exc:
             return {"rowData": [], "rowCount": 0}, f"Filter not understood: {exc}"
         count = f"{page.total:,}{'' if page.total_is_exact else '+'} task{'' if page.total == 1 else 's'}"
         # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
         row_count = page.total if page.total_is_exact else None
-        if row_count is None and len(page.rows) < int(request.get("endRow", 0)) - int(request.get("startRow", 0)):
-            row_count = int(request.get("startRow", 0)) + len(page.rows)
+        if row_count is None and len(page.rows) < wanted.limit:
+            row_count = wanted.offset + len(page.rows)
         return {"rowData": page.rows, "rowCount": row_count}, count
 
     # A new query empties the grid's cache; the interval re-reads the visible blocks in place,

@@ -401,7 +401,8 @@ def grid(grid_id: str, columns, file_name: str, empty: str, height: int | None =
     return dag.AgGrid(
         id=grid_id, rowData=[], columnDefs=columns,
         defaultColDef={"sortable": True, "resizable": True, "suppressHeaderMenuButton": True},
-        csvExportParams={"fileName": file_name},
+        # Cells as shown, text that a spreadsheet would run as a formula escaped (assets/dashAgGridFunctions.js).
+        csvExportParams={"fileName": file_name, "processCellCallback": {"function": "flowerbedCsvCell(params)"}},
         dashGridOptions={"rowHeight": 32, "headerHeight": 36, "animateRows": False, "tooltipShowDelay": 250,
                          "tooltipInteraction": True, "enableCellTextSelection": True,
                          "localeText": {"noRowsToShow": empty},

@@ -5,14 +5,18 @@ monitor knows is listed, whether it was seen through events or through inspect.
 """
 from __future__ import annotations
 
+import functools
 import time
+from typing import Callable, Iterable, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .queries import QueryError, TaskQuery, fetch_tasks, parse_sort, parse_time
+from .queries import QueryError, TaskQuery, parse_sort, parse_time, shown, stream_tasks
 from .store import TASK_FIELDS
 
 MAX_LIMIT = 10_000
+# Longer than any task id a client makes (celery's are UUIDs); refused before the store is asked.
+MAX_TASK_ID = 1_000
 
 
 def _error(status: int, message: str):
@@ -47,11 +51,35 @@ def _int_arg(name: str, default: int | None, high: int | None = None) -> int | N
         return default
     try:
         value = int(raw)
-    except ValueError:
-        raise QueryError(f"{name} must be a whole number, got {raw!r}") from None
+    except ValueError:  # also past int()'s 4,300 digits; a merely huge number is clamped by the query
+        raise QueryError(f"{name} must be a whole number, got {shown(raw)}") from None
     if value < 0:
         raise QueryError(f"{name} must not be negative")
     return min(value, high) if high else value
+
+
+def _flag_arg(name: str) -> bool:
+    raw = request.args.get(name, "").lower()
+    if raw not in ("", "0", "1", "false", "true"):
+        raise QueryError(f"{name} must be true or false, got {shown(raw)}")
+    return raw in ("1", "true")
+
+
+def _json_object(members: Iterable[tuple[str, object]], dumps: Callable[[object], str],
+                 piece_size: int = 1 << 16) -> Iterator[str]:
+    """The text json.dumps gives for {key: value...} of `members`, in pieces of about `piece_size`
+    characters: a large answer is sent as it is read instead of being built whole in memory."""
+    parts, size, separator = ["{"], 1, ""
+    for key, value in members:
+        part = f"{separator}{dumps(key)}: {dumps(value)}"
+        parts.append(part)
+        size += len(part)
+        separator = ", "
+        if size >= piece_size:
+            yield "".join(parts)
+            parts, size = [], 0
+    parts.append("}")
+    yield "".join(parts)
 
 
 def _states_arg() -> tuple[str, ...]:
@@ -68,22 +96,18 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
     def bad_query(exc):
         return _error(400, str(exc))
 
-    @api.get("/healthcheck")
-    def healthcheck():
-        return "OK", 200, {"Content-Type": "text/plain; charset=utf-8"}
-
     @api.get("/api/workers")
     def workers():
         only = request.args.get("workername")
-        status = request.args.get("status")
+        online_only, refresh = _flag_arg("status"), _flag_arg("refresh")
         result = {}
         for worker in store.workers(time.time()):
             if only and worker["hostname"] != only:
                 continue
-            if status in ("true", "1") and not worker["online"]:
+            if online_only and not worker["online"]:
                 continue
             result[worker["hostname"]] = _flower_worker(worker)
-        if request.args.get("refresh") in ("1", "true"):
+        if refresh:
             if not may_act():
                 return _error(403, "read-only users cannot trigger an inspect")
             services.inspector.request_refresh()
@@ -103,9 +127,10 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
             offset=_int_arg("offset", 0),
             limit=_int_arg("limit", 1000, MAX_LIMIT),
         )
-        page = fetch_tasks(store, query)
+        page = stream_tasks(store, query)
         # Flask's jsonify sorts keys, which would undo `sort_by`: keep the rows in query order.
-        body = current_app.json.dumps({row["uuid"]: _flower_task(row) for row in page.rows}, sort_keys=False)
+        dumps = functools.partial(current_app.json.dumps, sort_keys=False)
+        body = _json_object(((row["uuid"], _flower_task(row)) for row in page.rows), dumps)
         response = current_app.response_class(body, mimetype="application/json")
         response.headers["X-Total-Count"] = str(page.total) + ("" if page.total_is_exact else "+")
         return response
@@ -120,6 +145,8 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
 
     @api.get("/api/task/info/<task_id>")
     def task_info(task_id):
+        if len(task_id) > MAX_TASK_ID:
+            return _error(400, f"a task id has at most {MAX_TASK_ID:,} characters")
         row = store.get_task(task_id)
         if row is None:
             return _error(404, f"Unknown task '{task_id}'")

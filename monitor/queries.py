@@ -6,8 +6,8 @@ only place that turns one into SQL, so the two can never disagree.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-from typing import Sequence
+import math
+from typing import Iterator, Sequence
 
 from . import search
 from .store import NUMERIC_FIELDS, TASK_FIELDS, TIME_FIELDS, Store
@@ -55,6 +55,8 @@ class TaskQuery:
             add("received >= ?", [self.received_from])
         if self.received_to is not None:
             add("received < ?", [self.received_to])
+        if not isinstance(self.column_filters, dict):
+            raise QueryError(f"malformed column filters: {shown(self.column_filters)}")
         for column, model in self.column_filters.items():
             add(*_column_filter_sql(column, model))
         return " AND ".join(clauses), params
@@ -62,6 +64,8 @@ class TaskQuery:
     def order_by(self) -> str:
         # SQLite's own NULL order (first ascending, last descending) and a tie-break on seq in the
         # same direction let it walk the column's index instead of sorting the table.
+        if len(self.sort) > len(SORTABLE):  # SQLite caps the terms of an ORDER BY
+            raise QueryError(f"at most {len(SORTABLE)} sort columns")
         parts = []
         for column, descending in self.sort:
             if column not in SORTABLE:
@@ -74,22 +78,20 @@ class TaskQuery:
 
 @dataclasses.dataclass(frozen=True)
 class TaskPage:
-    rows: list[dict]
+    rows: list[dict] | Iterator[dict]  # fetch_tasks: a list; stream_tasks: read from the store as consumed
     total: int
     total_is_exact: bool
 
 
-def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS) -> TaskPage:
+def stream_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS, chunk: int = 500) -> TaskPage:
+    """The query's page with its rows read from the store `chunk` at a time as they are consumed,
+    so that a large answer (the API's 10,000 rows) never sits whole in memory."""
     unknown = [c for c in columns if c not in SORTABLE]
     if unknown:
         raise QueryError(f"unknown column {unknown[0]!r}")
     where, params = query.where()
     where_sql = f"WHERE {where}" if where else ""
     order = query.order_by()
-    rows = store.query(
-        f"SELECT {', '.join(columns)} FROM tasks {where_sql} ORDER BY {order} LIMIT ? OFFSET ?",
-        [*params, max(0, int(query.limit)), max(0, int(query.offset))],
-    )
     if not where:
         total, exact = store.count_tasks(), True
     else:
@@ -97,7 +99,59 @@ def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FI
                             [*params, COUNT_CAP + 1])[0][0]
         exact = total <= COUNT_CAP
         total = min(total, COUNT_CAP)
-    return TaskPage([dict(r) for r in rows], total, exact)
+    rows = store.iter_query(
+        f"SELECT {', '.join(columns)} FROM tasks {where_sql} ORDER BY {order} LIMIT ? OFFSET ?",
+        [*params, _clamped_row(query.limit), _clamped_row(query.offset)], chunk)
+    # Run the statement now: an error then reaches the caller, not the middle of a streamed answer.
+    first = next(rows, None)
+    return TaskPage(_resumed(first, rows), total, exact)
+
+
+def _resumed(first: dict | None, rows: Iterator[dict]) -> Iterator[dict]:
+    """`first`, then the rest of `rows`; closing this closes `rows` and the cursor it reads."""
+    if first is not None:
+        yield first
+        yield from rows
+
+
+def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS) -> TaskPage:
+    """The query's page with its rows in a list."""
+    page = stream_tasks(store, query, columns)
+    return dataclasses.replace(page, rows=list(page.rows))
+
+
+# SQLite's largest integer: a LIMIT or OFFSET past it cannot be bound.
+MAX_ROW = 2**63 - 1
+
+
+def _clamped_row(number: int) -> int:
+    return min(max(0, int(number)), MAX_ROW)
+
+
+def grid_request_query(request, search: str = "", states: tuple[str, ...] = (), max_rows: int = 1000) -> TaskQuery:
+    """A TaskQuery from AG Grid's infinite-model getRowsRequest (startRow, endRow, sortModel,
+    filterModel); whatever else a browser sends in its place is a QueryError."""
+    if not isinstance(request, dict):
+        raise QueryError(f"malformed rows request: {shown(request)}")
+    start = _row_number(request.get("startRow"), "startRow", 0)
+    end = _row_number(request.get("endRow"), "endRow", start + 100)
+    sort_model = request.get("sortModel") or []
+    if not isinstance(sort_model, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("colId"), str) for item in sort_model):
+        raise QueryError("malformed sort: expected a list of {colId, sort}")
+    sort = tuple((item["colId"], item.get("sort") == "desc") for item in sort_model)
+    return TaskQuery(search=search, states=states, column_filters=request.get("filterModel") or {},
+                     sort=sort or TaskQuery.sort, offset=start, limit=max(1, min(end - start, max_rows)))
+
+
+def _row_number(value, name: str, default: int) -> int:
+    """A row number of the grid's request (a whole number, clamped to what SQLite takes)."""
+    if value is None:
+        return default
+    whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()  # not NaN nor infinite
+    if isinstance(value, bool) or not whole:
+        raise QueryError(f"{name} must be a whole number, got {shown(value)}")
+    return _clamped_row(value)
 
 
 def parse_sort(text: str | None) -> tuple[tuple[str, bool], ...]:
@@ -116,19 +170,20 @@ def parse_sort(text: str | None) -> tuple[tuple[str, bool], ...]:
 
 def parse_time(text: str | None, name: str) -> float | None:
     """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30 (UTC unless it says)."""
-    if not text:
+    if text is None or text == "":
         return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
-    except ValueError:
-        raise QueryError(f"{name}: expected epoch seconds or a date such as 2026-11-24 10:30, got {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
+    if isinstance(text, str):
+        try:
+            return search.parse_moment(text)
+        except ValueError:
+            pass
+    raise QueryError(f"{name}: expected epoch seconds or a date such as 2026-11-24 10:30, got {shown(text)}")
+
+
+def shown(value, width: int = 60) -> str:
+    """`value` as an error message quotes it: its repr, cut to `width` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 _TEXT_OPS = {
@@ -141,17 +196,26 @@ _NUMBER_OPS = {
 }
 
 
-def _column_filter_sql(column: str, model: dict) -> tuple[str, list]:
+# AG Grid combines a few conditions per column (maxNumConditions, 2 on the Tasks page), one level deep.
+MAX_CONDITIONS = 10
+
+
+def _column_filter_sql(column: str, model: dict, nested: bool = False) -> tuple[str, list]:
     """One AG Grid column filter (simple or combined with AND/OR conditions) as SQL."""
     if column not in SORTABLE:
-        raise QueryError(f"cannot filter on {column!r}")
+        raise QueryError(f"cannot filter on {shown(column)}")
     if not isinstance(model, dict):
         raise QueryError(f"malformed filter for {column!r}")
     if "conditions" in model:
+        conditions = model["conditions"]
+        if nested or not isinstance(conditions, list) or not 0 < len(conditions) <= MAX_CONDITIONS:
+            raise QueryError(f"malformed filter for {column!r}: expected 1 to {MAX_CONDITIONS} simple conditions")
         operator = "OR" if str(model.get("operator", "AND")).upper() == "OR" else "AND"
-        parts = [_column_filter_sql(column, condition) for condition in model["conditions"]]
+        parts = [_column_filter_sql(column, condition, nested=True) for condition in conditions]
         return "(" + f" {operator} ".join(sql for sql, _ in parts) + ")", [p for _, ps in parts for p in ps]
     kind = model.get("type")
+    if not isinstance(kind, str):
+        raise QueryError(f"malformed filter for {column!r}: its type is {shown(kind)}")
     if kind == "blank":
         return f"({column} IS NULL OR {column} = '')", []
     if kind == "notBlank":
@@ -161,20 +225,31 @@ def _column_filter_sql(column: str, model: dict) -> tuple[str, list]:
         high = parse_time(model.get("dateTo"), column)
         return _range_sql(column, kind, low, high)
     if column in NUMERIC_FIELDS or model.get("filterType") == "number":
-        try:
-            low = None if model.get("filter") is None else float(model["filter"])
-            high = None if model.get("filterTo") is None else float(model["filterTo"])
-        except (TypeError, ValueError):
-            raise QueryError(f"{column}: expected a number") from None
-        return _range_sql(column, kind, low, high)
+        return _range_sql(column, kind, _number(model.get("filter"), column), _number(model.get("filterTo"), column))
     if kind not in _TEXT_OPS:
         raise QueryError(f"unsupported filter {kind!r} on {column}")
     operator, pattern = _TEXT_OPS[kind]
-    value = str(model.get("filter", ""))
+    try:
+        value = search.check_text(model.get("filter") or "", f"the {column} filter")
+    except search.SearchError as exc:
+        raise QueryError(str(exc)) from None
     if "LIKE" in operator:
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return f"coalesce({column}, '') {operator} ? ESCAPE '\\'", [pattern.format(escaped)]
     return f"{column} {operator} ?", [value]
+
+
+def _number(value, column: str) -> float | None:
+    """A filter's number; NaN and infinities are refused (SQLite would bind NaN as NULL)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise QueryError(f"{column}: expected a number, got {shown(value)}")
+    return number
 
 
 def _range_sql(column: str, kind: str, low, high) -> tuple[str, list]:

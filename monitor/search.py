@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import re
 
 from celery import states
@@ -152,7 +153,10 @@ def _comparison_value(field: str, text: str) -> float:
     if not text:
         raise SearchError(f"'{field}' needs a value after the comparison, e.g. {field}>={_EXAMPLES[field]}")
     try:
-        return float(text) if field == "runtime" else parse_moment(text)
+        value = float(text) if field == "runtime" else parse_moment(text)
+        if not math.isfinite(value):  # SQLite binds NaN as NULL: runtime>nan would quietly match nothing
+            raise ValueError(text)
+        return value
     except ValueError:
         expected = "a number of seconds" if field == "runtime" else "a UTC date/time such as 2026-11-25T10:30"
         raise SearchError(f"{field}: expected {expected}, got {text!r}") from None
@@ -237,9 +241,28 @@ MAX_TOKENS = 200
 MAX_DEPTH = 20
 
 
+# SQLite ends text at a NUL in FTS5 queries and LIKE patterns, cannot encode a lone surrogate
+# (it is not Unicode), and refuses LIKE patterns over 50,000 bytes (4 per character at most).
+MAX_TEXT_CHARS = 10_000
+_UNSEARCHABLE = re.compile("[\0\ud800-\udfff]")
+
+
+def check_text(text, what: str) -> str:
+    """`text` when SQLite can search for it as it is; else a SearchError saying why (`what` names it)."""
+    if not isinstance(text, str):
+        raise SearchError(f"{what} must be text, not {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise SearchError(f"{what} is too long: at most {MAX_TEXT_CHARS:,} characters")
+    bad = _UNSEARCHABLE.search(text)
+    if bad:
+        kind = "a NUL character" if bad.group() == "\0" else "a lone surrogate (not valid Unicode)"
+        raise SearchError(f"{what} contains {kind} at position {bad.start() + 1}, which cannot be searched for")
+    return text
+
+
 def parse(query: str):
     """The query's syntax tree, or None for an empty query."""
-    tokens = _tokens(query or "")
+    tokens = _tokens(check_text("" if query is None else query, "the search"))
     if len(tokens) > MAX_TOKENS:
         raise SearchError(f"the search is too long: at most {MAX_TOKENS} terms, operators and parentheses")
     return _Parser(tokens).parse() if tokens else None

@@ -12,7 +12,7 @@ import pytest
 from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, refresh_outputs, response_body,
                                  scope_from_controls)
 from components import analytics as view
-from helpers import (CeleryWorker, FlowerbedServer, Stack, task_row, wait_for, wait_for_tasks,
+from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, wait_for, wait_for_tasks,
                      worker_status)
 from monitor import analytics, rollup, search
 from monitor.queries import TaskQuery, fetch_tasks
@@ -24,14 +24,6 @@ NOW = 1_795_600_000.0  # 2026-11-25 08:26:40 UTC, a fixed "now" for the unit tes
 @pytest.fixture
 def store(tmp_path):
     return Store(str(tmp_path / "analytics.db"))
-
-
-def finished(uuid, name, runtime, at, state="SUCCESS", wait=0.01, worker="celery@a", queue="default", **extra):
-    """A task row that finished at `at` after waiting `wait` and running `runtime` seconds."""
-    started = at - runtime
-    times = {"succeeded": at} if state == "SUCCESS" else {"failed": at} if state == "FAILURE" else {"revoked": at}
-    return task_row(uuid=uuid, name=name, state=state, worker=worker, routing_key=queue, received=started - wait,
-                    sent=started - wait - 0.001, started=started, runtime=runtime, timestamp=at, **times, **extra)
 
 
 def write(store, rows):

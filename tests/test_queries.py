@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import task_row
-from monitor.queries import COUNT_CAP, QueryError, TaskQuery, fetch_tasks, parse_sort, parse_time
+from monitor.queries import (COUNT_CAP, MAX_ROW, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
+                             parse_time, stream_tasks)
 from monitor.store import TASK_FIELDS, Store
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
@@ -117,11 +118,63 @@ def test_a_count_past_the_cap_says_it_is_not_exact(tmp_path):
      "received: expected epoch seconds or a date"),
     (TaskQuery(search="state:NOPE"), "unknown state NOPE"),
     (TaskQuery(search="(a"), "missing ')'"),
+    (TaskQuery(column_filters="name"), "malformed column filters"),
+    (TaskQuery(column_filters={"name": {"type": ["contains"]}}), "malformed filter for 'name': its type is"),
+    (TaskQuery(column_filters={"name": {"conditions": []}}), "1 to 10 simple conditions"),
+    (TaskQuery(column_filters={"name": {"conditions": [{"conditions": [{"type": "blank"}]}]}}), "simple conditions"),
+    (TaskQuery(column_filters={"name": {"conditions": [{"type": "blank"}] * 11}}), "1 to 10 simple conditions"),
+    (TaskQuery(column_filters={"name": {"type": "contains", "filter": "a\x00"}}), "the name filter contains a NUL"),
+    (TaskQuery(column_filters={"name": {"type": "contains", "filter": 5}}), "the name filter must be text"),
+    (TaskQuery(column_filters={"runtime": {"type": "equals", "filter": float("nan")}}), "runtime: expected a number"),
+    (TaskQuery(column_filters={"runtime": {"type": "equals", "filter": 10**400}}), "runtime: expected a number"),
+    (TaskQuery(column_filters={"runtime": {"type": "equals", "filter": True}}), "runtime: expected a number"),
+    (TaskQuery(column_filters={"received": {"type": "equals", "dateFrom": 5}}), "received: expected epoch seconds"),
+    (TaskQuery(sort=(("name", False),) * 100), "sort columns"),
 ])
 def test_what_cannot_be_understood_is_a_query_error(store, query, message):
     with pytest.raises(QueryError) as raised:
         fetch_tasks(store, query)
     assert message in str(raised.value)
+
+
+def test_offsets_and_limits_past_what_sqlite_takes_are_clamped(store):
+    assert fetch_tasks(store, TaskQuery(offset=10**30)).rows == []
+    assert len(fetch_tasks(store, TaskQuery(limit=10**30)).rows) == len(TASKS)
+    assert len(fetch_tasks(store, TaskQuery(offset=-5, limit=-5)).rows) == 0
+
+
+def test_streamed_rows_are_the_fetched_ones_read_as_consumed(store):
+    query = TaskQuery(sort=(("runtime", True),))
+    streamed = stream_tasks(store, query, chunk=1)
+    assert not isinstance(streamed.rows, list)
+    assert list(streamed.rows) == fetch_tasks(store, query).rows
+    assert (streamed.total, streamed.total_is_exact) == (len(TASKS), True)
+
+
+def test_a_grid_request_becomes_a_query():
+    request = {"startRow": 200, "endRow": 300.0, "sortModel": [{"colId": "runtime", "sort": "desc"}],
+               "filterModel": {"name": {"type": "contains", "filter": "add"}}}
+    query = grid_request_query(request, "state:FAILURE", ("FAILURE",))
+    assert (query.offset, query.limit, query.sort) == (200, 100, (("runtime", True),))
+    assert (query.search, query.states, query.column_filters) == ("state:FAILURE", ("FAILURE",), request["filterModel"])
+    assert grid_request_query({}).offset == 0 and grid_request_query({}).limit == 100
+    assert grid_request_query({"startRow": 10**30, "endRow": 10**30 + 5}).offset == MAX_ROW
+    assert grid_request_query({"startRow": -7, "endRow": 5000}).limit == 1000
+
+
+@pytest.mark.parametrize("request_, message", [
+    ("rows", "malformed rows request"),
+    ({"startRow": "0"}, "startRow must be a whole number"),
+    ({"startRow": 1.5}, "startRow must be a whole number"),
+    ({"endRow": float("inf")}, "endRow must be a whole number"),
+    ({"endRow": True}, "endRow must be a whole number"),
+    ({"sortModel": "name"}, "malformed sort"),
+    ({"sortModel": [{"sort": "asc"}]}, "malformed sort"),
+    ({"sortModel": [{"colId": 5}]}, "malformed sort"),
+])
+def test_a_malformed_grid_request_is_a_query_error(request_, message):
+    with pytest.raises(QueryError, match=message):
+        grid_request_query(request_)
 
 
 def test_unknown_columns_to_fetch_are_refused(store):
@@ -154,3 +207,9 @@ def test_parse_sort_refuses_unknown_columns(text):
 ])
 def test_parse_time_takes_epoch_or_iso_in_utc(text, expected):
     assert parse_time(text, "received_start") == expected
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400", "1e20", "2027-13-01", 5, ["2027-01-15"]])
+def test_parse_time_refuses_what_no_date_shows(text):
+    with pytest.raises(QueryError, match="received_start: expected epoch seconds or a date"):
+        parse_time(text, "received_start")

@@ -111,3 +111,31 @@ def test_malformed_query_raises_search_error_with_message(query, message):
 def test_search_matches_in_the_store(store, query, expected):
     rows = fetch_tasks(store, TaskQuery(search=query, limit=100), ("uuid",)).rows
     assert {row["uuid"] for row in rows} == {UUIDS[key] for key in expected}
+
+
+@pytest.mark.parametrize("query, message", [
+    ("ab\x00cd", "the search contains a NUL character at position 3, which cannot be searched for"),
+    ("name:\ud800", "the search contains a lone surrogate (not valid Unicode) at position 6"),
+    ("x" * 10_001, "the search is too long: at most 10,000 characters"),
+    (42, "the search must be text, not int"),
+    (["name:a"], "the search must be text, not list"),
+    ("runtime>nan", "runtime: expected a number of seconds, got 'nan'"),
+    ("runtime<-inf", "runtime: expected a number of seconds"),
+    ("finished>=1e400", "finished: expected a UTC date/time"),
+])
+def test_what_sqlite_cannot_search_for_is_a_search_error(query, message):
+    with pytest.raises(SearchError) as raised:
+        search.compile_search(query)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("query, expected", [
+    ('"NEAR" ^ "*"', []),  # FTS5 syntax is searched for literally, as the index's trigrams
+    ('"card declined: conn"', ["declined"]),
+    ("\U0001F600" * 10_000, []),  # the longest search: 40 kB in UTF-8, below LIKE's 50 kB patterns
+    ("%" * 10_000, []),  # each escaped: 20 kB
+    ("kwargs:k=" + "\U0001F600" * 9_991, []),
+])
+def test_fts_syntax_and_the_longest_search_are_plain_text(store, query, expected):
+    rows = fetch_tasks(store, TaskQuery(search=query, limit=100), ("uuid",)).rows
+    assert {row["uuid"] for row in rows} == {UUIDS[key] for key in expected}

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import dash
+import flask
+from dash.exceptions import DependencyException
+from werkzeug.exceptions import HTTPException
 
 import auth
 from callbacks import analytics as analytics_callbacks
@@ -15,7 +18,9 @@ from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
 from callbacks import workers as workers_callbacks
 from components.shell import shell
+from monitor import admission
 from monitor.api import create_blueprint
+from monitor.health import create_health_blueprint
 from monitor.services import Services, build_services
 from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix
 
@@ -42,16 +47,39 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
     for module in (shell_callbacks, workers_callbacks, tasks_callbacks, analytics_callbacks):
         module.register(app, services)
-    auth.install(app, settings, public_paths=(f"{routes_prefix}healthcheck",))
+    auth.install(app, settings, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
+    app.server.register_blueprint(create_health_blueprint(services, routes_prefix))
     app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act))
     app.server.before_request(services.start)
     app.server.config["flowerbed_services"] = services
+    admission.install(app.server, routes_prefix, by_credentials=settings.auth_enabled)
+    app.server.register_error_handler(Exception, _callback_request_not_understood)
     return app
+
+
+def _callback_request_not_understood(error):
+    """A callback request Dash itself cannot take (JSON nested too deeply, an output the page does
+    not have) is the client's fault: 400 with a reason, the details in the log; an asset Dash does
+    not have is a 404; anything else a 500 without a stack trace."""
+    if isinstance(error, HTTPException):
+        return error
+    if isinstance(error, DependencyException):  # a component file that is not there
+        return flask.jsonify(error="not found"), 404
+    log.exception("a request failed: %s %s", flask.request.method, flask.request.path)
+    if flask.request.path.endswith("_dash-update-component"):
+        return flask.jsonify(error="the page's request could not be understood; reload the page"), 400
+    return flask.jsonify(error="internal error; the details are in the server's log"), 500
 
 
 def start_services(flask_server) -> None:
     """Start the collector and inspector of an app built by create_app (gunicorn's worker hook)."""
     flask_server.config["flowerbed_services"].start()
+
+
+def stop_services(flask_server) -> None:
+    """Stop them cleanly (gunicorn's worker_exit hook): the collector writes what it holds and
+    hands its lease over at once."""
+    flask_server.config["flowerbed_services"].stop()
 
 
 def __getattr__(name):
@@ -90,10 +118,12 @@ def main(argv=None) -> None:
             self.cfg.set("bind", f"{settings.address}:{settings.port}")
             self.cfg.set("workers", 1)
             self.cfg.set("threads", 8)
+            self.cfg.set("worker_class", "monitor.gunicorn_worker.HealthFirstWorker")  # health lane, admission control
             self.cfg.set("accesslog", None)
             self.cfg.set("control_socket_disable", True)  # one path per user: several monitors would clash
             # Threads do not survive a fork: start them in the worker that serves the pages.
             self.cfg.set("post_worker_init", lambda worker: start_services(app.server))
+            self.cfg.set("worker_exit", lambda server, worker: stop_services(app.server))
 
         def load(self):
             return app.server

@@ -2,6 +2,8 @@
 
 # gunicorn's control socket lives at one path per user: two monitors on a host would fight over it.
 control_socket_disable = True
+# Health checks in a lane of their own, and clients that cannot hold a thread forever (see the module).
+worker_class = "monitor.gunicorn_worker.HealthFirstWorker"
 
 
 def on_starting(server):

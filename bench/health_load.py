@@ -43,7 +43,7 @@ USERS = {"ann": "ann-secret", "bob": "bob-secret"}
 HEAVY_PATH = "/api/tasks?limit=10000"
 PROBE_INTERVAL = 0.02
 SLOW_MS = 100  # what a liveness probe may take
-WORKERS = {"Flowerbed": "monitor.gunicorn_worker.HealthFirstWorker", "gunicorn gthread": "gthread"}
+WORKERS = {"Flowerbed": "monitor.serving.gunicorn_worker.HealthFirstWorker", "gunicorn gthread": "gthread"}
 
 
 def auth_header(user: str) -> dict:

@@ -228,7 +228,7 @@ def worker_status(base: str, hostname: str, credentials=None):
 
 def task_row(**fields) -> tuple:
     """A row for Store.write_batch(tasks=...) from the fields given; the others are NULL."""
-    from monitor.store import TASK_FIELDS
+    from monitor.store.schema import TASK_FIELDS
 
     unknown = set(fields) - set(TASK_FIELDS)
     assert not unknown, f"not task fields: {unknown}"

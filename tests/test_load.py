@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from helpers import FlowerbedServer, get, task_row, wait_for
-from monitor.admission import MAX_WAITING, PER_USER, RETRY_AFTER_SECONDS, TOO_MANY_WAITING, WAITED_TOO_LONG
-from monitor.store import Store
+from monitor.serving.admission import MAX_WAITING, PER_USER, RETRY_AFTER_SECONDS, TOO_MANY_WAITING, WAITED_TOO_LONG
+from monitor.store.sqlite import Store
 
 pytestmark = pytest.mark.integration
 

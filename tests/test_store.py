@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import task_row
-from monitor.store import WORKER_FIELDS, Store, is_online
+from monitor.store.schema import WORKER_FIELDS, is_online
+from monitor.store.sqlite import Store
 
 T0 = 1_800_000_000.0
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import (CeleryWorker, Process, Stack, free_port, get, get_json, wait_for, wait_for_tasks, wait_started,
+from helpers import (CeleryWorker, Process, Stack, child_pids, free_port, get, get_json, wait_for, wait_for_tasks, wait_started,
                      worker_status)
 
 pytestmark = pytest.mark.integration
@@ -49,16 +49,9 @@ def split_deployment(redis_url, tmp_path):
         stack.stop_all()
 
 
-def web_worker_pids(web: Command) -> set[int]:
-    """The web tier's gunicorn workers: the children of its master process."""
-    with open(f"/proc/{web.process.proc.pid}/task/{web.process.proc.pid}/children") as children:
-        return {int(pid) for pid in children.read().split()}
-
-
 def test_collector_and_web_tier_apart(redis_url, tmp_path, browser):
     with split_deployment(redis_url, tmp_path) as (collector, web, worker):
-        assert len(wait_for(lambda: web_worker_pids(web) if len(web_worker_pids(web)) == 2 else None, 30,
-                            "two web workers")) == 2
+        wait_for(lambda: len(child_pids(web.process.proc.pid)) == 2, 30, "two web workers")
         sent = {worker.send("sample.add", n, n): "SUCCESS" for n in range(20)}
         sent[worker.send("sample.fail", "boom")] = "FAILURE"
         wait_for_tasks(web.url, sent, 60)

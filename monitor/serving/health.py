@@ -20,9 +20,9 @@ def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[st
     problems = []
     # A collector in this process reports now; one in another process through the store.
     silent = now - (stats.get("updated_at") or 0)
-    if stats.get("running") is False:
-        problems.append(f"the collector stopped {silent:.0f} s ago")
-    elif silent > stall_seconds:
+    if stats.get("running") is False:  # its last report, on a clean stop: nothing else in it is current
+        return [f"the collector stopped {silent:.0f} s ago"]
+    if silent > stall_seconds:
         problems.append(f"the collector last reported {silent:.0f} s ago")
     holder_silent = now - (stats.get("holder_reported_at") or now)
     if stats.get("role") == "standby" and holder_silent > stall_seconds:

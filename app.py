@@ -25,6 +25,7 @@ from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint, serve_collector_status
 from monitor.services import Services, build_services
 from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix
+from monitor.store.schema import StoreError
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
@@ -104,7 +105,7 @@ def _settings_or_exit(argv) -> Settings:
 def _app_or_exit(settings: Settings) -> dash.Dash:
     try:
         return create_app(settings)
-    except (sqlite3.Error, OSError) as exc:  # the store (or its .secret beside it) cannot be opened
+    except (sqlite3.Error, OSError, StoreError) as exc:  # the store (or its .secret beside it) cannot be used
         print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -123,7 +124,7 @@ def collect(settings: Settings) -> None:
     then what the collector holds is written and its lease handed over."""
     try:
         services = build_services(settings)
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, StoreError) as exc:
         print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     status = serve_collector_status(services, settings.address, settings.port) if settings.port else None

@@ -2,6 +2,14 @@
 rule that says a worker is online."""
 from __future__ import annotations
 
+# The version of what a store holds: a store written by a newer Flowerbed is refused, not misread.
+# 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """A store this Flowerbed cannot use; the message says why, in one line, for the user."""
+
 # Task columns in table order. `seq` (the rowid) orders tasks by when they were first seen and
 # drives retention; `uuid` is the key events are merged on.
 TASK_FIELDS = (

@@ -15,7 +15,8 @@ import time
 from typing import Iterable, Iterator, Sequence
 
 from monitor.store import rollup
-from monitor.store.schema import TASK_FIELDS, TERMINAL_STATES, TEXT_COLUMNS, WORKER_COUNTERS, WORKER_FIELDS, is_online
+from monitor.store.schema import (SCHEMA_VERSION, TASK_FIELDS, TERMINAL_STATES, TEXT_COLUMNS, WORKER_COUNTERS,
+                                  WORKER_FIELDS, StoreError, is_online)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -127,10 +128,15 @@ class Store:
         self._write_lock = threading.Lock()
         with self._write_lock:
             connection = self._connection()
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer Flowerbed (store version {version}; this one "
+                                 f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
             connection.executescript(_SCHEMA + rollup.SCHEMA + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections -------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:

@@ -188,7 +188,7 @@ class Collector:
                         connection, handlers={"*": self._hand_over_function()}, app=self.app, counts=self.counts)
                     if self._stop.is_set():  # stop() ran before the receiver existed
                         return
-                    self._connected(connection.as_uri())
+                    self._connected(maybe_sanitize_url(self.app.conf.broker_url))
                     self._receiver.capture(limit=None, timeout=None, wakeup=True)
             except Exception as exc:  # the broker went away: count it, wait, reconnect
                 self._lost(f"{type(exc).__name__}: {exc}")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import dash
@@ -18,11 +20,12 @@ from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
 from callbacks import workers as workers_callbacks
 from components.shell import shell
-from monitor import admission
-from monitor.api import create_blueprint
-from monitor.health import create_health_blueprint
+from monitor.serving import admission
+from monitor.serving.api import create_blueprint
+from monitor.serving.health import create_health_blueprint, serve_collector_status
 from monitor.services import Services, build_services
 from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix
+from monitor.store.schema import StoreError
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
@@ -102,7 +105,7 @@ def _settings_or_exit(argv) -> Settings:
 def _app_or_exit(settings: Settings) -> dash.Dash:
     try:
         return create_app(settings)
-    except (sqlite3.Error, OSError) as exc:  # the store (or its .secret beside it) cannot be opened
+    except (sqlite3.Error, OSError, StoreError) as exc:  # the store (or its .secret beside it) cannot be used
         print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -110,15 +113,45 @@ def _app_or_exit(settings: Settings) -> dash.Dash:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings_or_exit(sys.argv[1:] if argv is None else argv)
+    if settings.command == "collect":
+        collect(settings)
+    else:
+        serve(settings)
+
+
+def collect(settings: Settings) -> None:
+    """`flowerbed collect`: the collector and the inspector, no web server, until SIGTERM or Ctrl-C;
+    then what the collector holds is written and its lease handed over."""
+    try:
+        services = build_services(settings)
+    except (sqlite3.Error, OSError, StoreError) as exc:
+        print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    status = serve_collector_status(services, settings.address, settings.port) if settings.port else None
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    services.start()
+    log.info("Flowerbed collector: broker %s, store %s%s", settings.broker, settings.db,
+             f", status on http://{settings.address}:{settings.port}/healthcheck/ready" if status else "")
+    stopping.wait()
+    log.info("stopping: writing what the collector holds")
+    services.stop()
+    if status is not None:
+        status.shutdown()
+
+
+def serve(settings: Settings) -> None:
+    """`flowerbed` (the collector in the one web process) and `flowerbed web` (pages and API only)."""
     app = _app_or_exit(settings)
     from gunicorn.app.base import BaseApplication  # the CLI serves with the same server as the Procfile
 
     class _Gunicorn(BaseApplication):
         def load_config(self):
-            self.cfg.set("bind", f"{settings.address}:{settings.port}")
-            self.cfg.set("workers", 1)
+            self.cfg.set("bind", f"{settings.address}:{settings.web_port}")
+            self.cfg.set("workers", settings.workers)
             self.cfg.set("threads", 8)
-            self.cfg.set("worker_class", "monitor.gunicorn_worker.HealthFirstWorker")  # health lane, admission control
+            self.cfg.set("worker_class", "monitor.serving.gunicorn_worker.HealthFirstWorker")  # health lane, admission control
             self.cfg.set("accesslog", None)
             self.cfg.set("control_socket_disable", True)  # one path per user: several monitors would clash
             # Threads do not survive a fork: start them in the worker that serves the pages.
@@ -128,9 +161,9 @@ def main(argv=None) -> None:
         def load(self):
             return app.server
 
-    log.info("Flowerbed on http://%s:%s%s (broker %s, store %s)", settings.address, settings.port,
-             normalized_prefix(settings.url_prefix), settings.broker if not settings.demo else "embedded demo",
-             settings.db)
+    log.info("Flowerbed %son http://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
+             settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
+             settings.broker if not settings.demo else "embedded demo", settings.db)
     _Gunicorn().run()
 
 

@@ -3,7 +3,7 @@
 # gunicorn's control socket lives at one path per user: two monitors on a host would fight over it.
 control_socket_disable = True
 # Health checks in a lane of their own, and clients that cannot hold a thread forever (see the module).
-worker_class = "monitor.gunicorn_worker.HealthFirstWorker"
+worker_class = "monitor.serving.gunicorn_worker.HealthFirstWorker"
 
 
 def on_starting(server):
@@ -27,3 +27,10 @@ def post_worker_init(worker):
     import app
 
     app.start_services(app.server)
+
+
+def worker_exit(server, worker):
+    """Stop them cleanly: the collector writes what it holds and hands its lease over at once."""
+    import app
+
+    app.stop_services(app.server)

@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
@@ -43,7 +45,7 @@ USERS = {"ann": "ann-secret", "bob": "bob-secret"}
 HEAVY_PATH = "/api/tasks?limit=10000"
 PROBE_INTERVAL = 0.02
 SLOW_MS = 100  # what a liveness probe may take
-WORKERS = {"Flowerbed": "monitor.gunicorn_worker.HealthFirstWorker", "gunicorn gthread": "gthread"}
+WORKERS = {"Flowerbed": "monitor.serving.gunicorn_worker.HealthFirstWorker", "gunicorn gthread": "gthread"}
 
 
 def auth_header(user: str) -> dict:
@@ -66,15 +68,11 @@ def request(port: int, path: str, headers: dict | None = None, timeout: float = 
 
 def worker_pid(arbiter_pid: int) -> int:
     """gunicorn's worker: the arbiter's child (the collector's receiving process is the worker's)."""
-    children = Path(f"/proc/{arbiter_pid}/task/{arbiter_pid}/children").read_text().split()
-    return int(children[0])
+    return psutil.Process(arbiter_pid).children()[0].pid
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmRSS for {pid}")
+    return psutil.Process(pid).memory_info().rss / 2 ** 20
 
 
 def start_server(worker_class: str, redis_url: str, db: str, log_path: str) -> tuple[subprocess.Popen, int]:

@@ -27,7 +27,8 @@ WORKERS = 8
 
 
 def fill_flowerbed(path: str, tasks: list[dict]):
-    from monitor.store import TASK_FIELDS, Store
+    from monitor.store.schema import TASK_FIELDS
+    from monitor.store.sqlite import Store
 
     store = Store(path, max_tasks=len(tasks))
     for start in range(0, len(tasks), 5000):

@@ -42,7 +42,7 @@ def flowerbed_page(store, grid: dict, page_query: dict):
     """What the Tasks page's grid callback does for one getRowsRequest (minus Dash's transport)."""
     from callbacks.tasks import grid_query
     from components.tasks import GRID_FIELDS
-    from monitor.queries import fetch_tasks
+    from monitor.query.tasks import fetch_tasks
 
     return fetch_tasks(store, grid_query(grid_request(grid), page_query), GRID_FIELDS)
 

@@ -14,8 +14,8 @@ from dash import Input, Output, State
 from plotly.io.json import to_json_plotly
 
 from components import analytics as view
-from monitor import analytics
-from monitor.search import format_moment, parse_moment
+from monitor.query import analytics
+from monitor.query.search import format_moment, parse_moment
 
 GRIDS = ("analytics-stats", "analytics-exceptions", "analytics-slowest", "analytics-stuck")
 # The figures travel in one store; a clientside callback hands them to the graphs, keeping a zoom.

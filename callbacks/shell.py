@@ -7,7 +7,7 @@ import urllib.parse
 from dash import Input, Output, State
 
 from components import shell as shell_components
-from monitor import analytics
+from monitor.query import analytics
 from components.analytics import analytics_layout
 from callbacks.tasks import search_message
 from components.tasks import task_detail, tasks_layout
@@ -29,7 +29,8 @@ def register(app, services) -> None:
 
     @app.callback(Output("collector-status", "children"), Input("refresh-tick", "n_intervals"))
     def show_collector_status(_tick):
-        return shell_components.collector_status(services.collector_stats())
+        return shell_components.collector_status(services.collector_stats(), time.time(),
+                                                 services.settings.stall_seconds)
 
 
 def safe_strip(app, pathname: str | None) -> str | None:

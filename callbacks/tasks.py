@@ -4,8 +4,8 @@ from __future__ import annotations
 from dash import Input, Output, State, no_update
 
 from components.tasks import GRID_FIELDS, STATE_CHIPS
-from monitor import search
-from monitor.queries import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
+from monitor.query import search
+from monitor.query.tasks import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
 
 CHIP_STATES = tuple(value for _label, value in STATE_CHIPS)
 

@@ -24,11 +24,11 @@ def register(app, services) -> None:
         refresh_clicked = ctx.triggered_id == "workers-refresh"
         allowed = refresh_clicked and auth.can_act()
         if allowed:
-            services.inspector.request_refresh()  # runs in the background; the next tick shows it
+            services.request_inspect()  # runs in the background; the next tick shows it
         now = time.time()
         rows = worker_rows(services.store.workers(now), now)
         totals = summary(rows)
-        last = services.inspector.last_run
+        last = services.store.last_inspected()
         inspected = f"inspected {now - last:.0f} s ago" if last else "not inspected yet"
         if refresh_clicked:
             inspected = "inspect requested…" if allowed else "read-only users cannot trigger an inspect"

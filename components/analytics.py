@@ -15,7 +15,7 @@ import re
 import dash_ag_grid as dag
 from dash import dcc, html
 
-from monitor.search import format_moment
+from monitor.query.search import format_moment
 
 from .common import page_header, stat_card
 

@@ -29,6 +29,13 @@ def format_time(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
+def format_clock(epoch: float | None) -> str:
+    """'10:42:07 UTC', for a moment of today that a banner names."""
+    if epoch is None:
+        return "an unknown time"
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%H:%M:%S UTC")
+
+
 def format_number(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 

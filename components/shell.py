@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dash import dcc, html
 
+from .common import format_clock
+
 NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"))
 
 
@@ -23,10 +25,18 @@ def shell(relative_path, refresh_ms: int) -> html.Div:
     ], className="app")
 
 
-def collector_status(stats: dict) -> list:
-    """The top bar's one-line answer to "is Flowerbed recording?", worst news first."""
+def collector_status(stats: dict, now: float, stall_seconds: float) -> list:
+    """The top bar's one-line answer to "is Flowerbed recording?", worst news first. `stats` may come
+    from a collector in another process, through the store: then its age matters too."""
     role = stats.get("role")
-    if stats.get("writer_error"):
+    reported = stats.get("updated_at")
+    if not stats:
+        tone, headline = "bad", "No collector"
+    elif not stats.get("running", True):
+        tone, headline = "bad", f"Collector stopped at {format_clock(reported)}"
+    elif reported and now - reported > stall_seconds:
+        tone, headline = "bad", f"Collector silent since {format_clock(reported)}"
+    elif stats.get("writer_error"):
         tone, headline = "bad", "Store not writable"
     elif role != "standby" and not stats.get("connected"):
         tone, headline = "bad", "Broker unreachable"
@@ -36,7 +46,8 @@ def collector_status(stats: dict) -> list:
         tone, headline = "warn", "Recording, events lost"
     else:
         tone, headline = "ok", "Recording"
-    details = [f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
+    details = ["no collector has written to this store yet"] if not stats else [
+               f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
                f"backlog {stats.get('backlog', 0):,}"]
     for key, label in (("dropped", "dropped (backlog full)"), ("rejected", "rows refused by the store"),
                        ("malformed", "malformed"), ("disconnects", "disconnects")):

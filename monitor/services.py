@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 from celery import Celery
 
-from .collector import Collector
-from .inspector import Inspector
-from .settings import Settings
-from .store import Store
+from monitor.ingest.collector import Collector
+from monitor.ingest.inspector import REQUEST_KEY, Inspector
+from monitor.settings import Settings
+from monitor.store.sqlite import Store
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -40,18 +41,27 @@ class Services:
             if self._started:
                 return
             if self.settings.demo:
-                from .demo import DemoCluster  # only the demo needs embedded workers
+                from monitor.demo import DemoCluster  # only the demo needs embedded workers
                 self.demo = DemoCluster(self.celery_app)
                 self.demo.start()
-            self.collector.start()
-            self.inspector.start()
+            if self.settings.collects:
+                self.collector.start()
+                self.inspector.start()
             self._started = True
 
     def collector_stats(self) -> dict:
         """Live counters when the collector runs here, else what a separate collector last stored."""
-        if self._started:
+        if self._started and self.settings.collects:
             return self.collector.stats()
         return self.store.get_meta("collector", {})
+
+    def request_inspect(self) -> None:
+        """An inspect now, without waiting for it: by the inspector here, or asked of the collector's
+        through the store (`flowerbed web`), so that any web process or host can ask."""
+        if self.settings.collects:
+            self.inspector.request_refresh()
+        else:
+            self.store.set_meta(REQUEST_KEY, time.time())
 
     def stop(self) -> None:
         self.inspector.stop()

@@ -13,6 +13,9 @@ import re
 from typing import Mapping, Sequence
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+DEFAULT_PORT = 5555
+# The ways to run: everything in one process, the collector alone, the pages and API alone.
+COMMANDS = ("all", "collect", "web")
 DEMO_BROKER = "memory://localhost/"
 DEMO_DB = "flowerbed-demo.db"
 
@@ -23,9 +26,11 @@ class SettingsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    command: str = "all"
     broker: str = DEFAULT_BROKER
     address: str = "127.0.0.1"
-    port: int = 5555
+    port: int | None = None  # the web server's (DEFAULT_PORT when not set); the collector's status port (off)
+    workers: int = 1
     db: str = "flowerbed.db"
     max_tasks: int = 100_000
     max_field_size: int = 65_536
@@ -50,6 +55,15 @@ class Settings:
         return parse_users(self.basic_auth_readonly, "basic-auth-readonly")
 
     @property
+    def web_port(self) -> int:
+        return self.port or DEFAULT_PORT
+
+    @property
+    def collects(self) -> bool:
+        """Whether this process runs the collector and the inspector."""
+        return self.command != "web"
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth or self.basic_auth_readonly)
 
@@ -61,7 +75,9 @@ _OPTIONS = (
     ("address", ("--address",), ("FLOWERBED_ADDRESS", "FLOWER_ADDRESS"), str,
      "address the web server binds to"),
     ("port", ("--port",), ("FLOWERBED_PORT", "PORT", "FLOWER_PORT"), int,
-     "port the web server listens on"),
+     "port the web server listens on; with `collect`, the port of its health checks and counters"),
+    ("workers", ("--workers",), ("FLOWERBED_WORKERS", "WEB_CONCURRENCY"), int,
+     "web server processes, with `web` only (the collector runs in the one process otherwise)"),
     ("db", ("--db",), ("FLOWERBED_DB",), str,
      "SQLite file that keeps task and worker history across restarts"),
     ("max_tasks", ("--max-tasks",), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
@@ -97,6 +113,10 @@ _SWITCHES = (
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
+# Defaults that depend on the command, as --help shows them.
+_SHOWN_DEFAULTS = {"port": f"{DEFAULT_PORT}, or none with collect"}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would print usage and exit; we want one clear line
         raise SettingsError(message)
@@ -117,10 +137,14 @@ def _convert(kind, raw: str, source: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flowerbed", description="Flowerbed: a Celery monitor with history and runtime charts.")
+    parser = _Parser(prog="flowerbed", usage="flowerbed [collect | web] [options]",
+                     description="Flowerbed: a Celery monitor with history and runtime charts. `flowerbed` runs "
+                                 "the collector and the web server in one process; `flowerbed collect` only the "
+                                 "collector (events into the store); `flowerbed web` only the pages and API, "
+                                 "reading the store, with any number of --workers.")
     for field, flags, env, kind, help_text in _OPTIONS:
         default = getattr(Settings, field)
-        shown = "none" if default == "" else repr(default)
+        shown = _SHOWN_DEFAULTS.get(field) or ("none" if default in ("", None) else repr(default))
         parser.add_argument(*flags, dest=field, default=None, metavar=field.upper(),
                             help=f"{help_text} (env {', '.join(env)}; default {shown})")
     for field, flag, env, help_text in _SWITCHES:
@@ -133,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from flags, then environment, then defaults. Raises SettingsError with one line."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(list(argv) if argv is not None else [])
-    values = {}
+    argv = list(argv) if argv is not None else []
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "all"
+    args = build_parser().parse_args(argv)
+    values = {"command": command}
     for field, _flags, env, kind, _help in _OPTIONS:
         raw = getattr(args, field)
         source = f"--{field.replace('_', '-')}"
@@ -162,8 +188,15 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
 
 
 def _validate(settings: Settings) -> None:
-    if not 0 < settings.port < 65536:
+    if settings.port is not None and not 0 < settings.port < 65536:
         raise SettingsError(f"port must be between 1 and 65535, got {settings.port}")
+    if settings.workers < 1:
+        raise SettingsError(f"workers must be 1 or more, got {settings.workers}")
+    if settings.workers > 1 and settings.command != "web":
+        raise SettingsError("--workers above 1 needs `flowerbed web` (with the collector in the web process, "
+                            "one process must hold it): run `flowerbed collect` beside `flowerbed web --workers N`")
+    if settings.demo and settings.command != "all":
+        raise SettingsError(f"--demo runs its cluster inside one process; not with `flowerbed {settings.command}`")
     for name in ("max_tasks", "max_field_size", "stall_seconds", "refresh_seconds", "inspect_seconds",
                  "inspect_timeout"):
         _positive(name.replace("_", "-"), getattr(settings, name))

@@ -5,6 +5,7 @@ server and worker for all their tests build them from tests/helpers.py in a modu
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -102,3 +103,22 @@ def browser():
             "--disable-sync"])
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh page (1440 × 900, downloads accepted, 20 s for any wait); the test fails if the
+    browser logged an error or a request failed. FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of it."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    problems = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+            if response.status >= 400 else None)
+    yield page
+    screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
+    if screenshots:
+        page.screenshot(path=f"{screenshots}/browser-{request.node.name}.png", full_page=True)
+    context.close()
+    assert not problems, problems

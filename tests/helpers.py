@@ -69,6 +69,19 @@ def get_json(url: str, credentials: tuple[str, str] | None = None):
     return status, json.loads(body)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The pids of a process's children (gunicorn's workers are its arbiter's)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS in /proc/{pid}/status")
+
+
 class Process:
     """A subprocess in its own process group whose output goes to a file."""
 
@@ -228,7 +241,7 @@ def worker_status(base: str, hostname: str, credentials=None):
 
 def task_row(**fields) -> tuple:
     """A row for Store.write_batch(tasks=...) from the fields given; the others are NULL."""
-    from monitor.store import TASK_FIELDS
+    from monitor.store.schema import TASK_FIELDS
 
     unknown = set(fields) - set(TASK_FIELDS)
     assert not unknown, f"not task fields: {unknown}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.admission import HEALTH, HEAVY, RETRY_AFTER_SECONDS, STATIC, Admission, Decision, refusal
+from monitor.serving.admission import HEALTH, HEAVY, RETRY_AFTER_SECONDS, STATIC, Admission, Decision, refusal
 
 ANN, BOB, CID = "Basic YW5u", "Basic Ym9i", "Basic Y2lk"
 

@@ -14,9 +14,10 @@ from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, refr
 from components import analytics as view
 from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, wait_for, wait_for_tasks,
                      worker_status)
-from monitor import analytics, rollup, search
-from monitor.queries import TaskQuery, fetch_tasks
-from monitor.store import Store
+from monitor.query import analytics, search
+from monitor.store import rollup
+from monitor.query.tasks import TaskQuery, fetch_tasks
+from monitor.store.sqlite import Store
 
 NOW = 1_795_600_000.0  # 2026-11-25 08:26:40 UTC, a fixed "now" for the unit tests
 

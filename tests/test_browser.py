@@ -4,7 +4,6 @@ and detail view."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 
@@ -13,7 +12,7 @@ from helpers import CeleryWorker, FlowerbedServer, Stack, wait_for, wait_for_tas
 pytestmark = pytest.mark.browser
 
 UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000"
-TIMEOUT_MS = 15_000
+WAIT_SECONDS = 20  # as long as the page fixture lets any browser wait last
 
 
 @dataclasses.dataclass
@@ -52,23 +51,6 @@ def cluster(redis_url, tmp_path_factory):
         stack.stop_all()
 
 
-@pytest.fixture
-def page(browser, request):
-    """A fresh page; the test fails if the browser logged an error or a request failed."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    problems = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
-            if response.status >= 400 else None)
-    yield page
-    screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
-    if screenshots:
-        page.screenshot(path=f"{screenshots}/browser-{request.node.name}.png", full_page=True)
-    context.close()
-    assert not problems, problems
-
 
 TASK_ROWS = "#tasks-grid .ag-center-cols-container .ag-row"
 # Displayed rows in grid order (the DOM order of an infinite grid need not be), loaded ones only.
@@ -86,7 +68,7 @@ def wait_for_rows(page, expected: list[str] | set[str], what: str) -> list[str]:
     def shown():
         uuids = displayed_uuids(page)
         return uuids if (uuids if isinstance(expected, list) else set(uuids)) == expected else None
-    return wait_for(shown, TIMEOUT_MS / 1000, f"{what}; showing {displayed_uuids(page)}")
+    return wait_for(shown, WAIT_SECONDS, f"{what}; showing {displayed_uuids(page)}")
 
 
 def open_tasks(page, cluster, query: str = "") -> None:

@@ -11,10 +11,10 @@ import time
 import pytest
 from celery import Celery
 
-from monitor import receiving
-from monitor.collector import TRUNCATED, Collector
-from monitor.receiving import TOO_DEEP
-from monitor.store import Store
+from monitor.ingest import receiving
+from monitor.ingest.collector import TRUNCATED, Collector
+from monitor.ingest.receiving import TOO_DEEP
+from monitor.store.sqlite import Store
 
 T0 = 1_800_000_000.0
 WORKER = "celery@alpha"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import ROOT, FlowerbedServer, Stack, finished
-from monitor.store import Store
+from monitor.store.sqlite import Store
 
 pytestmark = pytest.mark.browser
 
@@ -19,7 +19,6 @@ FORMULA_NAMES = ('=HYPERLINK("http://evil","x")', "+tasks.plus", "-tasks.minus",
 FORMULA_EXCEPTION = "=cmd|' /C calc'!A0"  # no Type(...): the exception table shows it as type and message
 FAILED = "-tasks.minus"  # the task that raised it
 ORDINARY = "tasks.add"
-TIMEOUT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +42,6 @@ def server(tmp_path_factory):
     finally:
         stack.stop_all()
 
-
-@pytest.fixture
-def page(browser):
-    """A fresh page; the test fails if the browser logged an error or a request failed."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    problems = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
-            if response.status >= 400 else None)
-    yield page
-    context.close()
-    assert not problems, problems
 
 
 def download(page, grid: str) -> list[list[str]]:

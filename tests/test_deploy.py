@@ -136,23 +136,25 @@ def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_
     page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
             if response.status >= 400 and "favicon" not in response.url else None)
     page.goto(f"{front}/")
-    page.wait_for_selector("#workers-grid .ag-row", timeout=15_000)
+    page.wait_for_selector("#workers-grid .ag-row", timeout=30_000)
     assert page.locator("#workers-grid .ag-row [col-id=status]").all_inner_texts().count("Online") == 3
 
     page.click("#nav-tasks")
-    page.wait_for_selector("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]", timeout=15_000)
+    first_uuid = page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]").first
+    first_uuid.wait_for(timeout=30_000)
     assert page.evaluate("location.pathname") == "/flower/tasks"
-    uuid = page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]").first.inner_text()
+    # The infinite grid draws its rows before their data arrives: wait for a uuid, not for a row.
+    uuid = wait_for(lambda: first_uuid.inner_text().strip(), 30, "the first task row's uuid")
     # New demo tasks arrive at the top meanwhile: click the row whose uuid was read (AG Grid's
     # row-id comes from getRowId), not whichever row is first by now.
     page.locator(f'#tasks-grid .ag-center-cols-container .ag-row[row-id="{uuid}"] [col-id=name]').click()
-    page.wait_for_selector("#task-detail", timeout=10_000)
+    page.wait_for_selector("#task-detail", timeout=30_000)
     assert page.evaluate("location.pathname") == f"/flower/task/{uuid}"
 
     page.click("#theme-toggle")
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"
     page.reload()
-    page.wait_for_selector("#task-detail", timeout=10_000)
+    page.wait_for_selector("#task-detail", timeout=30_000)
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"  # kept in the browser
     screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
     if screenshots:

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from helpers import CeleryWorker, FlowerbedServer, Stack, get_json, wait_for, wait_for_tasks, worker_status
-from monitor.health import readiness_problems
+from monitor.serving.health import readiness_problems
 
 pytestmark = pytest.mark.integration
 NOW = 1_800_000_000.0
@@ -26,6 +26,7 @@ HEALTHY = {"connected": True, "backlog": 0, "lag_seconds": 0.1, "updated_at": NO
     ({"backlog": 500, "lag_seconds": 45.0}, "500 events wait and the oldest is 45 s old"),
     ({"backlog": 500, "lag_seconds": 5.0}, None),  # behind, but within the stall allowance
     ({"updated_at": NOW - 90}, "the collector last reported 90 s ago"),  # a separate collector gone silent
+    ({"updated_at": NOW - 4, "running": False}, "the collector stopped 4 s ago"),  # and one stopped cleanly
     ({"role": "standby", "lease_holder": "b:7:x", "holder_reported_at": NOW - 5}, None),
     ({"role": "standby", "lease_holder": "b:7:x", "holder_reported_at": NOW - 60},
      "this collector stands by, and the one recording this broker (b:7:x) last reported 60 s ago"),

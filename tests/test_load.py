@@ -18,13 +18,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from helpers import FlowerbedServer, get, task_row, wait_for
-from monitor.admission import MAX_WAITING, PER_USER, RETRY_AFTER_SECONDS, TOO_MANY_WAITING, WAITED_TOO_LONG
-from monitor.store import Store
+from helpers import FlowerbedServer, child_pids, get, rss_mb, task_row, wait_for
+from monitor.serving.admission import MAX_WAITING, PER_USER, RETRY_AFTER_SECONDS, TOO_MANY_WAITING, WAITED_TOO_LONG
+from monitor.store.sqlite import Store
 
 pytestmark = pytest.mark.integration
 
@@ -246,17 +245,8 @@ def read_to_end(sock: socket.socket) -> bytes:
 
 def worker_pid(server: FlowerbedServer) -> int:
     """gunicorn's worker: the only child of the process started (its arbiter)."""
-    pid = server.process.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmRSS in /proc/{pid}/status")
+    [worker] = child_pids(server.process.proc.pid)
+    return worker
 
 
 def test_memory_comes_back_near_its_baseline_after_the_load(redis_url, tmp_path):

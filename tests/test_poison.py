@@ -16,7 +16,7 @@ from celery.utils.time import utcoffset
 
 from helpers import (CeleryWorker, EventPublisher, FlowerbedServer, Stack, get, get_json, tasks, wait_for,
                      worker_status)
-from monitor.collector import DEFAULT_FIELD_LIMIT, TRUNCATED
+from monitor.ingest.collector import DEFAULT_FIELD_LIMIT, TRUNCATED
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from helpers import task_row
-from monitor.queries import (COUNT_CAP, MAX_ROW, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
+from monitor.query.tasks import (COUNT_CAP, MAX_ROW, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
                              parse_time, stream_tasks)
-from monitor.store import TASK_FIELDS, Store
+from monitor.store.schema import TASK_FIELDS
+from monitor.store.sqlite import Store
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 TASKS = {  # short name → fields

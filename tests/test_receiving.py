@@ -1,9 +1,8 @@
-"""The receiving process (monitor/receiving.py) on a real Redis: events published to the broker reach
+"""The receiving process (monitor/ingest/receiving.py) on a real Redis: events published to the broker reach
 the Collector's store through the child process, which is restarted when it dies, reconnects when
 the broker restarts, ends with Collector.stop() and skips (and counts) garbage from the bus."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import uuid as uuid_module
@@ -15,15 +14,25 @@ from celery.events.event import get_exchange
 from kombu import Producer
 
 from helpers import wait_for
-from monitor.collector import Collector
-from monitor.store import Store
+from monitor.ingest.collector import Collector
+from monitor.store.sqlite import Store
 
 pytestmark = pytest.mark.integration
 
 
-def receivers() -> list:
-    """The collector's receiving processes alive now (children of this process)."""
-    return [p for p in multiprocessing.active_children() if p.name == "flowerbed-receiver" and p.is_alive()]
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, ended and not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def receivers(collector) -> list[int]:
+    """The collector's receiving process, as a list of its pid ([] when there is none)."""
+    pid = collector.receiving_pid
+    return [pid] if pid is not None and alive(pid) else []
 
 
 @pytest.fixture
@@ -69,7 +78,9 @@ def deliver(collector: Collector, timeout: float = 20) -> str:
 def test_worker_events_reach_the_store_through_the_receiving_process(redis_url, collector_on, celery_worker):
     collector = collector_on(redis_url)
     assert collector.receive_in_process is True
-    assert len(receivers()) == 1
+    [child] = receivers(collector)
+    with open(f"/proc/{child}/cmdline", "rb") as cmdline:  # its own entry point, not a copy of the caller
+        assert b"monitor.ingest.receiving" in cmdline.read()
     worker = celery_worker(redis_url, "alpha@receiving")
     done, failed = worker.send("sample.add", 2, 3), worker.send("sample.fail", "boom")
     wait_for(lambda: (collector.store.get_task(done) or {}).get("state") == "SUCCESS" and
@@ -85,10 +96,10 @@ def test_worker_events_reach_the_store_through_the_receiving_process(redis_url, 
 def test_a_killed_receiving_process_is_restarted_and_events_arrive_again(redis_url, collector_on):
     collector = collector_on(redis_url)
     deliver(collector)
-    [child] = receivers()
-    os.kill(child.pid, signal.SIGKILL)
-    replacement = wait_for(lambda: [p for p in receivers() if p.pid != child.pid], 15, "a new receiving process")
-    assert not child.is_alive()
+    [child] = receivers(collector)
+    os.kill(child, signal.SIGKILL)
+    replacement = wait_for(lambda: [p for p in receivers(collector) if p != child], 15, "a new receiving process")
+    assert not alive(child)
     assert len(replacement) == 1
     uuid = deliver(collector)
     assert collector.store.get_task(uuid)["name"] == "probe.task"
@@ -97,24 +108,22 @@ def test_a_killed_receiving_process_is_restarted_and_events_arrive_again(redis_u
 def test_a_broker_restart_is_counted_and_events_arrive_again(restartable_redis, collector_on):
     collector = collector_on(restartable_redis.url)
     deliver(collector)
-    [child] = receivers()
+    [child] = receivers(collector)
     restartable_redis.restart()
     wait_for(lambda: collector.stats()["disconnects"] >= 1, 15, "the lost connection counted")
     uuid = deliver(collector)
     assert collector.store.get_task(uuid)["state"] == "RECEIVED"
     assert collector.connected is True
-    assert receivers() == [child]  # the same process reconnected: losing the broker is not a crash
+    assert receivers(collector) == [child]  # the same process reconnected: losing the broker is not a crash
 
 
 def test_stop_ends_the_receiving_process(redis_url, collector_on):
     collector = collector_on(redis_url)
-    [child] = receivers()
+    [child] = receivers(collector)
     collector.stop()
-    assert not child.is_alive()
-    assert child.exitcode is not None
-    assert receivers() == []
+    assert receivers(collector) == []
     with pytest.raises(ProcessLookupError):
-        os.kill(child.pid, 0)  # reaped: not even a zombie left
+        os.kill(child, 0)  # ended and reaped: not even a zombie left
 
 
 # Bodies kombu cannot decode, or that decode to something that is not an event: each is counted.
@@ -141,7 +150,7 @@ def publish_raw(redis_url: str, app: Celery, body: str) -> None:
 def test_garbage_on_the_event_channel_is_counted_as_malformed_and_the_stream_goes_on(redis_url, collector_on):
     collector = collector_on(redis_url)
     deliver(collector)
-    [child] = receivers()
+    [child] = receivers(collector)
     with collector.app.connection_for_write() as connection:
         producer = Producer(connection, exchange=get_exchange(connection))
         for body, options in UNDECODABLE:
@@ -154,4 +163,4 @@ def test_garbage_on_the_event_channel_is_counted_as_malformed_and_the_stream_goe
                               else None)(collector.stats()), 15, "the garbage counted and the next event stored")
     assert stats["malformed"] == UNDECODABLE_EVENTS
     assert stats["disconnects"] == 0
-    assert receivers() == [child]
+    assert receivers(collector) == [child]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from helpers import task_row
-from monitor import search
-from monitor.queries import TaskQuery, fetch_tasks
-from monitor.search import BoolOp, Not, SearchError, Term
-from monitor.store import Store
+from monitor.query import search
+from monitor.query.tasks import TaskQuery, fetch_tasks
+from monitor.query.search import BoolOp, Not, SearchError, Term
+from monitor.store.sqlite import Store
 
 UUIDS = {
     "add": "0a1b2c3d-0000-4000-8000-000000000001",

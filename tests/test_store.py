@@ -1,10 +1,13 @@
 """The SQLite store: retention, history across re-opening, and the upsert rules."""
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from helpers import task_row
-from monitor.store import WORKER_FIELDS, Store, is_online
+from monitor.store.schema import SCHEMA_VERSION, WORKER_FIELDS, StoreError, is_online
+from monitor.store.sqlite import Store
 
 T0 = 1_800_000_000.0
 
@@ -102,3 +105,14 @@ def test_worker_counters_accumulate_and_inspect_only_workers_are_listed(store):
 ])
 def test_online_means_a_heartbeat_within_two_periods_and_no_goodbye_since(worker, now, online):
     assert is_online(worker, now) is online
+
+
+def test_a_store_written_by_a_newer_flowerbed_is_refused_with_a_clear_message(tmp_path):
+    path = tmp_path / "newer.db"
+    Store(str(path)).write_batch(tasks=[task_row(uuid=uuid(1), name="t", state="SUCCESS")])
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    with pytest.raises(StoreError, match="written by a newer Flowerbed"):
+        Store(str(path))

@@ -9,8 +9,9 @@ import dataclasses
 import math
 from typing import Iterator, Sequence
 
-from . import search
-from .store import NUMERIC_FIELDS, TASK_FIELDS, TIME_FIELDS, Store
+from monitor.query import search
+from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, TIME_FIELDS
+from monitor.store.sqlite import Store
 
 SORTABLE = frozenset(TASK_FIELDS) | {"seq"}
 # Counting every match of a slow (unindexed) filter would scan the whole table on every scroll;

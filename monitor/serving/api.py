@@ -11,8 +11,8 @@ from typing import Callable, Iterable, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .queries import QueryError, TaskQuery, parse_sort, parse_time, shown, stream_tasks
-from .store import TASK_FIELDS
+from monitor.query.tasks import QueryError, TaskQuery, parse_sort, parse_time, shown, stream_tasks
+from monitor.store.schema import TASK_FIELDS
 
 MAX_LIMIT = 10_000
 # Longer than any task id a client makes (celery's are UUIDs); refused before the store is asked.
@@ -110,7 +110,7 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
         if refresh:
             if not may_act():
                 return _error(403, "read-only users cannot trigger an inspect")
-            services.inspector.request_refresh()
+            services.request_inspect()
         return jsonify(result)
 
     @api.get("/api/tasks")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, jsonify, request
+import threading
+
+from flask import Blueprint, Flask, jsonify, request
+from werkzeug.serving import make_server
 
 _STRICT = ("1", "true", "yes")
 
@@ -17,6 +20,8 @@ def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[st
     problems = []
     # A collector in this process reports now; one in another process through the store.
     silent = now - (stats.get("updated_at") or 0)
+    if stats.get("running") is False:  # its last report, on a clean stop: nothing else in it is current
+        return [f"the collector stopped {silent:.0f} s ago"]
     if silent > stall_seconds:
         problems.append(f"the collector last reported {silent:.0f} s ago")
     holder_silent = now - (stats.get("holder_reported_at") or now)
@@ -55,3 +60,14 @@ def create_health_blueprint(services, prefix: str) -> Blueprint:
 
     health.add_url_rule("/healthcheck/ready", "ready", ready)
     return health
+
+
+def serve_collector_status(services, address: str, port: int):
+    """`flowerbed collect --port`: the health checks and the counters of a collector that runs without
+    the web side, served from a thread. Returns the server (its shutdown() stops it)."""
+    app = Flask("flowerbed-collector")
+    app.register_blueprint(create_health_blueprint(services, "/"))
+    app.add_url_rule("/api/collector", "collector", lambda: jsonify(services.collector_stats()))
+    server = make_server(address, port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, name="flowerbed-collector-status", daemon=True).start()
+    return server

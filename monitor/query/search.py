@@ -22,8 +22,8 @@ import re
 
 from celery import states
 
-from .rollup import FINAL_STATES, finished_sql
-from .store import TEXT_COLUMNS
+from monitor.store.rollup import FINAL_STATES, finished_sql
+from monitor.store.schema import TEXT_COLUMNS
 
 FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception")
 FREE_TEXT_COLUMNS = TEXT_COLUMNS  # name uuid worker args kwargs result exception, indexed by trigrams

@@ -1,5 +1,8 @@
 """Receiving celery events in a process of its own, for the collector.
 
+It runs as `python -m monitor.ingest.receiving`, so it imports only what receiving needs (a
+multiprocessing child would first import the caller's main module: the whole web app, ~60 MB).
+
 Why a process: decoding an event in kombu costs about as much Python time as merging and writing it,
 and in one process the receiving thread shares the GIL with the writing thread and the web threads.
 Measured with bench/ingest.py on two cores: about 10k events/s, and at a 16k events/s burst Redis
@@ -14,9 +17,14 @@ from __future__ import annotations
 
 import collections
 import logging
+import multiprocessing.connection
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from queue import Empty
 
 from celery.events.receiver import EventReceiver
@@ -146,6 +154,24 @@ def broker_conf(app) -> dict:
             if key.startswith(("broker_", "event_")) or key == "accept_content"}
 
 
+MODULE = "monitor.ingest.receiving"
+# Where `monitor` is, so that the process finds it whatever the caller's working directory.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def start_process(conf: dict, max_backoff: float) -> tuple[subprocess.Popen, multiprocessing.connection.Connection]:
+    """Start the receiving process; returns it and the end of the pipe its messages come from."""
+    ours, theirs = multiprocessing.Pipe(duplex=False)
+    widen_pipe(theirs)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))}
+    process = subprocess.Popen([sys.executable, "-m", MODULE, str(theirs.fileno())], stdin=subprocess.PIPE,
+                               pass_fds=[theirs.fileno()], env=env)
+    theirs.close()
+    with process.stdin:
+        pickle.dump((conf, max_backoff), process.stdin)
+    return process, ours
+
+
 def receive_in_child(conf: dict, pipe, max_backoff: float) -> None:
     """The child process: capture events, send them in batches, reconnect with backoff, end with the parent."""
     from celery import Celery
@@ -229,3 +255,10 @@ def _picklable(event: dict) -> dict:
         except (RecursionError, pickle.PicklingError):
             fields[key] = TOO_DEEP
     return fields
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the parent; this process ends with it
+    received_conf, received_backoff = pickle.load(sys.stdin.buffer)
+    receive_in_child(received_conf, multiprocessing.connection.Connection(int(sys.argv[1]), readable=False),
+                     received_backoff)

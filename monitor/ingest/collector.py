@@ -18,9 +18,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -29,9 +29,10 @@ import uuid as uuid_module
 from celery.events.state import TASK_EVENT_TO_STATE, State, Task
 from kombu.utils.url import maybe_sanitize_url
 
-from . import receiving
-from .incident import Incident
-from .store import NUMERIC_FIELDS, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS, Store
+from monitor.ingest import receiving
+from monitor.ingest.incident import Incident
+from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS
+from monitor.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ _SQLITE_INT = (-2 ** 63, 2 ** 63 - 1)
 # What stands after the kept part of a text field that was too long for the store.
 TRUNCATED = "…[truncated {:,} characters]"
 DEFAULT_FIELD_LIMIT = 65_536
+# How often the lease is renewed and the counters published to the store, for the web processes.
+REPORT_SECONDS = 1.0
 
 
 class Collector:
@@ -70,6 +73,7 @@ class Collector:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._receiver = None
+        self.receiving_pid: int | None = None  # the receiving process, while there is one
         self._start_lock = threading.Lock()
         self.connected = False
         # received, merged, stored, dropped, malformed, unreadable, rejected, truncated, disconnects, skipped
@@ -79,6 +83,7 @@ class Collector:
         self._pending = _Pending()
         self._unwritten: _Unwritten | None = None
         self._state = self.new_merge_state()
+        self._retention_due = 0.0
         self.broker = Incident("collector: the broker connection", log)
         self.writer = Incident("collector: writing to the store", log)
         self.lease_name = f"collector:{maybe_sanitize_url(celery_app.conf.broker_url)}"
@@ -114,6 +119,7 @@ class Collector:
         if self.active:
             try:
                 self._write_what_is_held(time.monotonic() + timeout)
+                self.store.set_meta("collector", self.stats())  # `running: false`, for the web side to show
                 self.store.release_lease(self.lease_name, self.owner)
             except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
                 log.warning("collector: stopped with events unwritten or its lease held (%s: %s); a standby "
@@ -169,8 +175,7 @@ class Collector:
         if self.receive_in_process is None:
             with self.app.connection_for_read() as connection:
                 in_memory = connection.transport.driver_type == "memory"
-            # A daemonic process (multiprocessing's) may not start one of its own.
-            self.receive_in_process = not in_memory and not multiprocessing.current_process().daemon
+            self.receive_in_process = not in_memory
         if self.receive_in_process:
             self._relay_from_process()
             return
@@ -183,7 +188,7 @@ class Collector:
                         connection, handlers={"*": self._hand_over_function()}, app=self.app, counts=self.counts)
                     if self._stop.is_set():  # stop() ran before the receiver existed
                         return
-                    self._connected(connection.as_uri())
+                    self._connected(maybe_sanitize_url(self.app.conf.broker_url))
                     self._receiver.capture(limit=None, timeout=None, wakeup=True)
             except Exception as exc:  # the broker went away: count it, wait, reconnect
                 self._lost(f"{type(exc).__name__}: {exc}")
@@ -207,23 +212,23 @@ class Collector:
 
     def _relay_from_process(self) -> None:
         """Run the receiving process (restarted if it dies) and move its batches into the inbox."""
-        context = multiprocessing.get_context("spawn")  # no fork of a process running threads
         while not self._stop.is_set():
-            ours, theirs = context.Pipe(duplex=False)
-            receiving.widen_pipe(theirs)
-            process = context.Process(target=receiving.receive_in_child, name="flowerbed-receiver", daemon=True,
-                                      args=(receiving.broker_conf(self.app), theirs, self.max_backoff))
-            process.start()
-            theirs.close()
+            process, pipe = receiving.start_process(receiving.broker_conf(self.app), self.max_backoff)
+            self.receiving_pid = process.pid
             try:
-                self._relay(ours)
+                self._relay(pipe)
             finally:
                 self.connected = False
                 process.terminate()
-                process.join(5)
-                ours.close()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                pipe.close()
+                self.receiving_pid = None
             if not self._stop.is_set():
-                log.warning("the receiving process ended (exit code %s); restarting it", process.exitcode)
+                log.warning("the receiving process ended (exit code %s); restarting it", process.returncode)
                 self._stop.wait(1.0)
 
     def _relay(self, pipe) -> None:
@@ -271,7 +276,7 @@ class Collector:
             try:
                 if time.monotonic() >= housekeeping_at:
                     self._housekeeping()
-                    housekeeping_at = time.monotonic() + self.retention_seconds
+                    housekeeping_at = time.monotonic() + REPORT_SECONDS
                 if not self.active:
                     self._skip_waiting_events()
                     self._stop.wait(self.batch_seconds)
@@ -290,7 +295,7 @@ class Collector:
         return _FinishedStaysFinished(max_tasks_in_memory=self.tasks_in_memory, max_workers_in_memory=10_000)
 
     def _housekeeping(self) -> None:
-        """Renew the lease, trim the store and publish the counters for other processes."""
+        """Renew the lease, publish the counters for other processes, and now and then trim the store."""
         holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds)["owner"]
         if holder != self.owner and _gone(holder):  # killed on this host: no need to wait for its lease
             holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds, replacing=holder)["owner"]
@@ -302,7 +307,9 @@ class Collector:
                             "when that one stops", self.owner, holder, self.lease_name.partition(":")[2])
             self.lease_holder = holder
         if self.active:
-            self.store.enforce_retention()
+            if time.monotonic() >= self._retention_due:
+                self.store.enforce_retention()
+                self._retention_due = time.monotonic() + self.retention_seconds
             self.store.set_meta("collector", self.stats())
         else:
             self.holder_reported_at = (self.store.get_meta("collector") or {}).get("updated_at")

@@ -1,6 +1,7 @@
 """Periodic `inspect` of the workers, in the background; replies go to the store.
 
-No page ever waits on a broadcast: a Refresh button only asks this thread to run early.
+No page ever waits on a broadcast: a Refresh button only asks this thread to run early, directly
+when the pages run in this process, or through the store (REQUEST_KEY) from `flowerbed web`.
 """
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import logging
 import threading
 import time
 
-from .incident import Incident
-from .store import Store
+from monitor.ingest.incident import Incident
+from monitor.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
+# The meta key a web process sets (to the time of asking) to have an inspect run now.
+REQUEST_KEY = "inspect_requested_at"
+# How often the store is asked whether a web process wants an inspect.
+REQUEST_POLL_SECONDS = 1.0
 INSPECT_METHODS = ("stats", "active", "reserved", "scheduled", "registered", "active_queues", "conf", "revoked")
 
 
@@ -57,8 +62,21 @@ class Inspector:
                 self.failure.recovered()
             except Exception as exc:  # broker down or a garbled reply: try again next round
                 self.failure.failing(f"{type(exc).__name__}: {exc}")
-            self._wake.wait(self.interval)
-            self._wake.clear()
+            self._wait_for_next_round()
+
+    def _wait_for_next_round(self) -> None:
+        """Until the interval passes, a refresh is asked for here or through the store, or stop()."""
+        due = time.monotonic() + self.interval
+        while not self._stop.is_set() and time.monotonic() < due:
+            if self._wake.wait(min(REQUEST_POLL_SECONDS, max(0.0, due - time.monotonic()))):
+                break
+            try:
+                asked = self.store.get_meta(REQUEST_KEY)
+            except Exception:  # noqa: BLE001 - a store that cannot be read now: the interval still runs
+                asked = None
+            if asked and asked > (self.last_run or 0):
+                break
+        self._wake.clear()
 
     def inspect_once(self) -> dict[str, dict]:
         if self.enable_events:

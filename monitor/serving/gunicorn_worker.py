@@ -30,7 +30,7 @@ from functools import partial
 
 from gunicorn.workers.gthread import DEFAULT_WORKER_DATA_TIMEOUT, TConn, ThreadWorker
 
-from . import admission as admission_module
+from monitor.serving import admission as admission_module
 
 HEALTH_THREADS = 2
 IO_TIMEOUT = 10.0

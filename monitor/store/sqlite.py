@@ -14,29 +14,9 @@ import threading
 import time
 from typing import Iterable, Iterator, Sequence
 
-from . import rollup
-
-# Task columns in table order. `seq` (the rowid) orders tasks by when they were first seen and
-# drives retention; `uuid` is the key events are merged on.
-TASK_FIELDS = (
-    "uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
-    "retries", "sent", "received", "started", "succeeded", "failed", "retried", "revoked",
-    "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
-    "client", "timestamp",
-)
-TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
-NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime")
-TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-
-WORKER_FIELDS = (
-    "hostname", "pid", "freq", "last_heartbeat", "offline_at", "active", "processed", "loadavg",
-    "sw_ident", "sw_ver", "sw_sys",
-)
-# Per-worker counts of task events, kept across restarts (the heartbeat's own `processed`
-# restarts from zero with the worker).
-WORKER_COUNTERS = ("received", "started", "succeeded", "failed", "retried")
-# celery's Worker.alive rule: a worker is gone once two heartbeat periods pass without one.
-HEARTBEAT_EXPIRE_FACTOR = 2.0
+from monitor.store import rollup
+from monitor.store.schema import (SCHEMA_VERSION, TASK_FIELDS, TERMINAL_STATES, TEXT_COLUMNS, WORKER_COUNTERS,
+                                  WORKER_FIELDS, StoreError, is_online)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -66,11 +46,9 @@ CREATE INDEX IF NOT EXISTS worker_samples_at ON worker_samples(at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
-# The columns free text searches, indexed by trigrams so that a substring search reads the tasks
-# holding the term's trigrams instead of every row (a LIKE scan took ~110 ms at 100k tasks).
-# Kept in step with `tasks` by triggers; search.py still checks each candidate with LIKE, so the
-# index only has to find a superset: detail=none (no positions) writes ~3x faster than full.
-TEXT_COLUMNS = ("name", "uuid", "worker", "args", "kwargs", "result", "exception")
+# The text index (see schema.TEXT_COLUMNS) is kept in step with `tasks` by triggers; search.py still
+# checks each candidate with LIKE, so the index only has to find a superset: detail=none (no
+# positions) writes ~3x faster than full.
 _TEXT_LIST = ", ".join(TEXT_COLUMNS)
 _TEXT_SCHEMA = f"""
 CREATE VIRTUAL TABLE IF NOT EXISTS tasks_text USING fts5(
@@ -150,10 +128,15 @@ class Store:
         self._write_lock = threading.Lock()
         with self._write_lock:
             connection = self._connection()
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer Flowerbed (store version {version}; this one "
+                                 f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
             connection.executescript(_SCHEMA + rollup.SCHEMA + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections -------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -292,6 +275,10 @@ class Store:
         rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
         return dict(rows[0]) if rows else None
 
+    def last_inspected(self) -> float | None:
+        """When the workers last answered an inspect."""
+        return self.query("SELECT max(inspected_at) FROM workers")[0][0]
+
     def workers(self, now: float | None = None) -> list[dict]:
         """Every known worker, from events and inspect, with `online` derived from heartbeats."""
         now = time.time() if now is None else now
@@ -303,12 +290,3 @@ class Store:
             worker["online"] = is_online(worker, now)
             result.append(worker)
         return result
-
-
-def is_online(worker: dict, now: float) -> bool:
-    last = worker.get("last_heartbeat")
-    if last is None:
-        return False
-    if worker.get("offline_at") and worker["offline_at"] >= last:
-        return False
-    return now < last + (worker.get("freq") or 2.0) * HEARTBEAT_EXPIRE_FACTOR

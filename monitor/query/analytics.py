@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import rollup
-from .store import Store
+from monitor.store import rollup
+from monitor.store.sqlite import Store
 
 RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 # Bucket sizes a chart may use, each a multiple of a rollup grain; the smallest that keeps a range

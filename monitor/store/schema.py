@@ -1,0 +1,46 @@
+"""What every store backend holds, whatever its SQL: the task and worker fields, the states, the
+rule that says a worker is online."""
+from __future__ import annotations
+
+# The version of what a store holds: a store written by a newer Flowerbed is refused, not misread.
+# 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """A store this Flowerbed cannot use; the message says why, in one line, for the user."""
+
+# Task columns in table order. `seq` (the rowid) orders tasks by when they were first seen and
+# drives retention; `uuid` is the key events are merged on.
+TASK_FIELDS = (
+    "uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
+    "retries", "sent", "received", "started", "succeeded", "failed", "retried", "revoked",
+    "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
+    "client", "timestamp",
+)
+TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
+NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime")
+TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
+WORKER_FIELDS = (
+    "hostname", "pid", "freq", "last_heartbeat", "offline_at", "active", "processed", "loadavg",
+    "sw_ident", "sw_ver", "sw_sys",
+)
+# Per-worker counts of task events, kept across restarts (the heartbeat's own `processed`
+# restarts from zero with the worker).
+WORKER_COUNTERS = ("received", "started", "succeeded", "failed", "retried")
+# celery's Worker.alive rule: a worker is gone once two heartbeat periods pass without one.
+HEARTBEAT_EXPIRE_FACTOR = 2.0
+
+# The columns free text searches, indexed by trigrams so that a substring search reads the tasks
+# holding the term's trigrams instead of every row (a LIKE scan took ~110 ms at 100k tasks).
+TEXT_COLUMNS = ("name", "uuid", "worker", "args", "kwargs", "result", "exception")
+
+
+def is_online(worker: dict, now: float) -> bool:
+    last = worker.get("last_heartbeat")
+    if last is None:
+        return False
+    if worker.get("offline_at") and worker["offline_at"] >= last:
+        return False
+    return now < last + (worker.get("freq") or 2.0) * HEARTBEAT_EXPIRE_FACTOR

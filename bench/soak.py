@@ -134,12 +134,12 @@ class Flowerbed:
                 command, rss, parent = " ".join(process.cmdline()), process.memory_info().rss, process.ppid()
             except psutil.Error:  # it ended meanwhile
                 continue
-            if "spawn_main" in command:
+            if "monitor.ingest.receiving" in command:
                 role = "receiving"
             elif parent == processes[0].pid and "app.py" in command:
                 role = "worker"
             else:
-                role = "other"  # gunicorn's master, multiprocessing's resource tracker
+                role = "other"  # gunicorn's master
             roles[role] += rss / MIB
         return {"total": sum(roles.values()), **roles}
 

@@ -313,7 +313,6 @@ class Collector:
             self.store.set_meta("collector", self.stats())
         else:
             self.holder_reported_at = (self.store.get_meta("collector") or {}).get("updated_at")
-            self._skip_waiting_events()
 
     def _skip_waiting_events(self) -> None:
         """A standby leaves the writing to the lease holder, which receives the same events."""

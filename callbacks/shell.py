@@ -42,10 +42,16 @@ def safe_strip(app, pathname: str | None) -> str | None:
     return app.strip_relative_path(pathname) or ""
 
 
+def encodable(text: str | None) -> str | None:
+    """The text with lone surrogates replaced: the browser can send them, JSON cannot carry them back."""
+    return text if text is None else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def route(app, services, pathname: str | None, search: str | None):
     """The page for a path (without the URL prefix)."""
     if not isinstance(pathname, (str, type(None))) or not isinstance(search, (str, type(None))):
         return shell_components.not_found("That address cannot be read.", app.get_relative_path)
+    pathname, search = encodable(pathname), encodable(search)
     path = safe_strip(app, pathname)
     if path is None:
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from monitor.query import analytics  # noqa: E402
 from monitor.store.schema import TASK_FIELDS  # noqa: E402
-from monitor.store.sqlite import Store  # noqa: E402
+from monitor.store.sqlite import SqliteStore as Store  # noqa: E402
 
 NAMES = [(f"{area}.{verb}", median) for area, verb, median in (
     ("shop", "checkout", 0.25), ("shop", "cart_merge", 0.04), ("email", "send", 0.06), ("email", "digest", 1.5),

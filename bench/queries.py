@@ -28,7 +28,7 @@ WORKERS = 8
 
 def fill_flowerbed(path: str, tasks: list[dict]):
     from monitor.store.schema import TASK_FIELDS
-    from monitor.store.sqlite import Store
+    from monitor.store.sqlite import SqliteStore as Store
 
     store = Store(path, max_tasks=len(tasks))
     for start in range(0, len(tasks), 5000):

@@ -10,7 +10,7 @@ from celery import Celery
 from monitor.ingest.collector import Collector
 from monitor.ingest.inspector import REQUEST_KEY, Inspector
 from monitor.settings import Settings
-from monitor.store.sqlite import Store
+from monitor.store import Store, open_store
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -73,7 +73,7 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     celery_app = make_celery_app(settings)
-    store = Store(settings.db, max_tasks=settings.max_tasks)
+    store = open_store(settings.db, max_tasks=settings.max_tasks)
     return Services(
         settings=settings,
         celery_app=celery_app,

@@ -17,7 +17,7 @@ from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, w
 from monitor.query import analytics, search
 from monitor.store import rollup
 from monitor.query.tasks import TaskQuery, fetch_tasks
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 NOW = 1_795_600_000.0  # 2026-11-25 08:26:40 UTC, a fixed "now" for the unit tests
 
@@ -195,7 +195,7 @@ def test_search_comparisons_and_exact_names():
     assert search.compile_search("finished>=2026-11-25T08:00 name=a.b") == (
         f"({search.COMPARABLE['finished']} >= ? AND name = ?)", [search.parse_moment("2026-11-25T08:00"), "a.b"])
     assert search.compile_search("runtime>2.5")[1] == [2.5]
-    assert search.compile_search("-received<1795600000") == ("NOT coalesce(received < ?, 0)", [1795600000.0])
+    assert search.compile_search("-received<1795600000") == ("NOT coalesce(received < ?, false)", [1795600000.0])
     for bad, message in (("received>=soon", "expected a UTC date/time"), ("runtime>fast", "a number of seconds"),
                          ("name=", "needs a value")):
         with pytest.raises(search.SearchError, match=message):

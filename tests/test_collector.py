@@ -14,7 +14,7 @@ from celery import Celery
 from monitor.ingest import receiving
 from monitor.ingest.collector import TRUNCATED, Collector
 from monitor.ingest.receiving import TOO_DEEP
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 T0 = 1_800_000_000.0
 WORKER = "celery@alpha"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import ROOT, FlowerbedServer, Stack, finished
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 pytestmark = pytest.mark.browser
 

@@ -23,7 +23,7 @@ import pytest
 
 from helpers import FlowerbedServer, child_pids, get, rss_mb, task_row, wait_for
 from monitor.serving.admission import MAX_WAITING, PER_USER, RETRY_AFTER_SECONDS, TOO_MANY_WAITING, WAITED_TOO_LONG
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 pytestmark = pytest.mark.integration
 

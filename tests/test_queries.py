@@ -8,7 +8,7 @@ from helpers import task_row
 from monitor.query.tasks import (COUNT_CAP, MAX_ROW, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
                              parse_time, stream_tasks)
 from monitor.store.schema import TASK_FIELDS
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 TASKS = {  # short name → fields

@@ -15,7 +15,7 @@ from kombu import Producer
 
 from helpers import wait_for
 from monitor.ingest.collector import Collector
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from helpers import task_row
 from monitor.query import search
 from monitor.query.tasks import TaskQuery, fetch_tasks
 from monitor.query.search import BoolOp, Not, SearchError, Term
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 UUIDS = {
     "add": "0a1b2c3d-0000-4000-8000-000000000001",

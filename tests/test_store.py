@@ -7,7 +7,7 @@ import pytest
 
 from helpers import task_row
 from monitor.store.schema import SCHEMA_VERSION, WORKER_FIELDS, StoreError, is_online
-from monitor.store.sqlite import Store
+from monitor.store.sqlite import SqliteStore as Store
 
 T0 = 1_800_000_000.0
 

@@ -32,7 +32,7 @@ from kombu.utils.url import maybe_sanitize_url
 from monitor.ingest import receiving
 from monitor.ingest.incident import Incident
 from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS
-from monitor.store.sqlite import Store
+from monitor.store.base import Store
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 from monitor.ingest.incident import Incident
-from monitor.store.sqlite import Store
+from monitor.store.base import Store
 
 log = logging.getLogger(__name__)
 

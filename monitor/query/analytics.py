@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from monitor.store import rollup
-from monitor.store.sqlite import Store
+from monitor.store.base import Store
 
 RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 # Bucket sizes a chart may use, each a multiple of a rollup grain; the smallest that keeps a range
@@ -269,12 +269,12 @@ def slowest_tasks(store: Store, scope: Scope, stats: pd.DataFrame, limit: int = 
     finished = f"{FINISHED_SQL} >= ? AND {FINISHED_SQL} < ?"
     filtered = scope.names or scope.workers or scope.queues
     if not filtered and stats["finished"].sum() > 200 * limit:
-        return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks INDEXED BY tasks_runtime "
+        return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks {store.dialect.indexed_by('tasks_runtime')} "
                              f"WHERE runtime <= ? AND {finished} ORDER BY runtime DESC LIMIT ?",
                       [longest, scope.start, scope.end, limit], SLOWEST_COLUMNS)
     grain = _grain_of(bucket_seconds(dataclasses.replace(scope, end=scope.start + 60), None))
     where, where_params = _series_where(scope, grain)
-    by_name = "INDEXED BY task_rollup_by_name" if scope.names else ""
+    by_name = store.dialect.indexed_by("task_rollup_by_name") if scope.names else ""
     buckets = store.query(f"SELECT bucket, max(runtime_max) AS longest FROM task_rollup {by_name} WHERE {where} "
                           "GROUP BY bucket ORDER BY longest DESC LIMIT ?", [*where_params, limit])
     if not buckets:
@@ -315,19 +315,18 @@ def exception_groups(store: Store, scope: Scope, limit: int = 20) -> pd.DataFram
     count, task names, first and last seen, the latest failure's uuid, and `match`, the longest
     literal part of the exception text, for an `exception:` search that finds the group's tasks."""
     extra, params = _filters(scope)
-    # `latest`: the latest failure's time and uuid in one sortable text (epochs keep 10 digits until 2286).
-    groups = _frame(store, f"SELECT exception, sum(count), group_concat(DISTINCT name), min(first), max(last), "
-                           f"max(printf('%.6f', last) || ' ' || last_uuid) FROM failure_rollup "
+    dialect = store.dialect
+    groups = _frame(store, f"SELECT exception, sum(count), {dialect.distinct_list('name')}, min(first), max(last), "
+                           f"{dialect.latest('last_uuid', 'last')} FROM failure_rollup "
                            f"WHERE bucket >= ? AND bucket < ? AND first < ? AND last >= ?{extra} "
                            "GROUP BY exception ORDER BY sum(count) DESC, max(last) DESC LIMIT ?",
                     [int(scope.start) // rollup.MINUTE * rollup.MINUTE, scope.end, scope.end, scope.start, *params,
-                     limit], ["key", "count", "names", "first", "last", "latest"])
+                     limit], ["key", "count", "names", "first", "last", "sample_uuid"])
     if groups.empty:
         return pd.DataFrame(columns=EXCEPTION_COLUMNS)
     split = groups["key"].str.split(rollup.KEY_SEPARATOR, n=1)
     groups["type"], groups["message"] = split.str[0], split.str[1]
     groups["names"] = groups["names"].map(lambda names: ", ".join(sorted(set(names.split(",")))))
-    groups["sample_uuid"] = groups["latest"].str.split(" ").str[-1]
     groups["match"] = [_longest_literal(kind, masked) for kind, masked in zip(groups["type"], groups["message"])]
     return groups[EXCEPTION_COLUMNS]
 

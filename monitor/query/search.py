@@ -22,6 +22,7 @@ import re
 
 from celery import states
 
+from monitor.store.dialect import SQLITE, Dialect
 from monitor.store.rollup import FINAL_STATES, finished_sql
 from monitor.store.schema import TEXT_COLUMNS
 
@@ -272,33 +273,12 @@ def _like(value: str) -> str:
     return "%" + re.sub(r"([%_\\])", r"\\\1", value) + "%"
 
 
-_TRIGRAMS_LOOKED_UP = 4
-
-
-def _indexed(sql: str, params: list, substrings) -> tuple[str, list]:
-    """`sql` (LIKE conditions, the exact rule) on the tasks the trigram index says may match.
-
-    The index (store.TEXT_COLUMNS, no positions) narrows the rows to those holding some trigrams
-    of the substrings, in any column; it folds case at least as widely as LIKE, so it never drops
-    a row LIKE keeps. Shorter than a trigram, a substring cannot be looked up: `sql` scans alone.
-    Each trigram looked up costs a read of every row holding it, and in task data the letters
-    spell what most rows share (names, keys) while digits and punctuation make ids and numbers:
-    look up the few trigrams with the fewest letters (at 1M tasks, all the trigrams of
-    cust-04217 took ~130 ms, its four digit-heavy ones a few ms)."""
-    trigrams = dict.fromkeys(text[i:i + 3] for text in substrings for i in range(len(text) - 2))
-    if not trigrams:
-        return sql, params
-    rarest = sorted(trigrams, key=lambda trigram: sum(char.isalpha() for char in trigram))[:_TRIGRAMS_LOOKED_UP]
-    match = " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in rarest)
-    return f"(seq IN (SELECT rowid FROM tasks_text WHERE tasks_text MATCH ?) AND {sql})", [match, *params]
-
-
-def _term_sql(term: Term) -> tuple[str, list]:
-    field, value = term.field, term.value
+def _term_sql(term: Term, dialect: Dialect) -> tuple[str, list]:
+    field, value, like = term.field, term.value, dialect.like
     if field is None:
         pattern = _like(value)
-        return _indexed("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in FREE_TEXT_COLUMNS) + ")",
-                        [pattern] * len(FREE_TEXT_COLUMNS), [value])
+        return dialect.narrowed("(" + " OR ".join(f"{c} {like} ? ESCAPE '\\'" for c in FREE_TEXT_COLUMNS) + ")",
+                                [pattern] * len(FREE_TEXT_COLUMNS), [value])
     if field == "state":
         wanted = [s.strip().upper() for s in value.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in KNOWN_STATES]
@@ -309,30 +289,29 @@ def _term_sql(term: Term) -> tuple[str, list]:
         value = value.lower()
         if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
             return "uuid = ?", [value]
-        # GLOB is case-sensitive, so SQLite can use the uuid index for the prefix.
-        return "uuid GLOB ?", [re.sub(r"([*?\[])", r"[\1]", value) + "*"]
+        return dialect.prefix("uuid", value)
     if field == "kwargs" and "=" in value:
         key, _, wanted = (part.strip() for part in value.partition("="))
         # kwargs is a dict's repr: the value must end there too, so user_id=42 does not match 420.
         patterns = (f"'{key}': {wanted},", f"'{key}': {wanted}}}", f"'{key}': '{wanted}'")
-        return _indexed("(" + " OR ".join("kwargs LIKE ? ESCAPE '\\'" for _ in patterns) + ")",
-                        [_like(pattern) for pattern in patterns], [f"'{key}': ", wanted])
-    return _indexed(f"{field} LIKE ? ESCAPE '\\'", [_like(value)], [value])
+        return dialect.narrowed("(" + " OR ".join(f"kwargs {like} ? ESCAPE '\\'" for _ in patterns) + ")",
+                                [_like(pattern) for pattern in patterns], [f"'{key}': ", wanted])
+    return dialect.narrowed(f"{field} {like} ? ESCAPE '\\'", [_like(value)], [value])
 
 
-def to_sql(node) -> tuple[str, list]:
+def to_sql(node, dialect: Dialect) -> tuple[str, list]:
     if isinstance(node, Term):
-        return _term_sql(node)
+        return _term_sql(node, dialect)
     if isinstance(node, Compare):
         return f"{COMPARABLE.get(node.field, node.field)} {node.op} ?", [node.value]
     if isinstance(node, Not):
-        sql, params = to_sql(node.operand)
-        return f"NOT coalesce({sql}, 0)", params
-    parts = [to_sql(operand) for operand in node.operands]
+        sql, params = to_sql(node.operand, dialect)
+        return f"NOT coalesce({sql}, false)", params
+    parts = [to_sql(operand, dialect) for operand in node.operands]
     return "(" + f" {node.op} ".join(sql for sql, _ in parts) + ")", [p for _, params in parts for p in params]
 
 
-def compile_search(query: str) -> tuple[str, list]:
-    """SQL condition and parameters for a query; ('', []) when the query is empty."""
+def compile_search(query: str, dialect: Dialect = SQLITE) -> tuple[str, list]:
+    """SQL condition and parameters for a query in a store's dialect; ('', []) when the query is empty."""
     node = parse(query)
-    return to_sql(node) if node is not None else ("", [])
+    return to_sql(node, dialect) if node is not None else ("", [])

@@ -11,7 +11,8 @@ from typing import Iterator, Sequence
 
 from monitor.query import search
 from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, TIME_FIELDS
-from monitor.store.sqlite import Store
+from monitor.store.base import Store
+from monitor.store.dialect import Dialect
 
 SORTABLE = frozenset(TASK_FIELDS) | {"seq"}
 # Counting every match of a slow (unindexed) filter would scan the whole table on every scroll;
@@ -36,7 +37,7 @@ class TaskQuery:
     offset: int = 0
     limit: int = 100
 
-    def where(self) -> tuple[str, list]:
+    def where(self, dialect: Dialect) -> tuple[str, list]:
         clauses, params = [], []
 
         def add(sql, values):
@@ -44,7 +45,7 @@ class TaskQuery:
             params.extend(values)
 
         try:
-            sql, values = search.compile_search(self.search)
+            sql, values = search.compile_search(self.search, dialect)
         except search.SearchError as exc:
             raise QueryError(str(exc)) from None
         if sql:
@@ -59,21 +60,22 @@ class TaskQuery:
         if not isinstance(self.column_filters, dict):
             raise QueryError(f"malformed column filters: {shown(self.column_filters)}")
         for column, model in self.column_filters.items():
-            add(*_column_filter_sql(column, model))
+            add(*_column_filter_sql(column, model, dialect))
         return " AND ".join(clauses), params
 
-    def order_by(self) -> str:
-        # SQLite's own NULL order (first ascending, last descending) and a tie-break on seq in the
-        # same direction let it walk the column's index instead of sorting the table.
+    def order_by(self, dialect: Dialect) -> str:
+        # SQLite's own NULL order (first ascending, last descending, PostgreSQL's indexes are built
+        # to match) and a tie-break on seq in the same direction let the store walk the column's
+        # index instead of sorting the table.
         if len(self.sort) > len(SORTABLE):  # SQLite caps the terms of an ORDER BY
             raise QueryError(f"at most {len(SORTABLE)} sort columns")
         parts = []
         for column, descending in self.sort:
             if column not in SORTABLE:
                 raise QueryError(f"cannot sort by {column!r}; sortable: {', '.join(sorted(SORTABLE))}")
-            parts.append(f"{column} {'DESC' if descending else 'ASC'}")
+            parts.append(dialect.order(column, descending))
         if not any(column == "seq" for column, _ in self.sort):
-            parts.append(f"seq {'DESC' if not self.sort or self.sort[-1][1] else 'ASC'}")
+            parts.append(dialect.order("seq", not self.sort or self.sort[-1][1]))
         return ", ".join(parts)
 
 
@@ -90,13 +92,13 @@ def stream_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_F
     unknown = [c for c in columns if c not in SORTABLE]
     if unknown:
         raise QueryError(f"unknown column {unknown[0]!r}")
-    where, params = query.where()
+    where, params = query.where(store.dialect)
     where_sql = f"WHERE {where}" if where else ""
-    order = query.order_by()
+    order = query.order_by(store.dialect)
     if not where:
         total, exact = store.count_tasks(), True
     else:
-        total = store.query(f"SELECT count(*) FROM (SELECT 1 FROM tasks {where_sql} LIMIT ?)",
+        total = store.query(f"SELECT count(*) FROM (SELECT 1 FROM tasks {where_sql} LIMIT ?) AS matched",
                             [*params, COUNT_CAP + 1])[0][0]
         exact = total <= COUNT_CAP
         total = min(total, COUNT_CAP)
@@ -201,7 +203,7 @@ _NUMBER_OPS = {
 MAX_CONDITIONS = 10
 
 
-def _column_filter_sql(column: str, model: dict, nested: bool = False) -> tuple[str, list]:
+def _column_filter_sql(column: str, model: dict, dialect: Dialect, nested: bool = False) -> tuple[str, list]:
     """One AG Grid column filter (simple or combined with AND/OR conditions) as SQL."""
     if column not in SORTABLE:
         raise QueryError(f"cannot filter on {shown(column)}")
@@ -212,7 +214,7 @@ def _column_filter_sql(column: str, model: dict, nested: bool = False) -> tuple[
         if nested or not isinstance(conditions, list) or not 0 < len(conditions) <= MAX_CONDITIONS:
             raise QueryError(f"malformed filter for {column!r}: expected 1 to {MAX_CONDITIONS} simple conditions")
         operator = "OR" if str(model.get("operator", "AND")).upper() == "OR" else "AND"
-        parts = [_column_filter_sql(column, condition, nested=True) for condition in conditions]
+        parts = [_column_filter_sql(column, condition, dialect, nested=True) for condition in conditions]
         return "(" + f" {operator} ".join(sql for sql, _ in parts) + ")", [p for _, ps in parts for p in ps]
     kind = model.get("type")
     if not isinstance(kind, str):
@@ -225,7 +227,9 @@ def _column_filter_sql(column: str, model: dict, nested: bool = False) -> tuple[
         low = parse_time(model.get("dateFrom"), column)
         high = parse_time(model.get("dateTo"), column)
         return _range_sql(column, kind, low, high)
-    if column in NUMERIC_FIELDS or model.get("filterType") == "number":
+    if model.get("filterType") == "number" and column not in NUMERIC_FIELDS:
+        raise QueryError(f"{column} holds text: it takes a text filter, not a number filter")
+    if column in NUMERIC_FIELDS:
         return _range_sql(column, kind, _number(model.get("filter"), column), _number(model.get("filterTo"), column))
     if kind not in _TEXT_OPS:
         raise QueryError(f"unsupported filter {kind!r} on {column}")
@@ -236,7 +240,7 @@ def _column_filter_sql(column: str, model: dict, nested: bool = False) -> tuple[
         raise QueryError(str(exc)) from None
     if "LIKE" in operator:
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return f"coalesce({column}, '') {operator} ? ESCAPE '\\'", [pattern.format(escaped)]
+        return f"coalesce({column}, '') {operator.replace('LIKE', dialect.like)} ? ESCAPE '\\'", [pattern.format(escaped)]
     return f"{column} {operator} ?", [value]
 
 

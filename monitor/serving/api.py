@@ -140,7 +140,7 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
         where, params = TaskQuery(
             search=request.args.get("search", ""),
             states=_states_arg(),
-        ).where()
+        ).where(store.dialect)
         return jsonify({"count": store.count_tasks(where, params)})
 
     @api.get("/api/task/info/<task_id>")

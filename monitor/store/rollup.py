@@ -1,4 +1,4 @@
-"""Pre-aggregated task and worker history for the analytics charts, maintained inside SQLite.
+"""Pre-aggregated task and worker history for the analytics charts, maintained inside the store.
 
 Reading a million task rows into pandas for every refresh is out of the question, so the store keeps
 rollups: per time bucket × task name × final state × worker × queue, the count and sums of runtime
@@ -16,6 +16,7 @@ can show more than the Tasks page still holds (the page says so).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -87,27 +88,47 @@ def finished_sql(prefix: str = "") -> str:
 # inside the writer's statement; fold_inbox() aggregates the batch and updates the rollups with a
 # few upserts (a trigger updating 16 rollup rows per task halved the writer's throughput).
 _INBOX_COLUMNS = ("finished", "name", "state", "worker", "queue", "runtime", "wait", "sent_wait", "exception", "uuid")
-_QUEUE_FINISHED_TASK = f"""
+FINAL_LIST = ", ".join(f"'{s}'" for s in FINAL_STATES)
+
+
+def queue_finished_task(dialect) -> str:
+    """The trigger statement queueing the task `new` that just reached a final state."""
+    positive = dialect.greatest
+    return f"""
     INSERT INTO rollup_inbox ({", ".join(_INBOX_COLUMNS)}) SELECT {finished_sql("new.")}, coalesce(new.name, ''), new.state,
         coalesce(new.worker, ''), coalesce(new.routing_key, ''), new.runtime,
-        CASE WHEN new.started IS NOT NULL AND new.received IS NOT NULL THEN max(0.0, new.started - new.received) END,
+        CASE WHEN new.started IS NOT NULL AND new.received IS NOT NULL THEN {positive}(0.0, new.started - new.received) END,
         -- sent comes from the client's clock, started from the worker's: a skew below zero is clamped.
-        CASE WHEN new.started IS NOT NULL AND new.sent IS NOT NULL THEN max(0.0, new.started - new.sent) END,
+        CASE WHEN new.started IS NOT NULL AND new.sent IS NOT NULL THEN {positive}(0.0, new.started - new.sent) END,
         CASE WHEN new.state = 'FAILURE' THEN new.exception END, new.uuid
-    WHERE {finished_sql("new.")} IS NOT NULL;"""
+    WHERE {finished_sql("new.")} IS NOT NULL"""
 
-_METRIC_UPDATES = ", ".join(
-    f"{m}_count = {m}_count + excluded.{m}_count, {m}_sum = {m}_sum + excluded.{m}_sum, "
-    f"{m}_max = max(coalesce({m}_max, excluded.{m}_max), coalesce(excluded.{m}_max, {m}_max))" for m in METRICS)
-_ROLLUP_UPSERT = (f"INSERT INTO task_rollup VALUES ({', '.join('?' * (7 + 3 * len(METRICS)))}) "
-                  f"ON CONFLICT DO UPDATE SET count = count + excluded.count, {_METRIC_UPDATES}")
-_HISTOGRAM_UPSERT = ("INSERT INTO task_histogram VALUES (?, ?, ?, ?, ?, ?) "
-                     "ON CONFLICT DO UPDATE SET count = count + excluded.count")
-_FAILURE_UPSERT = (
-    "INSERT INTO failure_rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT DO UPDATE SET count = count + excluded.count, first = min(first, excluded.first), "
-    "last_uuid = CASE WHEN excluded.last >= last THEN excluded.last_uuid ELSE last_uuid END, "
-    "last = max(last, excluded.last)")
+
+_ROLLUP_KEY = "grain, bucket, name, state, worker, queue"
+_HISTOGRAM_KEY = "grain, bucket, name, metric, bin"
+_FAILURE_KEY = "grain, bucket, name, worker, queue, exception"
+_WORKER_KEY = "grain, bucket, hostname"
+
+
+@functools.lru_cache(maxsize=None)
+def _upserts(dialect) -> tuple[str, str, str]:
+    """The rollup, histogram and failure upserts fold_inbox() runs, in the dialect's words."""
+    most, least = dialect.greatest, dialect.least
+    metric_updates = ", ".join(
+        f"{m}_count = task_rollup.{m}_count + excluded.{m}_count, {m}_sum = task_rollup.{m}_sum + excluded.{m}_sum, "
+        f"{m}_max = {most}(coalesce(task_rollup.{m}_max, excluded.{m}_max), coalesce(excluded.{m}_max, task_rollup.{m}_max))"
+        for m in METRICS)
+    return (
+        f"INSERT INTO task_rollup VALUES ({', '.join('?' * (7 + 3 * len(METRICS)))}) ON CONFLICT ({_ROLLUP_KEY}) "
+        f"DO UPDATE SET count = task_rollup.count + excluded.count, {metric_updates}",
+        f"INSERT INTO task_histogram VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT ({_HISTOGRAM_KEY}) "
+        "DO UPDATE SET count = task_histogram.count + excluded.count",
+        f"INSERT INTO failure_rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({_FAILURE_KEY}) "
+        "DO UPDATE SET count = failure_rollup.count + excluded.count, "
+        f"first = {least}(failure_rollup.first, excluded.first), "
+        "last_uuid = CASE WHEN excluded.last >= failure_rollup.last THEN excluded.last_uuid ELSE failure_rollup.last_uuid END, "
+        f"last = {most}(failure_rollup.last, excluded.last)",
+    )
 
 
 # The inbox is folded once its oldest task waited this long, or once it holds this many: the more
@@ -116,12 +137,12 @@ FOLD_SECONDS = 2.0
 FOLD_ROWS = 20_000
 
 
-def fold_inbox(conn, force: bool = False) -> int:
+def fold_inbox(conn, dialect, force: bool = False) -> int:
     """Add the tasks queued in rollup_inbox to the rollups when it is due (or `force`); runs in the
     writer's transaction. Returns how many tasks it folded."""
     if not force:
         waited, queued = conn.execute(
-            "SELECT (julianday('now') - min(queued)) * 86400, count(*) FROM rollup_inbox").fetchone()
+            f"SELECT {dialect.seconds_since('min(queued)')}, count(*) FROM rollup_inbox").fetchone()
         if not queued or waited < FOLD_SECONDS and queued < FOLD_ROWS:
             return 0
     rows = conn.execute(f"SELECT {', '.join(_INBOX_COLUMNS)} FROM rollup_inbox").fetchall()
@@ -164,9 +185,10 @@ def fold_inbox(conn, force: bool = False) -> int:
             if row_grain == MINUTE:
                 key = (grain, minute // grain * grain, *rest)
                 histogram[key] = histogram.get(key, 0) + count
-    conn.executemany(_ROLLUP_UPSERT, [(*key, *sums) for key, sums in totals.items()])
-    conn.executemany(_HISTOGRAM_UPSERT, [(*key, count) for key, count in histogram.items()])
-    conn.executemany(_FAILURE_UPSERT, [(*key, *seen) for key, seen in failures.items()])
+    rollup_upsert, histogram_upsert, failure_upsert = _upserts(dialect)
+    conn.executemany(rollup_upsert, [(*key, *sums) for key, sums in totals.items()])
+    conn.executemany(histogram_upsert, [(*key, count) for key, count in histogram.items()])
+    conn.executemany(failure_upsert, [(*key, *seen) for key, seen in failures.items()])
     return len(rows)
 
 
@@ -180,65 +202,51 @@ def _add_sums(into: list, sums: list) -> None:
             into[at + 2] = sums[at + 2]
 
 
-def _add_sample_statements() -> str:
-    return "\n    ".join(
-        f"INSERT INTO worker_rollup SELECT {grain}, CAST(new.at / {grain} AS INTEGER) * {grain}, new.hostname, "
+def roll_up_sample(dialect) -> list[str]:
+    """The trigger statements adding the worker sample `new` to the worker rollup, one per grain."""
+    return [
+        f"INSERT INTO worker_rollup SELECT {grain}, {dialect.floor_to('new.at', grain)}, new.hostname, "
         f"1, coalesce(new.active, 0), coalesce(new.active, 0), coalesce(new.load1, 0) WHERE new.at IS NOT NULL "
-        f"ON CONFLICT DO UPDATE SET samples = samples + 1, active_sum = active_sum + excluded.active_sum, "
-        f"active_max = max(active_max, excluded.active_max), load1_sum = load1_sum + excluded.load1_sum;"
-        for grain in GRAINS)
+        f"ON CONFLICT ({_WORKER_KEY}) DO UPDATE SET samples = worker_rollup.samples + 1, "
+        f"active_sum = worker_rollup.active_sum + excluded.active_sum, "
+        f"active_max = {dialect.greatest}(worker_rollup.active_max, excluded.active_max), "
+        f"load1_sum = worker_rollup.load1_sum + excluded.load1_sum"
+        for grain in GRAINS]
 
 
-_FINAL = ", ".join(f"'{s}'" for s in FINAL_STATES)
-_METRIC_COLUMNS = ", ".join(f"{m}_count INTEGER, {m}_sum REAL, {m}_max REAL" for m in METRICS)
-
-SCHEMA = f"""
+def schema(dialect) -> str:
+    """The rollup tables, in the dialect's types (the triggers belong to each backend)."""
+    integer, real, text, no_rowid = dialect.integer, dialect.real, dialect.text, dialect.without_rowid
+    metric_columns = ", ".join(f"{m}_count {integer}, {m}_sum {real}, {m}_max {real}" for m in METRICS)
+    return f"""
 CREATE TABLE IF NOT EXISTS task_rollup (
-    grain INTEGER NOT NULL, bucket INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
-    worker TEXT NOT NULL, queue TEXT NOT NULL, count INTEGER NOT NULL, {_METRIC_COLUMNS},
-    PRIMARY KEY (grain, bucket, name, state, worker, queue)
-) WITHOUT ROWID;
+    grain {integer} NOT NULL, bucket {integer} NOT NULL, name {text} NOT NULL, state {text} NOT NULL,
+    worker {text} NOT NULL, queue {text} NOT NULL, count {integer} NOT NULL, {metric_columns},
+    PRIMARY KEY ({_ROLLUP_KEY})
+){no_rowid};
 -- The buckets of given task names, without reading every name's rows (slowest tasks of a name).
 CREATE INDEX IF NOT EXISTS task_rollup_by_name ON task_rollup(grain, name, bucket);
 -- Per task name only: a worker and a queue dimension would multiply the rows by their counts.
 CREATE TABLE IF NOT EXISTS task_histogram (
-    grain INTEGER NOT NULL, bucket INTEGER NOT NULL, name TEXT NOT NULL, metric TEXT NOT NULL,
-    bin INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (grain, bucket, name, metric, bin)
-) WITHOUT ROWID;
+    grain {integer} NOT NULL, bucket {integer} NOT NULL, name {text} NOT NULL, metric {text} NOT NULL,
+    bin {integer} NOT NULL, count {integer} NOT NULL,
+    PRIMARY KEY ({_HISTOGRAM_KEY})
+){no_rowid};
 CREATE TABLE IF NOT EXISTS failure_rollup (
-    grain INTEGER NOT NULL, bucket INTEGER NOT NULL, name TEXT NOT NULL, worker TEXT NOT NULL,
-    queue TEXT NOT NULL, exception TEXT NOT NULL, count INTEGER NOT NULL, first REAL, last REAL, last_uuid TEXT,
-    PRIMARY KEY (grain, bucket, name, worker, queue, exception)
-) WITHOUT ROWID;
+    grain {integer} NOT NULL, bucket {integer} NOT NULL, name {text} NOT NULL, worker {text} NOT NULL,
+    queue {text} NOT NULL, exception {text} NOT NULL, count {integer} NOT NULL, first {real}, last {real},
+    last_uuid {text},
+    PRIMARY KEY ({_FAILURE_KEY})
+){no_rowid};
 CREATE TABLE IF NOT EXISTS worker_rollup (
-    grain INTEGER NOT NULL, bucket INTEGER NOT NULL, hostname TEXT NOT NULL, samples INTEGER NOT NULL,
-    active_sum REAL NOT NULL, active_max INTEGER NOT NULL, load1_sum REAL NOT NULL,
-    PRIMARY KEY (grain, bucket, hostname)
-) WITHOUT ROWID;
+    grain {integer} NOT NULL, bucket {integer} NOT NULL, hostname {text} NOT NULL, samples {integer} NOT NULL,
+    active_sum {real} NOT NULL, active_max {integer} NOT NULL, load1_sum {real} NOT NULL,
+    PRIMARY KEY ({_WORKER_KEY})
+){no_rowid};
 CREATE TABLE IF NOT EXISTS rollup_inbox (
-    finished REAL, name TEXT, state TEXT, worker TEXT, queue TEXT, runtime REAL, wait REAL, sent_wait REAL,
-    exception TEXT, uuid TEXT, queued REAL DEFAULT (julianday('now'))
+    finished {real}, name {text}, state {text}, worker {text}, queue {text}, runtime {real}, wait {real},
+    sent_wait {real}, exception {text}, uuid {text}, queued {real} DEFAULT ({dialect.clock})
 );
--- Triggers are code, not data: recreated at every start so that a store follows the running version,
--- in one transaction so that a writer in another process never sees the store without them.
-BEGIN IMMEDIATE;
-DROP TRIGGER IF EXISTS tasks_rollup_on_insert;
-DROP TRIGGER IF EXISTS tasks_rollup_on_finish;
-DROP TRIGGER IF EXISTS worker_samples_rollup;
-CREATE TRIGGER tasks_rollup_on_insert AFTER INSERT ON tasks
-WHEN new.state IN ({_FINAL})
-BEGIN {_QUEUE_FINISHED_TASK}
-END;
-CREATE TRIGGER tasks_rollup_on_finish AFTER UPDATE OF state ON tasks
-WHEN new.state IN ({_FINAL}) AND coalesce(old.state, '') NOT IN ({_FINAL})
-BEGIN {_QUEUE_FINISHED_TASK}
-END;
-CREATE TRIGGER worker_samples_rollup AFTER INSERT ON worker_samples
-BEGIN
-    {_add_sample_statements()}
-END;
-COMMIT;
 """
 
 

@@ -6,17 +6,14 @@ threads. Everything the web side shows is read from here, never from live celery
 """
 from __future__ import annotations
 
-import functools
-import itertools
-import json
 import sqlite3
 import threading
-import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from monitor.store import rollup
-from monitor.store.schema import (SCHEMA_VERSION, TASK_FIELDS, TERMINAL_STATES, TEXT_COLUMNS, WORKER_COUNTERS,
-                                  WORKER_FIELDS, StoreError, is_online)
+from monitor.store.base import Statements, Store
+from monitor.store.dialect import SQLITE
+from monitor.store.schema import SCHEMA_VERSION, TEXT_COLUMNS, WORKER_COUNTERS, StoreError
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -70,60 +67,15 @@ CREATE TRIGGER IF NOT EXISTS tasks_text_delete AFTER DELETE ON tasks BEGIN
 END;
 """
 
-# Rows per task upsert statement. sqlite3's executemany releases and retakes the GIL for every row;
-# while the collector's receiving thread is busy each retake can wait a whole switch interval
-# (5 ms), which held the writer near 3k rows/s in the benchmark. Many rows per statement: few retakes.
-_ROWS_PER_UPSERT = 200
-_TASK_ROW = f"({', '.join('?' * len(TASK_FIELDS))})"
-_TASK_CONFLICT = (
-    " ON CONFLICT(uuid) DO UPDATE SET "
-    # A row written from a partial in-memory task (evicted from the merge state) must not erase
-    # what is stored, nor move a finished task back to an earlier state.
-    + ", ".join(f"{f} = coalesce(excluded.{f}, tasks.{f})" for f in TASK_FIELDS[1:] if f != "state")
-    # A finished task stays finished: a late received, started or retried row (or one of a custom
-    # state) never moves it back, whichever order the rows arrive in.
-    + f", state = CASE WHEN tasks.state IN {TERMINAL_STATES} "
-      f"AND coalesce(excluded.state, '') NOT IN {TERMINAL_STATES} THEN tasks.state "
-      "ELSE coalesce(excluded.state, tasks.state) END"
-)
+class SqliteStore(Store):
+    dialect = SQLITE
 
-
-@functools.lru_cache(maxsize=_ROWS_PER_UPSERT)
-def _task_upsert(rows: int) -> str:
-    return f"INSERT INTO tasks ({', '.join(TASK_FIELDS)}) VALUES {', '.join([_TASK_ROW] * rows)}{_TASK_CONFLICT}"
-
-
-def _task_upserts(rows: Sequence[tuple]) -> list[tuple[str, list]]:
-    """(statement, parameter rows) for executemany: full statements of _ROWS_PER_UPSERT rows, then the rest."""
-    whole = len(rows) - len(rows) % _ROWS_PER_UPSERT
-    statements = [(_task_upsert(_ROWS_PER_UPSERT), [
-        tuple(itertools.chain.from_iterable(rows[start:start + _ROWS_PER_UPSERT]))
-        for start in range(0, whole, _ROWS_PER_UPSERT)])]
-    if whole < len(rows):
-        statements.append((_task_upsert(len(rows) - whole), [tuple(itertools.chain.from_iterable(rows[whole:]))]))
-    return statements
-
-
-_WORKER_UPSERT = (
-    f"INSERT INTO workers ({', '.join(WORKER_FIELDS)}) VALUES ({', '.join('?' * len(WORKER_FIELDS))}) "
-    "ON CONFLICT(hostname) DO UPDATE SET "
-    + ", ".join(f"{f} = coalesce(excluded.{f}, workers.{f})" for f in WORKER_FIELDS[1:])
-)
-_COUNTER_UPSERT = (
-    f"INSERT INTO workers (hostname, {', '.join(WORKER_COUNTERS)}) VALUES (?, {', '.join('?' * len(WORKER_COUNTERS))}) "
-    "ON CONFLICT(hostname) DO UPDATE SET "
-    + ", ".join(f"{c} = workers.{c} + excluded.{c}" for c in WORKER_COUNTERS)
-)
-
-
-class Store:
     # busy_seconds: how long a write waits for another process's lock before it fails and the
     # collector shows the error (and retries), instead of seeming stuck.
     def __init__(self, path: str, max_tasks: int = 100_000, sample_days: float = 7.0, busy_seconds: float = 10.0):
+        super().__init__(max_tasks, sample_days)
         self.path = path
         self.busy_seconds = busy_seconds
-        self.max_tasks = max_tasks
-        self.sample_seconds = sample_days * 86400
         self._local = threading.local()
         self._write_lock = threading.Lock()
         with self._write_lock:
@@ -133,7 +85,7 @@ class Store:
                 raise StoreError(f"{path} was written by a newer Flowerbed (store version {version}; this one "
                                  f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
-            connection.executescript(_SCHEMA + rollup.SCHEMA + _TEXT_SCHEMA)
+            connection.executescript(_SCHEMA + rollup.schema(SQLITE) + _rollup_triggers() + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -150,12 +102,16 @@ class Store:
             self._local.conn = conn
         return conn
 
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
     def query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()
 
     def iter_query(self, sql: str, params: Sequence = (), chunk: int = 500) -> Iterator[dict]:
-        """The rows of a query as dicts, read `chunk` at a time, so that a large answer can be
-        streamed without holding it all in memory."""
         cursor = self._connection().execute(sql, params)
         try:
             while rows := cursor.fetchmany(chunk):
@@ -170,14 +126,12 @@ class Store:
 
     @classmethod
     def is_transient(cls, error: BaseException) -> bool:
-        """Whether a write that raised `error` is worth retrying as it is."""
         if isinstance(error, MemoryError):
             return True
         code = getattr(error, "sqlite_errorname", None) or ""
         return isinstance(error, sqlite3.OperationalError) and (not code or code.startswith(cls._TRANSIENT_CODES))
 
-    def _write(self, statements: Iterable[tuple[str, Sequence]], then=None) -> None:
-        """Run the statements in one transaction; `then(connection)` runs last, inside it."""
+    def _write(self, statements: Statements, then=None) -> None:
         conn = self._connection()
         with self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
@@ -191,102 +145,28 @@ class Store:
                 raise
             conn.execute("COMMIT")
 
-    # -- writes ------------------------------------------------------------------------------
-    def write_batch(self, tasks: Sequence[tuple] = (), workers: Sequence[tuple] = (),
-                    counters: Sequence[tuple] = (), samples: Sequence[tuple] = ()) -> None:
-        """One transaction for everything a collector batch changed.
 
-        tasks: tuples in TASK_FIELDS order; workers: in WORKER_FIELDS order; counters:
-        (hostname, *increments in WORKER_COUNTERS order); samples: (hostname, at, active, l1, l5, l15).
-        """
-        self._write((
-            *_task_upserts(tasks),
-            (_WORKER_UPSERT, workers),
-            (_COUNTER_UPSERT, counters),
-            ("INSERT INTO worker_samples VALUES (?, ?, ?, ?, ?, ?)", samples),
-        ), then=rollup.fold_inbox)  # the tasks this batch finished, into the analytics rollups
-
-    def fold_rollups(self) -> int:
-        """Fold the finished tasks queued for the analytics rollups now instead of when due."""
-        folded = []
-        self._write((), then=lambda conn: folded.append(rollup.fold_inbox(conn, force=True)))
-        return folded[0]
-
-    def save_inspection(self, replies: dict[str, dict], at: float) -> None:
-        """Inspect replies per worker; a worker that only answered inspect still gets a row."""
-        rows = [(host, json.dumps(reply, default=str), at) for host, reply in replies.items()]
-        self._write(((
-            "INSERT INTO workers (hostname, inspect, inspected_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at",
-            rows),))
-
-    def set_meta(self, key: str, value) -> None:
-        self._write((("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(key, json.dumps(value))]),))
-
-    def claim_lease(self, name: str, owner: str, seconds: float, now: float | None = None,
-                    replacing: str | None = None) -> dict:
-        """Take or renew the lease `name` for `owner` unless another owner holds it unexpired (or
-        that owner is `replacing`: the caller knows it is gone).
-
-        Returns the holder after the attempt: {"owner", "expires"}; the caller holds the lease when
-        its owner is that one. One transaction, so two processes can never both take it."""
-        now = time.time() if now is None else now
-        key = f"lease:{name}"
-        holder = []
-
-        def take(conn):
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            current = json.loads(row[0]) if row else None
-            if current is None or current["owner"] in (owner, replacing) or current["expires"] <= now:
-                current = {"owner": owner, "expires": now + seconds}
-                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(current)))
-            holder.append(current)
-        self._write((), then=take)
-        return holder[0]
-
-    def release_lease(self, name: str, owner: str) -> None:
-        """Give the lease up at once (a clean stop), so that a standby takes over without waiting."""
-        self._write((), then=lambda conn: conn.execute(
-            "DELETE FROM meta WHERE key = ? AND json_extract(value, '$.owner') = ?", (f"lease:{name}", owner)))
-
-    def get_meta(self, key: str, default=None):
-        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0]["value"]) if rows else default
-
-    def enforce_retention(self, now: float | None = None) -> int:
-        """Drop the oldest tasks beyond max_tasks and samples older than the sample window."""
-        now = time.time() if now is None else now
-        excess = self.count_tasks() - self.max_tasks
-        deleted = 0
-        statements = [("DELETE FROM worker_samples WHERE at < ?", [(now - self.sample_seconds,)]),
-                      *rollup.retention_statements(now)]
-        if excess > 0:
-            cutoff = self.query("SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET ?", (excess,))[0]["seq"]
-            statements.append(("DELETE FROM tasks WHERE seq < ?", [(cutoff,)]))
-            deleted = excess
-        self._write(statements, then=rollup.fold_inbox)  # a quiet cluster's last tasks reach the charts too
-        return deleted
-
-    # -- reads -------------------------------------------------------------------------------
-    def count_tasks(self, where: str = "", params: Sequence = ()) -> int:
-        return self.query(f"SELECT count(*) FROM tasks {'WHERE ' + where if where else ''}", params)[0][0]
-
-    def get_task(self, uuid: str) -> dict | None:
-        rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
-        return dict(rows[0]) if rows else None
-
-    def last_inspected(self) -> float | None:
-        """When the workers last answered an inspect."""
-        return self.query("SELECT max(inspected_at) FROM workers")[0][0]
-
-    def workers(self, now: float | None = None) -> list[dict]:
-        """Every known worker, from events and inspect, with `online` derived from heartbeats."""
-        now = time.time() if now is None else now
-        result = []
-        for row in self.query("SELECT * FROM workers ORDER BY hostname"):
-            worker = dict(row)
-            worker["loadavg"] = json.loads(worker["loadavg"]) if worker["loadavg"] else None
-            worker["inspect"] = json.loads(worker["inspect"]) if worker["inspect"] else {}
-            worker["online"] = is_online(worker, now)
-            result.append(worker)
-        return result
+def _rollup_triggers() -> str:
+    """The rollup triggers (see rollup.py). Triggers are code, not data: recreated at every start so
+    that a store follows the running version, in one transaction so that a writer in another process
+    never sees the store without them."""
+    final = rollup.FINAL_LIST
+    return f"""
+BEGIN IMMEDIATE;
+DROP TRIGGER IF EXISTS tasks_rollup_on_insert;
+DROP TRIGGER IF EXISTS tasks_rollup_on_finish;
+DROP TRIGGER IF EXISTS worker_samples_rollup;
+CREATE TRIGGER tasks_rollup_on_insert AFTER INSERT ON tasks
+WHEN new.state IN ({final})
+BEGIN {rollup.queue_finished_task(SQLITE)};
+END;
+CREATE TRIGGER tasks_rollup_on_finish AFTER UPDATE OF state ON tasks
+WHEN new.state IN ({final}) AND coalesce(old.state, '') NOT IN ({final})
+BEGIN {rollup.queue_finished_task(SQLITE)};
+END;
+CREATE TRIGGER worker_samples_rollup AFTER INSERT ON worker_samples
+BEGIN
+    {"; ".join(rollup.roll_up_sample(SQLITE))};
+END;
+COMMIT;
+"""

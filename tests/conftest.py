@@ -12,9 +12,11 @@ import uuid
 
 import pytest
 
-from helpers import CeleryWorker, FlowerbedServer, Process, RedisServer, Stack, port_open, wait_started
+from helpers import (CeleryWorker, FlowerbedServer, PostgresDatabase, Process, RedisServer, Stack, port_open,
+                     wait_started)
 
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -67,6 +69,76 @@ def rabbitmq_url(tmp_path_factory):
         yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
     if started is not None:
         started.stop()
+
+
+def _start_local_postgres() -> bool:
+    """Start the Debian cluster of an installed but stopped PostgreSQL (pg_ctlcluster)."""
+    clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not clusters or not shutil.which("pg_ctlcluster"):
+        return False
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1], "main", "start"],
+                   capture_output=True, timeout=120)
+    return port_open(POSTGRES_HOST, POSTGRES_PORT)
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A database of this session's own on the PostgreSQL at 127.0.0.1:5432 (FLOWERBED_TEST_POSTGRES
+    names another server), started when installed but stopped, dropped at the end; skips where
+    there is no PostgreSQL."""
+    server = os.environ.get("FLOWERBED_TEST_POSTGRES", f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}")
+    if "FLOWERBED_TEST_POSTGRES" not in os.environ and not port_open(POSTGRES_HOST, POSTGRES_PORT) \
+            and not _start_local_postgres():
+        pytest.skip(f"PostgreSQL is not reachable on {POSTGRES_HOST}:{POSTGRES_PORT} and no stopped cluster "
+                    "could be started (apt-get install postgresql)")
+    database = PostgresDatabase(server)
+    yield database
+    database.stop()
+
+
+class StoreMaker:
+    """make(name, **options) opens the store `name` of one backend: a SQLite file in `folder`, or a
+    schema of the session's PostgreSQL database; the same name again reopens it."""
+
+    def __init__(self, backend: str, folder, request):
+        self.backend, self.folder, self.request = backend, folder, request
+        self.opened = []
+        self.prefix = f"s{uuid.uuid4().hex[:8]}"
+
+    def url(self, name: str = "store") -> str:
+        if self.backend == "sqlite":
+            return str(self.folder / f"{name}.db")
+        return self.request.getfixturevalue("postgres_database").url(f"{self.prefix}_{name}")
+
+    def __call__(self, name: str = "store", **options):
+        from monitor.store import open_store
+
+        store = open_store(self.url(name), **options)
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_store(request, tmp_path):
+    """A StoreMaker for each backend: a test taking it runs on SQLite and on PostgreSQL."""
+    maker = StoreMaker(request.param, tmp_path, request)
+    yield maker
+    maker.close_all()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def make_module_store(request, tmp_path_factory):
+    """make_store for module fixtures (one store filled once for all of a module's tests)."""
+    maker = StoreMaker(request.param, tmp_path_factory.mktemp("stores"), request)
+    yield maker
+    maker.close_all()
 
 
 @pytest.fixture

@@ -142,6 +142,40 @@ class RedisServer:
         self.start()
 
 
+class PostgresDatabase:
+    """A database of the test session's own on a PostgreSQL server, dropped at stop(); each store
+    the tests open lives in a schema of its own in it (`url(schema)`), so stores never share rows."""
+
+    def __init__(self, server_url: str):
+        import psycopg
+
+        self.server_url = server_url.rstrip("/")
+        self.name = f"flowerbed_tests_{uuid_module.uuid4().hex[:10]}"
+        with psycopg.connect(f"{self.server_url}/postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {self.name}")
+        with psycopg.connect(self.url(), autocommit=True) as connection:  # one for every schema's stores
+            connection.execute("CREATE EXTENSION pg_trgm SCHEMA public")
+        self.schemas: set[str] = set()
+
+    def url(self, schema: str | None = None) -> str:
+        """The database's URL; with `schema`, one whose tables live in that schema (made if new)."""
+        import psycopg
+
+        if schema is None:
+            return f"{self.server_url}/{self.name}"
+        if schema not in self.schemas:
+            with psycopg.connect(self.url(), autocommit=True) as connection:
+                connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            self.schemas.add(schema)
+        return f"{self.server_url}/{self.name}?options=-csearch_path%3D{schema},public"
+
+    def stop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{self.server_url}/postgres", autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
 class CeleryWorker:
     """A real `celery worker` subprocess running tests/sample_tasks.py, consuming its own queue so
     tasks sent for one test never reach another test's worker; `send` routes tasks to it."""

@@ -23,8 +23,8 @@ NOW = 1_795_600_000.0  # 2026-11-25 08:26:40 UTC, a fixed "now" for the unit tes
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(str(tmp_path / "analytics.db"))
+def store(make_store):
+    return make_store("analytics")
 
 
 def write(store, rows):
@@ -48,8 +48,8 @@ def test_a_task_is_counted_once_when_it_first_reaches_a_final_state(store):
     assert store.query("SELECT sum(count) FROM task_rollup WHERE grain = 60")[0][0] == 1
 
 
-def test_retention_trims_rollups_by_age_and_not_with_the_tasks_trimmed_by_count(tmp_path):
-    store = Store(str(tmp_path / "retention.db"), max_tasks=5)
+def test_retention_trims_rollups_by_age_and_not_with_the_tasks_trimmed_by_count(make_store):
+    store = make_store("retention", max_tasks=5)
     write(store, [finished(f"old{i}", "t", 0.1, NOW - 3 * 86400 + i) for i in range(5)]
                       + [finished(f"new{i}", "t", 0.1, NOW - 60 - i) for i in range(5)])
     store.enforce_retention(NOW)

@@ -8,7 +8,6 @@ from helpers import task_row
 from monitor.query.tasks import (COUNT_CAP, MAX_ROW, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
                              parse_time, stream_tasks)
 from monitor.store.schema import TASK_FIELDS
-from monitor.store.sqlite import SqliteStore as Store
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 TASKS = {  # short name → fields
@@ -24,8 +23,8 @@ UUIDS = {key: f"00000000-0000-4000-8000-{index:012d}" for index, key in enumerat
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = Store(str(tmp_path_factory.mktemp("queries") / "queries.db"))
+def store(make_module_store):
+    store = make_module_store("queries")
     store.write_batch(tasks=[task_row(uuid=UUIDS[key], **fields) for key, fields in TASKS.items()])
     return store
 
@@ -97,8 +96,8 @@ def test_paging_and_counts(store):
     assert (len(filtered.rows), filtered.total) == (1, 2)
 
 
-def test_a_count_past_the_cap_says_it_is_not_exact(tmp_path):
-    store = Store(str(tmp_path / "many.db"), max_tasks=COUNT_CAP * 2)
+def test_a_count_past_the_cap_says_it_is_not_exact(make_store):
+    store = make_store("many", max_tasks=COUNT_CAP * 2)
     store.write_batch(tasks=[task_row(uuid=f"u{n}", name="bulk", state="SUCCESS") for n in range(COUNT_CAP + 5)])
     page = fetch_tasks(store, TaskQuery(search="name:bulk", limit=10))
     assert (page.total, page.total_is_exact, len(page.rows)) == (COUNT_CAP, False, 10)

@@ -8,7 +8,6 @@ from helpers import task_row
 from monitor.query import search
 from monitor.query.tasks import TaskQuery, fetch_tasks
 from monitor.query.search import BoolOp, Not, SearchError, Term
-from monitor.store.sqlite import SqliteStore as Store
 
 UUIDS = {
     "add": "0a1b2c3d-0000-4000-8000-000000000001",
@@ -32,8 +31,8 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = Store(str(tmp_path_factory.mktemp("search") / "search.db"))
+def store(make_module_store):
+    store = make_module_store("search")
     store.write_batch(tasks=ROWS)
     return store
 

@@ -1,4 +1,4 @@
-"""The SQLite store: retention, history across re-opening, and the upsert rules."""
+"""The store, on SQLite and on PostgreSQL: retention, history across re-opening, the upsert rules, leases."""
 from __future__ import annotations
 
 import sqlite3
@@ -21,8 +21,8 @@ def worker_row(hostname, **fields):
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(str(tmp_path / "store.db"), max_tasks=5)
+def store(make_store):
+    return make_store(max_tasks=5)
 
 
 def test_retention_keeps_the_newest_max_tasks(store):
@@ -43,22 +43,22 @@ def test_a_task_updated_late_keeps_its_place_in_the_retention_order(store):
     assert store.count_tasks() == 5
 
 
-def test_worker_samples_older_than_the_window_are_dropped(tmp_path):
-    store = Store(str(tmp_path / "samples.db"), sample_days=1)
+def test_worker_samples_older_than_the_window_are_dropped(make_store):
+    store = make_store("samples", sample_days=1)
     store.write_batch(samples=[("w@a", T0 - 2 * 86400, 1, 0.1, 0.1, 0.1), ("w@a", T0 - 3600, 2, 0.2, 0.2, 0.2)])
     store.enforce_retention(now=T0)
     assert [row["active"] for row in store.query("SELECT active FROM worker_samples")] == [2]
 
 
-def test_history_survives_reopening_the_file(tmp_path):
-    path = str(tmp_path / "history.db")
-    first = Store(path)
+def test_history_survives_reopening_the_store(make_store):
+    first = make_store("history")
     first.write_batch(tasks=[task_row(uuid=uuid(1), name="sample.add", state="SUCCESS", result="5", runtime=0.25)],
                       workers=[worker_row("w@a", freq=2.0, last_heartbeat=T0)],
                       counters=[("w@a", 1, 1, 1, 0, 0)])
     first.set_meta("collector", {"stored": 3})
 
-    reopened = Store(path)
+    first.close()
+    reopened = make_store("history")
     task = reopened.get_task(uuid(1))
     assert (task["name"], task["state"], task["result"], task["runtime"]) == ("sample.add", "SUCCESS", "5", 0.25)
     worker = reopened.workers(now=T0 + 1)[0]
@@ -116,3 +116,22 @@ def test_a_store_written_by_a_newer_flowerbed_is_refused_with_a_clear_message(tm
     connection.close()
     with pytest.raises(StoreError, match="written by a newer Flowerbed"):
         Store(str(path))
+
+
+def test_a_postgresql_store_written_by_a_newer_flowerbed_is_refused(make_store):
+    if make_store.backend != "postgresql":
+        pytest.skip("SQLite's version check is the test above")
+    make_store("newer").set_meta("schema_version", SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match="written by a newer Flowerbed"):
+        make_store("newer")
+
+
+def test_only_one_owner_holds_a_lease_until_it_expires_or_is_released(store):
+    assert store.claim_lease("broker", "a", 30, now=T0)["owner"] == "a"
+    assert store.claim_lease("broker", "b", 30, now=T0 + 1)["owner"] == "a"  # a holds it
+    assert store.claim_lease("broker", "b", 30, now=T0 + 1, replacing="a")["owner"] == "b"  # a is known gone
+    assert store.claim_lease("broker", "a", 30, now=T0 + 40)["owner"] == "a"  # b's expired
+    store.release_lease("broker", "b")  # not b's to give up
+    assert store.get_meta("lease:broker")["owner"] == "a"
+    store.release_lease("broker", "a")
+    assert store.get_meta("lease:broker") is None

@@ -219,10 +219,9 @@ def _column_filter_sql(column: str, model: dict, dialect: Dialect, nested: bool 
     kind = model.get("type")
     if not isinstance(kind, str):
         raise QueryError(f"malformed filter for {column!r}: its type is {shown(kind)}")
-    if kind == "blank":
-        return f"({column} IS NULL OR {column} = '')", []
-    if kind == "notBlank":
-        return f"({column} IS NOT NULL AND {column} != '')", []
+    if kind in ("blank", "notBlank"):
+        blank = f"{column} IS NULL" if column in NUMERIC_FIELDS else f"({column} IS NULL OR {column} = '')"
+        return (blank if kind == "blank" else f"NOT {blank}"), []
     if model.get("filterType") == "date" or column in TIME_FIELDS and "dateFrom" in model:
         low = parse_time(model.get("dateFrom"), column)
         high = parse_time(model.get("dateTo"), column)

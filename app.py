@@ -23,8 +23,8 @@ from components.shell import shell
 from monitor.serving import admission
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint, serve_collector_status
-from monitor.services import Services, build_services
-from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix
+from monitor.services import Services, build_services, store_error_text
+from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix, without_password
 from monitor.store.schema import StoreError
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +50,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
     for module in (shell_callbacks, workers_callbacks, tasks_callbacks, analytics_callbacks):
         module.register(app, services)
-    auth.install(app, settings, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
+    auth.install(app, settings, services.store, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
     app.server.register_blueprint(create_health_blueprint(services, routes_prefix))
     app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act))
     app.server.before_request(services.start)
@@ -68,6 +68,10 @@ def _callback_request_not_understood(error):
         return error
     if isinstance(error, DependencyException):  # a component file that is not there
         return flask.jsonify(error="not found"), 404
+    if flask.current_app.config["flowerbed_services"].store.is_transient(error):
+        log.warning("the store cannot be read (%s %s): %s", flask.request.method, flask.request.path,
+                    store_error_text(error))
+        return flask.jsonify(error=f"the store cannot be reached now; try again shortly ({store_error_text(error)})"), 503
     log.exception("a request failed: %s %s", flask.request.method, flask.request.path)
     if flask.request.path.endswith("_dash-update-component"):
         return flask.jsonify(error="the page's request could not be understood; reload the page"), 400
@@ -89,7 +93,7 @@ def __getattr__(name):
     # `gunicorn app:server` builds the app from the environment on first access, not at import.
     if name == "server":
         global server
-        server = _app_or_exit(_settings_or_exit([])).server
+        server = _or_exit(create_app, _settings_or_exit([])).server
         return server
     raise AttributeError(name)
 
@@ -102,11 +106,12 @@ def _settings_or_exit(argv) -> Settings:
         raise SystemExit(2) from None
 
 
-def _app_or_exit(settings: Settings) -> dash.Dash:
+def _or_exit(build, settings: Settings):
+    """build(settings), or a one-line error and exit status 2 when the store cannot be used."""
     try:
-        return create_app(settings)
-    except (sqlite3.Error, OSError, StoreError) as exc:  # the store (or its .secret beside it) cannot be used
-        print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
+        return build(settings)
+    except (sqlite3.Error, OSError, StoreError) as exc:
+        print(f"flowerbed: error: cannot use --db {without_password(settings.db)!r}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -122,17 +127,13 @@ def main(argv=None) -> None:
 def collect(settings: Settings) -> None:
     """`flowerbed collect`: the collector and the inspector, no web server, until SIGTERM or Ctrl-C;
     then what the collector holds is written and its lease handed over."""
-    try:
-        services = build_services(settings)
-    except (sqlite3.Error, OSError, StoreError) as exc:
-        print(f"flowerbed: error: cannot use --db {settings.db!r}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    services = _or_exit(build_services, settings)
     status = serve_collector_status(services, settings.address, settings.port) if settings.port else None
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     services.start()
-    log.info("Flowerbed collector: broker %s, store %s%s", settings.broker, settings.db,
+    log.info("Flowerbed collector: broker %s, store %s%s", without_password(settings.broker), without_password(settings.db),
              f", status on http://{settings.address}:{settings.port}/healthcheck/ready" if status else "")
     stopping.wait()
     log.info("stopping: writing what the collector holds")
@@ -143,7 +144,7 @@ def collect(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """`flowerbed` (the collector in the one web process) and `flowerbed web` (pages and API only)."""
-    app = _app_or_exit(settings)
+    app = _or_exit(create_app, settings)
     from gunicorn.app.base import BaseApplication  # the CLI serves with the same server as the Procfile
 
     class _Gunicorn(BaseApplication):
@@ -163,7 +164,7 @@ def serve(settings: Settings) -> None:
 
     log.info("Flowerbed %son http://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
              settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
-             settings.broker if not settings.demo else "embedded demo", settings.db)
+             without_password(settings.broker) if not settings.demo else "embedded demo", without_password(settings.db))
     _Gunicorn().run()
 
 

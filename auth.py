@@ -12,7 +12,6 @@ import hmac
 import logging
 import os
 import secrets
-from pathlib import Path
 
 import flask
 from dash_auth import BasicAuth
@@ -20,6 +19,7 @@ from dash_auth.group_protection import check_groups
 from werkzeug.security import check_password_hash
 
 from monitor.settings import Settings
+from monitor.store import Store
 
 ADMIN, VIEWER = "admin", "viewer"
 _HASH_PREFIXES = ("pbkdf2:", "scrypt:")
@@ -48,7 +48,7 @@ def password_matches(given: str, expected: str) -> bool:
 
 
 class FlowerbedAuth(BasicAuth):
-    def __init__(self, app, settings: Settings, public_paths: tuple[str, ...]):
+    def __init__(self, app, settings: Settings, store: Store, public_paths: tuple[str, ...]):
         admins, viewers = settings.admins, settings.viewers
         self._passwords = {**admins, **viewers}
         self._public_paths = public_paths
@@ -56,7 +56,7 @@ class FlowerbedAuth(BasicAuth):
             app,
             auth_func=self._check,
             user_groups={**{user: [ADMIN] for user in admins}, **{user: [VIEWER] for user in viewers}},
-            secret_key=secret_key(settings),
+            secret_key=secret_key(settings, store),
         )
 
     def _check(self, user: str, password: str) -> bool:
@@ -98,25 +98,19 @@ def can_act() -> bool:
     return bool(check_groups([ADMIN]))
 
 
-def secret_key(settings: Settings) -> str:
-    """FLOWERBED_SECRET_KEY, or a key generated once and kept beside the store."""
+def secret_key(settings: Settings, store: Store) -> str:
+    """FLOWERBED_SECRET_KEY, or a key generated once and kept in the store, so that every web
+    process and host signs sessions alike."""
     if os.environ.get("FLOWERBED_SECRET_KEY"):
         return os.environ["FLOWERBED_SECRET_KEY"]
-    path = Path(f"{settings.db}.secret")
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        key = secrets.token_urlsafe(32)
-        path.touch(mode=0o600)
-        path.write_text(key)
-        return key
+    return store.meta_once("session_secret_key", lambda: secrets.token_urlsafe(32))
 
 
-def install(app, settings: Settings, public_paths: tuple[str, ...]) -> None:
+def install(app, settings: Settings, store: Store, public_paths: tuple[str, ...]) -> None:
     """Protect the app when users are configured; otherwise warn once."""
     app.server.config["flowerbed_auth"] = settings.auth_enabled
     if settings.auth_enabled:
-        FlowerbedAuth(app, settings, public_paths)
+        FlowerbedAuth(app, settings, store, public_paths)
     else:
         log.warning("basic auth is OFF: anyone who can reach %s can see and control your cluster; "
                     "set --basic-auth user:password (or FLOWERBED_BASIC_AUTH)", settings.address)

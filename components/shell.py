@@ -30,7 +30,9 @@ def collector_status(stats: dict, now: float, stall_seconds: float) -> list:
     from a collector in another process, through the store: then its age matters too."""
     role = stats.get("role")
     reported = stats.get("updated_at")
-    if not stats:
+    if stats.get("store_error"):
+        tone, headline = "bad", "Store unreachable"
+    elif not stats:
         tone, headline = "bad", "No collector"
     elif not stats.get("running", True):
         tone, headline = "bad", f"Collector stopped at {format_clock(reported)}"
@@ -46,6 +48,10 @@ def collector_status(stats: dict, now: float, stall_seconds: float) -> list:
         tone, headline = "warn", "Recording, events lost"
     else:
         tone, headline = "ok", "Recording"
+    if stats.get("store_error"):
+        text = f"the pages cannot read the store, so what they show may be old: {stats['store_error']}"
+        return [html.Span(className="dot dot-bad"), html.Span(headline, className="status-text status-bad"),
+                html.Span(text, className="status-details", title=text)]
     details = ["no collector has written to this store yet"] if not stats else [
                f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
                f"backlog {stats.get('backlog', 0):,}"]

@@ -13,6 +13,12 @@ from monitor.settings import Settings
 from monitor.store import Store, open_store
 
 
+def store_error_text(error: BaseException) -> str:
+    """A store failure in one line, as the pages and the API show it."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def make_celery_app(settings: Settings) -> Celery:
     app = Celery("flowerbed", broker=settings.broker, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = True
@@ -53,7 +59,12 @@ class Services:
         """Live counters when the collector runs here, else what a separate collector last stored."""
         if self._started and self.settings.collects:
             return self.collector.stats()
-        return self.store.get_meta("collector", {})
+        try:
+            return self.store.get_meta("collector", {})
+        except Exception as exc:
+            if not self.store.is_transient(exc):
+                raise
+            return {"store_error": store_error_text(exc)}
 
     def request_inspect(self) -> None:
         """An inspect now, without waiting for it: by the inspector here, or asked of the collector's

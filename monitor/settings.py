@@ -78,8 +78,8 @@ _OPTIONS = (
      "port the web server listens on; with `collect`, the port of its health checks and counters"),
     ("workers", ("--workers",), ("FLOWERBED_WORKERS", "WEB_CONCURRENCY"), int,
      "web server processes, with `web` only (the collector runs in the one process otherwise)"),
-    ("db", ("--db",), ("FLOWERBED_DB",), str,
-     "SQLite file that keeps task and worker history across restarts"),
+    ("db", ("--db",), ("FLOWERBED_DB", "DATABASE_URL"), str,
+     "where history is kept: a SQLite file, or a postgresql://user@host/dbname URL to scale out"),
     ("max_tasks", ("--max-tasks",), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
      "tasks kept in the store; the oldest go first"),
     ("max_field_size", ("--max-field-size",), ("FLOWERBED_MAX_FIELD_SIZE",), int,
@@ -201,6 +201,7 @@ def _validate(settings: Settings) -> None:
                  "inspect_timeout"):
         _positive(name.replace("_", "-"), getattr(settings, name))
     check_broker(settings.broker)
+    check_db(settings.db)
     if settings.url_prefix and not settings.url_prefix.strip("/"):
         raise SettingsError(f"url-prefix must name a path such as /flower, got {settings.url_prefix!r}")
     if settings.url_prefix_stripped and not settings.url_prefix:
@@ -219,7 +220,7 @@ def check_broker(broker: str) -> None:
 
     for url in (part.strip() for part in broker.split(";")):
         scheme, sep, _rest = url.partition("://")
-        shown = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**@", url)  # never print a password
+        shown = without_password(url)
         if not sep:
             raise SettingsError(f"broker must be a URL such as redis://localhost:6379/0, got {shown!r}")
         if scheme.split("+", 1)[0] not in TRANSPORT_ALIASES:
@@ -229,6 +230,17 @@ def check_broker(broker: str) -> None:
             parse_url(url)
         except ValueError as exc:
             raise SettingsError(f"broker: {exc} in {shown!r}") from None
+
+
+def check_db(db: str) -> None:
+    scheme, sep, _rest = db.partition("://")
+    if sep and scheme not in ("postgresql", "postgres"):
+        raise SettingsError(f"db: a SQLite file path or a postgresql://user@host/dbname URL, got {without_password(db)!r}")
+
+
+def without_password(url: str) -> str:
+    """A URL fit to print: its password masked."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**@", url)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")

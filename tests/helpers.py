@@ -3,6 +3,7 @@ tests run (Redis, celery workers, Flowerbed itself). Fixtures wrapping them live
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -174,6 +175,64 @@ class PostgresDatabase:
 
         with psycopg.connect(f"{self.server_url}/postgres", autocommit=True) as connection:
             connection.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+class TcpProxy:
+    """A TCP forwarder on a free loopback port to `target` (host, port) that a test can cut (every
+    connection closed, nothing accepted) and restore: a server going away, on loopback only."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.port = free_port()
+        self._connections: list[socket.socket] = []
+        self._listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                return  # cut
+            server.settimeout(None)
+            self._connections += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self._listener.close()
+        for connection in self._connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        self._connections.clear()
+
+    def stop(self) -> None:
+        self.cut()
 
 
 class CeleryWorker:

@@ -146,13 +146,11 @@ def test_stripping_proxy_mode_routes_at_root_links_with_prefix(tmp_path):
         assert client.get("/api/tasks", headers=basic(*ADMIN)).status_code == 200
 
 
-def test_secret_key_is_kept_beside_the_store(tmp_path, monkeypatch):
+def test_secret_key_is_made_once_and_kept_in_the_store(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOWERBED_SECRET_KEY", raising=False)
     keys = []
     for _ in range(2):
         for app_ in build(tmp_path):
             keys.append(app_.server.secret_key)
+            assert app_.server.config["flowerbed_services"].store.get_meta("session_secret_key") == keys[-1]
     assert keys[0] and keys[0] == keys[1]
-    secret_file = tmp_path / "access.db.secret"
-    assert secret_file.read_text().strip() == keys[0]
-    assert secret_file.stat().st_mode & 0o077 == 0

@@ -544,9 +544,10 @@ def _text(value, limit: int, counts: collections.Counter):
 
 
 def _storable(value):
-    """A value the store can bind: lone surrogates (valid JSON, invalid UTF-8) become U+FFFD."""
+    """A value the store can bind: lone surrogates (valid JSON, invalid UTF-8) and NUL characters
+    (which PostgreSQL's text refuses) become U+FFFD."""
     if type(value) is str:
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\0", "\ufffd")
     if value is None or type(value) is float:
         return value
     return _number(value) if type(value) is int else str(value)

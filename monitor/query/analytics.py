@@ -270,7 +270,8 @@ def slowest_tasks(store: Store, scope: Scope, stats: pd.DataFrame, limit: int = 
     filtered = scope.names or scope.workers or scope.queues
     if not filtered and stats["finished"].sum() > 200 * limit:
         return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks {store.dialect.indexed_by('tasks_runtime')} "
-                             f"WHERE runtime <= ? AND {finished} ORDER BY runtime DESC LIMIT ?",
+                             f"WHERE runtime <= ? AND {finished} ORDER BY {store.dialect.order('runtime', True)}, "
+                             f"{store.dialect.order('seq', True)} LIMIT ?",
                       [longest, scope.start, scope.end, limit], SLOWEST_COLUMNS)
     grain = _grain_of(bucket_seconds(dataclasses.replace(scope, end=scope.start + 60), None))
     where, where_params = _series_where(scope, grain)
@@ -283,7 +284,7 @@ def slowest_tasks(store: Store, scope: Scope, stats: pd.DataFrame, limit: int = 
     window_params = [v for b in buckets for v in (b["bucket"] - (b["longest"] or 0) - 1, b["bucket"] + grain)]
     # +runtime: SQLite would otherwise walk the runtime index for the ORDER BY instead of the windows.
     return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks WHERE ({windows}) "
-                         f"AND +runtime IS NOT NULL AND {finished}{extra} ORDER BY +runtime DESC LIMIT ?",
+                         f"AND +runtime IS NOT NULL AND {finished}{extra} ORDER BY +runtime DESC, seq DESC LIMIT ?",
                   [*window_params, scope.start, scope.end, *params, limit], SLOWEST_COLUMNS)
 
 

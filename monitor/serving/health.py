@@ -15,6 +15,8 @@ _STRICT = ("1", "true", "yes")
 
 def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[str]:
     """Why the collector is not doing its job, from its counters; empty when it is."""
+    if stats.get("store_error"):
+        return [f"the store cannot be read: {stats['store_error']}"]
     if not stats:
         return ["no collector has reported to this store yet"]
     problems = []

@@ -171,6 +171,19 @@ class Store:
 
     _for_update = ""  # SQLite's write transaction already excludes every other writer
 
+    def meta_once(self, key: str, make: Callable[[], object]):
+        """The meta value `key`, set to make() by the first process to ask: every process agrees."""
+        value = []
+
+        def read_or_set(conn):
+            current = self._locked_meta(conn, key)
+            if current is None:
+                current = make()
+                conn.execute(_META_UPSERT, (key, json.dumps(current)))
+            value.append(current)
+        self._write((), then=read_or_set)
+        return value[0]
+
     def get_meta(self, key: str, default=None):
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default

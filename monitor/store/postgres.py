@@ -9,6 +9,7 @@ indexes a sort walks hold NULLs where SQLite's order puts them.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from typing import Iterator, Sequence
@@ -155,10 +156,11 @@ class PostgresStore(Store):
         super().__init__(max_tasks, sample_days)
         self.url = url
         self.path = _without_password(url)
-        self._pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=pool_size, timeout=connect_seconds, open=False, configure=_configure,
+        self._pool_options = dict(
+            min_size=1, max_size=pool_size, timeout=connect_seconds, configure=_configure,
             kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": max(2, int(connect_seconds))})
-        self._closed = threading.Event()
+        self._fork_lock = threading.Lock()
+        self._pool, self._pool_pid = self._new_pool(), os.getpid()
         try:
             self._pool.open(wait=True, timeout=connect_seconds)
             self._create_schema()
@@ -166,8 +168,23 @@ class PostgresStore(Store):
             self._pool.close()
             raise StoreError(f"cannot use the PostgreSQL store at {self.path}: {_first_line(exc)}") from None
 
+    def _new_pool(self) -> psycopg_pool.ConnectionPool:
+        return psycopg_pool.ConnectionPool(self.url, open=False, **self._pool_options)
+
+    def _connection(self):
+        """A connection from this process's pool. A process forked after the store was opened
+        (gunicorn's workers) must not talk on its parent's sockets, nor count on the pool's
+        threads, which do not survive a fork: it opens a pool of its own."""
+        if self._pool_pid != os.getpid():
+            with self._fork_lock:
+                if self._pool_pid != os.getpid():
+                    self._pool = self._new_pool()
+                    self._pool.open(wait=False)
+                    self._pool_pid = os.getpid()
+        return self._pool.connection()
+
     def _create_schema(self) -> None:
-        with self._pool.connection() as connection, connection.transaction():
+        with self._connection() as connection, connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             exists = connection.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
             row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if exists else None
@@ -184,19 +201,19 @@ class PostgresStore(Store):
 
     # -- the backend's own ----------------------------------------------------------------------
     def query(self, sql: str, params: Sequence = ()) -> list[Row]:
-        with self._pool.connection() as connection:
+        with self._connection() as connection:
             return connection.execute(_placeholders(sql), params).fetchall()
 
     def iter_query(self, sql: str, params: Sequence = (), chunk: int = 500) -> Iterator[dict]:
         # A server-side cursor lives in a transaction: the connection is held until the rows are read.
-        with self._pool.connection() as connection, connection.transaction():
+        with self._connection() as connection, connection.transaction():
             with connection.cursor(name="flowerbed_rows") as cursor:
                 cursor.execute(_placeholders(sql), params)
                 while rows := cursor.fetchmany(chunk):
                     yield from map(dict, rows)
 
     def _write(self, statements: Statements, then=None) -> None:
-        with self._pool.connection() as raw, raw.transaction():
+        with self._connection() as raw, raw.transaction():
             connection = _Connection(raw)
             for sql, rows in statements:
                 connection.executemany(sql, rows)

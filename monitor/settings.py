@@ -179,6 +179,12 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
                 values[field] = _BOOLEANS[environ[env].strip().lower()]
             except KeyError:
                 raise SettingsError(f"{env}: expected 1/0, true/false, yes/no or on/off, got {environ[env]!r}") from None
+    # A PaaS gives every process type the web's PORT and WEB_CONCURRENCY: a collector takes its status
+    # port and nobody but `web` takes workers from flags only.
+    if command == "collect" and args.port is None:
+        values.pop("port", None)
+    if command != "web" and args.workers is None:
+        values.pop("workers", None)
     settings = Settings(**values)
     _validate(settings)
     if settings.demo:  # the demo's history stays apart from a real cluster's

@@ -1,5 +1,5 @@
-"""Deployment as users do it: the Procfile's command, the one-command demo, and real nginx in front
-with the prefix kept and stripped, driven by a real browser."""
+"""Deployment as users do it: the Procfile's two process types, the one-command demo, and real nginx
+in front with the prefix kept and stripped, driven by a real browser."""
 from __future__ import annotations
 
 import json
@@ -37,27 +37,43 @@ def online_workers(base: str) -> int:
     return status == 200 and sum(1 for worker in json.loads(body).values() if worker["status"])
 
 
-def test_procfile_command_serves_pages_through_basic_auth(processes, tmp_path):
-    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
-    command = line.split(":", 1)[1].strip()
+def procfile_commands() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return {name.strip(): command.strip() for name, _, command in (line.partition(":") for line in lines if line.strip())}
+
+
+def paas_environment(**variables) -> dict[str, str]:
+    """The environment a PaaS gives a process: the installed `flowerbed` on PATH, its own variables."""
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**{k: v for k, v in os.environ.items() if "AUTH" not in k}, "PATH": path, **variables}
+
+
+def test_procfile_runs_a_collector_and_a_web_tier_as_written(processes, tmp_path, redis_url, celery_worker, make_store):
+    """Both process types of the Procfile, as a PaaS starts them: the store from DATABASE_URL
+    (PostgreSQL) or FLOWERBED_DB (SQLite, one host), two web workers from WEB_CONCURRENCY."""
+    commands = procfile_commands()
+    assert set(commands) == {"web", "collector"}
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "FLOWERBED_DEMO": "1", "FLOWERBED_DB": str(tmp_path / "paas.db"),
-           "FLOWERBED_BASIC_AUTH": f"{USER}:{PASSWORD}"}
-    server = processes(command, tmp_path / "procfile.log", env=env, shell=True)
+    store = {"DATABASE_URL" if make_store.backend == "postgresql" else "FLOWERBED_DB": make_store.url("paas")}
+    env = paas_environment(PORT=str(port), CELERY_BROKER_URL=redis_url, FLOWERBED_BASIC_AUTH=f"{USER}:{PASSWORD}",
+                           WEB_CONCURRENCY="2", **store)
+    collector = processes(commands["collector"], tmp_path / "collector.log", env=env, shell=True)
+    web = processes(commands["web"], tmp_path / "web.log", env=env, shell=True)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: get(f"{base}/healthcheck")[0] == 200, 30, f"the Procfile's server\n{server.output()}")
+    wait_for(lambda: get(f"{base}/healthcheck")[0] == 200, 30, f"the Procfile's web process\n{web.output()}")
     assert get(f"{base}/")[0] == 401
     status, body = get(f"{base}/", CREDENTIALS)
     assert status == 200 and b"Flowerbed" in body
-    # The collector runs inside gunicorn's worker (gunicorn.conf.py), so workers appear.
-    wait_for(lambda: online_workers(base) == 3, 20, "the demo workers through the Procfile's server")
+    worker = celery_worker(redis_url, "paas@tests")
+    uuid = worker.send("sample.add", 2, 3)
+    wait_for(lambda: json.loads(get(f"{base}/api/task/info/{uuid}", CREDENTIALS)[1]).get("state") == "SUCCESS", 30,
+             f"a task through the Procfile's processes\n{collector.output()[-2000:]}")
+    assert online_workers(base) == 1
 
 
-def test_procfile_command_refuses_public_address_without_auth(tmp_path):
-    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
-    env = {key: value for key, value in os.environ.items() if "AUTH" not in key}
-    env.update(PORT=str(free_port()), FLOWERBED_DEMO="1", FLOWERBED_DB=str(tmp_path / "open.db"))
-    result = subprocess.run(line.split(":", 1)[1], shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
+def test_procfile_web_refuses_public_address_without_auth(tmp_path):
+    env = paas_environment(PORT=str(free_port()), FLOWERBED_DB=str(tmp_path / "open.db"))
+    result = subprocess.run(procfile_commands()["web"], shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode != 0
     assert "without basic auth" in result.stderr

@@ -147,3 +147,18 @@ def test_python_app_py_is_the_same_cli():
     result = subprocess.run([sys.executable, "app.py", "--port", "abc"], capture_output=True, text=True,
                             timeout=60, cwd=ROOT)
     assert (result.returncode, result.stderr.strip()) == (2, "flowerbed: error: --port: expected a whole number, got 'abc'")
+
+
+def test_a_paas_environment_gives_web_settings_to_the_web_tier_only():
+    environ = {"PORT": "8000", "WEB_CONCURRENCY": "4", "DATABASE_URL": "postgresql://app@db.internal/flowerbed"}
+    web, collector = load_settings(["web"], environ), load_settings(["collect"], environ)
+    assert (web.web_port, web.workers) == (8000, 4)
+    assert (collector.port, collector.workers) == (None, 1)
+    assert web.db == collector.db == "postgresql://app@db.internal/flowerbed"
+    assert load_settings(["collect", "--port", "5556"], environ).port == 5556
+
+
+def test_db_is_a_file_or_a_postgresql_url_and_its_password_is_never_shown():
+    assert load_settings(["--db", "postgres://app:pw@db/f"], {}).db == "postgres://app:pw@db/f"
+    with pytest.raises(SettingsError, match=r"postgresql://user@host/dbname URL, got 'mysql://app:\*\*@db/f'"):
+        load_settings(["--db", "mysql://app:hunter2@db/f"], {})

@@ -72,6 +72,23 @@ BEGIN
     {"; ".join(rollup.roll_up_sample(POSTGRES))};
     RETURN NULL;
 END $$;
+-- count(*) reads every row (~150 ms at 1M tasks): statement triggers keep the count instead, in a
+-- row per connection so that two writers never wait for one another (slot -1 holds the compacted rest).
+CREATE TABLE IF NOT EXISTS task_count (slot bigint PRIMARY KEY, n bigint NOT NULL);
+INSERT INTO task_count SELECT -1, (SELECT count(*) FROM tasks) WHERE NOT EXISTS (SELECT 1 FROM task_count);
+CREATE OR REPLACE FUNCTION flowerbed_count_tasks() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_count VALUES (pg_backend_pid(), CASE WHEN TG_OP = 'INSERT'
+        THEN (SELECT count(*) FROM changed) ELSE -(SELECT count(*) FROM changed) END)
+    ON CONFLICT (slot) DO UPDATE SET n = task_count.n + excluded.n;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS tasks_count_inserted ON tasks;
+CREATE TRIGGER tasks_count_inserted AFTER INSERT ON tasks REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION flowerbed_count_tasks();
+DROP TRIGGER IF EXISTS tasks_count_deleted ON tasks;
+CREATE TRIGGER tasks_count_deleted AFTER DELETE ON tasks REFERENCING OLD TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION flowerbed_count_tasks();
 DROP TRIGGER IF EXISTS tasks_rollup ON tasks;
 CREATE TRIGGER tasks_rollup AFTER INSERT OR UPDATE OF state ON tasks
     FOR EACH ROW EXECUTE FUNCTION flowerbed_queue_finished_task();
@@ -219,6 +236,20 @@ class PostgresStore(Store):
                 connection.executemany(sql, rows)
             if then is not None:
                 then(connection)
+
+    def count_tasks(self, where: str = "", params: Sequence = ()) -> int:
+        if where:
+            return super().count_tasks(where, params)
+        return self.query("SELECT coalesce(sum(n), 0) FROM task_count")[0][0]
+
+    def enforce_retention(self, now: float | None = None) -> int:
+        # The connections' count rows folded into one, in a transaction of its own: it waits for no
+        # task row, so it cannot deadlock with a writer.
+        self._write(((
+            "WITH gone AS (DELETE FROM task_count WHERE slot <> -1 RETURNING n) INSERT INTO task_count "
+            "SELECT -1, coalesce(sum(n), 0) FROM gone ON CONFLICT (slot) DO UPDATE SET n = task_count.n + excluded.n",
+            [()]),))
+        return super().enforce_retention(now)
 
     def _locked_meta(self, conn, key: str):
         # A row lock cannot guard a key that is not there yet: lock the key's name for the transaction.

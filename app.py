@@ -12,6 +12,7 @@ from pathlib import Path
 import dash
 import flask
 from dash.exceptions import DependencyException
+from kombu.utils.url import maybe_sanitize_url
 from werkzeug.exceptions import HTTPException
 
 import auth
@@ -132,7 +133,7 @@ def collect(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     services.start()
-    log.info("Flowerbed collector: broker %s, store %s%s", settings.broker, settings.db,
+    log.info("Flowerbed collector: broker %s, store %s%s", _brokers_shown(settings), settings.db,
              f", status on http://{settings.address}:{settings.port}/healthcheck/ready" if status else "")
     stopping.wait()
     log.info("stopping: writing what the collector holds")
@@ -163,8 +164,16 @@ def serve(settings: Settings) -> None:
 
     log.info("Flowerbed %son http://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
              settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
-             settings.broker if not settings.demo else "embedded demo", settings.db)
+             _brokers_shown(settings) if not settings.demo else "embedded demo", settings.db)
     _Gunicorn().run()
+
+
+def _brokers_shown(settings: Settings) -> str:
+    """The broker's URL without its password; with several, each one's name and URL."""
+    brokers = settings.named_brokers
+    if len(brokers) == 1:
+        return maybe_sanitize_url(brokers[0][1])
+    return ", ".join(f"{name} = {maybe_sanitize_url(url)}" for name, url in brokers)
 
 
 if __name__ == "__main__":

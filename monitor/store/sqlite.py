@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     name TEXT, state TEXT, worker TEXT, args TEXT, kwargs TEXT, result TEXT, exception TEXT,
     traceback TEXT, retries INTEGER, sent REAL, received REAL, started REAL, succeeded REAL,
     failed REAL, retried REAL, revoked REAL, rejected REAL, runtime REAL, eta TEXT, expires TEXT,
-    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL
+    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL, broker TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
@@ -33,11 +33,12 @@ CREATE INDEX IF NOT EXISTS tasks_worker ON tasks(worker);
 CREATE INDEX IF NOT EXISTS tasks_received ON tasks(received);
 CREATE INDEX IF NOT EXISTS tasks_started ON tasks(started);
 CREATE INDEX IF NOT EXISTS tasks_runtime ON tasks(runtime);
+CREATE INDEX IF NOT EXISTS tasks_broker ON tasks(broker);
 CREATE TABLE IF NOT EXISTS workers (
     hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
     active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in WORKER_COUNTERS)},
-    inspect TEXT, inspected_at REAL
+    inspect TEXT, inspected_at REAL, broker TEXT
 );
 CREATE TABLE IF NOT EXISTS worker_samples (
     hostname TEXT NOT NULL, at REAL NOT NULL, active INTEGER, load1 REAL, load5 REAL, load15 REAL
@@ -116,6 +117,22 @@ _COUNTER_UPSERT = (
 )
 
 
+def _add_broker_columns(connection: sqlite3.Connection) -> None:
+    """Version 2: a store written before gets the `broker` columns (at the end, where a new store has
+    them too); what it holds keeps NULL there. One transaction, checked inside it, so that two
+    processes opening the store at once add them once."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ("tasks", "workers"):
+            columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if columns and "broker" not in columns:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN broker TEXT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
 class Store:
     # busy_seconds: how long a write waits for another process's lock before it fails and the
     # collector shows the error (and retries), instead of seeming stuck.
@@ -133,6 +150,7 @@ class Store:
                 raise StoreError(f"{path} was written by a newer Flowerbed (store version {version}; this one "
                                  f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
+            _add_broker_columns(connection)
             connection.executescript(_SCHEMA + rollup.SCHEMA + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")
@@ -212,12 +230,14 @@ class Store:
         self._write((), then=lambda conn: folded.append(rollup.fold_inbox(conn, force=True)))
         return folded[0]
 
-    def save_inspection(self, replies: dict[str, dict], at: float) -> None:
-        """Inspect replies per worker; a worker that only answered inspect still gets a row."""
-        rows = [(host, json.dumps(reply, default=str), at) for host, reply in replies.items()]
+    def save_inspection(self, replies: dict[str, dict], at: float, broker: str | None = None) -> None:
+        """Inspect replies per worker, of the workers of `broker`; a worker that only answered
+        inspect still gets a row."""
+        rows = [(host, json.dumps(reply, default=str), at, broker) for host, reply in replies.items()]
         self._write(((
-            "INSERT INTO workers (hostname, inspect, inspected_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at",
+            "INSERT INTO workers (hostname, inspect, inspected_at, broker) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at, "
+            "broker = coalesce(excluded.broker, workers.broker)",
             rows),))
 
     def set_meta(self, key: str, value) -> None:
@@ -253,6 +273,12 @@ class Store:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default
 
+    def get_meta_prefixed(self, prefix: str) -> dict:
+        """Every meta value whose key starts with `prefix`, by the rest of its key."""
+        rows = self.query("SELECT key, value FROM meta WHERE substr(key, 1, length(?)) = ? ORDER BY key",
+                          (prefix, prefix))
+        return {row["key"][len(prefix):]: json.loads(row["value"]) for row in rows}
+
     def enforce_retention(self, now: float | None = None) -> int:
         """Drop the oldest tasks beyond max_tasks and samples older than the sample window."""
         now = time.time() if now is None else now
@@ -274,6 +300,11 @@ class Store:
     def get_task(self, uuid: str) -> dict | None:
         rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
         return dict(rows[0]) if rows else None
+
+    def brokers(self) -> list[str]:
+        """The names of the brokers workers were recorded from."""
+        return [row[0] for row in self.query("SELECT DISTINCT broker FROM workers WHERE broker IS NOT NULL "
+                                             "ORDER BY broker")]
 
     def last_inspected(self) -> float | None:
         """When the workers last answered an inspect."""

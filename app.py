@@ -23,8 +23,9 @@ from components.shell import shell
 from monitor.serving import admission
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint, serve_collector_status
-from monitor.services import Services, build_services, store_error_text
+from monitor.services import Services, build_services
 from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix, without_password
+from monitor.store import store_error_text
 from monitor.store.schema import StoreError
 
 HERE = Path(__file__).resolve().parent
@@ -133,7 +134,7 @@ def collect(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     services.start()
-    log.info("Flowerbed collector: broker %s, store %s%s", without_password(settings.broker), without_password(settings.db),
+    log.info("Flowerbed collector: broker %s, store %s%s", _brokers_shown(settings), without_password(settings.db),
              f", status on http://{settings.address}:{settings.port}/healthcheck/ready" if status else "")
     stopping.wait()
     log.info("stopping: writing what the collector holds")
@@ -164,8 +165,16 @@ def serve(settings: Settings) -> None:
 
     log.info("Flowerbed %son http://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
              settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
-             without_password(settings.broker) if not settings.demo else "embedded demo", without_password(settings.db))
+             _brokers_shown(settings) if not settings.demo else "embedded demo", without_password(settings.db))
     _Gunicorn().run()
+
+
+def _brokers_shown(settings: Settings) -> str:
+    """The broker's URL without its password; with several, each one's name and URL."""
+    brokers = settings.named_brokers
+    if len(brokers) == 1:
+        return without_password(brokers[0][1])
+    return ", ".join(f"{name} = {without_password(url)}" for name, url in brokers)
 
 
 if __name__ == "__main__":

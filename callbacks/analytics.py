@@ -68,9 +68,10 @@ _OPEN_CLICKED_ROW = """function() {
 
 
 def scope_from_controls(range_key, custom_from, custom_to, names, workers, queues,
-                        now: float | None = None) -> analytics.Scope:
+                        now: float | None = None, brokers=None) -> analytics.Scope:
     """The Scope the controls describe; AnalyticsError with a message for the user otherwise."""
-    filters = {"names": tuple(names or ()), "workers": tuple(workers or ()), "queues": tuple(queues or ())}
+    filters = {"names": tuple(names or ()), "workers": tuple(workers or ()), "queues": tuple(queues or ()),
+               "brokers": tuple(brokers or ())}
     if range_key != "custom":
         return analytics.last(range_key or "1h", now, **filters)
     moments = []
@@ -157,14 +158,16 @@ def _wait_metric(stats) -> str:
 def _empty_note(scope, stats) -> str:
     if not stats.empty:
         return ""
-    what = " of the chosen names, workers or queues" if scope.names or scope.workers or scope.queues else ""
+    what = (" of the chosen names, workers or queues"
+            if scope.names or scope.workers or scope.queues or scope.brokers else "")
     return (f"No task{what} finished between {format_moment(scope.start).replace('T', ' ')} and "
             f"{format_moment(scope.end).replace('T', ' ')} UTC: pick a longer range or clear the filters.")
 
 
 def _uirevision(scope) -> str:
     # Zoom and legend choices survive refreshes, and reset when the user picks other data.
-    return "|".join([",".join(scope.names), ",".join(scope.workers), ",".join(scope.queues), f"{scope.span:.0f}"])
+    return "|".join([",".join(scope.names), ",".join(scope.workers), ",".join(scope.queues), ",".join(scope.brokers),
+                     f"{scope.span:.0f}"])
 
 
 def error_outputs(message: str) -> dict:
@@ -195,9 +198,10 @@ def compare_windows(scope: analytics.Scope, mode: str, split_text: str | None, n
     return dataclasses.replace(scope, start=split - (after_end - split), end=split), after
 
 
-# The controls scope_from_controls reads (after now), in its argument order.
+# The controls scope_from_controls reads: its arguments before `now`, then `brokers`.
 SCOPE_INPUTS = [Input(control, "value") for control in (
-    "analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers", "analytics-queues")]
+    "analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers", "analytics-queues",
+    "analytics-brokers")]
 
 
 def register(app, services) -> None:
@@ -210,9 +214,9 @@ def register(app, services) -> None:
         *SCOPE_INPUTS,
         Input("analytics-stuck-limit", "value"),
     )
-    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, stuck_limit):
+    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, stuck_limit):
         try:
-            scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues)
+            scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, brokers=brokers)
             outputs = refresh_outputs(store, scope, float(stuck_limit or analytics.DEFAULT_STUCK_SECONDS))
         except analytics.AnalyticsError as exc:
             outputs = error_outputs(str(exc))
@@ -226,10 +230,10 @@ def register(app, services) -> None:
         Input("compare-split", "value"),
         *SCOPE_INPUTS,
     )
-    def refresh_compare(_tick, mode, split_text, range_key, custom_from, custom_to, names, workers, queues):
+    def refresh_compare(_tick, mode, split_text, range_key, custom_from, custom_to, names, workers, queues, brokers):
         now = time.time()
         try:
-            scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, now)
+            scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, now, brokers)
             before, after = compare_windows(scope, mode, split_text, now)
         except analytics.AnalyticsError as exc:
             return [], str(exc)
@@ -244,10 +248,11 @@ def register(app, services) -> None:
     def show_split(mode):
         return {} if mode == "split" else {"display": "none"}
 
-    @app.callback(Output("dashboard-figures", "data"), Input("refresh-tick", "n_intervals"))
-    def refresh_dashboard_charts(_tick):
+    @app.callback(Output("dashboard-figures", "data"), Input("refresh-tick", "n_intervals"),
+                  Input("workers-broker", "value"))
+    def refresh_dashboard_charts(_tick, broker):
         now = time.time()
-        scope = analytics.last("1h", now)
+        scope = analytics.last("1h", now, brokers=[broker] if broker else None)
         stats = analytics.task_stats(store, scope, now)
         return {
             "dashboard-throughput": view.throughput_figure(analytics.throughput(store, scope, now), scope,

@@ -29,8 +29,8 @@ def register(app, services) -> None:
 
     @app.callback(Output("collector-status", "children"), Input("refresh-tick", "n_intervals"))
     def show_collector_status(_tick):
-        return shell_components.collector_status(services.collector_stats(), time.time(),
-                                                 services.settings.stall_seconds)
+        return shell_components.brokers_status(services.broker_stats(), time.time(),
+                                               services.settings.stall_seconds)
 
 
 def safe_strip(app, pathname: str | None) -> str | None:
@@ -57,12 +57,13 @@ def route(app, services, pathname: str | None, search: str | None):
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
-        return dashboard_layout(worker_rows(services.store.workers(), time.time()))
+        return dashboard_layout(worker_rows(services.store.workers(), time.time()), services.store.brokers())
     if path == "analytics":
         return analytics_layout(analytics.filter_options(services.store), params.get("range", ["1h"])[0])
     if path == "tasks":
         text = params.get("q", [""])[0]
-        return tasks_layout(text, params.get("state", [""])[0], search_message(text))
+        return tasks_layout(text, params.get("state", [""])[0], search_message(text), services.store.brokers(),
+                            params.get("broker", [""])[0])
     if path.startswith("task/"):
         uuid = path.split("/", 1)[1]
         task = services.store.get_task(uuid) if uuid.isprintable() and len(uuid) <= 1000 else None

@@ -1,6 +1,8 @@
 """The Tasks page: search validation, the infinite grid's rows, refresh, and opening a task."""
 from __future__ import annotations
 
+import dataclasses
+
 from dash import Input, Output, State, no_update
 
 from components.tasks import GRID_FIELDS, STATE_CHIPS
@@ -11,13 +13,19 @@ CHIP_STATES = tuple(value for _label, value in STATE_CHIPS)
 
 
 def grid_query(request: dict, query: dict) -> TaskQuery:
-    """A TaskQuery from AG Grid's getRowsRequest and the page's query ({search, state chip})."""
+    """A TaskQuery from AG Grid's getRowsRequest and the page's query ({search, state chip, broker})."""
     if not isinstance(query, dict):
         raise QueryError(f"malformed page query: {shown(query)}")
     state = query.get("state") or "ALL"
     if state not in CHIP_STATES:
         raise QueryError(f"unknown state {shown(state)}")
-    return grid_request_query(request, query.get("search") or "", () if state == "ALL" else (state,))
+    broker = query.get("broker") or ""
+    try:
+        search.check_text(broker, "the broker")  # it is bound as a parameter: text SQLite can take
+    except search.SearchError as exc:
+        raise QueryError(str(exc)) from None
+    wanted = grid_request_query(request, query.get("search") or "", () if state == "ALL" else (state,))
+    return dataclasses.replace(wanted, brokers=(broker,) if broker else ())
 
 
 def search_message(text: str | None) -> str:
@@ -35,13 +43,16 @@ def register(app, services) -> None:
         Output("tasks-search-message", "children"),
         Input("tasks-search", "value"),
         Input("tasks-state", "value"),
+        Input("tasks-broker", "value"),
         prevent_initial_call=True,
     )
-    def update_query(text, state):
+    def update_query(text, state, broker):
         message = search_message(text) or ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}")
+        if not message and not isinstance(broker, (str, type(None))):
+            message = f"Unknown broker {shown(broker)}"
         if message:
             return no_update, message
-        return {"search": text or "", "state": state or ""}, ""
+        return {"search": text or "", "state": state or "", "broker": broker or ""}, ""
 
     @app.callback(
         Output("tasks-grid", "getRowsResponse"),
@@ -70,7 +81,8 @@ def register(app, services) -> None:
     app.clientside_callback(
         """function(query) {
             try { dash_ag_grid.getApi('tasks-grid').purgeInfiniteCache(); } catch (notReady) {}
-            window.flowerbedReplaceQuery({q: query.search, state: query.state === 'ALL' ? '' : query.state});
+            window.flowerbedReplaceQuery({q: query.search, state: query.state === 'ALL' ? '' : query.state,
+                                          broker: query.broker});
             return window.dash_clientside.no_update;
         }""",
         Output("tasks-grid", "className"),

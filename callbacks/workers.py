@@ -19,14 +19,17 @@ def register(app, services) -> None:
         Output("workers-inspected", "children"),
         Input("refresh-tick", "n_intervals"),
         Input("workers-refresh", "n_clicks"),
+        Input("workers-broker", "value"),
     )
-    def refresh_workers(_tick, _clicks):
+    def refresh_workers(_tick, _clicks, broker):
         refresh_clicked = ctx.triggered_id == "workers-refresh"
         allowed = refresh_clicked and auth.can_act()
         if allowed:
             services.request_inspect()  # runs in the background; the next tick shows it
         now = time.time()
         rows = worker_rows(services.store.workers(now), now)
+        if broker:  # the cards count the chosen broker's workers too
+            rows = [row for row in rows if row["broker"] == broker]
         totals = summary(rows)
         last = services.store.last_inspected()
         inspected = f"inspected {now - last:.0f} s ago" if last else "not inspected yet"

@@ -17,7 +17,7 @@ from dash import dcc, html
 
 from monitor.query.search import format_moment
 
-from .common import page_header, stat_card
+from .common import broker_filter, page_header, stat_card
 
 RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
                  ("Custom", "custom"))
@@ -42,12 +42,14 @@ GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "sel
 def drill(scope, start=None, end=None, names=None, state=None, exception=None) -> list[str]:
     """[search text, state chip] of the Tasks page showing exactly the tasks behind a mark: finished
     in [start, end) (the scope's range by default; a str is used as it is, e.g. a "{0}" placeholder),
-    of the scope's names and workers (or `names`), in `state`, whose exception contains `exception`."""
+    of the scope's names, workers and brokers (or `names`), in `state`, whose exception contains
+    `exception`."""
     def moment(value, default):
         return value if isinstance(value, str) else compact_moment(default if value is None else value)
 
     terms = [f"finished>={moment(start, scope.start)}", f"finished<{moment(end, math.ceil(scope.end))}"]
-    for field, values in (("name", scope.names if names is None else names), ("worker", scope.workers)):
+    for field, values in (("name", scope.names if names is None else names), ("worker", scope.workers),
+                          ("broker", scope.brokers)):
         if values:
             alternatives = [f"{field}={_quoted(v)}" for v in values]
             terms.append(alternatives[0] if len(alternatives) == 1 else f"({' OR '.join(alternatives)})")
@@ -437,8 +439,8 @@ GRAPHS = ("analytics-throughput", "analytics-failure-rate", "analytics-runtime",
 
 
 def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
-    """The Analytics page; `options` lists the names, workers and queues the filters offer; `range_key`
-    (from ?range=) picks the range it opens with."""
+    """The Analytics page; `options` lists the names, workers, queues and brokers the filters offer (a
+    broker filter shows with several brokers); `range_key` (from ?range=) picks the range it opens with."""
     range_key = range_key if range_key in {value for _label, value in RANGE_CHOICES[:-1]} else "1h"
     def dropdown(dropdown_id, placeholder, values):
         return dcc.Dropdown(id=dropdown_id, options=values, multi=True, placeholder=placeholder,
@@ -460,6 +462,7 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
             dropdown("analytics-names", "All task names", options.get("name", [])),
             dropdown("analytics-workers", "All workers", options.get("worker", [])),
             dropdown("analytics-queues", "All queues", options.get("queue", [])),
+            broker_filter("analytics-brokers", options.get("broker", []), multi=True),
         ], className="analytics-controls"),
         html.Div(id="analytics-message", className="inline-message", role="alert"),
         html.Div(id="analytics-cards", className="stat-row compact-stats"),

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Sequence
 
-from dash import html
+from dash import dcc, html
 
 STATE_CLASSES = {
     "SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry", "STARTED": "started",
@@ -38,6 +39,20 @@ def format_clock(epoch: float | None) -> str:
 
 def format_number(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def broker_filter(dropdown_id: str, brokers: Sequence[str], value=None, multi: bool = False) -> dcc.Dropdown:
+    """A dropdown of the brokers (none chosen: all of them); with a single broker there is nothing to
+    choose, so it is there for the callbacks but not shown."""
+    return dcc.Dropdown(id=dropdown_id, options=list(brokers), value=value, multi=multi, placeholder="All brokers",
+                        className="filter-dropdown", style=None if len(brokers) > 1 else {"display": "none"})
+
+
+def broker_columns(columns: list[dict], brokers: Sequence[str]) -> list[dict]:
+    """A grid's columns with its (hidden) Broker column shown when there is more than one broker."""
+    if len(brokers) < 2:
+        return columns
+    return [{**column, "hide": False} if column.get("field") == "broker" else column for column in columns]
 
 
 def page_header(title: str, *extra, subtitle: str | None = None) -> html.Div:

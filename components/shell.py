@@ -28,6 +28,36 @@ def shell(relative_path, refresh_ms: int) -> html.Div:
 def collector_status(stats: dict, now: float, stall_seconds: float) -> list:
     """The top bar's one-line answer to "is Flowerbed recording?", worst news first. `stats` may come
     from a collector in another process, through the store: then its age matters too."""
+    tone, headline, text = _assess(stats, now, stall_seconds)
+    return _status_line(tone, headline, text)
+
+
+_TONE_ORDER = ("ok", "warn", "bad")
+
+
+def brokers_status(reports: dict[str, dict], now: float, stall_seconds: float) -> list:
+    """collector_status of the collector (`reports`: each broker's counters by its name); with several
+    brokers, the worst news names its broker and the details give each broker's."""
+    if len(reports) <= 1:
+        return collector_status(next(iter(reports.values()), {}), now, stall_seconds)
+    assessed = {name: _assess(stats, now, stall_seconds) for name, stats in reports.items()}
+    worst = max(assessed, key=lambda name: _TONE_ORDER.index(assessed[name][0]))
+    tone, headline, _text = assessed[worst]
+    headline = f"{headline}: {worst}" if tone != "ok" else f"Recording {len(reports)} brokers"
+    text = " | ".join(f"{name}: {line.lower()} · {details}" for name, (_tone, line, details) in assessed.items())
+    return _status_line(tone, headline, text)
+
+
+def _status_line(tone: str, headline: str, text: str) -> list:
+    return [
+        html.Span(className=f"dot dot-{tone}"),
+        html.Span(headline, className=f"status-text status-{tone}"),
+        html.Span(text, className="status-details", title=text),
+    ]
+
+
+def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, str]:
+    """(tone, headline, details) of one collector's counters."""
     role = stats.get("role")
     reported = stats.get("updated_at")
     if stats.get("store_error"):
@@ -64,12 +94,7 @@ def collector_status(stats: dict, now: float, stall_seconds: float) -> list:
     error = stats.get("writer_error") or stats.get("broker_error") or stats.get("last_error")
     if error:
         details.append(f"{'error' if tone == 'bad' else 'last error'}: {error}")
-    text = " · ".join(details)
-    return [
-        html.Span(className=f"dot dot-{tone}"),
-        html.Span(headline, className=f"status-text status-{tone}"),
-        html.Span(text, className="status-details", title=text),
-    ]
+    return tone, headline, " · ".join(details)
 
 
 def not_found(message: str, relative_path) -> html.Div:

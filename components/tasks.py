@@ -4,7 +4,7 @@ from __future__ import annotations
 import dash_ag_grid as dag
 from dash import dcc, html
 
-from .common import format_time, page_header, state_badge
+from .common import broker_columns, broker_filter, format_time, page_header, state_badge
 
 STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
                ("Retried", "RETRY"), ("Received", "RECEIVED"))
@@ -30,6 +30,7 @@ TASK_COLUMNS = [
     {"field": "runtime", "headerName": "Runtime (s)", "width": 128, "type": "numericColumn",
      "filter": "agNumberColumnFilter", "valueFormatter": {"function": "flowerbedSeconds(params.value)"}},
     {"field": "worker", "headerName": "Worker", "width": 180, **_TEXT},
+    {"field": "broker", "headerName": "Broker", "width": 130, "hide": True, **_TEXT},  # shown with several brokers
     {"field": "retries", "headerName": "Retries", "width": 100, "type": "numericColumn", "hide": True,
      "filter": "agNumberColumnFilter"},
     {"field": "exception", "headerName": "Exception", "width": 240, "hide": True, **_TEXT},
@@ -42,12 +43,16 @@ SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: e
                "Times (UTC) and runtime (seconds) compare with >= > <= <: received started sent finished runtime, "
                "e.g. finished>=2026-11-25T10:00 finished<2026-11-25T10:15 runtime>2.5 "
                "(what a click on the Analytics page fills in).")
+BROKER_HELP = "\nThe broker a task was recorded from: broker:NAME."
 
 
-def tasks_layout(search: str, state: str, search_message: str = "") -> html.Div:
+def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
+                 broker: str = "") -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
-    lists every task, as it does while a search typed in the box is malformed."""
+    lists every task, as it does while a search typed in the box is malformed. `brokers`: the names of
+    the brokers workers were recorded from; with several, a filter (set to `broker`) and a column."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
+    broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
         page_header("Tasks", html.Span(id="tasks-count", className="muted"),
                     subtitle="Sorting, filtering and paging run in the store; the table refreshes itself."),
@@ -55,16 +60,18 @@ def tasks_layout(search: str, state: str, search_message: str = "") -> html.Div:
             dcc.Input(id="tasks-search", type="search", value=search, debounce=0.4, className="search-input wide",
                       placeholder="Search tasks: name:tasks.add state:FAILURE, a UUID, or any text…",
                       spellCheck=False, autoComplete="off"),
-            html.Span("?", className="help", title=SEARCH_HELP),
+            broker_filter("tasks-broker", brokers, broker or None),
+            html.Span("?", className="help", title=SEARCH_HELP + (BROKER_HELP if len(brokers) > 1 else "")),
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
-        dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state}),
+        dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state,
+                                          "broker": broker}),
         dag.AgGrid(
             id="tasks-grid",
             rowModelType="infinite",
-            columnDefs=TASK_COLUMNS,
+            columnDefs=broker_columns(TASK_COLUMNS, brokers),
             defaultColDef={"sortable": True, "resizable": True,
                            "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
                                             "maxNumConditions": 2}},

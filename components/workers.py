@@ -5,11 +5,12 @@ import dash_ag_grid as dag
 from dash import dcc, html
 
 from .analytics import compact_row
-from .common import page_header, stat_card
+from .common import broker_columns, broker_filter, page_header, stat_card
 
 WORKER_COLUMNS = [
     {"field": "hostname", "headerName": "Worker", "minWidth": 220, "flex": 2,
      "cellClass": "mono"},
+    {"field": "broker", "headerName": "Broker", "width": 170, "hide": True},  # shown with several brokers
     {"field": "status", "headerName": "Status", "width": 110,
      "cellClassRules": {"cell-online": "params.value == 'Online'", "cell-offline": "params.value == 'Offline'"}},
     {"field": "active", "headerName": "Active", "type": "numericColumn", "width": 100},
@@ -30,6 +31,7 @@ def worker_rows(workers: list[dict], now: float) -> list[dict]:
         load = w.get("loadavg")
         rows.append({
             "hostname": w["hostname"],
+            "broker": w.get("broker") or "",
             "status": "Online" if w["online"] else "Offline",
             "active": w.get("active") or 0,
             "processed": w.get("received") or 0,
@@ -51,7 +53,8 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def dashboard_layout(rows: list[dict]) -> html.Div:
+def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = ()) -> html.Div:
+    """`brokers`: the names of the brokers workers were recorded from; with several, a filter and a column."""
     totals = summary(rows)
     return html.Div([
         page_header("Workers", subtitle="Every worker seen through events or inspect; status from heartbeats."),
@@ -65,6 +68,7 @@ def dashboard_layout(rows: list[dict]) -> html.Div:
         html.Div([
             dcc.Input(id="workers-search", type="search", placeholder="Filter workers by name, status or any column…",
                       debounce=False, className="search-input"),
+            broker_filter("workers-broker", brokers),
             html.Button("Refresh", id="workers-refresh", className="button", n_clicks=0,
                         title="Inspect the workers now and reload the table"),
             html.Span(id="workers-inspected", className="muted"),
@@ -72,7 +76,7 @@ def dashboard_layout(rows: list[dict]) -> html.Div:
         dag.AgGrid(
             id="workers-grid",
             rowData=rows,
-            columnDefs=WORKER_COLUMNS,
+            columnDefs=broker_columns(WORKER_COLUMNS, brokers),
             defaultColDef={"sortable": True, "resizable": True, "filter": True},
             getRowId="params.data.hostname",
             dashGridOptions={"rowHeight": 38, "headerHeight": 38, "animateRows": False, "domLayout": "autoHeight",

@@ -7,20 +7,14 @@ import time
 
 from celery import Celery
 
-from monitor.ingest.collector import Collector
+from monitor.ingest.collector import REPORT_PREFIX, Collector
 from monitor.ingest.inspector import REQUEST_KEY, Inspector
 from monitor.settings import Settings
-from monitor.store import Store, open_store
+from monitor.store import Store, open_store, store_error_text
 
 
-def store_error_text(error: BaseException) -> str:
-    """A store failure in one line, as the pages and the API show it."""
-    first = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
-
-
-def make_celery_app(settings: Settings) -> Celery:
-    app = Celery("flowerbed", broker=settings.broker, set_as_current=False)
+def make_celery_app(settings: Settings, broker: str) -> Celery:
+    app = Celery("flowerbed", broker=broker, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = True
     if settings.demo:
         # The in-memory transport polls; the default 1 s makes inspect take 2 s and tasks lag.
@@ -31,13 +25,18 @@ def make_celery_app(settings: Settings) -> Celery:
 @dataclasses.dataclass
 class Services:
     settings: Settings
-    celery_app: Celery
+    celery_app: Celery  # the first broker's (the demo's, whose embedded workers use it)
     store: Store
-    collector: Collector
-    inspector: Inspector
+    collectors: list[Collector]  # one per broker, in the order the brokers were given
+    inspectors: list[Inspector]  # likewise
     demo: object = None
     _started: bool = False
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @property
+    def collector(self) -> Collector:
+        """The first broker's collector (with one broker, the collector)."""
+        return self.collectors[0]
 
     def start(self) -> None:
         """Start the background threads once per process; safe to call from every request."""
@@ -51,45 +50,58 @@ class Services:
                 self.demo = DemoCluster(self.celery_app)
                 self.demo.start()
             if self.settings.collects:
-                self.collector.start()
-                self.inspector.start()
+                for service in (*self.collectors, *self.inspectors):
+                    service.start()
             self._started = True
 
-    def collector_stats(self) -> dict:
-        """Live counters when the collector runs here, else what a separate collector last stored."""
+    def broker_stats(self) -> dict[str, dict]:
+        """Each collector's counters by broker name: live when the collectors run here, else what the
+        collectors of other processes last stored (a broker since dropped from the configuration
+        keeps its last report there)."""
         if self._started and self.settings.collects:
-            return self.collector.stats()
+            return {collector.broker_name: collector.stats() for collector in self.collectors}
+        return self.store.get_meta_prefixed(REPORT_PREFIX)
+
+    def collector_stats(self) -> dict:
+        """The collector's counters ({} before any report); with several brokers, {"brokers": each one's};
+        {"store_error": why} when the store cannot be read."""
         try:
-            return self.store.get_meta("collector", {})
+            reports = self.broker_stats()
         except Exception as exc:
             if not self.store.is_transient(exc):
                 raise
             return {"store_error": store_error_text(exc)}
+        if len(reports) > 1:
+            return {"brokers": reports}
+        return next(iter(reports.values()), {})
 
     def request_inspect(self) -> None:
         """An inspect now, without waiting for it: by the inspector here, or asked of the collector's
         through the store (`flowerbed web`), so that any web process or host can ask."""
         if self.settings.collects:
-            self.inspector.request_refresh()
+            for inspector in self.inspectors:
+                inspector.request_refresh()
         else:
             self.store.set_meta(REQUEST_KEY, time.time())
 
     def stop(self) -> None:
-        self.inspector.stop()
-        self.collector.stop()
+        for service in (*self.inspectors, *self.collectors):
+            service.stop()
         if self.demo is not None:
             self.demo.stop()
         self._started = False
 
 
 def build_services(settings: Settings) -> Services:
-    celery_app = make_celery_app(settings)
     store = open_store(settings.db, max_tasks=settings.max_tasks)
+    apps = {name: make_celery_app(settings, url) for name, url in settings.named_brokers}
     return Services(
         settings=settings,
-        celery_app=celery_app,
+        celery_app=next(iter(apps.values())),
         store=store,
-        collector=Collector(celery_app, store, field_limit=settings.max_field_size),
-        inspector=Inspector(celery_app, store, interval=settings.inspect_seconds,
-                            timeout=settings.inspect_timeout, enable_events=settings.enable_events),
+        collectors=[Collector(app, store, field_limit=settings.max_field_size, broker_name=name)
+                    for name, app in apps.items()],
+        inspectors=[Inspector(app, store, broker_name=name, interval=settings.inspect_seconds,
+                              timeout=settings.inspect_timeout, enable_events=settings.enable_events)
+                    for name, app in apps.items()],
     )

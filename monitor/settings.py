@@ -27,7 +27,9 @@ class SettingsError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     command: str = "all"
-    broker: str = DEFAULT_BROKER
+    broker: str = DEFAULT_BROKER  # the first (with one, the only) broker's URL
+    # Every broker as (name, URL), in the order given; empty: `broker` alone, named by broker_name().
+    brokers: tuple[tuple[str, str], ...] = ()
     address: str = "127.0.0.1"
     port: int | None = None  # the web server's (DEFAULT_PORT when not set); the collector's status port (off)
     workers: int = 1
@@ -45,6 +47,11 @@ class Settings:
     basic_auth_readonly: str = ""
     no_auth: bool = False
     demo: bool = False
+
+    @property
+    def named_brokers(self) -> tuple[tuple[str, str], ...]:
+        """(name, URL) of every broker to watch: one collector and one inspector each."""
+        return self.brokers or ((broker_name(self.broker), self.broker),)
 
     @property
     def admins(self) -> dict[str, str]:
@@ -70,8 +77,10 @@ class Settings:
 
 # (field, flags, environment variables in order of preference, type, help)
 _OPTIONS = (
-    ("broker", ("--broker", "-b"), ("FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL"), str,
-     "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pass@host:5672//"),
+    ("broker", ("--broker", "-b"), ("FLOWERBED_BROKERS", "FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL"),
+     str, "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pass@host:5672//; repeat it to watch several "
+          "brokers, each optionally named NAME=URL (FLOWERBED_BROKERS: a comma list), else named after its "
+          "address, e.g. host:6379/0"),
     ("address", ("--address",), ("FLOWERBED_ADDRESS", "FLOWER_ADDRESS"), str,
      "address the web server binds to"),
     ("port", ("--port",), ("FLOWERBED_PORT", "PORT", "FLOWER_PORT"), int,
@@ -110,6 +119,10 @@ _SWITCHES = (
     ("demo", "--demo", "FLOWERBED_DEMO",
      "run an embedded demo cluster (in-memory broker, workers and traffic)"),
 )
+# Options that may be given several times, each time one value.
+_REPEATED = ("broker",)
+# Environment variables holding several values separated by commas (the others hold one value).
+_LISTS = ("FLOWERBED_BROKERS",)
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -146,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(Settings, field)
         shown = _SHOWN_DEFAULTS.get(field) or ("none" if default in ("", None) else repr(default))
         parser.add_argument(*flags, dest=field, default=None, metavar=field.upper(),
+                            action="append" if field in _REPEATED else "store",
                             help=f"{help_text} (env {', '.join(env)}; default {shown})")
     for field, flag, env, help_text in _SWITCHES:
         turns_off = flag.startswith("--no-") and not field.startswith("no_")
@@ -169,7 +183,13 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             if name is None:
                 continue
             raw, source = environ[name], name
-        values[field] = _convert(kind, raw, source)
+            if name in _LISTS:
+                raw = raw.split(",")
+        if field == "broker":
+            values["brokers"] = parse_brokers(raw if isinstance(raw, list) else [raw], source)
+            values["broker"] = values["brokers"][0][1]
+        else:
+            values[field] = _convert(kind, raw, source)
     for field, _flag, env, _help in _SWITCHES:
         flag = getattr(args, field)
         if flag is not None:
@@ -188,7 +208,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     settings = Settings(**values)
     _validate(settings)
     if settings.demo:  # the demo's history stays apart from a real cluster's
-        settings = dataclasses.replace(settings, broker=DEMO_BROKER,
+        settings = dataclasses.replace(settings, broker=DEMO_BROKER, brokers=(),
                                        db=values.get("db", DEMO_DB))
     return settings
 
@@ -206,7 +226,6 @@ def _validate(settings: Settings) -> None:
     for name in ("max_tasks", "max_field_size", "stall_seconds", "refresh_seconds", "inspect_seconds",
                  "inspect_timeout"):
         _positive(name.replace("_", "-"), getattr(settings, name))
-    check_broker(settings.broker)
     check_db(settings.db)
     if settings.url_prefix and not settings.url_prefix.strip("/"):
         raise SettingsError(f"url-prefix must name a path such as /flower, got {settings.url_prefix!r}")
@@ -242,6 +261,45 @@ def check_db(db: str) -> None:
     scheme, sep, _rest = db.partition("://")
     if sep and scheme not in ("postgresql", "postgres"):
         raise SettingsError(f"db: a SQLite file path or a postgresql://user@host/dbname URL, got {without_password(db)!r}")
+
+
+# A broker's name: what tasks and workers carry, what the pages, `broker:` and `?broker=` filter on.
+_BROKER_NAME = re.compile(r"[\w.:/@-]{1,100}")
+
+
+def broker_name(url: str) -> str:
+    """An unnamed broker's name: its address without scheme, user, password or options, and without
+    a trailing '/': host:6379/0 for redis://:secret@host:6379/0, rabbit:5672 for amqp://u:p@rabbit:5672//,
+    rabbit:5672/orders for the vhost orders (the first of failover URLs; the scheme when no address)."""
+    scheme, _, rest = url.split(";")[0].strip().partition("://")
+    # After the last '@': neither user nor password is part of a name.
+    address = rest.split("?")[0].rpartition("@")[2].rstrip("/")
+    return re.sub(r"[^\w.:/@-]", "_", address)[:100] or scheme
+
+
+def parse_brokers(entries: Sequence[str], source: str) -> tuple[tuple[str, str], ...]:
+    """(name, URL) of each `URL` or `NAME=URL` entry (empty entries skipped); SettingsError for a
+    malformed URL or name, or a name or URL given twice."""
+    brokers: list[tuple[str, str]] = []
+    for entry in filter(None, (part.strip() for part in entries)):
+        name, sep, url = entry.partition("=")
+        if not sep or "://" in name:  # a URL's own '=' (in its options) comes after its '://'
+            name, url = "", entry
+        check_broker(url)
+        shown = without_password(url)
+        name = name.strip() or broker_name(url)
+        if not _BROKER_NAME.fullmatch(name):
+            raise SettingsError(f"{source}: broker name {name!r} may hold only letters, digits and . _ - : / @ "
+                                "(at most 100), e.g. eu=redis://host:6379/0")
+        if any(name == known for known, _ in brokers):
+            raise SettingsError(f"{source}: two brokers are named {name!r}: name them apart, "
+                                f"e.g. {name}-a=URL and {name}-b=URL")
+        if any(url == known for _, known in brokers):
+            raise SettingsError(f"{source}: the broker {shown!r} is given twice")
+        brokers.append((name, url))
+    if not brokers:
+        raise SettingsError(f"{source}: expected a broker URL, got none")
+    return tuple(brokers)
 
 
 def without_password(url: str) -> str:

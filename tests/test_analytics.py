@@ -191,6 +191,27 @@ def test_a_throughput_bar_opens_exactly_its_tasks(store):
     assert _tasks_page_uuids(store, success["meta"], bounds) == {"in0", "in1", "in2"}
 
 
+def test_a_broker_filter_keeps_what_the_workers_of_that_broker_did_and_opens_exactly_its_tasks(store):
+    for worker, broker in (("w@eu", "eu"), ("w@us", "us")):  # workers are kept with their broker
+        store.save_inspection({worker: {}}, NOW, broker)
+    store.write_batch(samples=[("w@eu", NOW - 300, 1, 0.5, 0.5, 0.5), ("w@us", NOW - 300, 2, 1.0, 1.0, 1.0)])
+    write(store, [finished(f"eu{i}", "t", 0.1 * (i + 1), NOW - 600 + i, worker="w@eu", broker="eu") for i in range(3)]
+          + [finished(f"us{i}", "t", 5.0, NOW - 600 + i, worker="w@us", broker="us", state="FAILURE",
+                      exception="ValueError('x')") for i in range(2)])
+    scope = scope_from_controls("1h", None, None, None, None, None, NOW, ["eu"])
+    stats = analytics.task_stats(store, scope, NOW)
+    assert (stats["finished"].sum(), stats["failed"].sum(), stats["runtime_max"].max()) == (3, 0, pytest.approx(0.3))
+    assert analytics.throughput(store, scope, NOW)["count"].sum() == 3
+    assert analytics.exception_groups(store, scope).empty
+    assert set(analytics.slowest_tasks(store, scope, stats)["uuid"]) == {"eu0", "eu1", "eu2"}
+    assert set(analytics.worker_activity(store, scope, NOW)["worker"]) == {"w@eu"}
+    assert analytics.filter_options(store)["broker"] == ["eu", "us"]
+    success = next(t for t in view.throughput_figure(analytics.throughput(store, scope, NOW), scope, "test")["data"])
+    bounds = success["customdata"][0]
+    assert "broker=eu" in success["meta"][0]
+    assert _tasks_page_uuids(store, success["meta"], bounds) == {"eu0", "eu1", "eu2"}
+
+
 def test_search_comparisons_and_exact_names():
     assert search.compile_search("finished>=2026-11-25T08:00 name=a.b") == (
         f"({search.COMPARABLE['finished']} >= ? AND name = ?)", [search.parse_moment("2026-11-25T08:00"), "a.b"])

@@ -307,7 +307,9 @@ def rows_case(rng: random.Random) -> tuple[object, object, bool | None]:
     if kind == 3:
         return request, rng.choice([[1, 2], 42, "ALL", 1.5, True, {"search": "", "state": "NOPE"},
                                     {"search": "", "state": ["ALL"]}, {"search": ["a"], "state": "ALL"},
-                                    {"search": "a\ud800", "state": "ALL"}, {"search": 5}]), False
+                                    {"search": "a\ud800", "state": "ALL"}, {"search": 5},
+                                    {"search": "", "state": "ALL", "broker": ["eu"]},
+                                    {"search": "", "state": "ALL", "broker": "eu\ud800"}]), False
     if kind == 4:
         key = rng.choice(list(request))
         return {**request, key: nasty_json(rng)}, query, None
@@ -332,10 +334,11 @@ def load_rows(client, request, query):
     return client.post("/_dash-update-component", json=body)
 
 
-def update_query(client, text, state):
+def update_query(client, text, state, broker=None):
     return client.post("/_dash-update-component", json=callback_body(QUERY_OUTPUT, [
         {"id": "tasks-search", "property": "value", "value": text},
-        {"id": "tasks-state", "property": "value", "value": state}]))
+        {"id": "tasks-state", "property": "value", "value": state},
+        {"id": "tasks-broker", "property": "value", "value": broker}]))
 
 
 def check_rows_answer(response, case) -> None:
@@ -439,6 +442,8 @@ def test_api_regressions(client, url, status, error):
     ({"startRow": 0, "endRow": 100}, 42, "malformed page query"),
     ({"startRow": 0, "endRow": 100}, {"search": ["a"], "state": "ALL"}, "the search must be text, not list"),
     ({"startRow": 0, "endRow": 100}, {"search": "", "state": {"x": 1}}, "unknown state"),
+    ({"startRow": 0, "endRow": 100}, {"search": "", "state": "ALL", "broker": {"x": 1}}, "the broker must be text"),
+    ({"startRow": 0, "endRow": 100}, {"search": "", "state": "ALL", "broker": "a\ud800"}, "lone surrogate"),
 ])
 def test_rows_callback_regressions(client, request_, query, message):
     response = load_rows(client, request_, query)
@@ -449,15 +454,16 @@ def test_rows_callback_regressions(client, request_, query, message):
     assert answer["tasks-grid"]["getRowsResponse"] == {"rowData": [], "rowCount": 0}
 
 
-@pytest.mark.parametrize("text, state, message", [
-    (5, "ALL", "the search must be text, not int"),
-    (["name:x"], "ALL", "the search must be text, not list"),
-    ("a\x00", "ALL", "NUL character at position 2"),
-    ("\udfff", "ALL", "lone surrogate"),
-    ("tasks.add", ["ALL"], "Unknown state ['ALL']"),
+@pytest.mark.parametrize("text, state, broker, message", [
+    (5, "ALL", None, "the search must be text, not int"),
+    (["name:x"], "ALL", None, "the search must be text, not list"),
+    ("a\x00", "ALL", None, "NUL character at position 2"),
+    ("\udfff", "ALL", None, "lone surrogate"),
+    ("tasks.add", ["ALL"], None, "Unknown state ['ALL']"),
+    ("tasks.add", "ALL", ["eu"], "Unknown broker ['eu']"),
 ])
-def test_search_box_regressions(client, text, state, message):
-    answer = update_query(client, text, state).get_json()["response"]
+def test_search_box_regressions(client, text, state, broker, message):
+    answer = update_query(client, text, state, broker).get_json()["response"]
     assert message in answer["tasks-search-message"]["children"]
     assert "tasks-query" not in answer
 
@@ -515,5 +521,5 @@ def test_valid_grid_requests_still_answer(client):
     assert len(rows) == len(expected) and {row["name"] for row in rows} == {"tasks.add"}
     assert [row["runtime"] for row in rows] == sorted((row["runtime"] for row in rows), reverse=True)
     answer = update_query(client, "name:shop.checkout", "FAILURE").get_json()["response"]
-    assert answer["tasks-query"]["data"] == {"search": "name:shop.checkout", "state": "FAILURE"}
+    assert answer["tasks-query"]["data"] == {"search": "name:shop.checkout", "state": "FAILURE", "broker": ""}
     assert answer["tasks-search-message"]["children"] == ""

@@ -16,15 +16,17 @@ UUIDS = {
     "retrying": "9f8e7d6c-0000-4000-8000-000000000004",
     "percent": "5555aaaa-0000-4000-8000-000000000005",
 }
+# Recorded from the brokers named eu and eu-west; `percent` before brokers were recorded (none).
 ROWS = [
     task_row(uuid=UUIDS["add"], name="tasks.add", state="SUCCESS", worker="celery@alpha", args="(2, 3)",
-             kwargs="{}", result="5"),
+             kwargs="{}", result="5", broker="eu"),
     task_row(uuid=UUIDS["checkout"], name="shop.checkout", state="STARTED", worker="celery@beta", args="()",
-             kwargs="{'user_id': 42, 'cart': 'big'}"),
+             kwargs="{'user_id': 42, 'cart': 'big'}", broker="eu"),
     task_row(uuid=UUIDS["declined"], name="payments.charge", state="FAILURE", worker="celery@alpha",
-             args="(1042,)", kwargs="{'user_id': '42'}", exception="ValueError('card declined: connection reset')"),
+             args="(1042,)", kwargs="{'user_id': '42'}", exception="ValueError('card declined: connection reset')",
+             broker="eu"),
     task_row(uuid=UUIDS["retrying"], name="inventory.sync", state="RETRY", worker="celery@batch", args="('north',)",
-             kwargs="{'user_id': 420}", exception="ConnectionError('connection reset by peer')"),
+             kwargs="{'user_id': 420}", exception="ConnectionError('connection reset by peer')", broker="eu-west"),
     task_row(uuid=UUIDS["percent"], name="reports.build", state="SUCCESS", worker="celery@batch", args="('100%',)",
              kwargs="{}", result="under_score"),
 ]
@@ -106,10 +108,20 @@ def test_malformed_query_raises_search_error_with_message(query, message):
     ("(name:tasks.add OR name:shop.checkout) AND -state:STARTED", ["add"]),
     ("NOT (state:SUCCESS OR state:STARTED)", ["declined", "retrying"]),
     ("nothing-like-this", []),
+    ("broker:eu", ["add", "checkout", "declined"]),  # the whole name: not eu-west
+    ("broker=eu-west", ["retrying"]),
+    ("broker:EU", []),  # names are exact
+    ("-broker:eu", ["retrying", "percent"]),
+    ("broker:eu state:FAILURE OR broker:eu-west", ["declined", "retrying"]),
 ])
 def test_search_matches_in_the_store(store, query, expected):
     rows = fetch_tasks(store, TaskQuery(search=query, limit=100), ("uuid",)).rows
     assert {row["uuid"] for row in rows} == {UUIDS[key] for key in expected}
+
+
+def test_a_task_query_filters_by_broker_names_with_the_search(store):
+    rows = fetch_tasks(store, TaskQuery(search="connection", brokers=("eu",)), ("uuid", "broker")).rows
+    assert rows == [{"uuid": UUIDS["declined"], "broker": "eu"}]
 
 
 @pytest.mark.parametrize("query, message", [

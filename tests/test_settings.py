@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from helpers import ROOT
-from monitor.settings import DEMO_BROKER, DEMO_DB, Settings, SettingsError, build_parser, load_settings
+from monitor.settings import (DEMO_BROKER, DEMO_DB, Settings, SettingsError, broker_name, build_parser,
+                              load_settings)
 
 FLOWERBED = shutil.which("flowerbed")
 
@@ -51,6 +52,8 @@ def test_demo_uses_the_embedded_broker_and_its_own_history():
     demo = load_settings(["--demo"], {"FLOWERBED_BROKER": "redis://real/0"})
     assert (demo.broker, demo.db) == (DEMO_BROKER, DEMO_DB)
     assert load_settings(["--demo", "--db", "mine.db"], {}).db == "mine.db"
+    several = load_settings(["--demo", "-b", "a=redis://x/0", "-b", "b=redis://y/0"], {})
+    assert several.named_brokers == (("localhost", DEMO_BROKER),)
 
 
 def test_users_parse_with_hashes_kept_whole():
@@ -63,6 +66,41 @@ def test_users_parse_with_hashes_kept_whole():
 def test_failover_broker_urls_are_accepted():
     broker = "sentinel://h1:26379;sentinel://h2:26379"
     assert load_settings(["--broker", broker], {}).broker == broker
+
+
+# -- several brokers ---------------------------------------------------------------------------------
+def test_broker_repeats_each_time_optionally_named_and_the_first_is_the_broker():
+    settings = load_settings(["-b", "eu=redis://:s3cret@eu-redis:6379/0", "--broker", "amqp://u:p@rabbit:5672/orders"],
+                             {"FLOWERBED_BROKERS": "ignored=redis://env/0"})
+    assert settings.named_brokers == (("eu", "redis://:s3cret@eu-redis:6379/0"),
+                                      ("rabbit:5672/orders", "amqp://u:p@rabbit:5672/orders"))
+    assert settings.broker == "redis://:s3cret@eu-redis:6379/0"  # what takes one broker takes the first
+
+
+def test_flowerbed_brokers_is_a_comma_list_and_wins_over_the_single_broker_variables():
+    environ = {"FLOWERBED_BROKERS": "eu=redis://eu:6379/0, us=redis://us:6379/0,", "CELERY_BROKER_URL": "redis://x/0"}
+    assert load_settings([], environ).named_brokers == (("eu", "redis://eu:6379/0"), ("us", "redis://us:6379/0"))
+    assert load_settings([], {"CELERY_BROKER_URL": "redis://x:6379/0"}).named_brokers == (
+        ("x:6379/0", "redis://x:6379/0"),)
+
+
+def test_one_broker_without_a_name_is_named_after_its_address_as_is_the_default():
+    assert Settings().named_brokers == (("127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),)
+    assert load_settings([], {}).named_brokers == Settings().named_brokers
+
+
+@pytest.mark.parametrize("url, name", [
+    ("redis://:s3cret@cache.internal:6379/2", "cache.internal:6379/2"),
+    ("redis://h:6379/0?ssl_cert_reqs=none", "h:6379/0"),  # its options' '=' does not make it named
+    ("amqp://user:pass@rabbit:5672//", "rabbit:5672"),  # the default vhost
+    ("amqp://user:pass@rabbit:5672/orders", "rabbit:5672/orders"),
+    ("redis://:pa%2Fss%40@h:6379/1", "h:6379/1"),
+    ("sentinel://h1:26379;sentinel://h2:26379", "h1:26379"),
+    ("sqs://AKIA:s3cret@", "sqs"),  # no address: its transport
+])
+def test_an_unnamed_broker_is_named_after_its_address_without_user_or_password(url, name):
+    assert broker_name(url) == name
+    assert load_settings(["--broker", url], {}).named_brokers == ((name, url),)
 
 
 BAD_VALUES = [
@@ -83,6 +121,13 @@ BAD_VALUES = [
     (["--address", "0.0.0.0"], {}, "refusing to serve on 0.0.0.0 without basic auth"),
     ([], {"FLOWERBED_PORT": "http"}, "FLOWERBED_PORT: expected a whole number"),
     ([], {"FLOWERBED_DEMO": "maybe"}, "FLOWERBED_DEMO: expected 1/0"),
+    (["-b", "eu=redis://a/0", "-b", "eu=redis://b/0"], {}, "--broker: two brokers are named 'eu'"),
+    (["-b", "redis://a:6379/0", "-b", "rediss://a:6379/0"], {}, "two brokers are named 'a:6379/0': name them apart"),
+    (["-b", "x=redis://a/0", "-b", "y=redis://a/0"], {}, "the broker 'redis://a/0' is given twice"),
+    (["-b", "e u=redis://a/0"], {}, "broker name 'e u' may hold only letters, digits"),
+    (["-b", "eu="], {}, "broker must be a URL such as redis://"),
+    (["-b", "eu=reddis://a/0"], {}, "unknown transport 'reddis'"),
+    ([], {"FLOWERBED_BROKERS": " , "}, "FLOWERBED_BROKERS: expected a broker URL, got none"),
 ]
 
 
@@ -94,10 +139,11 @@ def test_bad_values_raise_one_line_settings_errors(argv, environ, message):
     assert "\n" not in str(raised.value)
 
 
-@pytest.mark.parametrize("broker", ["redi://ann:s3cret@rabbit//", "redis://ann:s3cret@redis:port/0"])
-def test_broker_errors_never_show_the_password(broker):
+@pytest.mark.parametrize("brokers", [["redi://ann:s3cret@rabbit//"], ["redis://ann:s3cret@redis:port/0"],
+                                     ["a=redis://ann:s3cret@h/0", "b=redis://ann:s3cret@h/0"]])
+def test_broker_errors_never_show_the_password(brokers):
     with pytest.raises(SettingsError) as raised:
-        load_settings(["--broker", broker], {})
+        load_settings([arg for broker in brokers for arg in ("--broker", broker)], {})
     assert "s3cret" not in str(raised.value) and "ann:**@" in str(raised.value)
 
 
@@ -122,8 +168,8 @@ def test_help_explains_every_option():
             assert flag in text, flag
         if action.dest != "help":
             assert len(action.help) > 20 and action.help.split(" (env")[0] in text, action.dest
-    for env in ("FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL", "FLOWERBED_PORT", "PORT",
-                "FLOWERBED_DB", "FLOWERBED_BASIC_AUTH", "FLOWERBED_DEMO"):
+    for env in ("FLOWERBED_BROKERS", "FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL", "FLOWERBED_PORT",
+                "PORT", "FLOWERBED_DB", "FLOWERBED_BASIC_AUTH", "FLOWERBED_DEMO"):
         assert re.search(rf"\b{env}\b", text), env
 
 

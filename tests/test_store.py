@@ -135,3 +135,68 @@ def test_only_one_owner_holds_a_lease_until_it_expires_or_is_released(store):
     assert store.get_meta("lease:broker")["owner"] == "a"
     store.release_lease("broker", "a")
     assert store.get_meta("lease:broker") is None
+
+
+# The tables of a version-1 store (Flowerbed 0.1), as it created them: no `broker` column.
+VERSION_1 = """
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE,
+    name TEXT, state TEXT, worker TEXT, args TEXT, kwargs TEXT, result TEXT, exception TEXT,
+    traceback TEXT, retries INTEGER, sent REAL, received REAL, started REAL, succeeded REAL,
+    failed REAL, retried REAL, revoked REAL, rejected REAL, runtime REAL, eta TEXT, expires TEXT,
+    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL
+);
+CREATE TABLE workers (
+    hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
+    active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
+    received INTEGER NOT NULL DEFAULT 0, started INTEGER NOT NULL DEFAULT 0, succeeded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0, retried INTEGER NOT NULL DEFAULT 0, inspect TEXT, inspected_at REAL
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT INTO tasks (uuid, name, state, worker, result) VALUES ('00000000-0000-4000-8000-000000000001',
+                                                               'sample.add', 'SUCCESS', 'w@a', '5');
+INSERT INTO workers (hostname, freq, succeeded) VALUES ('w@a', 2.0, 1);
+PRAGMA user_version = 1;
+"""
+
+
+def columns(store, table) -> list[str]:
+    return [row[1] for row in store.query(f"PRAGMA table_info({table})")]
+
+
+def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_path):
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(VERSION_1)
+    store = Store(str(path))
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    assert columns(store, "tasks")[-1] == "broker" and columns(store, "workers")[-1] == "broker"
+    assert columns(store, "tasks") == columns(Store(str(tmp_path / "new.db")), "tasks")  # as a new store has them
+    assert store.query("SELECT 1 FROM sqlite_master WHERE name = 'tasks_broker'")
+    task = store.get_task(uuid(1))
+    assert (task["name"], task["state"], task["result"], task["broker"]) == ("sample.add", "SUCCESS", "5", None)
+    assert [(w["hostname"], w["succeeded"], w["broker"]) for w in store.workers()] == [("w@a", 1, None)]
+    assert len(store.query("SELECT rowid FROM tasks_text WHERE tasks_text MATCH 'add'")) == 1  # text indexed
+    # New rows carry their broker; the next opening migrates nothing again.
+    store.write_batch(tasks=[task_row(uuid=uuid(2), name="t", state="STARTED", broker="eu")],
+                      workers=[worker_row("w@b", broker="eu")])
+    reopened = Store(str(path))
+    assert [row["broker"] for row in reopened.query("SELECT broker FROM tasks ORDER BY seq")] == [None, "eu"]
+    assert reopened.brokers() == ["eu"]
+
+
+def test_worker_rows_keep_their_broker_when_an_inspect_or_a_later_row_does_not_say(store):
+    store.write_batch(workers=[worker_row("w@a", broker="eu", last_heartbeat=T0)])
+    store.write_batch(workers=[worker_row("w@a", last_heartbeat=T0 + 1)], counters=[("w@a", 1, 0, 0, 0, 0)])
+    store.save_inspection({"w@a": {"stats": {}}}, at=T0)
+    store.save_inspection({"w@b": {"stats": {}}}, at=T0, broker="us")
+    assert {w["hostname"]: w["broker"] for w in store.workers(now=T0)} == {"w@a": "eu", "w@b": "us"}
+    assert store.brokers() == ["eu", "us"]
+
+
+def test_meta_values_are_read_by_key_prefix(store):
+    store.set_meta("collector:eu", {"stored": 1})
+    store.set_meta("collector:us", {"stored": 2})
+    store.set_meta("collector", {"stored": 3})  # what version 1 wrote: not under the prefix
+    store.set_meta("lease:collector:eu", {"owner": "x"})
+    assert store.get_meta_prefixed("collector:") == {"eu": {"stored": 1}, "us": {"stored": 2}}

@@ -11,7 +11,8 @@ No single event may stop it. An event that cannot be merged is counted and skipp
 store refuses is split until the rows it refuses are found, repaired where possible, else counted
 and dropped; a store that cannot be written now (a lock, a full disk) keeps the batch and is
 retried with backoff, with the error shown in `stats()` and logged once. One collector per broker
-writes to a store: the others stand by behind a lease kept in the store.
+writes to a store: the others stand by behind a lease kept in the store. Several brokers may share a
+store: each has its collector, which names its broker on every task and worker row it writes.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ TRUNCATED = "…[truncated {:,} characters]"
 DEFAULT_FIELD_LIMIT = 65_536
 # How often the lease is renewed and the counters published to the store, for the web processes.
 REPORT_SECONDS = 1.0
+# The meta key a collector publishes its counters under is this followed by its broker's name.
+REPORT_PREFIX = "collector:"
 
 
 class Collector:
@@ -56,7 +59,7 @@ class Collector:
                  max_backlog: int = 1_000_000, tasks_in_memory: int = 5_000,
                  retention_seconds: float = 5.0, max_backoff: float = 10.0,
                  receive_in_process: bool | None = None, field_limit: int = DEFAULT_FIELD_LIMIT,
-                 lease_seconds: float = 30.0):
+                 lease_seconds: float = 30.0, broker_name: str | None = None):
         self.app = celery_app
         self.store = store
         self.batch_seconds = batch_seconds
@@ -86,7 +89,11 @@ class Collector:
         self._retention_due = 0.0
         self.broker = Incident("collector: the broker connection", log)
         self.writer = Incident("collector: writing to the store", log)
-        self.lease_name = f"collector:{maybe_sanitize_url(celery_app.conf.broker_url)}"
+        # What its rows carry and what its lease and counters are kept under: collectors of different
+        # brokers never stand by for each other.
+        self.broker_name = broker_name or maybe_sanitize_url(celery_app.conf.broker_url)
+        self.lease_name = f"collector:{self.broker_name}"
+        self.report_key = f"{REPORT_PREFIX}{self.broker_name}"
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid_module.uuid4().hex[:6]}"
         self.lease_holder: str | None = None
         self.holder_reported_at: float | None = None  # when the lease holder last published its counters
@@ -119,7 +126,7 @@ class Collector:
         if self.active:
             try:
                 self._write_what_is_held(time.monotonic() + timeout)
-                self.store.set_meta("collector", self.stats())  # `running: false`, for the web side to show
+                self.store.set_meta(self.report_key, self.stats())  # `running: false`, for the web side to show
                 self.store.release_lease(self.lease_name, self.owner)
             except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
                 log.warning("collector: stopped with events unwritten or its lease held (%s: %s); a standby "
@@ -154,6 +161,7 @@ class Collector:
             "lease_holder": self.lease_holder,
             "holder_reported_at": None if self.active else self.holder_reported_at,
             "owner": self.owner,
+            "broker": self.broker_name,
             "running": bool(self._threads),
             "updated_at": now,
         }
@@ -310,9 +318,9 @@ class Collector:
             if time.monotonic() >= self._retention_due:
                 self.store.enforce_retention()
                 self._retention_due = time.monotonic() + self.retention_seconds
-            self.store.set_meta("collector", self.stats())
+            self.store.set_meta(self.report_key, self.stats())
         else:
-            self.holder_reported_at = (self.store.get_meta("collector") or {}).get("updated_at")
+            self.holder_reported_at = (self.store.get_meta(self.report_key) or {}).get("updated_at")
 
     def _skip_waiting_events(self) -> None:
         """A standby leaves the writing to the lease holder, which receives the same events."""
@@ -382,10 +390,10 @@ class Collector:
         return taken
 
     def _flush(self, pending: "_Pending") -> None:
-        limit, counts = self.field_limit, self.counts
+        limit, counts, broker = self.field_limit, self.counts, self.broker_name
         self._unwritten = _Unwritten({
-            "tasks": [task_row(task, limit, counts) for task in pending.tasks.values()],
-            "workers": [worker_row(worker, offline_at, limit, counts)
+            "tasks": [task_row(task, limit, counts, broker) for task in pending.tasks.values()],
+            "workers": [worker_row(worker, offline_at, limit, counts, broker)
                         for worker, offline_at in pending.workers.values()],
             "counters": [(host, *values) for host, values in pending.increments.items()],
             "samples": pending.samples,
@@ -560,7 +568,8 @@ def _loadavg(value) -> tuple:
     return tuple(_number(v) for v in (*value[:3], None, None, None)[:3])
 
 
-def task_row(task, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None) -> tuple:
+def task_row(task, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None,
+             broker: str | None = None) -> tuple:
     counts = collections.Counter() if counts is None else counts
     values = []
     for field in TASK_FIELDS:
@@ -573,12 +582,15 @@ def task_row(task, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter
             values.append(_number(value))
         elif field == "worker":
             values.append(value.hostname if value is not None else None)
+        elif field == "broker":
+            values.append(broker)
         else:
             values.append(_text(value, limit, counts))
     return tuple(values)
 
 
-def worker_row(worker, offline_at, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None) -> tuple:
+def worker_row(worker, offline_at, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None,
+               broker: str | None = None) -> tuple:
     counts = collections.Counter() if counts is None else counts
     load = _loadavg(worker.loadavg)
     heartbeat = worker.heartbeats[-1] if worker.heartbeats else None
@@ -586,5 +598,5 @@ def worker_row(worker, offline_at, limit: int = DEFAULT_FIELD_LIMIT, counts: col
         worker.hostname, _number(worker.pid), _number(worker.freq), _number(heartbeat), _number(offline_at),
         _number(worker.active), _number(worker.processed),
         json.dumps(load) if worker.loadavg and None not in load else None,
-        *(_text(value, limit, counts) for value in (worker.sw_ident, worker.sw_ver, worker.sw_sys)),
+        *(_text(value, limit, counts) for value in (worker.sw_ident, worker.sw_ver, worker.sw_sys)), broker,
     )

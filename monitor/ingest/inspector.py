@@ -22,10 +22,11 @@ INSPECT_METHODS = ("stats", "active", "reserved", "scheduled", "registered", "ac
 
 
 class Inspector:
-    def __init__(self, celery_app, store: Store, *, interval: float = 10.0, timeout: float = 1.0,
+    def __init__(self, celery_app, store: Store, *, broker_name: str, interval: float = 10.0, timeout: float = 1.0,
                  enable_events: bool = True):
         self.app = celery_app
         self.store = store
+        self.broker_name = broker_name  # the broker of the workers it inspects, named on their rows
         self.interval = interval
         self.timeout = timeout
         self.enable_events = enable_events
@@ -81,7 +82,7 @@ class Inspector:
     def inspect_once(self) -> dict[str, dict]:
         if self.enable_events:
             self.app.control.enable_events()
-        known_online = sum(1 for w in self.store.workers() if w["online"])
+        known_online = sum(1 for w in self.store.workers() if w["online"] and w["broker"] == self.broker_name)
         # With a limit the broadcast returns as soon as every worker we know answered.
         inspect = self.app.control.inspect(timeout=self.timeout, limit=known_online or None)
         replies: dict[str, dict] = {}
@@ -92,7 +93,7 @@ class Inspector:
                 replies.setdefault(hostname, {})[method] = reply
         now = time.time()
         if replies:
-            self.store.save_inspection(replies, now)
+            self.store.save_inspection(replies, now, self.broker_name)
         self.last_run = now
         self.runs += 1
         return replies

@@ -1,11 +1,16 @@
 """Runtime and failure analytics: SQL over the rollups (see rollup.py) and pandas for the shaping.
 
-Every function takes the store and a Scope (time range and optional task names, workers, queues)
-and returns plain data, mostly DataFrames already aggregated to what a chart or table shows: the
-size of a result depends on the number of task names and buckets, never on the number of tasks.
+Every function takes the store and a Scope (time range and optional task names, workers, queues,
+brokers) and returns plain data, mostly DataFrames already aggregated to what a chart or table
+shows: the size of a result depends on the number of task names and buckets, never on the number
+of tasks.
 Raw task rows are read only where an index keeps it cheap: the slowest tasks (the runtime index, or
 the started index within the rollup's slowest minutes), stuck tasks (state = 'STARTED') and sample
 tracebacks (by uuid).
+
+The rollups have no broker dimension: a broker filter keeps the rows of the workers recorded from
+that broker (worker names are kept with their broker), so it narrows exactly what a worker filter
+narrows; raw task rows are filtered on their own broker.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ class Scope:
     names: tuple[str, ...] = ()
     workers: tuple[str, ...] = ()
     queues: tuple[str, ...] = ()
+    brokers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.end > self.start:
@@ -87,6 +93,10 @@ def _filters(scope: Scope, dimensions=ALL_DIMENSIONS) -> tuple[str, list]:
         if values and dimension in dimensions:
             clauses.append(f"{dimensions[dimension]} IN ({', '.join('?' * len(values))})")
             params.extend(values)
+    if scope.brokers and "worker" in dimensions:
+        clauses.append(f"{dimensions['worker']} IN (SELECT hostname FROM workers "
+                       f"WHERE broker IN ({', '.join('?' * len(scope.brokers))}))")
+        params.extend(scope.brokers)
     return "".join(f" AND {c}" for c in clauses), params
 
 
@@ -195,8 +205,9 @@ def task_stats(store: Store, scope: Scope, now: float | None = None) -> pd.DataF
     """One row per task name: finished count, failures, failure rate, and for each metric
     (runtime, wait, sent_wait) count, mean, p5, p25, p50, p75, p90, p95, p99 and max, as `<metric>_<stat>`.
 
-    Counts, means and maxima follow every filter. The histograms have no worker or queue dimension,
-    so quantiles follow the name filter only; they are clamped to the (filtered) exact maximum."""
+    Counts, means and maxima follow every filter. The histograms have no worker, queue or broker
+    dimension, so quantiles follow the name filter only; they are clamped to the (filtered) exact
+    maximum."""
     where, params = _cover_where(scope, now)
     metric_sums = ", ".join(f"sum({m}_count), sum({m}_sum), max({m}_max)" for m in rollup.METRICS)
     totals = _frame(
@@ -244,7 +255,8 @@ FINISHED_SQL = rollup.finished_sql()
 def _task_filters(scope: Scope) -> tuple[str, list]:
     # coalesce() also keeps SQLite off the name and worker indexes: the caller picks the index.
     clauses, params = [], []
-    for column, values in (("name", scope.names), ("worker", scope.workers), ("routing_key", scope.queues)):
+    for column, values in (("name", scope.names), ("worker", scope.workers), ("routing_key", scope.queues),
+                           ("broker", scope.brokers)):
         if values:
             clauses.append(f"coalesce({column}, '') IN ({', '.join('?' * len(values))})")
             params.extend(values)
@@ -267,7 +279,7 @@ def slowest_tasks(store: Store, scope: Scope, stats: pd.DataFrame, limit: int = 
         return pd.DataFrame(columns=SLOWEST_COLUMNS)
     extra, params = _task_filters(scope)
     finished = f"{FINISHED_SQL} >= ? AND {FINISHED_SQL} < ?"
-    filtered = scope.names or scope.workers or scope.queues
+    filtered = scope.names or scope.workers or scope.queues or scope.brokers
     if not filtered and stats["finished"].sum() > 200 * limit:
         return _frame(store, f"SELECT {', '.join(SLOWEST_COLUMNS)} FROM tasks {store.dialect.indexed_by('tasks_runtime')} "
                              f"WHERE runtime <= ? AND {finished} ORDER BY {store.dialect.order('runtime', True)}, "
@@ -349,6 +361,9 @@ def tracebacks(store: Store, uuids) -> dict[str, str]:
 
 # -- what the filters can offer -----------------------------------------------------------------
 def filter_options(store: Store) -> dict[str, list[str]]:
-    """Task names, workers and queues seen in the kept three-hour rollup (for the filter menus)."""
+    """Task names, workers and queues seen in the kept three-hour rollup, and the brokers workers were
+    recorded from (for the filter menus)."""
     rows = store.query("SELECT DISTINCT name, worker, queue FROM task_rollup WHERE grain = ?", (rollup.THREE_HOURS,))
-    return {key: sorted({r[key] for r in rows} - {UNKNOWN}) for key in ("name", "worker", "queue")}
+    options = {key: sorted({r[key] for r in rows} - {UNKNOWN}) for key in ("name", "worker", "queue")}
+    options["broker"] = store.brokers()
+    return options

@@ -10,6 +10,7 @@
     finished<2026-11-25T10:05    finished (UTC date/time or epoch seconds) and runtime (seconds):
     runtime>2.5                  what a drill-down from the Analytics page writes
     name=shop.checkout           exactly this name (or worker=celery@host), where name: matches a part
+    broker:eu                    recorded from the broker named eu (broker=eu too: a name matches whole)
 
 `compile_search` raises SearchError with a message fit to show next to the search box.
 """
@@ -26,7 +27,7 @@ from monitor.store.dialect import SQLITE, Dialect
 from monitor.store.rollup import FINAL_STATES, finished_sql
 from monitor.store.schema import TEXT_COLUMNS
 
-FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception")
+FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception", "broker")
 FREE_TEXT_COLUMNS = TEXT_COLUMNS  # name uuid worker args kwargs result exception, indexed by trigrams
 KNOWN_STATES = tuple(sorted(states.ALL_STATES))
 
@@ -35,7 +36,7 @@ COMPARABLE = {
     "received": "received", "started": "started", "sent": "sent", "runtime": "runtime",
     "finished": f"(CASE WHEN state IN ({', '.join(repr(s) for s in FINAL_STATES)}) THEN {finished_sql()} END)",
 }
-EXACT = ("name", "worker")
+EXACT = ("name", "worker", "broker")
 _COMPARISON = re.compile(r"([A-Za-z_]+)(>=|<=|>|<|=)(.*)", re.S)
 _TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*"?)|((?:[^\s()"]|"(?:[^"\\]|\\.)*"?)+))')
 
@@ -164,7 +165,7 @@ def _comparison_value(field: str, text: str) -> float:
 
 
 _EXAMPLES = {"name": "tasks.add", "uuid": "3f2a", "state": "FAILURE", "worker": "celery@host",
-             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError",
+             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError", "broker": "eu",
              "received": "2026-11-25T10:00", "started": "2026-11-25T10:00", "sent": "2026-11-25T10:00",
              "finished": "2026-11-25T10:00", "runtime": "2.5"}
 
@@ -285,6 +286,8 @@ def _term_sql(term: Term, dialect: Dialect) -> tuple[str, list]:
         if unknown:
             raise SearchError(f"unknown state {unknown[0]} (known: {', '.join(KNOWN_STATES)})")
         return f"state IN ({', '.join('?' * len(wanted))})", wanted
+    if field == "broker":
+        return "broker = ?", [value]
     if field == "uuid":
         value = value.lower()
         if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):

@@ -30,6 +30,7 @@ class TaskQuery:
     states: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     workers: tuple[str, ...] = ()
+    brokers: tuple[str, ...] = ()  # broker names
     received_from: float | None = None
     received_to: float | None = None
     column_filters: dict = dataclasses.field(default_factory=dict)  # AG Grid filterModel
@@ -50,7 +51,8 @@ class TaskQuery:
             raise QueryError(str(exc)) from None
         if sql:
             add(sql, values)
-        for column, values in (("state", self.states), ("name", self.names), ("worker", self.workers)):
+        for column, values in (("state", self.states), ("name", self.names), ("worker", self.workers),
+                               ("broker", self.brokers)):
             if values:
                 add(f"{column} IN ({', '.join('?' * len(values))})", list(values))
         if self.received_from is not None:

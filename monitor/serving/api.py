@@ -37,6 +37,7 @@ def _flower_worker(worker: dict) -> dict:
         **worker.get("inspect", {}),
         "status": worker["online"],
         "hostname": worker["hostname"],
+        "broker": worker.get("broker"),
         "heartbeat": worker.get("last_heartbeat"),
         "active_count": worker.get("active"),
         "loadavg": worker.get("loadavg"),
@@ -86,6 +87,11 @@ def _states_arg() -> tuple[str, ...]:
     return tuple(s.strip().upper() for s in request.args.get("state", "").split(",") if s.strip())
 
 
+def _brokers_arg() -> tuple[str, ...]:
+    """?broker=NAME: only what was recorded from that broker (as ?workername= takes one worker)."""
+    return (request.args["broker"],) if request.args.get("broker") else ()
+
+
 def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
     """Routes under `prefix` ('/' or '/flower/'), reading `services.store`; `may_act()` says
     whether the current user may trigger actions."""
@@ -99,10 +105,13 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
     @api.get("/api/workers")
     def workers():
         only = request.args.get("workername")
+        brokers = _brokers_arg()
         online_only, refresh = _flag_arg("status"), _flag_arg("refresh")
         result = {}
         for worker in store.workers(time.time()):
             if only and worker["hostname"] != only:
+                continue
+            if brokers and worker["broker"] not in brokers:
                 continue
             if online_only and not worker["online"]:
                 continue
@@ -121,6 +130,7 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
             states=_states_arg(),
             names=(args["taskname"],) if args.get("taskname") else (),
             workers=(args["workername"],) if args.get("workername") else (),
+            brokers=_brokers_arg(),
             received_from=parse_time(args.get("received_start"), "received_start"),
             received_to=parse_time(args.get("received_end"), "received_end"),
             sort=parse_sort(args.get("sort_by")),
@@ -140,6 +150,7 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
         where, params = TaskQuery(
             search=request.args.get("search", ""),
             states=_states_arg(),
+            brokers=_brokers_arg(),
         ).where(store.dialect)
         return jsonify({"count": store.count_tasks(where, params)})
 

@@ -3,20 +3,19 @@ stays fast under any load), `/healthcheck/ready` (or `/healthcheck?strict=1`) sa
 Flowerbed is doing its job, with 503 and the reasons when it is not, so an orchestrator can act."""
 from __future__ import annotations
 
-import time
-
 import threading
+import time
 
 from flask import Blueprint, Flask, jsonify, request
 from werkzeug.serving import make_server
+
+from monitor.store import store_error_text
 
 _STRICT = ("1", "true", "yes")
 
 
 def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[str]:
     """Why the collector is not doing its job, from its counters; empty when it is."""
-    if stats.get("store_error"):
-        return [f"the store cannot be read: {stats['store_error']}"]
     if not stats:
         return ["no collector has reported to this store yet"]
     problems = []
@@ -42,16 +41,35 @@ def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[st
     return problems
 
 
+def brokers_problems(reports: dict[str, dict], now: float, stall_seconds: float) -> list[str]:
+    """readiness_problems of every broker's collector (`reports` by broker name), each named by its
+    broker when there are several."""
+    if len(reports) <= 1:
+        return readiness_problems(next(iter(reports.values()), {}), now, stall_seconds)
+    return [f"broker {name}: {problem}" for name, stats in reports.items()
+            for problem in readiness_problems(stats, now, stall_seconds)]
+
+
+_SHOWN = ("role", "connected", "backlog", "lag_seconds", "last_stored_at", "dropped", "rejected", "malformed")
+
+
 def create_health_blueprint(services, prefix: str) -> Blueprint:
     health = Blueprint("flowerbed_health", __name__, url_prefix=prefix.rstrip("/") or None)
 
     def ready():
-        stats = services.collector_stats()
-        problems = readiness_problems(stats, time.time(), services.settings.stall_seconds)
-        body = {"status": "not ready" if problems else "ready", "problems": problems,
-                "collector": {key: stats.get(key) for key in (
-                    "role", "connected", "backlog", "lag_seconds", "last_stored_at", "dropped", "rejected",
-                    "malformed")}}
+        try:
+            reports = services.broker_stats()
+        except Exception as exc:
+            if not services.store.is_transient(exc):
+                raise
+            return jsonify({"status": "not ready", "problems": [f"the store cannot be read: {store_error_text(exc)}"]}), 503
+        problems = brokers_problems(reports, time.time(), services.settings.stall_seconds)
+        body = {"status": "not ready" if problems else "ready", "problems": problems}
+        if len(reports) > 1:
+            body["brokers"] = {name: {key: stats.get(key) for key in _SHOWN} for name, stats in reports.items()}
+        else:
+            stats = next(iter(reports.values()), {})
+            body["collector"] = {key: stats.get(key) for key in _SHOWN}
         return jsonify(body), 503 if problems else 200
 
     @health.get("/healthcheck")

@@ -17,3 +17,9 @@ def open_store(url: str, **options) -> Store:
         return PostgresStore(url, **options)
     from monitor.store.sqlite import SqliteStore
     return SqliteStore(url, **options)
+
+
+def store_error_text(error: BaseException) -> str:
+    """A store failure in one line, as the pages and the API show it."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

@@ -123,12 +123,14 @@ class Store:
         self._write((), then=lambda conn: folded.append(self._fold(conn, force=True)))
         return folded[0]
 
-    def save_inspection(self, replies: dict[str, dict], at: float) -> None:
-        """Inspect replies per worker; a worker that only answered inspect still gets a row."""
-        rows = [(host, json.dumps(reply, default=str), at) for host, reply in replies.items()]
+    def save_inspection(self, replies: dict[str, dict], at: float, broker: str | None = None) -> None:
+        """Inspect replies per worker, of the workers of `broker`; a worker that only answered
+        inspect still gets a row."""
+        rows = [(host, json.dumps(reply, default=str), at, broker) for host, reply in replies.items()]
         self._write(((
-            "INSERT INTO workers (hostname, inspect, inspected_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at",
+            "INSERT INTO workers (hostname, inspect, inspected_at, broker) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at, "
+            "broker = coalesce(excluded.broker, workers.broker)",
             rows),))
 
     def set_meta(self, key: str, value) -> None:
@@ -188,6 +190,12 @@ class Store:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default
 
+    def get_meta_prefixed(self, prefix: str) -> dict:
+        """Every meta value whose key starts with `prefix`, by the rest of its key."""
+        rows = self.query("SELECT key, value FROM meta WHERE substr(key, 1, length(?)) = ? ORDER BY key",
+                          (prefix, prefix))
+        return {row["key"][len(prefix):]: json.loads(row["value"]) for row in rows}
+
     def enforce_retention(self, now: float | None = None) -> int:
         """Drop the oldest tasks beyond max_tasks and samples older than the sample window."""
         now = time.time() if now is None else now
@@ -209,6 +217,11 @@ class Store:
     def get_task(self, uuid: str) -> dict | None:
         rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
         return dict(rows[0]) if rows else None
+
+    def brokers(self) -> list[str]:
+        """The names of the brokers workers were recorded from."""
+        return [row[0] for row in self.query("SELECT DISTINCT broker FROM workers WHERE broker IS NOT NULL "
+                                             "ORDER BY broker")]
 
     def last_inspected(self) -> float | None:
         """When the workers last answered an inspect."""

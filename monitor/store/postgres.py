@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     uuid {_TEXT} NOT NULL UNIQUE, {_TASK_COLUMNS}
 );
 {"".join(f"CREATE INDEX IF NOT EXISTS tasks_{c} ON tasks ({c} NULLS FIRST, seq);" for c in _SORTED)}
+CREATE INDEX IF NOT EXISTS tasks_broker ON tasks (broker);
 CREATE INDEX IF NOT EXISTS tasks_text ON tasks USING gin (({PG_TEXT_EXPRESSION}) gin_trgm_ops);
 CREATE TABLE IF NOT EXISTS workers (
     hostname {_TEXT} PRIMARY KEY, {_WORKER_COLUMNS},

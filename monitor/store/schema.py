@@ -4,7 +4,8 @@ from __future__ import annotations
 
 # The version of what a store holds: a store written by a newer Flowerbed is refused, not misread.
 # 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
-SCHEMA_VERSION = 1
+# 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):
@@ -16,7 +17,7 @@ TASK_FIELDS = (
     "uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
     "retries", "sent", "received", "started", "succeeded", "failed", "retried", "revoked",
     "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
-    "client", "timestamp",
+    "client", "timestamp", "broker",
 )
 TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
 NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime")
@@ -24,7 +25,7 @@ TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 WORKER_FIELDS = (
     "hostname", "pid", "freq", "last_heartbeat", "offline_at", "active", "processed", "loadavg",
-    "sw_ident", "sw_ver", "sw_sys",
+    "sw_ident", "sw_ver", "sw_sys", "broker",
 )
 # Per-worker counts of task events, kept across restarts (the heartbeat's own `processed`
 # restarts from zero with the worker).

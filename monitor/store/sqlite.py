@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     name TEXT, state TEXT, worker TEXT, args TEXT, kwargs TEXT, result TEXT, exception TEXT,
     traceback TEXT, retries INTEGER, sent REAL, received REAL, started REAL, succeeded REAL,
     failed REAL, retried REAL, revoked REAL, rejected REAL, runtime REAL, eta TEXT, expires TEXT,
-    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL
+    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL, broker TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
@@ -30,11 +30,12 @@ CREATE INDEX IF NOT EXISTS tasks_worker ON tasks(worker);
 CREATE INDEX IF NOT EXISTS tasks_received ON tasks(received);
 CREATE INDEX IF NOT EXISTS tasks_started ON tasks(started);
 CREATE INDEX IF NOT EXISTS tasks_runtime ON tasks(runtime);
+CREATE INDEX IF NOT EXISTS tasks_broker ON tasks(broker);
 CREATE TABLE IF NOT EXISTS workers (
     hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
     active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in WORKER_COUNTERS)},
-    inspect TEXT, inspected_at REAL
+    inspect TEXT, inspected_at REAL, broker TEXT
 );
 CREATE TABLE IF NOT EXISTS worker_samples (
     hostname TEXT NOT NULL, at REAL NOT NULL, active INTEGER, load1 REAL, load5 REAL, load15 REAL
@@ -67,6 +68,22 @@ CREATE TRIGGER IF NOT EXISTS tasks_text_delete AFTER DELETE ON tasks BEGIN
 END;
 """
 
+def _add_broker_columns(connection: sqlite3.Connection) -> None:
+    """Version 2: a store written before gets the `broker` columns (at the end, where a new store has
+    them too); what it holds keeps NULL there. One transaction, checked inside it, so that two
+    processes opening the store at once add them once."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ("tasks", "workers"):
+            columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if columns and "broker" not in columns:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN broker TEXT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
 class SqliteStore(Store):
     dialect = SQLITE
 
@@ -85,6 +102,7 @@ class SqliteStore(Store):
                 raise StoreError(f"{path} was written by a newer Flowerbed (store version {version}; this one "
                                  f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
+            _add_broker_columns(connection)
             connection.executescript(_SCHEMA + rollup.schema(SQLITE) + _rollup_triggers() + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")

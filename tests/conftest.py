@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from helpers import (CeleryWorker, FlowerbedServer, PostgresDatabase, Process, RedisServer, Stack, port_open,
-                     wait_started)
+from helpers import (CeleryWorker, FlowerbedServer, PostgresDatabase, PrivatePostgres, Process, RedisServer, Stack,
+                     port_open, wait_started)
 
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
@@ -71,29 +71,22 @@ def rabbitmq_url(tmp_path_factory):
         started.stop()
 
 
-def _start_local_postgres() -> bool:
-    """Start the Debian cluster of an installed but stopped PostgreSQL (pg_ctlcluster)."""
-    clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if not clusters or not shutil.which("pg_ctlcluster"):
-        return False
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1], "main", "start"],
-                   capture_output=True, timeout=120)
-    return port_open(POSTGRES_HOST, POSTGRES_PORT)
-
-
 @pytest.fixture(scope="session")
-def postgres_database():
+def postgres_database(tmp_path_factory):
     """A database of this session's own on the PostgreSQL at 127.0.0.1:5432 (FLOWERBED_TEST_POSTGRES
-    names another server), started when installed but stopped, dropped at the end; skips where
-    there is no PostgreSQL."""
-    server = os.environ.get("FLOWERBED_TEST_POSTGRES", f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}")
-    if "FLOWERBED_TEST_POSTGRES" not in os.environ and not port_open(POSTGRES_HOST, POSTGRES_PORT) \
-            and not _start_local_postgres():
-        pytest.skip(f"PostgreSQL is not reachable on {POSTGRES_HOST}:{POSTGRES_PORT} and no stopped cluster "
-                    "could be started (apt-get install postgresql)")
+    names another server), else on a private server started from Debian's binaries; dropped at the
+    end. Skips where there is neither."""
+    server, private = os.environ.get("FLOWERBED_TEST_POSTGRES"), None
+    if server is None:
+        server = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}"
+        if not port_open(POSTGRES_HOST, POSTGRES_PORT):
+            private = PrivatePostgres(tmp_path_factory.mktemp("postgres"))
+            server = private.url
     database = PostgresDatabase(server)
     yield database
     database.stop()
+    if private is not None:
+        private.stop()
 
 
 class StoreMaker:

@@ -143,6 +143,36 @@ class RedisServer:
         self.start()
 
 
+class PrivatePostgres:
+    """A PostgreSQL server of the test session's own, from Debian's `postgresql` binaries: initdb
+    into a temporary folder (trust auth, loopback only), pg_ctl on a free port; `.url` names it.
+    As root it runs as the `postgres` user, since PostgreSQL refuses to run as root."""
+
+    def __init__(self, folder: Path):
+        import glob
+        import shutil as shutil_module
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            pytest.skip("no PostgreSQL binaries to start a private server (apt-get install postgresql)")
+        binaries = Path(found[-1]).parent
+        self.port = free_port()
+        self.data = folder / "pgdata"
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 and shutil_module.which("runuser") else []
+        if as_user:
+            os.chmod(folder, 0o777)
+        subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        self._pg_ctl = [*as_user, str(binaries / "pg_ctl"), "-D", str(self.data)]
+        subprocess.run([*self._pg_ctl, "-w", "-t", "60", "-l", str(folder / "postgres.log"), "-o",
+                        f"-p {self.port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=90)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        subprocess.run([*self._pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+
+
 class PostgresDatabase:
     """A database of the test session's own on a PostgreSQL server, dropped at stop(); each store
     the tests open lives in a schema of its own in it (`url(schema)`), so stores never share rows."""

@@ -7,6 +7,9 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# PostgreSQL: the server on 127.0.0.1:5432 if one answers, else a private one the tests start from the binaries.
+(exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
+  || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} with apt-get"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -7,10 +7,10 @@ import contextlib
 import signal
 import sys
 import time
+import urllib.parse
 
 import pytest
 
-from conftest import POSTGRES_PORT
 from helpers import (CeleryWorker, Process, Stack, TcpProxy, child_pids, free_port, get, get_json, tasks, wait_for,
                      wait_for_tasks, wait_started, worker_status)
 
@@ -94,8 +94,10 @@ def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url
     """PostgreSQL reached through a proxy the test cuts: the API answers 503, the pages and the
     readiness check say the store is unreachable, the collector keeps what arrives meanwhile and
     writes it all once the server is back."""
-    proxy = TcpProxy(("127.0.0.1", POSTGRES_PORT))
-    db = postgres_database.url("outage").replace(f":{POSTGRES_PORT}/", f":{proxy.port}/")
+    direct = postgres_database.url("outage")
+    server = urllib.parse.urlsplit(direct)
+    proxy = TcpProxy((server.hostname, server.port))
+    db = direct.replace(f":{server.port}/", f":{proxy.port}/")
     try:
         with split_deployment(redis_url, tmp_path, db, 1) as (collector, web, worker):
             before = {worker.send("sample.add", n, n): "SUCCESS" for n in range(10)}

@@ -79,9 +79,7 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
     else:
         tone, headline = "ok", "Recording"
     if stats.get("store_error"):
-        text = f"the pages cannot read the store, so what they show may be old: {stats['store_error']}"
-        return [html.Span(className="dot dot-bad"), html.Span(headline, className="status-text status-bad"),
-                html.Span(text, className="status-details", title=text)]
+        return tone, headline, f"the pages cannot read the store, so what they show may be old: {stats['store_error']}"
     details = ["no collector has written to this store yet"] if not stats else [
                f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
                f"backlog {stats.get('backlog', 0):,}"]

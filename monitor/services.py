@@ -60,17 +60,17 @@ class Services:
         keeps its last report there)."""
         if self._started and self.settings.collects:
             return {collector.broker_name: collector.stats() for collector in self.collectors}
-        return self.store.get_meta_prefixed(REPORT_PREFIX)
-
-    def collector_stats(self) -> dict:
-        """The collector's counters ({} before any report); with several brokers, {"brokers": each one's};
-        {"store_error": why} when the store cannot be read."""
         try:
-            reports = self.broker_stats()
+            return self.store.get_meta_prefixed(REPORT_PREFIX)
         except Exception as exc:
             if not self.store.is_transient(exc):
                 raise
-            return {"store_error": store_error_text(exc)}
+            # One report saying why, which every reader of the reports shows: top bar, readiness, API.
+            return {"store": {"store_error": store_error_text(exc)}}
+
+    def collector_stats(self) -> dict:
+        """The collector's counters ({} before any report); with several brokers, {"brokers": each one's}."""
+        reports = self.broker_stats()
         if len(reports) > 1:
             return {"brokers": reports}
         return next(iter(reports.values()), {})

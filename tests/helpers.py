@@ -254,6 +254,9 @@ class TcpProxy:
                 end.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
+        # shutdown() first: close() alone leaves a socket blocked in accept() listening.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for connection in self._connections:
             with contextlib.suppress(OSError):

@@ -90,7 +90,7 @@ def test_collector_and_web_tier_apart(redis_url, tmp_path, browser, make_store):
         assert get_json(f"{web.url}/api/tasks/count")[1]["count"] >= len(sent)  # pages still read the store
 
 
-def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url, tmp_path, postgres_database):
+def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url, tmp_path, postgres_database, browser):
     """PostgreSQL reached through a proxy the test cuts: the API answers 503, the pages and the
     readiness check say the store is unreachable, the collector keeps what arrives meanwhile and
     writes it all once the server is back."""
@@ -103,7 +103,12 @@ def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url
             before = {worker.send("sample.add", n, n): "SUCCESS" for n in range(10)}
             wait_for_tasks(web.url, before, 60)
 
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"{web.url}/tasks")
+            page.locator("#collector-status", has_text="Recording").wait_for(timeout=30_000)
             proxy.cut()
+            page.locator("#collector-status", has_text="Store unreachable").wait_for(timeout=30_000)
+            page.close()
             during = {worker.send("sample.add", n, 1): "SUCCESS" for n in range(30)}
             status, body = wait_for(lambda: (lambda a: a if a[0] == 503 else None)(get_json(f"{web.url}/api/tasks")),
                                     30, "503 from the API while the store is away")

@@ -9,13 +9,13 @@ import time
 from flask import Blueprint, Flask, jsonify, request
 from werkzeug.serving import make_server
 
-from monitor.store import store_error_text
-
 _STRICT = ("1", "true", "yes")
 
 
 def readiness_problems(stats: dict, now: float, stall_seconds: float) -> list[str]:
     """Why the collector is not doing its job, from its counters; empty when it is."""
+    if stats.get("store_error"):
+        return [f"the store cannot be read: {stats['store_error']}"]
     if not stats:
         return ["no collector has reported to this store yet"]
     problems = []
@@ -57,12 +57,7 @@ def create_health_blueprint(services, prefix: str) -> Blueprint:
     health = Blueprint("flowerbed_health", __name__, url_prefix=prefix.rstrip("/") or None)
 
     def ready():
-        try:
-            reports = services.broker_stats()
-        except Exception as exc:
-            if not services.store.is_transient(exc):
-                raise
-            return jsonify({"status": "not ready", "problems": [f"the store cannot be read: {store_error_text(exc)}"]}), 503
+        reports = services.broker_stats()
         problems = brokers_problems(reports, time.time(), services.settings.stall_seconds)
         body = {"status": "not ready" if problems else "ready", "problems": problems}
         if len(reports) > 1:

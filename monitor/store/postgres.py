@@ -168,9 +168,9 @@ class PostgresStore(Store):
     dialect = POSTGRES
 
     # connect_seconds: how long a read or write waits for a connection before it fails (the web side
-    # answers 503, the collector keeps its batch and retries), instead of hanging on a server away.
+    # answers 503 at once, the collector keeps its batch and retries), instead of hanging on a server away.
     def __init__(self, url: str, max_tasks: int = 100_000, sample_days: float = 7.0, pool_size: int = 10,
-                 connect_seconds: float = 5.0):
+                 connect_seconds: float = 2.0):
         super().__init__(max_tasks, sample_days)
         self.url = url
         self.path = _without_password(url)
@@ -180,7 +180,7 @@ class PostgresStore(Store):
         self._fork_lock = threading.Lock()
         self._pool, self._pool_pid = self._new_pool(), os.getpid()
         try:
-            self._pool.open(wait=True, timeout=connect_seconds)
+            self._pool.open(wait=True, timeout=max(10.0, connect_seconds))  # a server just starting may be slow
             self._create_schema()
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             self._pool.close()

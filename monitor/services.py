@@ -9,6 +9,7 @@ from celery import Celery
 
 from monitor.ingest.collector import Collector
 from monitor.ingest.inspector import REQUEST_KEY, Inspector
+from monitor.ingest.receiving import EventsQueue
 from monitor.settings import Settings
 from monitor.store.sqlite import Store
 
@@ -74,11 +75,13 @@ class Services:
 def build_services(settings: Settings) -> Services:
     celery_app = make_celery_app(settings)
     store = Store(settings.db, max_tasks=settings.max_tasks)
+    events_queue = (EventsQueue(settings.events_queue, settings.events_queue_max_length, settings.events_queue_ttl)
+                    if settings.events_queue else None)
     return Services(
         settings=settings,
         celery_app=celery_app,
         store=store,
-        collector=Collector(celery_app, store, field_limit=settings.max_field_size),
+        collector=Collector(celery_app, store, field_limit=settings.max_field_size, events_queue=events_queue),
         inspector=Inspector(celery_app, store, interval=settings.inspect_seconds,
                             timeout=settings.inspect_timeout, enable_events=settings.enable_events),
     )

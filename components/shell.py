@@ -84,9 +84,12 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
                f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
                f"backlog {stats.get('backlog', 0):,}"]
     for key, label in (("dropped", "dropped (backlog full)"), ("rejected", "rows refused by the store"),
-                       ("malformed", "malformed"), ("disconnects", "disconnects")):
+                       ("malformed", "malformed"), ("gaps", "tasks seen finishing without their earlier events"),
+                       ("disconnects", "disconnects")):
         if stats.get(key):
             details.append(f"{stats[key]:,} {label}")
+    if stats and not stats.get("events_queue"):
+        details.append("events published while no collector listens are lost (on RabbitMQ, --events-queue keeps them)")
     if role == "standby":
         details.insert(0, f"{stats.get('lease_holder')} records this broker; this one takes over if it stops")
     error = stats.get("writer_error") or stats.get("broker_error") or stats.get("last_error")

@@ -9,6 +9,7 @@ from celery import Celery
 
 from monitor.ingest.collector import REPORT_PREFIX, Collector
 from monitor.ingest.inspector import REQUEST_KEY, Inspector
+from monitor.ingest.receiving import EventsQueue
 from monitor.settings import Settings
 from monitor.store import Store, open_store, store_error_text
 
@@ -95,11 +96,14 @@ class Services:
 def build_services(settings: Settings) -> Services:
     store = open_store(settings.db, max_tasks=settings.max_tasks)
     apps = {name: make_celery_app(settings, url) for name, url in settings.named_brokers}
+    events_queue = (EventsQueue(settings.events_queue, settings.events_queue_max_length, settings.events_queue_ttl)
+                    if settings.events_queue else None)
     return Services(
         settings=settings,
         celery_app=next(iter(apps.values())),
         store=store,
-        collectors=[Collector(app, store, field_limit=settings.max_field_size, broker_name=name)
+        collectors=[Collector(app, store, field_limit=settings.max_field_size, broker_name=name,
+                              events_queue=events_queue)
                     for name, app in apps.items()],
         inspectors=[Inspector(app, store, broker_name=name, interval=settings.inspect_seconds,
                               timeout=settings.inspect_timeout, enable_events=settings.enable_events)

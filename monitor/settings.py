@@ -47,6 +47,10 @@ class Settings:
     basic_auth_readonly: str = ""
     no_auth: bool = False
     demo: bool = False
+    # A durable queue on RabbitMQ that keeps events while no collector listens (none: a subscription).
+    events_queue: str = ""
+    events_queue_max_length: int = 1_000_000
+    events_queue_ttl: float = 86_400.0
 
     @property
     def named_brokers(self) -> tuple[tuple[str, str], ...]:
@@ -107,6 +111,13 @@ _OPTIONS = (
      "admin users as user:password pairs separated by commas; a password may be a werkzeug hash"),
     ("basic_auth_readonly", ("--basic-auth-readonly",), ("FLOWERBED_BASIC_AUTH_READONLY",), str,
      "read-only users (see everything, can trigger no action), same format as --basic-auth"),
+    ("events_queue", ("--events-queue",), ("FLOWERBED_EVENTS_QUEUE",), str,
+     "RabbitMQ only: receive events from this durable queue, which keeps them while no collector listens "
+     "(several collectors on one queue share the load); without it events published meanwhile are lost"),
+    ("events_queue_max_length", ("--events-queue-max-length",), ("FLOWERBED_EVENTS_QUEUE_MAX_LENGTH",), int,
+     "messages --events-queue keeps at most; beyond that the oldest are dropped"),
+    ("events_queue_ttl", ("--events-queue-ttl",), ("FLOWERBED_EVENTS_QUEUE_TTL",), float,
+     "seconds a message waits in --events-queue before the broker drops it"),
 )
 # (field, flag, environment variable, help) for on/off switches
 _SWITCHES = (
@@ -224,9 +235,11 @@ def _validate(settings: Settings) -> None:
     if settings.demo and settings.command != "all":
         raise SettingsError(f"--demo runs its cluster inside one process; not with `flowerbed {settings.command}`")
     for name in ("max_tasks", "max_field_size", "stall_seconds", "refresh_seconds", "inspect_seconds",
-                 "inspect_timeout"):
+                 "inspect_timeout", "events_queue_max_length", "events_queue_ttl"):
         _positive(name.replace("_", "-"), getattr(settings, name))
     check_db(settings.db)
+    if settings.events_queue and settings.collects:
+        check_events_queue(settings)
     if settings.url_prefix and not settings.url_prefix.strip("/"):
         raise SettingsError(f"url-prefix must name a path such as /flower, got {settings.url_prefix!r}")
     if settings.url_prefix_stripped and not settings.url_prefix:
@@ -305,6 +318,26 @@ def parse_brokers(entries: Sequence[str], source: str) -> tuple[tuple[str, str],
 def without_password(url: str) -> str:
     """A URL fit to print: its password masked."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**@", url)
+
+
+# The transports of RabbitMQ (AMQP 0-9-1), where a queue keeps what is published to it.
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
+def check_events_queue(settings: Settings) -> None:
+    """--events-queue on a broker that keeps a queue, checked before anything starts: elsewhere it
+    would not connect, or keep nothing."""
+    if not settings.events_queue.strip():
+        raise SettingsError("events-queue must name a queue, got only spaces")
+    urls = [DEMO_BROKER] if settings.demo else [url for _name, url in settings.named_brokers]
+    schemes = {part.strip().partition("://")[0].split("+", 1)[0] for url in urls for part in url.split(";")}
+    other = sorted(schemes - set(AMQP_SCHEMES))
+    if other:
+        raise SettingsError(f"--events-queue needs a RabbitMQ broker (amqp://), not {other[0]}://: other brokers "
+                            "hand events to whoever listens at that moment and keep nothing")
+    if settings.events_queue_ttl * 1000 >= 2 ** 32:  # RabbitMQ's x-message-ttl: milliseconds, 32 bits
+        raise SettingsError(f"events-queue-ttl must be below {2 ** 32 // 1000:,} seconds, "
+                            f"got {settings.events_queue_ttl:g}")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")

@@ -71,8 +71,9 @@ def get_json(url: str, credentials: tuple[str, str] | None = None):
 
 
 def child_pids(pid: int) -> list[int]:
-    """The pids of a process's children (gunicorn's workers are its arbiter's)."""
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """The pids of a process's children, started by any of its threads (gunicorn's workers are its arbiter's)."""
+    return [int(child) for thread in Path(f"/proc/{pid}/task").iterdir()
+            for child in (thread / "children").read_text().split()]
 
 
 def rss_mb(pid: int) -> float:

@@ -13,6 +13,13 @@ and dropped; a store that cannot be written now (a lock, a full disk) keeps the 
 retried with backoff, with the error shown in `stats()` and logged once. One collector per broker
 writes to a store: the others stand by behind a lease kept in the store. Several brokers may share a
 store: each has its collector, which names its broker on every task and worker row it writes.
+
+With an events queue (RabbitMQ, --events-queue) nothing is lost while no collector listens: the
+receiving process acknowledges a message only once the store committed its events, and every
+collector on the queue writes (the broker splits the messages between them), so no lease. A message
+may then arrive twice (its collector was killed between the commit and the acknowledgement): the
+task rows merge it as before, and a worker's counters count a task event only when the store does
+not already show it (its task's row holds that event's time), see `_new_counts`.
 """
 from __future__ import annotations
 
@@ -21,7 +28,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +44,11 @@ from monitor.store.base import Store
 log = logging.getLogger(__name__)
 
 _COUNTER_INDEX = {f"task-{name}": i for i, name in enumerate(WORKER_COUNTERS)}
+_FINISHED_INDEXES = frozenset(_COUNTER_INDEX[kind] for kind in ("task-succeeded", "task-failed"))
+# Each counted event sets the task field of its name to its time (`received`, `started`…).
+_EVENT_TIMES_SQL = f"SELECT uuid, {', '.join(WORKER_COUNTERS)} FROM tasks WHERE uuid IN "
+_NOTHING_STORED = (None,) * len(WORKER_COUNTERS)
+_LOOKUP_CHUNK = 500  # uuids per lookup statement
 _NUMERIC_FIELDS = frozenset(NUMERIC_FIELDS)
 _SQLITE_INT = (-2 ** 63, 2 ** 63 - 1)
 # What stands after the kept part of a text field that was too long for the store.
@@ -59,7 +70,8 @@ class Collector:
                  max_backlog: int = 1_000_000, tasks_in_memory: int = 5_000,
                  retention_seconds: float = 5.0, max_backoff: float = 10.0,
                  receive_in_process: bool | None = None, field_limit: int = DEFAULT_FIELD_LIMIT,
-                 lease_seconds: float = 30.0, broker_name: str | None = None):
+                 lease_seconds: float = 30.0, broker_name: str | None = None,
+                 events_queue: receiving.EventsQueue | None = None):
         self.app = celery_app
         self.store = store
         self.batch_seconds = batch_seconds
@@ -72,11 +84,20 @@ class Collector:
         self.lease_seconds = lease_seconds
         # None: in a process of its own (see receiving.py), unless the broker lives in this process.
         self.receive_in_process = receive_in_process
+        if events_queue is not None and receive_in_process:
+            raise ValueError("an events queue is consumed in the receiving process only")
+        self.events_queue = events_queue
         self._inbox: collections.deque = collections.deque()
+        # Events ever put in the inbox and taken from it, and (events put in the inbox, receipt) of
+        # the receiving process's batches not yet acknowledged: a batch is acknowledged once every
+        # event taken up to its last one is committed.
+        self._appended = 0
+        self._taken = 0
+        self._receipts: collections.deque = collections.deque()
+        self._process: receiving.ReceivingProcess | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._receiver = None
-        self.receiving_pid: int | None = None  # the receiving process, while there is one
         self._start_lock = threading.Lock()
         self.connected = False
         # received, merged, stored, dropped, malformed, unreadable, rejected, truncated, disconnects, skipped
@@ -100,8 +121,14 @@ class Collector:
 
     @property
     def active(self) -> bool:
-        """Whether this collector holds its broker's lease and so writes what it receives."""
-        return self.lease_holder == self.owner
+        """Whether this collector writes what it receives: it holds its broker's lease, or shares a queue."""
+        return self.events_queue is not None or self.lease_holder == self.owner
+
+    @property
+    def receiving_pid(self) -> int | None:
+        """The receiving process, while there is one."""
+        process = self._process
+        return process.process.pid if process is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,21 +144,26 @@ class Collector:
                 thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Write what was received (the receiving process first sends what it holds), acknowledge it,
+        hand the lease over; all within `timeout`."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         if self._receiver is not None:
             self._receiver.should_stop = True
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         if self.active:
             try:
-                self._write_what_is_held(time.monotonic() + timeout)
+                self._write_what_is_held(deadline)
                 self.store.set_meta(self.report_key, self.stats())  # `running: false`, for the web side to show
-                self.store.release_lease(self.lease_name, self.owner)
+                if self.events_queue is None:
+                    self.store.release_lease(self.lease_name, self.owner)
             except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
                 log.warning("collector: stopped with events unwritten or its lease held (%s: %s); a standby "
                             "takes over when the lease expires", type(exc).__name__, exc)
             self.lease_holder = None
+        self._end_receiving_process(deadline - time.monotonic())
 
     def _write_what_is_held(self, deadline: float) -> None:
         """On a clean stop: merge and write what was received, within the time given."""
@@ -148,6 +180,10 @@ class Collector:
             # Counted apart because two threads count them: the receiver (unreadable) and the writer.
             "malformed": counts["malformed"] + counts["unreadable"],
             "skipped_standby": counts["skipped"],
+            # Tasks seen finishing without their received or started event: published while nobody
+            # listened (counted without an events queue only, where that can happen).
+            "gaps": counts["gaps"],
+            "events_queue": self.events_queue.name if self.events_queue else None,
             "backlog": len(self._inbox) + (self._unwritten.events if self._unwritten else 0) + self._pending.events,
             # While writes fail, the lag is the age of the oldest event still waiting, so it grows.
             "lag_seconds": round(max(self.lag_seconds, now - waiting) if waiting else self.lag_seconds, 3),
@@ -219,48 +255,60 @@ class Collector:
         self.broker.failing(error)
 
     def _relay_from_process(self) -> None:
-        """Run the receiving process (restarted if it dies) and move its batches into the inbox."""
+        """Run the receiving process (restarted if it dies) and move its batches into the inbox.
+        On stop it is left running: stop() ends it once what it sent is written and acknowledged."""
         while not self._stop.is_set():
-            process, pipe = receiving.start_process(receiving.broker_conf(self.app), self.max_backoff)
-            self.receiving_pid = process.pid
+            self._process = receiving.start_process(receiving.broker_conf(self.app), self.max_backoff,
+                                                    self.events_queue)
             try:
-                self._relay(pipe)
+                self._relay(self._process)
             finally:
                 self.connected = False
-                process.terminate()
-                try:
-                    process.wait(5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-                pipe.close()
-                self.receiving_pid = None
+                if not self._stop.is_set():
+                    self._end_receiving_process(5.0)
             if not self._stop.is_set():
-                log.warning("the receiving process ended (exit code %s); restarting it", process.returncode)
+                log.warning("the receiving process ended; restarting it")
                 self._stop.wait(1.0)
 
-    def _relay(self, pipe) -> None:
-        inbox, counts, limit = self._inbox, self.counts, self.max_backlog
-        while not self._stop.is_set():
-            if not pipe.poll(0.25):
+    def _end_receiving_process(self, timeout: float) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.end(timeout)
+
+    def _relay(self, process: receiving.ReceivingProcess) -> None:
+        inbox, counts, limit, pipe = self._inbox, self.counts, self.max_backlog, process.events
+        drain_until = None
+        while drain_until is None or time.monotonic() < drain_until:
+            if drain_until is None and self._stop.is_set():
+                process.tell(("stop",))
+                drain_until = time.monotonic() + receiving.DRAIN_SECONDS
+            if self.events_queue is not None and len(inbox) >= limit:
+                time.sleep(0.05)  # the queue keeps what waits: nothing is dropped
+                continue
+            if not pipe.poll(0.1):
                 continue
             try:
                 message = pipe.recv()
             except EOFError:
                 return
             if message[0] == "events":
-                _kind, events, unreadable = message
+                _kind, events, unreadable, receipt = message
                 counts["received"] += len(events)
                 counts["unreadable"] += unreadable
                 room = max(0, limit - len(inbox))
-                if room < len(events):
+                if room < len(events) and self.events_queue is None:
                     counts["dropped"] += len(events) - room
                     events = events[:room]
                 inbox.extend(events)
+                self._appended += len(events)
+                if receipt is not None:
+                    self._receipts.append((self._appended, receipt))
             elif message[0] == "connected":
                 self._connected(message[1])
-            else:
+            elif message[0] == "lost":
                 self._lost(message[1])
+            else:  # drained: it sent all it will
+                return
 
     def _hand_over_function(self):
         # Runs once per event on the receiving thread: keep it to a length check and an append.
@@ -303,7 +351,19 @@ class Collector:
         return _FinishedStaysFinished(max_tasks_in_memory=self.tasks_in_memory, max_workers_in_memory=10_000)
 
     def _housekeeping(self) -> None:
-        """Renew the lease, publish the counters for other processes, and now and then trim the store."""
+        """Renew the lease (without an events queue), publish the counters for other processes, and
+        now and then trim the store."""
+        if self.events_queue is None:
+            self._renew_lease()
+        if self.active:
+            if time.monotonic() >= self._retention_due:
+                self.store.enforce_retention()
+                self._retention_due = time.monotonic() + self.retention_seconds
+            self.store.set_meta(self.report_key, self.stats())
+        else:
+            self.holder_reported_at = (self.store.get_meta(self.report_key) or {}).get("updated_at")
+
+    def _renew_lease(self) -> None:
         holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds)["owner"]
         if holder != self.owner and _gone(holder):  # killed on this host: no need to wait for its lease
             holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds, replacing=holder)["owner"]
@@ -314,13 +374,6 @@ class Collector:
                 log.warning("collector %s stands by: %s already records %s into this store; it takes over "
                             "when that one stops", self.owner, holder, self.lease_name.partition(":")[2])
             self.lease_holder = holder
-        if self.active:
-            if time.monotonic() >= self._retention_due:
-                self.store.enforce_retention()
-                self._retention_due = time.monotonic() + self.retention_seconds
-            self.store.set_meta(self.report_key, self.stats())
-        else:
-            self.holder_reported_at = (self.store.get_meta(self.report_key) or {}).get("updated_at")
 
     def _skip_waiting_events(self) -> None:
         """A standby leaves the writing to the lease holder, which receives the same events."""
@@ -341,7 +394,7 @@ class Collector:
         inbox, popleft = self._inbox, self._inbox.popleft
         pending = self._pending
         dirty_tasks, dirty_workers = pending.tasks, pending.workers
-        samples, increments = pending.samples, pending.increments
+        samples, count = pending.samples, pending.counted.append
         counter_index = _COUNTER_INDEX.get
         apply_event = state._event  # State.event without a lock that nobody else takes
         taken = malformed = 0
@@ -377,7 +430,7 @@ class Collector:
                         dirty_workers.setdefault(worker.hostname, (worker, None))
                         index = counter_index(kind)
                         if index is not None:
-                            increments[worker.hostname][index] += 1
+                            count((obj.uuid, index, event.get("timestamp"), worker.hostname))
                 if pending.oldest is None:
                     pending.oldest = _number(event.get("local_received"))
                 pending.events += 1
@@ -385,21 +438,73 @@ class Collector:
                 malformed += 1
         if malformed:
             self.counts["malformed"] += malformed
+        self._taken += taken
         if pending.events:
             self._flush(pending)
+        else:  # nothing to write: what was taken is done with
+            self._acknowledge(self._taken)
         return taken
 
     def _flush(self, pending: "_Pending") -> None:
         limit, counts, broker = self.field_limit, self.counts, self.broker_name
+        increments = self._new_counts(pending)
         self._unwritten = _Unwritten({
             "tasks": [task_row(task, limit, counts, broker) for task in pending.tasks.values()],
             "workers": [worker_row(worker, offline_at, limit, counts, broker)
                         for worker, offline_at in pending.workers.values()],
-            "counters": [(host, *values) for host, values in pending.increments.items()],
+            "counters": [(host, *values) for host, values in increments.items()],
             "samples": pending.samples,
-        }, pending.events, pending.oldest)
+        }, pending.events, pending.oldest, self._taken)
         self._pending = _Pending()
         self._write_unwritten()
+
+    def _new_counts(self, pending: "_Pending") -> dict:
+        """Per worker, the batch's task events the store does not show yet, in WORKER_COUNTERS order.
+
+        An event is shown when its task's row holds its time in the field of its name: it was
+        counted when that row was written, and the same event again (a message delivered twice, a
+        duplicate in the batch) counts once, whichever collector wrote it. A task's retries keep
+        only their latest time, so an earlier retry's event delivered again would count twice: a
+        collector killed between a commit and its acknowledgement, during a retry, is rare enough.
+
+        Without an events queue, a task seen finishing whose received or started event neither this
+        batch nor the store holds is a gap (`gaps`): published while no collector listened."""
+        counted = pending.counted
+        stored = self._stored_event_times({entry[0] for entry in counted})
+        increments = collections.defaultdict(lambda: [0] * len(WORKER_COUNTERS))
+        seen = set()
+        gaps = 0
+        for uuid, index, at, hostname in counted:
+            at, row = _number(at), stored.get(uuid, _NOTHING_STORED)
+            if at is not None:  # (a time the store cannot hold tells no copy apart)
+                if row[index] == at or (uuid, index, at) in seen:
+                    continue
+                seen.add((uuid, index, at))
+            increments[hostname][index] += 1
+            if index in _FINISHED_INDEXES and self.events_queue is None:
+                task = pending.tasks[uuid]
+                gaps += (task.received is None and row[0] is None) or (task.started is None and row[1] is None)
+        self.counts["gaps"] += gaps
+        return increments
+
+    def _stored_event_times(self, uuids: set) -> dict:
+        """{uuid: (received, started, succeeded, failed, retried)} of the tasks the store holds."""
+        uuids, found = list(uuids), {}
+        for start in range(0, len(uuids), _LOOKUP_CHUNK):
+            chunk = uuids[start:start + _LOOKUP_CHUNK]
+            for row in self.store.query(f"{_EVENT_TIMES_SQL}({', '.join('?' * len(chunk))})", chunk):
+                found[row[0]] = tuple(row)[1:]
+        return found
+
+    def _acknowledge(self, through: int) -> None:
+        """The first `through` events taken from the inbox are committed: tell the receiving
+        process to acknowledge the batches they came in."""
+        receipts, receipt = self._receipts, None
+        while receipts and receipts[0][0] <= through:
+            receipt = receipts.popleft()[1]
+        process = self._process
+        if receipt is not None and process is not None:
+            process.tell(("ack", receipt))
 
     def _write_unwritten(self) -> None:
         """Write the batch in hand: at once when the store takes it whole, else split until every
@@ -427,6 +532,7 @@ class Collector:
                 self._write_repaired(kind, rows[0], exc)
             batch.parts.popleft()
         self._unwritten = None
+        self._acknowledge(batch.through)
         self.counts["merged"] += batch.events
         self.counts["stored"] += batch.events
         self.last_stored_at = time.time()
@@ -507,19 +613,21 @@ class _Pending:
         self.tasks: dict = {}
         self.workers: dict = {}
         self.samples: list = []
-        self.increments = collections.defaultdict(lambda: [0] * len(WORKER_COUNTERS))
+        self.counted: list = []  # (uuid, index in WORKER_COUNTERS, time, worker) of each task event counted
         self.events = 0
         self.oldest: float | None = None
 
 
 class _Unwritten:
     """A batch of rows in hand: whole (`parts` None) until the store refuses it, then a queue of
-    (kind, rows) parts, each split in halves when refused."""
+    (kind, rows) parts, each split in halves when refused. `through`: the events taken from the
+    inbox up to its last one."""
 
-    def __init__(self, rows: dict, events: int, oldest: float | None):
+    def __init__(self, rows: dict, events: int, oldest: float | None, through: int):
         self.rows = rows
         self.events = events
         self.oldest = oldest
+        self.through = through
         self.parts: collections.deque | None = None
 
     def split(self, error: Exception) -> None:

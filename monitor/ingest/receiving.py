@@ -9,9 +9,14 @@ Measured with bench/ingest.py on two cores: about 10k events/s, and at a 16k eve
 cut the subscriber off (it was more than 32 MB behind) and half the burst was lost. In a process of
 its own the receiver has a core to itself; the collector's receiving thread only unpickles batches.
 
-The child speaks over a one-way pipe, in messages:
-  ("connected", uri)        ("lost", "ErrorType: message")
-  ("events", [event, ...], unreadable)   events in the order received; unreadable: how many skipped
+The child speaks over one pipe and listens on another, in messages:
+  to the parent:  ("connected", uri)        ("lost", "ErrorType: message")        ("drained",)
+                  ("events", [event, ...], unreadable, receipt)   events in the order received;
+                  unreadable: how many skipped; receipt: None, or on a queue (EventsQueue) what
+                  acknowledges the batch's messages and every earlier one
+  to the child:   ("ack", receipt)   the store committed that batch and the ones before it
+                  ("stop",)          send what you hold, then ("drained",); leave the rest to the broker
+                  the pipe closed    acknowledge nothing more, close the connection, exit
 """
 from __future__ import annotations
 
@@ -23,11 +28,15 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from queue import Empty
+from typing import NamedTuple
 
 from celery.events.receiver import EventReceiver
+from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.utils.url import maybe_sanitize_url
 
@@ -46,18 +55,51 @@ IDLE_SECONDS = 0.05
 PIPE_BYTES = 1 << 20
 # What replaces a value nested too deeply to pickle or turn into text.
 TOO_DEEP = "…[nested too deeply to show]"
+# Messages of a queue delivered and not yet acknowledged, at most. Nothing is acknowledged before
+# the store committed it (a writer batch, 0.25 s or 20,000 events, and the way back), so this must
+# hold a few writer batches or the broker waits on the writer.
+PREFETCH = 50_000
+# How long a stopping collector waits for the receiving process to send what it holds.
+DRAIN_SECONDS = 2.0
+
+
+class EventsQueue(NamedTuple):
+    """A durable queue bound to celery's event exchange (--events-queue). RabbitMQ keeps what is
+    published to it while no collector listens, up to max_length messages (then the oldest go),
+    each for ttl_seconds, and splits its messages between the collectors consuming from it."""
+
+    name: str
+    max_length: int
+    ttl_seconds: float
+
+    def declaration(self, exchange) -> Queue:
+        return Queue(self.name, exchange=exchange, routing_key="#", durable=True, auto_delete=False,
+                     max_length=self.max_length, message_ttl=self.ttl_seconds)
 
 
 class TolerantReceiver(EventReceiver):
     """celery's receiver, except that an event it cannot read (not a dict, a timestamp that is not
     a number…) is counted and skipped: in celery's own the error ends the capture, which would
-    reconnect and lose the events that arrive meanwhile."""
+    reconnect and lose the events that arrive meanwhile.
 
-    def __init__(self, *args, counts: collections.Counter, **kwargs):
+    With an EventsQueue it consumes that queue and acknowledges nothing by itself: `last_tag` is the
+    delivery tag of the latest message taken (an acknowledgement of it with multiple=True covers
+    every earlier one, the unreadable ones too); once `paused`, messages are left unacknowledged,
+    for the broker to deliver again."""
+
+    def __init__(self, *args, counts: collections.Counter, events_queue: EventsQueue | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._counts = counts
+        self.events_queue = events_queue
+        if events_queue is not None:
+            self.queue = events_queue.declaration(self.exchange)
+        self.consuming_channel = None
+        self.last_tag = 0
+        self.paused = False
 
     def _receive(self, body, message, list=list, isinstance=isinstance):
+        if self.paused:
+            return
         process, from_message = self.process, self.event_from_message
         for event in body if isinstance(body, list) else (body,):
             try:
@@ -66,17 +108,27 @@ class TolerantReceiver(EventReceiver):
                 self._counts["unreadable"] += 1
                 continue
             process(type_, event)
+        # Taken once all its events are (a batch sent midway through them must not acknowledge it).
+        self.last_tag = message.delivery_tag
 
     def on_decode_error(self, message, exc):
         # A body kombu cannot decode (not JSON, a content type not accepted): kombu's handler only
-        # logs it; count it with the events that cannot be read.
+        # logs it; count it with the events that cannot be read (and acknowledge it with the next
+        # batch: delivered again, it would never decode either).
+        if self.paused:
+            return
+        self.last_tag = message.delivery_tag
         self._counts["unreadable"] += 1
         log.debug("skipped an undecodable message on the event bus: %r", exc)
 
     def get_consumers(self, Consumer, channel):
         if isinstance(channel, _TolerantRedisChannel):
             channel.counts = self._counts
-        return super().get_consumers(Consumer, channel)
+        if self.events_queue is None:
+            return super().get_consumers(Consumer, channel)
+        self.consuming_channel = channel
+        return [Consumer(queues=[self.queue], callbacks=[self._receive], no_ack=False, prefetch_count=PREFETCH,
+                         accept=self.accept)]
 
 
 class _TolerantRedisChannel(kombu_redis.Channel):
@@ -159,85 +211,195 @@ MODULE = "monitor.ingest.receiving"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def start_process(conf: dict, max_backoff: float) -> tuple[subprocess.Popen, multiprocessing.connection.Connection]:
-    """Start the receiving process; returns it and the end of the pipe its messages come from."""
-    ours, theirs = multiprocessing.Pipe(duplex=False)
-    widen_pipe(theirs)
+class ReceivingProcess:
+    """The parent's side of the receiving process: `events` brings its messages; `tell` sends it
+    acknowledgements (from the writing thread) and the stop (from the relaying thread)."""
+
+    def __init__(self, process: subprocess.Popen, events: multiprocessing.connection.Connection,
+                 control: multiprocessing.connection.Connection):
+        self.process = process
+        self.events = events
+        self._control = control
+        self._lock = threading.Lock()
+
+    def tell(self, message: tuple) -> None:
+        with self._lock:
+            try:
+                self._control.send(message)
+            except OSError:  # it ended: what it did not acknowledge, the broker delivers again
+                pass
+
+    def end(self, timeout: float) -> None:
+        """Let it acknowledge what it was told and close its connection, else kill it after `timeout`."""
+        with self._lock:
+            self._control.close()
+        try:
+            self.process.wait(max(timeout, 1.0))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.events.close()
+
+
+def start_process(conf: dict, max_backoff: float, events_queue: EventsQueue | None = None) -> ReceivingProcess:
+    """Start the receiving process, with the pipes to it."""
+    events, their_events = multiprocessing.Pipe(duplex=False)
+    their_control, control = multiprocessing.Pipe(duplex=False)
+    widen_pipe(their_events)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))}
-    process = subprocess.Popen([sys.executable, "-m", MODULE, str(theirs.fileno())], stdin=subprocess.PIPE,
-                               pass_fds=[theirs.fileno()], env=env)
-    theirs.close()
+    fds = [their_events.fileno(), their_control.fileno()]
+    process = subprocess.Popen([sys.executable, "-m", MODULE, *map(str, fds)], stdin=subprocess.PIPE,
+                               pass_fds=fds, env=env)
+    their_events.close()
+    their_control.close()
     with process.stdin:
-        pickle.dump((conf, max_backoff), process.stdin)
-    return process, ours
+        pickle.dump((conf, max_backoff, events_queue and tuple(events_queue)), process.stdin)
+    return ReceivingProcess(process, events, control)
 
 
-def receive_in_child(conf: dict, pipe, max_backoff: float) -> None:
+def receive_in_child(conf: dict, pipe, control, max_backoff: float, events_queue: EventsQueue | None) -> None:
     """The child process: capture events, send them in batches, reconnect with backoff, end with the parent."""
     from celery import Celery
 
     app = Celery("flowerbed-receiver", set_as_current=False)
     app.conf.update(conf)
-    parent = os.getppid()
+    capture = _Capture(app, pipe, control, events_queue)
     backoff = 0.5
-    while os.getppid() == parent:
-        started = time.monotonic()
-        try:
-            with connection_for_events(app) as connection:
-                _capture(app, connection, pipe, parent)
-        except (BrokenPipeError, EOFError):
-            return  # the parent is gone
-        except Exception as exc:  # the broker went away: say so, wait, reconnect
-            try:
-                pipe.send(("lost", f"{type(exc).__name__}: {exc}"))
-            except (BrokenPipeError, OSError):
-                return
-        if time.monotonic() - started > 30:
-            backoff = 0.5
-        time.sleep(backoff)
-        backoff = min(backoff * 2, max_backoff)
-
-
-def _capture(app, connection, pipe, parent: int) -> None:
-    batch: list = []
-    counts = collections.Counter()
-    first_at = [0.0]
-    send, monotonic = pipe.send, time.monotonic
-
-    def flush():
-        try:
-            send(("events", batch, counts["unreadable"]))
-        except (RecursionError, pickle.PicklingError):  # one event nested too deeply: not its neighbours
-            send(("events", [_picklable(event) for event in batch], counts["unreadable"]))
-        batch.clear()
-        counts.clear()
-
-    def hand_over(event):  # once per event: an append, and now and then a send
-        if not batch:
-            first_at[0] = monotonic()
-        batch.append(event)
-        if len(batch) >= BATCH_EVENTS:
-            flush()
-
-    class Receiver(TolerantReceiver):
-        def on_iteration(self):  # between two reads from the broker
-            if (batch or counts) and monotonic() - first_at[0] >= BATCH_SECONDS:
-                flush()
-            if os.getppid() != parent:
-                self.should_stop = True
-
-    receiver = Receiver(connection, handlers={"*": hand_over}, app=app, counts=counts)
-    kombu_log, skipped = logging.getLogger("kombu.transport.redis"), _CountSkippedByKombu(counts)
-    kombu_log.addFilter(skipped)
-    # (as_uri() would name the transport class in place of the scheme)
-    send(("connected", maybe_sanitize_url(app.conf.broker_read_url or app.conf.broker_url)))
     try:
-        for _ in receiver.consume(limit=None, timeout=None, safety_interval=IDLE_SECONDS, wakeup=True):
-            pass
-    finally:  # the connection lost (or the capture ended): what was received still goes out
-        kombu_log.removeFilter(skipped)
-        if batch or counts:
-            flush()
+        while capture.running() and not capture.stopping:
+            started = time.monotonic()
+            try:
+                with connection_for_events(app) as connection:
+                    capture.run(connection)
+            except (BrokenPipeError, EOFError):
+                return  # the parent is gone
+            except Exception as exc:  # the broker went away: say so, wait, reconnect
+                pipe.send(("lost", f"{type(exc).__name__}: {exc}"))
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            capture.wait(backoff)
+            backoff = min(backoff * 2, max_backoff)
+    except OSError:  # a pipe to the parent broke: it is gone
+        return
+
+
+class _Capture:
+    """The child's side of the pipes, across connections: batches out, acknowledgements and the stop in."""
+
+    def __init__(self, app, pipe, control, events_queue: EventsQueue | None):
+        self.app = app
+        self.pipe = pipe
+        self.control = control
+        self.events_queue = events_queue
+        self.parent = os.getppid()
+        self.batch: list = []
+        self.counts = collections.Counter()
+        self.first_at = 0.0
+        self.receiver: _ChildReceiver | None = None
+        # Delivery tags count from 1 on each channel: a receipt names its connection.
+        self.connection_id: str | None = None
+        self.acked = 0
+        self.stopping = False  # told to stop: what arrives is left to the broker, no reconnecting
+        self.told_to_end = False  # the parent closed the control pipe
+        self.listened_at = 0.0
+
+    def running(self) -> bool:
+        return not self.told_to_end and os.getppid() == self.parent
+
+    def run(self, connection) -> None:
+        """Capture on one connection until it is lost or the parent ends it."""
+        batch, flush, monotonic = self.batch, self.flush, time.monotonic
+
+        def hand_over(event):  # once per event: an append, and now and then a send
+            if not batch:
+                self.first_at = monotonic()
+            batch.append(event)
+            if len(batch) >= BATCH_EVENTS:
+                flush()
+
+        self.receiver = receiver = _ChildReceiver(self, connection, handlers={"*": hand_over}, app=self.app,
+                                                  counts=self.counts, events_queue=self.events_queue)
+        self.connection_id, self.acked = uuid.uuid4().hex, 0
+        kombu_log, skipped = logging.getLogger("kombu.transport.redis"), _CountSkippedByKombu(self.counts)
+        kombu_log.addFilter(skipped)
+        # (as_uri() would name the transport class in place of the scheme)
+        self.pipe.send(("connected", maybe_sanitize_url(self.app.conf.broker_read_url or self.app.conf.broker_url)))
+        try:
+            for _ in receiver.consume(limit=None, timeout=None, safety_interval=IDLE_SECONDS, wakeup=True):
+                pass
+        finally:  # the connection lost (or the capture ended): what was received still goes out
+            kombu_log.removeFilter(skipped)
+            if self.batch or self.counts:
+                self.flush()
+            self.receiver = self.connection_id = None
+
+    def on_iteration(self, receiver) -> None:
+        """Between two reads from the broker: send a batch that waited long enough, now and then
+        listen to the parent."""
+        now = time.monotonic()
+        if (self.batch or self.counts) and now - self.first_at >= BATCH_SECONDS:
+            self.flush()
+        if now - self.listened_at >= IDLE_SECONDS:
+            self.listened_at = now
+            self.listen()
+            if not self.running():
+                receiver.should_stop = True
+
+    def flush(self) -> None:
+        batch, unreadable = self.batch, self.counts["unreadable"]
+        receipt = (self.connection_id, self.receiver.last_tag) if self.events_queue else None
+        try:
+            self.pipe.send(("events", batch, unreadable, receipt))
+        except (RecursionError, pickle.PicklingError):  # one event nested too deeply: not its neighbours
+            self.pipe.send(("events", [_picklable(event) for event in batch], unreadable, receipt))
+        batch.clear()
+        self.counts.clear()
+
+    def listen(self) -> None:
+        """Act on what the parent said since the last look."""
+        try:
+            while self.control.poll():
+                message = self.control.recv()
+                if message[0] == "ack":
+                    self.acknowledge(message[1])
+                else:
+                    self.stop()
+        except EOFError:
+            self.told_to_end = True
+
+    def acknowledge(self, receipt) -> None:
+        connection_id, tag = receipt
+        # A receipt of a connection since lost acknowledges nothing: the broker delivers those again.
+        if connection_id == self.connection_id and tag > self.acked:
+            self.receiver.consuming_channel.basic_ack(tag, multiple=True)
+            self.acked = tag
+
+    def stop(self) -> None:
+        """Send what is held and say so; from now on the broker keeps what arrives (on a queue)."""
+        self.stopping = True
+        if self.receiver is not None:
+            self.receiver.paused = True
+            if self.batch or self.counts:
+                self.flush()
+        self.pipe.send(("drained",))
+
+    def wait(self, seconds: float) -> None:
+        """Wait between two connections, still listening to the parent."""
+        deadline = time.monotonic() + seconds
+        while self.running() and not self.stopping and time.monotonic() < deadline:
+            if self.control.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                self.listen()
+
+
+class _ChildReceiver(TolerantReceiver):
+    """The child's receiver: between two reads from the broker, the capture's turn."""
+
+    def __init__(self, capture: _Capture, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.capture = capture
+
+    def on_iteration(self):
+        self.capture.on_iteration(self)
 
 
 def _picklable(event: dict) -> dict:
@@ -258,7 +420,11 @@ def _picklable(event: dict) -> dict:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the parent; this process ends with it
-    received_conf, received_backoff = pickle.load(sys.stdin.buffer)
+    # Ctrl-C and SIGTERM (sent to the whole group by a terminal or a service manager) are for the
+    # parent: it stops this process once what it holds is written and acknowledged.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    received_conf, received_backoff, received_queue = pickle.load(sys.stdin.buffer)
     receive_in_child(received_conf, multiprocessing.connection.Connection(int(sys.argv[1]), readable=False),
-                     received_backoff)
+                     multiprocessing.connection.Connection(int(sys.argv[2]), writable=False), received_backoff,
+                     received_queue and EventsQueue(*received_queue))

@@ -72,13 +72,14 @@ def counters(feed) -> dict:
 
 
 def test_events_delivered_again_merge_but_count_once_whichever_collector_gets_them(tmp_path):
-    feed = Feed(tmp_path)
+    queue = EventsQueue("q", 1000, 60.0)
+    feed = Feed(tmp_path, events_queue=queue)
     feed.merge(*task_lifecycle(feed))
     once = {"received": 1, "started": 1, "succeeded": 1, "failed": 0, "retried": 0}
     assert counters(feed) == once
     feed.state = feed.collector.new_merge_state()  # started again after a kill: nothing in memory
     feed.merge(*task_lifecycle(feed))
-    other = Feed(tmp_path)  # another collector on the same queue and store
+    other = Feed(tmp_path, events_queue=queue)  # another collector on the same queue and store
     other.merge(*task_lifecycle(other), *task_lifecycle(other))  # twice in one batch, too
     assert counters(feed) == once
     assert feed.task()["state"] == "SUCCESS"

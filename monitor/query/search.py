@@ -23,7 +23,7 @@ import re
 
 from celery import states
 
-from monitor.store.dialect import SQLITE, Dialect
+from monitor.store.dialect import SQLITE, Dialect, like_escaped
 from monitor.store.rollup import FINAL_STATES, finished_sql
 from monitor.store.schema import TEXT_COLUMNS
 
@@ -271,7 +271,7 @@ def parse(query: str):
 
 
 def _like(value: str) -> str:
-    return "%" + re.sub(r"([%_\\])", r"\\\1", value) + "%"
+    return "%" + like_escaped(value) + "%"
 
 
 def _term_sql(term: Term, dialect: Dialect) -> tuple[str, list]:

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 from monitor.query import search
 from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, TIME_FIELDS
 from monitor.store.base import Store
-from monitor.store.dialect import Dialect
+from monitor.store.dialect import Dialect, like_escaped
 
 SORTABLE = frozenset(TASK_FIELDS) | {"seq"}
 # Counting every match of a slow (unindexed) filter would scan the whole table on every scroll;
@@ -240,7 +240,7 @@ def _column_filter_sql(column: str, model: dict, dialect: Dialect, nested: bool 
     except search.SearchError as exc:
         raise QueryError(str(exc)) from None
     if "LIKE" in operator:
-        escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        escaped = like_escaped(value)
         return f"coalesce({column}, '') {operator.replace('LIKE', dialect.like)} ? ESCAPE '\\'", [pattern.format(escaped)]
     return f"{column} {operator} ?", [value]
 

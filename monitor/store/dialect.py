@@ -14,6 +14,11 @@ from monitor.store.schema import TEXT_COLUMNS
 _TRIGRAMS_LOOKED_UP = 3
 
 
+def like_escaped(text: str) -> str:
+    """`text` as a LIKE pattern matches it literally (with ESCAPE '\\')."""
+    return re.sub(r"([%_\\])", r"\\\1", text)
+
+
 def rarest_trigrams(substrings) -> list[str]:
     """The few trigrams of the substrings a text index should look up: those with the most digits.
 
@@ -106,7 +111,7 @@ class PostgresDialect(Dialect):
         return f"{column} {'DESC NULLS LAST' if descending else 'ASC NULLS FIRST'}"
 
     def prefix(self, column: str, prefix: str) -> tuple[str, list]:
-        return f"{column} LIKE ?", [re.sub(r"([%_\\])", r"\\\1", prefix) + "%"]
+        return f"{column} LIKE ?", [like_escaped(prefix) + "%"]
 
     def distinct_list(self, expression: str) -> str:
         return f"string_agg(DISTINCT {expression}, ',')"
@@ -121,7 +126,7 @@ class PostgresDialect(Dialect):
         rarest = rarest_trigrams(substrings)
         if not rarest:
             return sql, params
-        patterns = ["%" + re.sub(r"([%_\\])", r"\\\1", trigram) + "%" for trigram in rarest]
+        patterns = ["%" + like_escaped(trigram) + "%" for trigram in rarest]
         index = " AND ".join(f"({PG_TEXT_EXPRESSION}) ILIKE ?" for _ in patterns)
         return f"({index} AND {sql})", [*patterns, *params]
 

@@ -1,6 +1,7 @@
 """Flowerbed: builds the Dash app from Settings; `server` for gunicorn; `main()` is the CLI."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -58,7 +59,29 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     app.server.config["flowerbed_services"] = services
     admission.install(app.server, routes_prefix, by_credentials=settings.auth_enabled)
     app.server.register_error_handler(Exception, _callback_request_not_understood)
+    app.server.after_request(functools.partial(_unknown_paths_are_not_found, services, routes_prefix))
     return app
+
+
+def _unknown_paths_are_not_found(services, routes_prefix: str, response):
+    """Dash answers every path with the app's page: a path that is no page keeps that page (which
+    shows "not found") but answers 404, and an unknown API path a JSON 404, so that a probe or a
+    scraper is never told "up" by a page that is not there."""
+    if flask.request.endpoint != f"{routes_prefix}<path:path>" or response.status_code != 200:
+        return response
+    path = flask.request.path[len(routes_prefix):]
+    try:
+        known = shell_callbacks.is_page(services, path)
+    except Exception as exc:
+        if not services.store.is_transient(exc):
+            raise
+        known = True  # the page then says the store is unreachable
+    if known:
+        return response
+    if path.startswith("api/"):
+        response = flask.jsonify(error=f"no API route at /{path}")
+    response.status_code = 404
+    return response
 
 
 def _callback_request_not_understood(error):

@@ -65,9 +65,24 @@ def route(app, services, pathname: str | None, search: str | None):
         return tasks_layout(text, params.get("state", [""])[0], search_message(text), services.store.brokers(),
                             params.get("broker", [""])[0])
     if path.startswith("task/"):
-        uuid = path.split("/", 1)[1]
-        task = services.store.get_task(uuid) if uuid.isprintable() and len(uuid) <= 1000 else None
+        task = stored_task(services, path)
         if task is None:
-            return shell_components.not_found(f"No task with UUID {uuid} is in the store.", app.get_relative_path)
+            return shell_components.not_found(f"No task with UUID {path.split('/', 1)[1]} is in the store.",
+                                              app.get_relative_path)
         return task_detail(task, app.get_relative_path)
     return shell_components.not_found(f"There is no page at /{path}.", app.get_relative_path)
+
+
+PAGES = ("", "tasks", "analytics")
+
+
+def stored_task(services, path: str) -> dict | None:
+    """The stored task a `task/<uuid>` path names, else None."""
+    uuid = path.split("/", 1)[1]
+    return services.store.get_task(uuid) if uuid.isprintable() and len(uuid) <= 1000 else None
+
+
+def is_page(services, path: str) -> bool:
+    """Whether a path (without the URL prefix) shows something; a plain GET of any other is a 404."""
+    path = path.strip("/")
+    return path in PAGES or path.startswith("task/") and stored_task(services, path) is not None

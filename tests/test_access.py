@@ -10,6 +10,7 @@ from werkzeug.security import generate_password_hash
 
 import app as flowerbed_app
 from monitor.settings import load_settings
+from monitor.store.schema import TASK_FIELDS
 
 ADMIN = ("ada", "correct horse")
 VIEWER = ("vic", "battery staple")
@@ -154,3 +155,20 @@ def test_secret_key_is_made_once_and_kept_in_the_store(tmp_path, monkeypatch):
             keys.append(app_.server.secret_key)
             assert app_.server.config["flowerbed_services"].store.get_meta("session_secret_key") == keys[-1]
     assert keys[0] and keys[0] == keys[1]
+
+
+@pytest.mark.parametrize("flags, base", [((), ""), (("--url-prefix", "/flower"), "/flower")])
+def test_a_path_that_is_no_page_answers_404_and_an_unknown_api_path_in_json(tmp_path, flags, base):
+    for app_ in build(tmp_path, *flags):
+        store = app_.server.config["flowerbed_services"].store
+        store.write_batch(tasks=[tuple({"uuid": "known-task", "state": "SUCCESS"}.get(f) for f in TASK_FIELDS)])
+        client, auth = app_.server.test_client(), basic(*VIEWER)
+        for page in ("/", "/tasks", "/tasks/", "/analytics", "/task/known-task"):
+            assert client.get(base + page, headers=auth).status_code == 200, page
+        for page in ("/task/unknown-task", "/metrics", "/worker/nope", "/tasks/extra"):
+            response = client.get(base + page, headers=auth)
+            assert (response.status_code, response.mimetype) == (404, "text/html"), page  # the page says "not found"
+        for route in ("/api/task/types", "/api/queues/length", "/api/task/info/", "/api/nonsense"):
+            response = client.get(base + route, headers=auth)
+            assert (response.status_code, response.get_json()) == (404, {"error": f"no API route at {route}"})
+        assert client.get(base + "/api/nonsense").status_code == 401  # auth first, as for any path

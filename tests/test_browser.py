@@ -193,11 +193,15 @@ def test_row_click_opens_the_detail_with_exception_and_traceback(page, cluster):
     assert page.evaluate("location.pathname") == "/tasks"
 
 
-def test_unknown_uuid_shows_not_found(page, cluster):
-    page.goto(f"{cluster.server}/task/{UNKNOWN_UUID}")
+@pytest.mark.parametrize("path, shown", [(f"/task/{UNKNOWN_UUID}", UNKNOWN_UUID), ("/worker/nope", "/worker/nope")])
+def test_an_unknown_page_shows_not_found_and_answers_404(browser, cluster, path, shown):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})  # not `page`: the 404 is expected
+    response = page.goto(f"{cluster.server}{path}")
+    assert response.status == 404
     page.wait_for_selector(".empty-state h1")
     assert page.inner_text(".empty-state h1") == "Not found"
-    assert UNKNOWN_UUID in page.inner_text(".empty-state p")
+    assert shown in page.inner_text(".empty-state p")
+    page.close()
 
 
 def test_a_task_that_succeeded_after_a_retry_labels_the_exception_as_an_earlier_attempt(page, cluster):

@@ -121,6 +121,7 @@ def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url
             assert get(f"{web.url}/healthcheck")[0] == 200  # the process itself is alive
 
             proxy.restore()
+            wait_for(lambda: get(f"{web.url}/api/tasks")[0] == 200, 30, "the API answering again")
             wait_for_tasks(web.url, {**before, **during}, 90)
             assert len(tasks(web.url)) == 40
             stats = wait_for(lambda: (lambda s: s if not s.get("writer_error") else None)(

@@ -176,6 +176,10 @@ class PostgresStore(Store):
         self.path = _without_password(url)
         self._pool_options = dict(
             min_size=1, max_size=pool_size, timeout=connect_seconds, configure=_configure,
+            # The pool's reconnection backs off without bound (1, 2, 4… 64 s): after a minute away the
+            # server would be retried a minute late. Abandoned after 10 s, an attempt starts over at
+            # 1 s with the next request.
+            reconnect_timeout=10.0,
             kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": max(2, int(connect_seconds))})
         self._fork_lock = threading.Lock()
         self._pool, self._pool_pid = self._new_pool(), os.getpid()

@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flower's variables in Flower's own units: a script or a deployment moved over means what it meant.
+_FLOWER_UNITS = {"FLOWER_INSPECT_TIMEOUT": 0.001}  # milliseconds in Flower; seconds here
+
+
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from flags, then environment, then defaults. Raises SettingsError with one line."""
     environ = os.environ if environ is None else environ
@@ -200,7 +204,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             values["brokers"] = parse_brokers(raw if isinstance(raw, list) else [raw], source)
             values["broker"] = values["brokers"][0][1]
         else:
-            values[field] = _convert(kind, raw, source)
+            values[field] = _convert(kind, raw, source) * _FLOWER_UNITS.get(source, 1)
     for field, _flag, env, _help in _SWITCHES:
         flag = getattr(args, field)
         if flag is not None:

@@ -208,3 +208,9 @@ def test_db_is_a_file_or_a_postgresql_url_and_its_password_is_never_shown():
     assert load_settings(["--db", "postgres://app:pw@db/f"], {}).db == "postgres://app:pw@db/f"
     with pytest.raises(SettingsError, match=r"postgresql://user@host/dbname URL, got 'mysql://app:\*\*@db/f'"):
         load_settings(["--db", "mysql://app:hunter2@db/f"], {})
+
+
+def test_flower_inspect_timeout_is_read_in_flowers_milliseconds():
+    assert load_settings([], {"FLOWER_INSPECT_TIMEOUT": "1500"}).inspect_timeout == 1.5
+    assert load_settings([], {"FLOWERBED_INSPECT_TIMEOUT": "1.5"}).inspect_timeout == 1.5
+    assert load_settings(["--inspect-timeout", "2"], {"FLOWER_INSPECT_TIMEOUT": "1500"}).inspect_timeout == 2

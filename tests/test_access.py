@@ -109,10 +109,11 @@ def test_health_checks_stay_open(dash_app):
 def test_each_role_sees_every_page_and_api(dash_app, user):
     client = dash_app.server.test_client()
     prefix = dash_app.config.routes_pathname_prefix
-    for path in ("", "tasks", "task/unknown", "_dash-layout", "_dash-dependencies", "api/workers",
+    for path in ("", "tasks", "analytics", "_dash-layout", "_dash-dependencies", "api/workers",
                  "api/tasks?limit=5", "api/collector"):
         response = client.get(prefix + path, headers=basic(*user))
         assert response.status_code == 200, (path, response.status_code)
+    assert client.get(prefix + "task/unknown", headers=basic(*user)).status_code == 404  # no such page, for anyone
 
 
 def test_viewer_cannot_trigger_actions(dash_app):

@@ -1,13 +1,9 @@
-"""Flowerbed: builds the Dash app from Settings; `server` for gunicorn; `main()` is the CLI."""
+"""Flowerbed's pages: builds the Dash app from Settings, serves it with gunicorn (`serve`); `server` for
+`gunicorn app:server`. The command line is cli.py."""
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import signal
-import sqlite3
-import sys
-import threading
 from pathlib import Path
 
 import dash
@@ -20,14 +16,14 @@ from callbacks import analytics as analytics_callbacks
 from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
 from callbacks import workers as workers_callbacks
+from cli import brokers_shown, or_exit, settings_or_exit
 from components.shell import shell
 from monitor.serving import admission
 from monitor.serving.api import create_blueprint
-from monitor.serving.health import create_health_blueprint, serve_collector_status
+from monitor.serving.health import create_health_blueprint
 from monitor.services import Services, build_services
-from monitor.settings import Settings, SettingsError, load_settings, normalized_prefix, without_password
+from monitor.settings import Settings, normalized_prefix, without_password
 from monitor.store import store_error_text
-from monitor.store.schema import StoreError
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
@@ -117,58 +113,14 @@ def __getattr__(name):
     # `gunicorn app:server` builds the app from the environment on first access, not at import.
     if name == "server":
         global server
-        server = _or_exit(create_app, _settings_or_exit([])).server
+        server = or_exit(create_app, settings_or_exit([])).server
         return server
     raise AttributeError(name)
 
 
-def _settings_or_exit(argv) -> Settings:
-    try:
-        return load_settings(argv, os.environ)
-    except SettingsError as exc:
-        print(f"flowerbed: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _or_exit(build, settings: Settings):
-    """build(settings), or a one-line error and exit status 2 when the store cannot be used."""
-    try:
-        return build(settings)
-    except (sqlite3.Error, OSError, StoreError) as exc:
-        print(f"flowerbed: error: cannot use --db {without_password(settings.db)!r}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings_or_exit(sys.argv[1:] if argv is None else argv)
-    if settings.command == "collect":
-        collect(settings)
-    else:
-        serve(settings)
-
-
-def collect(settings: Settings) -> None:
-    """`flowerbed collect`: the collector and the inspector, no web server, until SIGTERM or Ctrl-C;
-    then what the collector holds is written and its lease handed over."""
-    services = _or_exit(build_services, settings)
-    status = serve_collector_status(services, settings.address, settings.port) if settings.port else None
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    services.start()
-    log.info("Flowerbed collector: broker %s, store %s%s", _brokers_shown(settings), without_password(settings.db),
-             f", status on http://{settings.address}:{settings.port}/healthcheck/ready" if status else "")
-    stopping.wait()
-    log.info("stopping: writing what the collector holds")
-    services.stop()
-    if status is not None:
-        status.shutdown()
-
-
 def serve(settings: Settings) -> None:
     """`flowerbed` (the collector in the one web process) and `flowerbed web` (pages and API only)."""
-    app = _or_exit(create_app, settings)
+    app = or_exit(create_app, settings)
     from gunicorn.app.base import BaseApplication  # the CLI serves with the same server as the Procfile
 
     class _Gunicorn(BaseApplication):
@@ -188,17 +140,11 @@ def serve(settings: Settings) -> None:
 
     log.info("Flowerbed %son http://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
              settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
-             _brokers_shown(settings) if not settings.demo else "embedded demo", without_password(settings.db))
+             brokers_shown(settings) if not settings.demo else "embedded demo", without_password(settings.db))
     _Gunicorn().run()
 
 
-def _brokers_shown(settings: Settings) -> str:
-    """The broker's URL without its password; with several, each one's name and URL."""
-    brokers = settings.named_brokers
-    if len(brokers) == 1:
-        return without_password(brokers[0][1])
-    return ", ".join(f"{name} = {without_password(url)}" for name, url in brokers)
-
-
 if __name__ == "__main__":
+    from cli import main
+
     main()

@@ -362,7 +362,7 @@ class ServiceProcess:
     def __init__(self, args: list[str], log_path: str):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO_ROOT, stdout=self._log,
+        self.process = subprocess.Popen([sys.executable, "cli.py", *args], cwd=REPO_ROOT, stdout=self._log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=_die_with_parent)
 

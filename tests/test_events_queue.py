@@ -129,7 +129,7 @@ class CollectProcess:
     def __init__(self, broker: str, db, queue: str, log_dir, name: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = Process([sys.executable, "app.py", "collect", "--broker", broker, "--db", str(db),
+        self.process = Process([sys.executable, "cli.py", "collect", "--broker", broker, "--db", str(db),
                                 "--events-queue", queue, "--port", str(self.port), "--inspect-seconds", "60"],
                                log_dir / f"collect-{name}.log")
         wait_started(self.process, lambda: get(f"{self.url}/healthcheck/ready")[0] == 200, 60,

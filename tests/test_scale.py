@@ -23,7 +23,7 @@ class Command:
     def __init__(self, log_dir, command: str, *flags: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = Process([sys.executable, "app.py", command, "--port", str(self.port), *flags],
+        self.process = Process([sys.executable, "cli.py", command, "--port", str(self.port), *flags],
                                log_dir / f"{command}.log")
 
     def stop(self, sig=signal.SIGTERM) -> None:

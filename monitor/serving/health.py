@@ -7,7 +7,7 @@ import threading
 import time
 
 from flask import Blueprint, Flask, jsonify, request
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 _STRICT = ("1", "true", "yes")
 
@@ -77,12 +77,19 @@ def create_health_blueprint(services, prefix: str) -> Blueprint:
     return health
 
 
+class _Unlogged(WSGIRequestHandler):
+    """No line per request: a probe asking every second would fill the collector's log."""
+
+    def log_request(self, code="-", size="-") -> None:
+        pass
+
+
 def serve_collector_status(services, address: str, port: int):
     """`flowerbed collect --port`: the health checks and the counters of a collector that runs without
     the web side, served from a thread. Returns the server (its shutdown() stops it)."""
     app = Flask("flowerbed-collector")
     app.register_blueprint(create_health_blueprint(services, "/"))
     app.add_url_rule("/api/collector", "collector", lambda: jsonify(services.collector_stats()))
-    server = make_server(address, port, app, threaded=True)
+    server = make_server(address, port, app, threaded=True, request_handler=_Unlogged)
     threading.Thread(target=server.serve_forever, name="flowerbed-collector-status", daemon=True).start()
     return server

@@ -182,15 +182,21 @@ def stored_count(db, state: str = "SUCCESS") -> int:
         return connection.execute("SELECT count(*) FROM tasks WHERE state = ?", (state,)).fetchone()[0]
 
 
+def collecting(collect, worker, tmp_path, tasks: int, stored: int):
+    """A collector on a queue and store of its own, and `tasks` 10 ms tasks sent to `worker`, at
+    least `stored` of them stored: (db, queue, collector, worker, {uuid: "SUCCESS"})."""
+    db, queue = tmp_path / "store.db", f"flowerbed-{uuid_module.uuid4().hex[:8]}"
+    first = collect(db, queue, "first")
+    sent = {worker.send("sample.sleep", 0.01): "SUCCESS" for _ in range(tasks)}
+    wait_for(lambda: stored_count(db) >= stored, 120, f"the first {stored} tasks stored", interval=0.05)
+    return db, queue, first, worker, sent
+
+
 @pytest.mark.integration
 def test_a_collector_killed_with_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(collect, celery_worker,
                                                                                          broker, tmp_path):
-    db, queue = tmp_path / "store.db", f"flowerbed-{uuid_module.uuid4().hex[:8]}"
-    first = collect(db, queue, "first")
-    worker = celery_worker(broker, "kill9@tests")
     # 10 ms each on 4 threads: most are still to run when the collector is killed
-    sent = {worker.send("sample.sleep", 0.01): "SUCCESS" for _ in range(2500)}
-    wait_for(lambda: stored_count(db) >= 500, 120, "the first 500 tasks stored", interval=0.05)
+    db, queue, first, worker, sent = collecting(collect, celery_worker(broker, "kill9@tests"), tmp_path, 2500, 500)
     # The worst moment for a kill: batches committed and not yet acknowledged. Stopping the receiving
     # process mid-stream makes it certain (it cannot acknowledge what its parent commits meanwhile).
     [receiving] = child_pids(first.process.proc.pid)
@@ -236,11 +242,7 @@ def test_two_collectors_on_one_queue_end_with_the_state_one_alone_would(collect,
 @pytest.mark.integration
 def test_sigterm_writes_and_acknowledges_what_the_collector_holds_and_exits_within_10_s(collect, celery_worker,
                                                                                        broker, tmp_path):
-    db, queue = tmp_path / "store.db", f"flowerbed-{uuid_module.uuid4().hex[:8]}"
-    first = collect(db, queue, "first")
-    worker = celery_worker(broker, "term@tests")
-    sent = {worker.send("sample.sleep", 0.01): "SUCCESS" for _ in range(500)}
-    wait_for(lambda: stored_count(db) >= 100, 120, "the first 100 tasks stored", interval=0.05)
+    db, queue, first, worker, sent = collecting(collect, celery_worker(broker, "term@tests"), tmp_path, 500, 100)
     stopping = time.monotonic()
     first.stop(signal.SIGTERM)  # to the process group, as a terminal or a service manager sends it
     assert time.monotonic() - stopping < 10

@@ -107,7 +107,7 @@ def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url
             page.goto(f"{web.url}/tasks")
             page.locator("#collector-status", has_text="Recording").wait_for(timeout=30_000)
             proxy.cut()
-            page.locator("#collector-status", has_text="Store unreachable").wait_for(timeout=30_000)
+            page.locator("#collector-status", has_text="Store unreachable").wait_for(timeout=60_000)
             page.close()
             during = {worker.send("sample.add", n, 1): "SUCCESS" for n in range(30)}
             status, body = wait_for(lambda: (lambda a: a if a[0] == 503 else None)(get_json(f"{web.url}/api/tasks")),

@@ -8,10 +8,12 @@ indexes a sort walks hold NULLs where SQLite's order puts them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import threading
+import time
 from typing import Iterator, Sequence
 
 import psycopg
@@ -98,6 +100,8 @@ CREATE TRIGGER worker_samples_rollup AFTER INSERT ON worker_samples
     FOR EACH ROW EXECUTE FUNCTION flowerbed_roll_up_sample();
 """
 
+AWAY_SECONDS = 1.0
+
 # Any key: serialises the processes that create or migrate the schema at the same time.
 _SCHEMA_LOCK = 0x466C6F77  # "Flow"
 
@@ -182,6 +186,7 @@ class PostgresStore(Store):
             reconnect_timeout=10.0,
             kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": max(2, int(connect_seconds))})
         self._fork_lock = threading.Lock()
+        self._away_until = 0.0
         self._pool, self._pool_pid = self._new_pool(), os.getpid()
         try:
             self._pool.open(wait=True, timeout=max(10.0, connect_seconds))  # a server just starting may be slow
@@ -193,17 +198,29 @@ class PostgresStore(Store):
     def _new_pool(self) -> psycopg_pool.ConnectionPool:
         return psycopg_pool.ConnectionPool(self.url, open=False, **self._pool_options)
 
+    @contextlib.contextmanager
     def _connection(self):
         """A connection from this process's pool. A process forked after the store was opened
         (gunicorn's workers) must not talk on its parent's sockets, nor count on the pool's
-        threads, which do not survive a fork: it opens a pool of its own."""
+        threads, which do not survive a fork: it opens a pool of its own.
+
+        Once the server could not be reached, requests fail at once for AWAY_SECONDS instead of
+        each waiting connect_seconds for a connection: pages polling every second would otherwise
+        hold every thread of the web process waiting, and the top bar could not say why."""
+        if time.monotonic() < self._away_until:
+            raise psycopg.OperationalError("PostgreSQL could not be reached a moment ago")
         if self._pool_pid != os.getpid():
             with self._fork_lock:
                 if self._pool_pid != os.getpid():
                     self._pool = self._new_pool()
                     self._pool.open(wait=False)
                     self._pool_pid = os.getpid()
-        return self._pool.connection()
+        try:
+            with self._pool.connection() as connection:
+                yield connection
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            self._away_until = time.monotonic() + AWAY_SECONDS
+            raise
 
     def _create_schema(self) -> None:
         with self._connection() as connection, connection.transaction():

@@ -86,8 +86,12 @@ class Services:
             self.store.set_meta(REQUEST_KEY, time.time())
 
     def stop(self) -> None:
-        for service in (*self.inspectors, *self.collectors):
-            service.stop()
+        # Side by side: each collector may take its whole stop budget, and SIGTERM promises 10 s in all.
+        stopping = [threading.Thread(target=service.stop) for service in (*self.inspectors, *self.collectors)]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         if self.demo is not None:
             self.demo.stop()
         self._started = False

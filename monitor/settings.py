@@ -12,6 +12,8 @@ import os
 import re
 from typing import Mapping, Sequence
 
+from monitor.store import is_postgres_url
+
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 5555
 # The ways to run: everything in one process, the collector alone, the pages and API alone.
@@ -275,8 +277,7 @@ def check_broker(broker: str) -> None:
 
 
 def check_db(db: str) -> None:
-    scheme, sep, _rest = db.partition("://")
-    if sep and scheme not in ("postgresql", "postgres"):
+    if "://" in db and not is_postgres_url(db):
         raise SettingsError(f"db: a SQLite file path or a postgresql://user@host/dbname URL, got {without_password(db)!r}")
 
 

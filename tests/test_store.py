@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from conftest import StoreMaker
 from helpers import task_row
 from monitor.store.schema import SCHEMA_VERSION, WORKER_FIELDS, StoreError, is_online
 from monitor.store.sqlite import SqliteStore as Store
@@ -118,12 +119,12 @@ def test_a_store_written_by_a_newer_flowerbed_is_refused_with_a_clear_message(tm
         Store(str(path))
 
 
-def test_a_postgresql_store_written_by_a_newer_flowerbed_is_refused(make_store):
-    if make_store.backend != "postgresql":
-        pytest.skip("SQLite's version check is the test above")
+def test_a_postgresql_store_written_by_a_newer_flowerbed_is_refused(request, tmp_path):
+    make_store = StoreMaker("postgresql", tmp_path, request)  # SQLite's own check is the test above
     make_store("newer").set_meta("schema_version", SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match="written by a newer Flowerbed"):
         make_store("newer")
+    make_store.close_all()
 
 
 def test_only_one_owner_holds_a_lease_until_it_expires_or_is_released(store):

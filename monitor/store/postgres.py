@@ -194,6 +194,9 @@ class PostgresStore(Store):
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             self._pool.close()
             raise StoreError(f"cannot use the PostgreSQL store at {self.path}: {_first_line(exc)}") from None
+        except StoreError:  # written by a newer Flowerbed
+            self._pool.close()
+            raise
 
     def _new_pool(self) -> psycopg_pool.ConnectionPool:
         return psycopg_pool.ConnectionPool(self.url, open=False, **self._pool_options)

@@ -44,6 +44,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         update_title=None,
         suppress_callback_exceptions=True,  # pages are rendered by the router callback
         serve_locally=True,
+        compress=True,  # plotly.js and AG Grid are ~6 MB as sent uncompressed, ~1.8 MB compressed
     )
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
     for module in (shell_callbacks, workers_callbacks, tasks_callbacks, analytics_callbacks):

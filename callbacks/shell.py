@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 
-from dash import Input, Output, State
+from dash import Input, Output, State, no_update
 
 from components import shell as shell_components
 from monitor.query import analytics
@@ -27,10 +27,19 @@ def register(app, services) -> None:
         current = "nav-tasks" if section == "task" else f"nav-{section}"
         return ["nav-link active" if nav_id == current else "nav-link" for nav_id in nav_ids]
 
-    @app.callback(Output("collector-status", "children"), Input("refresh-tick", "n_intervals"))
-    def show_collector_status(_tick):
-        return shell_components.brokers_status(services.broker_stats(), time.time(),
-                                               services.settings.stall_seconds)
+    @app.callback(Output("collector-status", "children"), Output("store-version", "data"),
+                  Input("refresh-tick", "n_intervals"), State("store-version", "data"))
+    def show_collector_status(_tick, version_shown):
+        reports = services.broker_stats()
+        status = shell_components.brokers_status(reports, time.time(), services.settings.stall_seconds)
+        version = store_version(reports)
+        return status, no_update if version == version_shown else version
+
+
+def store_version(reports: dict[str, dict]) -> list:
+    """What changes whenever a collector stores tasks (heartbeats alone do not count): each broker's
+    last write of task rows."""
+    return sorted([name, report.get("tasks_stored_at")] for name, report in reports.items())  # as JSON brings it back
 
 
 def safe_strip(app, pathname: str | None) -> str | None:

@@ -89,13 +89,13 @@ def register(app, services) -> None:
         Input("tasks-query", "data"),
         prevent_initial_call=True,
     )
-    app.clientside_callback(
-        """function(tick) {
+    app.clientside_callback(  # only when something was stored: an idle cluster costs no reload
+        """function(version) {
             try { dash_ag_grid.getApi('tasks-grid').refreshInfiniteCache(); } catch (notReady) {}
             return window.dash_clientside.no_update;
         }""",
         Output("tasks-grid", "style"),
-        Input("refresh-tick", "n_intervals"),
+        Input("store-version", "data"),
         prevent_initial_call=True,
     )
 

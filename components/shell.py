@@ -13,6 +13,8 @@ def shell(relative_path, refresh_ms: int) -> html.Div:
     return html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
         dcc.Interval(id="refresh-tick", interval=refresh_ms),
+        # When the collectors last stored tasks: the Tasks grid reloads only when it moves.
+        dcc.Store(id="store-version"),
         html.Header([
             dcc.Link([html.Span("✿", className="brand-mark"), "Flowerbed"], href=relative_path("/"), className="brand"),
             html.Nav([dcc.Link(label, href=relative_path(f"/{path}"), className="nav-link", id=f"nav-{path or 'dashboard'}")

@@ -178,6 +178,23 @@ def test_sort_and_search_survive_the_auto_refresh_which_shows_new_tasks(page, cl
     assert page.input_value("#tasks-search") == "name:sample.sleep"
 
 
+def test_an_idle_cluster_costs_the_tasks_grid_no_reload(page, cluster):
+    wait_for_tasks(cluster.server, {uuid: "FAILURE" if purpose == "fail" else "SUCCESS"
+                                    for purpose, uuid in cluster.sent.items()})
+    open_tasks(page, cluster)
+    wait_for_rows(page, set(cluster.sent.values()), "every task")
+    reloads, ticks = [], []
+    page.on("request", lambda request: (reloads if "tasks-grid.getRowsResponse" in (request.post_data or "")
+                                        else ticks if "collector-status.children" in (request.post_data or "")
+                                        else []).append(request))
+    # The workers' heartbeats keep being stored meanwhile; only stored tasks reload the grid.
+    # Playwright hands events over only while it is called: wait through it.
+    wait_for(lambda: page.wait_for_timeout(100) or len(ticks) >= 3, WAIT_SECONDS, "three refresh ticks")
+    assert reloads == []
+    cluster.sent["while idle"] = cluster.workers[0].send("sample.add", 4, 4)
+    wait_for_rows(page, set(cluster.sent.values()), "the task sent after the idle ticks")
+
+
 def test_row_click_opens_the_detail_with_exception_and_traceback(page, cluster):
     open_tasks(page, cluster, "?state=FAILURE")
     wait_for_rows(page, [cluster.sent["fail"]], "the failed task")

@@ -104,6 +104,7 @@ class Collector:
         self.counts = collections.Counter()
         self.lag_seconds = 0.0
         self.last_stored_at: float | None = None
+        self.tasks_stored_at: float | None = None  # a batch with task rows, not only heartbeats
         self._pending = _Pending()
         self._unwritten: _Unwritten | None = None
         self._state = self.new_merge_state()
@@ -188,6 +189,7 @@ class Collector:
             # While writes fail, the lag is the age of the oldest event still waiting, so it grows.
             "lag_seconds": round(max(self.lag_seconds, now - waiting) if waiting else self.lag_seconds, 3),
             "last_stored_at": self.last_stored_at,
+            "tasks_stored_at": self.tasks_stored_at,
             "connected": self.connected,
             "broker_error": self.broker.message,
             "writer_error": self.writer.message,
@@ -550,6 +552,8 @@ class Collector:
         self.counts["merged"] += batch.events
         self.counts["stored"] += batch.events
         self.last_stored_at = time.time()
+        if batch.rows.get("tasks"):
+            self.tasks_stored_at = self.last_stored_at
         if batch.oldest:
             self.lag_seconds = max(0.0, self.last_stored_at - batch.oldest)
 

@@ -1,0 +1,182 @@
+"""First screen: how long each page takes from navigation to data on screen, and how many bytes it moves,
+Flowerbed's pages and Flower's, watching the same cluster in the same run.
+
+    python bench/first_screen.py                 # 5 loads per page, cold and warm browser cache
+    python bench/first_screen.py --repeats 9 --tasks 500
+
+A private redis-server carries a cluster of three workers (the demo's workers and traffic, in a process
+of their own); Flowerbed (`flowerbed --broker ...`, its own SQLite file) and Flower 2.2 (`celery flower`)
+both watch it. Once both list the tasks sent, Debian's chromium loads each page:
+  cold  a new browser context (empty cache) per load, as a first visit
+  warm  a second load in the same context (the browser's cache filled by the first)
+and reports the median over --repeats of:
+  grid ms    navigation start to the first table row holding data
+  charts ms  navigation start to every chart on the page drawn with data (pages with charts)
+  kB moved   bytes over the wire (compressed, as the browser counts them: CDP's encodedDataLength)
+  kB decoded the same bodies decompressed
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from stream import PrivateRedis, free_port, print_table
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+# Data on screen: a table row that holds a task's uuid or a worker's name; charts past their placeholder.
+ROW_WITH_DATA = """(selector, pattern) => [...document.querySelectorAll(selector)]
+    .some(row => new RegExp(pattern).test(row.textContent))"""
+CHARTS_DRAWN = """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
+    const placeholder = p => !p.layout || (p.layout.annotations || []).some(a => a.text === 'Loading…');
+    return plots.length > 0 && !plots.some(placeholder) && plots.some(p => p.data.length > 0);
+}"""
+UUID = "[0-9a-f]{8}-[0-9a-f]{4}-"
+WORKER = "demo-(alpha|beta|gamma)@"
+
+# (system, page, path, row selector, row pattern, has charts)
+PAGES = (
+    ("Flowerbed", "workers", "/", "#workers-grid .ag-row", WORKER, True),
+    ("Flowerbed", "tasks", "/tasks", "#tasks-grid .ag-center-cols-container .ag-row", UUID, False),
+    ("Flowerbed", "analytics", "/analytics", "#analytics-stats .ag-row", r"\w+\.\w+", True),
+    ("Flower", "workers", "/workers", "#workers-table tbody tr", WORKER, False),
+    ("Flower", "tasks", "/tasks", "#tasks-table tbody tr", UUID, False),
+)
+
+CLUSTER = """
+import sys, threading
+from celery import Celery
+from monitor.demo import DemoCluster
+cluster = DemoCluster(Celery(broker=sys.argv[1]), tasks_per_second=float(sys.argv[2]))
+cluster.start()
+threading.Event().wait()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="loads per page and cache state (median shown)")
+    parser.add_argument("--tasks", type=int, default=300, help="tasks both monitors must list before measuring")
+    parser.add_argument("--rate", type=float, default=20.0, help="tasks per second the cluster is sent")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flowerbed-first-screen-") as folder, PrivateRedis() as redis_server:
+        processes = []
+        try:
+            bases = start_systems(redis_server.url, Path(folder), args.rate, processes)
+            wait_for_tasks(bases, args.tasks)
+            rows = measure(bases, args.repeats)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    print_results(rows, args)
+
+
+def start_systems(broker: str, folder: Path, rate: float, processes: list) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ours, theirs = free_port(), free_port()
+    logs = {name: open(folder / f"{name}.log", "wb") for name in ("cluster", "flowerbed", "flower")}
+    processes.append(subprocess.Popen([sys.executable, "-c", CLUSTER, broker, str(rate)], env=env,
+                                      stdout=logs["cluster"], stderr=subprocess.STDOUT))
+    processes.append(subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--broker", broker, "--port", str(ours),
+                                       "--db", str(folder / "flowerbed.db")], env=env, cwd=folder,
+                                      stdout=logs["flowerbed"], stderr=subprocess.STDOUT))
+    processes.append(subprocess.Popen([sys.executable, "-m", "celery", "--broker", broker, "flower",
+                                       f"--port={theirs}", "--address=127.0.0.1"], cwd=folder,
+                                      env={**env, "FLOWER_UNAUTHENTICATED_API": "1"},  # its API, for wait_for_tasks
+                                      stdout=logs["flower"], stderr=subprocess.STDOUT))
+    return {"Flowerbed": f"http://127.0.0.1:{ours}", "Flower": f"http://127.0.0.1:{theirs}"}
+
+
+def task_count(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return len(__import__("json").loads(response.read()))
+    except OSError:
+        return 0
+
+
+def wait_for_tasks(bases: dict[str, str], tasks: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    urls = [f"{bases['Flowerbed']}/api/tasks?limit={tasks}", f"{bases['Flower']}/api/tasks?limit={tasks}"]
+    while min(task_count(url) for url in urls) < tasks:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the monitors did not list {tasks} tasks within {timeout:.0f} s")
+        time.sleep(1)
+
+
+def measure(bases: dict[str, str], repeats: int) -> list[dict]:
+    from playwright.sync_api import sync_playwright
+
+    results = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        for system, page_name, path, selector, pattern, charts in PAGES:
+            samples = {"cold": [], "warm": []}
+            for _ in range(repeats):
+                context = browser.new_context(viewport={"width": 1440, "height": 900})
+                for cache in ("cold", "warm"):
+                    samples[cache].append(load(context, bases[system] + path, selector, pattern, charts))
+                context.close()
+            for cache, loads in samples.items():
+                results.append({"system": system, "page": page_name, "cache": cache, **{
+                    key: statistics.median(sample[key] for sample in loads) if loads[0][key] is not None else None
+                    for key in loads[0]}})
+        browser.close()
+    return results
+
+
+def load(context, url: str, selector: str, pattern: str, charts: bool) -> dict:
+    page = context.new_page()
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    moved, decoded = [0], [0]
+    cdp.on("Network.loadingFinished", lambda event: moved.__setitem__(0, moved[0] + event["encodedDataLength"]))
+    cdp.on("Network.dataReceived", lambda event: decoded.__setitem__(0, decoded[0] + event["dataLength"]))
+    page.goto(url, wait_until="commit")
+    # performance.now() counts from the navigation's start, in the page: no Python overhead included.
+    try:
+        grid_ms, charts_ms = until_data(page, selector, pattern, charts)
+    except Exception as exc:
+        raise SystemExit(f"{url}: no data on screen within a minute ({type(exc).__name__})") from None
+    page.wait_for_load_state("networkidle")
+    sample = {"grid ms": grid_ms, "charts ms": charts_ms, "kB moved": moved[0] / 1000, "kB decoded": decoded[0] / 1000}
+    page.close()
+    return sample
+
+
+def until_data(page, selector: str, pattern: str, charts: bool) -> tuple[float, float | None]:
+    grid_ms = page.wait_for_function(f"() => ({ROW_WITH_DATA})({selector!r}, {pattern!r}) && performance.now()",
+                                     timeout=60_000, polling="raf").json_value()
+    charts_ms = (page.wait_for_function(f"() => ({CHARTS_DRAWN})() && performance.now()", timeout=60_000,
+                                        polling="raf").json_value() if charts else None)
+    return grid_ms, charts_ms
+
+
+def print_results(rows: list[dict], args) -> None:
+    flower = {(row["page"], row["cache"]): row for row in rows if row["system"] == "Flower"}
+    table = []
+    for row in rows:
+        baseline = flower.get((row["page"], row["cache"]))
+        versus = f"{row['grid ms'] / baseline['grid ms']:.2f}x" if baseline and row["system"] != "Flower" else None
+        table.append((row["system"], row["page"], row["cache"], row["grid ms"], row["charts ms"], versus,
+                      row["kB moved"], row["kB decoded"]))
+    print_table(f"First screen, median of {args.repeats} loads per page and cache state ({args.tasks}+ tasks "
+                f"listed by both; the cluster sent {args.rate:g} tasks/s meanwhile)",
+                ("system", "page", "cache", "grid ms", "charts ms", "grid vs Flower", "kB moved", "kB decoded"), table)
+
+if __name__ == "__main__":
+    main()

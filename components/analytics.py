@@ -430,7 +430,7 @@ def stuck_and_waiting(stuck, waiting, scope, limits, now: float, base: str) -> d
     return {"stuck": (len(stuck), tasks_href(base, stuck_target), "stuck",
                       f"running past {limits.factor:g} × their name's p99 of the last day, at least {limits.floor:g} s"),
             "waiting": (len(waiting), tasks_href(base, [" ".join([*_filter_terms(scope), waits]), ""]),
-                        f"waiting > {_seconds(limits.waiting)}",
+                        f"waiting > {limits.waiting:g} s",
                         f"received (or sent) and not started for over {limits.waiting:g} s")}
 
 

@@ -262,17 +262,21 @@ def compare(store: Store, before: Scope, after: Scope, now: float | None = None)
 
     `change` ranks the rows: the largest of the relative slowdowns of p50 and p95 and the relative
     rise of the failure rate (against at least 1 %, so that 0 → 5 % counts as five times worse, not
-    infinitely). A name found in one window only has no change and comes after those that have one."""
+    infinitely); `overall`, their sum, breaks ties. A name found in one window only has no change and
+    comes after those that have one."""
     picked = ["name", "finished", "failure_rate", "runtime_p50", "runtime_p95"]
     merged = pd.merge(task_stats(store, before, now)[picked], task_stats(store, after, now)[picked],
                       on="name", how="outer", suffixes=("_before", "_after"))
     for stat in ("runtime_p50", "runtime_p95"):
         merged[f"{stat}_ratio"] = merged[f"{stat}_after"] / merged[f"{stat}_before"]
     merged["failure_rate_change"] = merged["failure_rate_after"] - merged["failure_rate_before"]
-    merged["change"] = pd.concat([
-        merged["runtime_p50_ratio"] - 1, merged["runtime_p95_ratio"] - 1,
-        merged["failure_rate_change"] / merged["failure_rate_before"].clip(lower=0.01)], axis=1).max(axis=1)
-    return merged.sort_values(["change", "finished_after"], ascending=False, na_position="last", ignore_index=True)
+    changes = pd.concat([merged["runtime_p50_ratio"] - 1, merged["runtime_p95_ratio"] - 1,
+                         merged["failure_rate_change"] / merged["failure_rate_before"].clip(lower=0.01)], axis=1)
+    merged["change"] = changes.max(axis=1)
+    # Among equally bad worst changes, the name better in other ways (faster, fewer failures) goes lower.
+    merged["overall"] = changes.sum(axis=1, min_count=1)
+    return merged.sort_values(["change", "overall", "finished_after"], ascending=False, na_position="last",
+                              ignore_index=True)
 
 
 def history_start(store: Store, now: float | None = None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -470,7 +471,9 @@ def cluster(redis_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analytics")
     stack = Stack()
     try:
-        server = stack.add(FlowerbedServer.start(redis_url, tmp / "flowerbed.db", tmp / "flowerbed.log"))
+        # Short stuck and waiting limits, for the Dashboard's counts to show within a test.
+        server = stack.add(FlowerbedServer.start(redis_url, tmp / "flowerbed.db", tmp / "flowerbed.log",
+                                                 "--stuck-floor", "2", "--waiting-seconds", "2"))
         worker = stack.add(CeleryWorker(redis_url, "analytics@tests", tmp, concurrency=4))
         wait_for(lambda: worker_status(server, worker.hostname), 20, "the worker online in the monitor")
         expected = {worker.send("sample.sleep", seconds): "SUCCESS"
@@ -568,3 +571,89 @@ def test_page_renders_every_chart_and_a_drill_down_sets_the_tasks_filter(cluster
         assert problems == []
     finally:
         page.close()
+
+
+GRID_CELL = "#%s .ag-center-cols-container .ag-row[row-index='%d'] [col-id='%s']"
+
+
+def _grid_row_index(page, grid: str, name: str) -> int:
+    """The row-index of the row of a task name in an Analytics grid (the name column is pinned apart)."""
+    [index] = wait_for(lambda: page.evaluate("""([grid, name]) => {
+        const cell = Array.from(document.querySelectorAll(`#${grid} .ag-row [col-id=name]`))
+            .find(cell => cell.innerText.trim() === name);
+        return cell ? [Number(cell.closest('.ag-row').getAttribute('row-index'))] : null; }""", [grid, name]),
+        15, f"a row of {name} in {grid}")
+    return index
+
+
+@pytest.mark.browser
+def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cluster, page):
+    server, _worker = cluster
+    page.goto(f"{server}/analytics?range=6h")
+    plot = "document.querySelector('#%s .js-plotly-plot')"
+    page.wait_for_function(f"{plot % 'analytics-throughput'}?.data?.length > 0")
+    # plotly keeps a date axis's range as epoch milliseconds or as UTC date text, as it was given
+    seconds = page.evaluate(f"""() => {{ const [start, end] = {plot % 'analytics-throughput'}.layout.xaxis.range
+        .map(edge => typeof edge === 'number' ? edge : Date.parse(edge.replace(' ', 'T') + 'Z'));
+        return (end - start) / 1000; }}""")
+    assert seconds == pytest.approx(6 * 3600, abs=2)  # the whole range, though the tasks ran minutes ago
+    counts = page.evaluate(f"() => {plot % 'analytics-throughput'}.data.map(trace => trace.y)")
+    assert all(len(y) in (72, 73) for y in counts)  # every 5-minute bucket, drawn
+    assert sum(count == 0 for count in counts[0]) >= len(counts[0]) - 3
+    def ticks(graph):
+        return page.locator(f"#{graph} .xtick text").evaluate_all("texts => texts.map(text => text.textContent)")
+    shown = ticks("analytics-throughput")
+    assert shown and all(len(tick) == 5 and tick[2] == ":" and tick.replace(":", "").isdigit() for tick in shown)
+    assert ticks("analytics-failure-rate") == shown  # alike, side by side
+    assert page.locator(".modebar").count() == 0
+    assert "history begins" in page.inner_text("#analytics-throughput")
+
+
+@pytest.mark.browser
+def test_compare_says_when_a_window_had_no_tasks_and_a_row_opens_each_window(cluster, page):
+    server, _worker = cluster
+    page.goto(f"{server}/analytics")  # compares with the same time yesterday: the cluster ran today only
+    index = _grid_row_index(page, "analytics-compare", "sample.sleep")
+    assert page.inner_text(GRID_CELL % ("analytics-compare", index, "runtime_p50_before")) == "no tasks"
+    assert page.inner_text(GRID_CELL % ("analytics-compare", index, "runtime_p50_ratio")) == "new"
+    windows = page.inner_text("#compare-windows")
+    assert windows.endswith("no tasks in the earlier window")
+    earlier_start = windows.split(" – ")[0].replace(" ", "T")
+    page.click(GRID_CELL % ("analytics-compare", index, "finished_before"))
+    page.wait_for_function("location.pathname.endsWith('/tasks')")
+    query = page.input_value("#tasks-search")
+    assert "name=sample.sleep" in query and f"finished>={earlier_start}" in query
+    wait_for(lambda: page.inner_text("#tasks-count").startswith("0 tasks"), 15, "no sleeps yesterday")
+    page.go_back()
+    index = _grid_row_index(page, "analytics-compare", "sample.sleep")
+    page.click(GRID_CELL % ("analytics-compare", index, "finished_after"))
+    page.wait_for_function("location.pathname.endsWith('/tasks')")
+    assert "name=sample.sleep" in page.input_value("#tasks-search")
+    wait_for(lambda: page.inner_text("#tasks-count").startswith("25 tasks"), 15, "today's 25 sleeps")
+
+
+@pytest.mark.browser
+def test_the_dashboard_counts_stuck_and_waiting_tasks_and_links_to_them(cluster, page, tmp_path):
+    # Last in the file: its worker is killed with a task running and one waiting, which stay so.
+    server, running = cluster
+    worker = CeleryWorker(running.broker, "stuck@tests", tmp_path, concurrency=1)
+    try:
+        hung = worker.send("sample.sleep", 120)  # past max(3 × p99 of sample.sleep, 2 s): stuck
+        queued = worker.send("sample.add", 1, 2)  # held by the worker behind it: waiting
+        page.goto(f"{server}/")
+        wait_for(lambda: page.inner_text("#dashboard-stuck") == "1 stuck", 30, "one stuck task on the Dashboard")
+        wait_for(lambda: page.inner_text("#dashboard-waiting") == "1 waiting > 2 s", 30, "one waiting task")
+        page.click("#dashboard-stuck")
+        wait_for(lambda: [hung] == page.evaluate(
+            "() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]')).map(c => c.innerText)"),
+            15, "the stuck task listed, alone")
+        page.go_back()
+        page.click("#dashboard-waiting")
+        wait_for(lambda: [queued] == page.evaluate(
+            "() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]')).map(c => c.innerText)"),
+            15, "the waiting task listed, alone")
+        page.goto(f"{server}/analytics")
+        wait_for(lambda: page.inner_text("#analytics-stuck-count") == "1", 20, "the stuck count on Analytics")
+        assert page.inner_text("#analytics-waiting-count") == "1"
+    finally:
+        worker.stop(signal.SIGKILL)

@@ -15,6 +15,7 @@ import re
 from urllib.parse import quote, urlencode
 
 import dash_ag_grid as dag
+import pandas as pd
 from dash import dcc, html
 
 from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
@@ -141,11 +142,15 @@ def _history_marks(scope, history: float | None) -> dict:
     if history is None or history <= scope.start + 60:
         return {}
     edge = round(min(history, scope.end) * 1000)
+    # Inside the shade when it has room for the words, else just after it.
+    inside = (history - scope.start) / scope.span > 0.35
+    moment = dt.datetime.fromtimestamp(history, dt.timezone.utc)
+    text = f"history begins {moment:%H:%M}" if scope.span <= 86400 else f"history begins {moment:%d %b %H:%M}"
     return dict(
         shapes=[dict(type="rect", xref="x", yref="paper", x0=round(scope.start * 1000), x1=edge, y0=0, y1=1,
                      fillcolor="rgba(128,128,128,.13)", line=dict(width=0), layer="below")],
-        annotations=[dict(text=f"history begins {dt.datetime.fromtimestamp(history, dt.timezone.utc):%d %b %H:%M}", x=edge, xref="x", y=1, yref="paper",
-                          xanchor="right", yanchor="top", showarrow=False, font=dict(size=11))])
+        annotations=[dict(text=text, x=edge, xref="x", y=1, yref="paper", xanchor="right" if inside else "left",
+                          xshift=-4 if inside else 4, yanchor="top", showarrow=False, font=dict(size=11))])
 
 
 def bucket_starts(scope, step: int) -> list[int]:
@@ -271,29 +276,44 @@ def failures_by_name_figure(stats, scope, uirevision: str, limit: int = 10, heig
 def worker_figure(frame, column: str, title: str, scope, uirevision: str, height: int = 240,
                   history: float | None = None) -> dict:
     """One line per worker over the range, from the heartbeat rollup, a gap where a worker sent no
-    heartbeat. Workers with the same values in every bucket (the load of workers on one host) share
-    one line named after all of them: drawn apart, the last would hide the others. Evenly spaced points
+    heartbeat. Workers with alike values in every bucket (the load of workers on one host) share one
+    line named after all of them: drawn apart, the last would hide the others. Evenly spaced points
     go as a start and a step (x0, dx): no x array per worker."""
     if frame.empty:
         return empty_figure("No heartbeats in this range", height)
     step = frame.attrs.get("bucket_seconds", 60)
     starts = bucket_starts(scope, step)
-    series: dict[tuple, list[str]] = {}
+    lines: list[tuple[pd.Series, list[str]]] = []
     for worker, rows in frame.groupby("worker", sort=True):
         values = rows.set_index("bucket")[column].round(3).reindex(starts)
-        series.setdefault(tuple(values.astype(object).where(values.notna(), None)), []).append(worker)
+        alike = next((workers for drawn, workers in lines if _alike(drawn, values)), None)
+        if alike is None:
+            lines.append((values, [worker]))
+        else:
+            alike.append(worker)
     traces = []
-    for index, (values, workers) in enumerate(series.items()):
+    for index, (values, workers) in enumerate(lines):
         name = _worker_names(workers)
         traces.append(dict(
-            type="scatter", x0=_middles(starts[:1], step)[0], dx=step * 1000, y=list(values),
+            type="scatter", x0=_middles(starts[:1], step)[0], dx=step * 1000,
+            y=values.astype(object).where(values.notna(), None).tolist(),
             name=name, uid=_css_safe(name), mode="lines+markers", marker=dict(size=3), connectgaps=False,
             line=dict(width=1.8, color=WORKER_PALETTE[index % len(WORKER_PALETTE)],
                       dash=WORKER_DASHES[index // len(WORKER_PALETTE) % len(WORKER_DASHES)]),
             hovertemplate=f"{name}<br>%{{y:.2f}} {title} (mean per {step_label(step)}) · %{{x|%H:%M}} UTC<extra></extra>"))
-    return _figure(traces, _layout(uirevision, height, xaxis=_time_axis(scope),
+    # The legend names the workers even of one shared line.
+    return _figure(traces, _layout(uirevision, height, xaxis=_time_axis(scope), showlegend=True,
                                    yaxis=dict(title=title, rangemode="tozero"), hovermode="x unified",
                                    **_history_marks(scope, history)))
+
+
+def _alike(drawn, values) -> bool:
+    """Whether two workers' series would draw as one line: data in the same buckets, values within
+    5 % (a host's load, sampled by each of its workers at its own heartbeat)."""
+    if not drawn.isna().equals(values.isna()):
+        return False
+    both = drawn.notna()
+    return bool(((drawn[both] - values[both]).abs() <= 0.05 * drawn[both].abs().clip(lower=1)).all())
 
 
 def _worker_names(workers: list[str]) -> str:
@@ -690,9 +710,8 @@ def summary_cards(stats, scope, attention: dict) -> list:
                                   tone="tone-bad" if count else "tone-ok"), title=meaning)
 
     return [
-        stat_card("Finished", html.Span([f"{finished:,}", html.Small(f"in {span}", className="stat-sub")]), tone="tone-ok"),
-        stat_card("Throughput", html.Span([f"{per_minute:,.1f} / min", html.Small(f"{span} mean", className="stat-sub")]),
-                  tone="tone-info"),
+        stat_card(f"Finished in {span}", f"{finished:,}", tone="tone-ok"),
+        stat_card(f"Throughput, {span} mean", f"{per_minute:,.1f} / min", tone="tone-info"),
         stat_card("Failed", f"{failed:,} · {rate}", tone="tone-bad"),
         stat_card("Worst p95 queue wait", html.Span([wait_text, html.Small(
             f" {worst_wait['name'].iloc[0]}" if not worst_wait.empty else "", className="stat-sub")])),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 
 import numpy as np
@@ -607,6 +608,20 @@ def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cl
     assert ticks("analytics-failure-rate") == shown  # alike, side by side
     assert page.locator(".modebar").count() == 0
     assert "history begins" in page.inner_text("#analytics-throughput")
+    # A box says its figures in one line, and a click on its whisker opens its tasks.
+    whiskers = page.locator("#analytics-runtime .bars path").first  # p5 to p99 of a name
+    whiskers.scroll_into_view_if_needed()
+    box = whiskers.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    hover = page.locator("#analytics-runtime .hoverlayer .hovertext")
+    hover.wait_for()
+    [text] = hover.evaluate_all("labels => labels.map(label => label.textContent)")
+    name = text.split(" ")[0]
+    assert re.fullmatch(rf"{re.escape(name)} p50 [\d.]+ m?s · p95 [\d.]+ m?s · p99 [\d.]+ m?s · n \d+", text), text
+    assert name in ("sample.sleep", "sample.fail")
+    page.mouse.click(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    page.wait_for_function("location.pathname.endsWith('/tasks')")
+    assert f"name={name}" in page.input_value("#tasks-search")
 
 
 @pytest.mark.browser

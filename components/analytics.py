@@ -664,13 +664,11 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                    actions=[_csv_button("analytics-stuck")]),
         ], className="chart-grid two"),
         html.Div([
-            html.Span("Stuck: running past", className="muted small"),
-            _number_input("analytics-stuck-factor", "×", step=0.5),
-            html.Span("their name's p99 of the last day, at least", className="muted small"),
-            _number_input("analytics-stuck-floor", "s"),
-            html.Span("· Waiting: not started after", className="muted small"),
-            _number_input("analytics-waiting-limit", "s"),
-        ], className="limits-controls"),
+            html.Span(["Stuck: running past", _number_input("analytics-stuck-factor", "×", step=0.5),
+                       "the name's p99 of the last day,"]),
+            html.Span(["at least", _number_input("analytics-stuck-floor", "s")]),
+            html.Span(["· Waiting: not started after", _number_input("analytics-waiting-limit", "s")]),
+        ], className="limits-controls muted small"),
         _panel("Compare two windows", html.Div([
             html.Div([
                 dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
@@ -689,7 +687,7 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
 def _number_input(input_id: str, unit: str, step: float = 1) -> html.Label:
     """A limit left empty is the configured one (its placeholder, see callbacks/analytics.py)."""
     return html.Label([dcc.Input(id=input_id, type="number", min=0.1, step=step, debounce=True,
-                                 className="number-input"), f" {unit}"], className="muted small")
+                                 className="number-input"), f" {unit}"])
 
 
 def summary_cards(stats, scope, attention: dict) -> list:

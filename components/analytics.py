@@ -678,7 +678,7 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                 html.Span(id="compare-windows", className="muted small"),
             ], className="compare-controls"),
             grid("analytics-compare", COMPARE_COLUMNS, "compare.csv", "No finished task in either window."),
-        ]), help_text="per task name: runtime p50/p95 and failure rate, then → now",
+        ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
             actions=[_csv_button("analytics-compare")]),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
     ], className="analytics")

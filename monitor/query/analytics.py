@@ -384,7 +384,7 @@ WAITING_STATES = {"RECEIVED": "received", "PENDING": "sent"}
 def waiting_tasks(store: Store, scope: Scope, limits: Limits = Limits(), now: float | None = None) -> pd.DataFrame:
     """Tasks received (or sent) and not started for longer than limits.waiting, longest wait first.
 
-    The moment compared is a whole second (now − waiting, rounded down), as waiting_search's is."""
+    The moment compared is a whole second (waiting_cut), as the Tasks search that lists them does."""
     now = time.time() if now is None else now
     cut = waiting_cut(limits, now)
     extra, params = _task_filters(scope)

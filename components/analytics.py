@@ -736,7 +736,8 @@ def compact_row() -> html.Div:
     return html.Div([
         html.Div(id="dashboard-attention", className="attention-row"),
         html.Div([
-            _panel("Last hour: throughput by state", _graph("dashboard-throughput", 170)),
+            _panel("Last hour: throughput by state", _graph("dashboard-throughput", 170),
+                   help_text="tasks finished per minute"),
             _panel("Last hour: run time by task name", _graph("dashboard-runtime", 170),
                    help_text="p5–p99, slowest 8"),
         ], className="chart-grid two compact-charts"),

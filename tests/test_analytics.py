@@ -11,8 +11,8 @@ import signal
 import numpy as np
 import pytest
 
-from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, refresh_outputs, response_body,
-                                 scope_from_controls)
+from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, limits_from_controls, refresh_outputs,
+                                 response_body, scope_from_controls)
 from components import analytics as view
 from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, wait_for, wait_for_tasks,
                      worker_status)
@@ -373,6 +373,15 @@ def test_a_name_without_history_is_stuck_past_the_floor_and_limits_must_be_posit
     assert list(stuck["uuid"]) == ["old"] and stuck["limit"].iloc[0] == 60
     with pytest.raises(analytics.AnalyticsError, match="factor must be a positive number"):
         analytics.Limits(factor=0)
+
+
+def test_the_limit_controls_fall_back_to_the_configured_limits_and_say_what_is_wrong():
+    configured = analytics.Limits(factor=5, floor=30, waiting=10)
+    assert limits_from_controls(None, "", 20, defaults=configured) == analytics.Limits(5, 30, 20.0)
+    with pytest.raises(analytics.AnalyticsError, match="expected numbers"):
+        limits_from_controls("lots", None, None, defaults=configured)
+    with pytest.raises(analytics.AnalyticsError, match="the waiting must be a positive number"):
+        limits_from_controls(None, None, -1, defaults=configured)
 
 
 def test_tasks_received_or_sent_and_not_started_past_the_limit_are_waiting(store):

@@ -664,8 +664,8 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                    actions=[_csv_button("analytics-stuck")]),
         ], className="chart-grid two"),
         html.Div([
-            html.Span(["Stuck: running past", _number_input("analytics-stuck-factor", "×", step=0.5),
-                       "the name's p99 of the last day,"]),
+            html.Span(["Stuck: running past", _number_input("analytics-stuck-factor", "×", step=0.5)]),
+            "the name's p99 of the last day,",
             html.Span(["at least", _number_input("analytics-stuck-floor", "s")]),
             html.Span(["· Waiting: not started after", _number_input("analytics-waiting-limit", "s")]),
         ], className="limits-controls muted small"),

@@ -6,8 +6,9 @@ the callbacks map its result onto their outputs.
 from __future__ import annotations
 
 import contextlib
-import json
 import dataclasses
+import json
+import math
 import time
 
 from dash import Input, Output, State
@@ -27,16 +28,22 @@ REFRESH_OUTPUTS = (
 # Give each graph its figure from the store, keeping the user's zoom while the data stays the same
 # (same uirevision). uirevision alone does not keep it in Dash 4: its Graph writes a zoom back into
 # the figure prop and replots, so plotly forgets the zoom was the user's and the next figure resets it.
+# A time axis always carries the range's own [start, end], so a fixed range alone does not mean a
+# zoom: the graph's last relayoutData says whether the user zoomed (a range) or reset (autorange).
 _SHOW_FIGURES = """function(figures) {
-    var current = Array.prototype.slice.call(arguments, 1);
+    var count = %d;
+    var current = Array.prototype.slice.call(arguments, 1, 1 + count);
+    var relayouts = Array.prototype.slice.call(arguments, 1 + count);
     return %s.map(function(graph, index) {
         var next = figures && figures[graph];
         if (!next) { return window.dash_clientside.no_update; }
         var before = current[index] && current[index].layout;
+        var relayout = relayouts[index] || {};
         if (before && before.uirevision === next.layout.uirevision) {
             ['xaxis', 'yaxis'].forEach(function(axis) {
                 var zoomed = before[axis];
-                if (zoomed && zoomed.autorange === false && zoomed.range && next.layout[axis]) {
+                var byUser = (axis + '.range[0]') in relayout || (axis + '.range') in relayout;
+                if (byUser && zoomed && zoomed.autorange === false && zoomed.range && next.layout[axis]) {
                     next.layout[axis] = Object.assign({}, next.layout[axis], {range: zoomed.range, autorange: false});
                 }
             });
@@ -61,7 +68,9 @@ _OPEN_CLICKED_ROW = """function() {
     if (!cell) { return window.dash_clientside.no_update; }
     var row = dash_ag_grid.getApi(triggered[0].prop_id.split('.')[0]).getDisplayedRowAtIndex(cell.rowIndex);
     var data = row && row.data;
-    if (data && data.drill) { window.flowerbedOpenTasks('%s', data.drill, []); }
+    // The compare table's Before cells open the earlier window.
+    var target = data && (/_before$/.test(cell.colId || '') && data.drill_before || data.drill);
+    if (target) { window.flowerbedOpenTasks('%s', target, []); }
     else if (data && data.uuid) { window.flowerbedNavigate('%stask/' + encodeURIComponent(data.uuid)); }
     return window.dash_clientside.no_update;
 }"""
@@ -86,9 +95,10 @@ def scope_from_controls(range_key, custom_from, custom_to, names, workers, queue
     return analytics.Scope(*moments, **filters)
 
 
-def refresh_outputs(store, scope: analytics.Scope, stuck_limit: float = analytics.DEFAULT_STUCK_SECONDS,
-                    now: float | None = None, timings: dict | None = None) -> dict:
-    """Everything one refresh of the Analytics page shows, keyed by (component id, property).
+def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = analytics.Limits(),
+                    now: float | None = None, timings: dict | None = None, base: str = "/") -> dict:
+    """Everything one refresh of the Analytics page shows, keyed by (component id, property); `base`
+    is the app's path, for the links to the Tasks page.
 
     `timings`, when given, collects the seconds each query took (for the benchmark)."""
     now = time.time() if now is None else now
@@ -111,33 +121,56 @@ def refresh_outputs(store, scope: analytics.Scope, stuck_limit: float = analytic
     with timed("slowest"):
         slowest = analytics.slowest_tasks(store, scope, stats)
     with timed("stuck"):
-        stuck = analytics.stuck_tasks(store, scope, dict(zip(stats["name"], stats["runtime_p99"])),
-                                      stuck_limit or analytics.DEFAULT_STUCK_SECONDS, now)
+        stuck = analytics.stuck_tasks(store, scope, limits, now)
+        waiting = analytics.waiting_tasks(store, scope, limits, now)
+    with timed("history"):
+        history = analytics.history_start(store, now)
     with timed("exceptions"):
         groups = analytics.exception_groups(store, scope)
         samples = analytics.tracebacks(store, groups["sample_uuid"])
     with timed("figures"):
         figures = {
-            "analytics-throughput": view.throughput_figure(series, scope, revision),
-            "analytics-failure-rate": view.failure_rate_figure(rates, scope, revision),
+            "analytics-throughput": view.throughput_figure(series, scope, revision, history=history),
+            "analytics-failure-rate": view.failure_rate_figure(rates, scope, revision, history=history),
             "analytics-runtime": view.distribution_figure(stats, "runtime", scope, revision),
             "analytics-wait": view.distribution_figure(stats, _wait_metric(stats), scope, revision),
             "analytics-failures-by-name": view.failures_by_name_figure(stats, scope, revision),
-            "analytics-worker-active": view.worker_figure(activity, "active_mean", "active tasks", scope, revision),
-            "analytics-worker-load": view.worker_figure(activity, "load1", "load", scope, revision),
+            "analytics-worker-active": view.worker_figure(activity, "active_mean", "active tasks", scope, revision,
+                                                          history=history),
+            "analytics-worker-load": view.worker_figure(activity, "load1", "load", scope, revision, history=history),
         }
         outputs = {
             ("analytics-message", "children"): _empty_note(scope, stats),
             ("analytics-updated", "children"): (
                 f"updated {format_moment(now)[11:]} UTC · {view.step_label(analytics.bucket_seconds(scope, now))} buckets"),
-            ("analytics-cards", "children"): view.summary_cards(stats, len(stuck), scope),
+            ("analytics-cards", "children"): view.summary_cards(
+                stats, scope, view.stuck_and_waiting(stuck, waiting, scope, limits, now, base)),
             FIGURES: figures,
             ("analytics-stats", "rowData"): view.stats_rows(stats, scope),
             ("analytics-exceptions", "rowData"): view.exception_rows(groups, samples, scope),
             ("analytics-slowest", "rowData"): view.task_rows(slowest, analytics.SLOWEST_COLUMNS),
-            ("analytics-stuck", "rowData"): view.task_rows(stuck, analytics.STUCK_COLUMNS),
+            ("analytics-stuck", "rowData"): view.task_rows(stuck.head(view.MAX_STUCK_ROWS), analytics.STUCK_COLUMNS),
         }
     return outputs
+
+
+def dashboard_outputs(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
+                      now: float | None = None) -> tuple:
+    """The Dashboard's compact charts (the last hour) and its stuck and waiting counts (now, by
+    `limits`), each count a link to its tasks."""
+    now = time.time() if now is None else now
+    scope = analytics.last("1h", now, brokers=[broker] if broker else None)
+    stats = analytics.task_stats(store, scope, now)
+    history = analytics.history_start(store, now)
+    figures = {
+        "dashboard-throughput": view.throughput_figure(analytics.throughput(store, scope, now), scope, "dashboard",
+                                                       height=170, compact=True, history=history),
+        "dashboard-runtime": view.distribution_figure(stats, "runtime", scope, "dashboard", height=170,
+                                                      limit=8, compact=True),
+    }
+    attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
+                                       analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
+    return figures, view.attention_links(attention)
 
 
 def response_body(outputs: dict) -> str:
@@ -180,10 +213,12 @@ def error_outputs(message: str) -> dict:
 
 
 def compare_windows(scope: analytics.Scope, mode: str, split_text: str | None, now: float):
-    """(before, after) Scopes for a comparison mode; AnalyticsError for a bad split time."""
-    shifts = {"previous": scope.span, "day": 86400, "week": 7 * 86400}
-    if mode in shifts:
-        return scope.shifted(-shifts[mode]), scope
+    """(before, after) Scopes for a comparison mode, never overlapping; AnalyticsError for a bad split
+    time. "Yesterday" and "last week" go back whole days and weeks, as many as the range needs not to
+    overlap itself (a 7-day range against the 7 days before, not against 6 of the same days)."""
+    periods = {"previous": scope.span, "day": 86400, "week": 7 * 86400}
+    if mode in periods:
+        return scope.shifted(-math.ceil(scope.span / periods[mode] - 1e-9) * periods[mode]), scope
     if not split_text:
         raise analytics.AnalyticsError("Enter the time to split at, e.g. 2026-11-25 10:00 (UTC)")
     try:
@@ -198,26 +233,57 @@ def compare_windows(scope: analytics.Scope, mode: str, split_text: str | None, n
     return dataclasses.replace(scope, start=split - (after_end - split), end=split), after
 
 
+def configured_limits(settings) -> analytics.Limits:
+    """The stuck and waiting Limits of the settings (--stuck-factor, --stuck-floor, --waiting-seconds)."""
+    return analytics.Limits(settings.stuck_factor, settings.stuck_floor, settings.waiting_seconds)
+
+
+def limits_from_controls(factor, floor, waiting, defaults: analytics.Limits = analytics.Limits()) -> analytics.Limits:
+    """The stuck and waiting Limits the controls describe (`defaults`' where left empty)."""
+    given = {field: value for field, value in (("factor", factor), ("floor", floor), ("waiting", waiting))
+             if value not in (None, "")}
+    try:
+        return dataclasses.replace(defaults, **{field: float(value) for field, value in given.items()})
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, analytics.AnalyticsError):
+            raise
+        raise analytics.AnalyticsError(f"Stuck and waiting limits: expected numbers, not {given}") from None
+
+
+def compare_outputs(store, scope: analytics.Scope, mode: str, split_text: str | None, now: float) -> tuple:
+    """The compare grid's rows and the line that names the windows (and says when one had no task)."""
+    try:
+        before, after = compare_windows(scope, mode, split_text, now)
+    except analytics.AnalyticsError as exc:
+        return [], str(exc)
+    frame = analytics.compare(store, before, after, now)
+    return view.compare_rows(frame, before, after), view.compare_caption(frame, before, after)
+
+
 # The controls scope_from_controls reads: its arguments before `now`, then `brokers`.
 SCOPE_INPUTS = [Input(control, "value") for control in (
     "analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers", "analytics-queues",
     "analytics-brokers")]
+# The controls limits_from_controls reads.
+LIMIT_INPUTS = [Input(control, "value") for control in (
+    "analytics-stuck-factor", "analytics-stuck-floor", "analytics-waiting-limit")]
 
 
 def register(app, services) -> None:
     store = services.store
     base = app.get_relative_path("/")
+    limits = configured_limits(services.settings)
 
     @app.callback(
         [Output(component, prop) for component, prop in REFRESH_OUTPUTS],
         Input("refresh-tick", "n_intervals"),
         *SCOPE_INPUTS,
-        Input("analytics-stuck-limit", "value"),
+        *LIMIT_INPUTS,
     )
-    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, stuck_limit):
+    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, *controls):
         try:
             scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, brokers=brokers)
-            outputs = refresh_outputs(store, scope, float(stuck_limit or analytics.DEFAULT_STUCK_SECONDS))
+            outputs = refresh_outputs(store, scope, limits_from_controls(*controls, defaults=limits), base=base)
         except analytics.AnalyticsError as exc:
             outputs = error_outputs(str(exc))
         return [outputs[key] for key in REFRESH_OUTPUTS]
@@ -234,11 +300,9 @@ def register(app, services) -> None:
         now = time.time()
         try:
             scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, now, brokers)
-            before, after = compare_windows(scope, mode, split_text, now)
         except analytics.AnalyticsError as exc:
             return [], str(exc)
-        frame = analytics.compare(store, before, after, now)
-        return view.compare_rows(frame, after), f"{view.window_label(before)}  →  {view.window_label(after)}"
+        return compare_outputs(store, scope, mode, split_text, now)
 
     @app.callback(Output("analytics-custom", "style"), Input("analytics-range", "value"))
     def show_custom_range(range_key):
@@ -248,23 +312,22 @@ def register(app, services) -> None:
     def show_split(mode):
         return {} if mode == "split" else {"display": "none"}
 
-    @app.callback(Output("dashboard-figures", "data"), Input("refresh-tick", "n_intervals"),
-                  Input("workers-broker", "value"))
+    @app.callback(Output("dashboard-figures", "data"), Output("dashboard-attention", "children"),
+                  Input("refresh-tick", "n_intervals"), Input("workers-broker", "value"))
     def refresh_dashboard_charts(_tick, broker):
-        now = time.time()
-        scope = analytics.last("1h", now, brokers=[broker] if broker else None)
-        stats = analytics.task_stats(store, scope, now)
-        return {
-            "dashboard-throughput": view.throughput_figure(analytics.throughput(store, scope, now), scope,
-                                                           "dashboard", height=170, compact=True),
-            "dashboard-runtime": view.distribution_figure(stats, "runtime", scope, "dashboard", height=170,
-                                                          limit=8, compact=True),
-        }
+        return dashboard_outputs(store, broker, limits, base)
+
+    @app.callback([Output(control.component_id, "placeholder") for control in LIMIT_INPUTS],
+                  Input("analytics-range", "id"))
+    def show_configured_limits(_page):
+        # Left empty, a limit is the configured one: the placeholder shows it.
+        return [f"{limits.factor:g}", f"{limits.floor:g}", f"{limits.waiting:g}"]
 
     for figures_store, graphs in (("analytics-figures", view.GRAPHS), ("dashboard-figures", view.DASHBOARD_GRAPHS)):
-        app.clientside_callback(_SHOW_FIGURES % json.dumps(graphs), [Output(graph, "figure") for graph in graphs],
-                                Input(figures_store, "data"), [State(graph, "figure") for graph in graphs],
-                                prevent_initial_call=True)
+        app.clientside_callback(_SHOW_FIGURES % (len(graphs), json.dumps(graphs)),
+                                [Output(graph, "figure") for graph in graphs], Input(figures_store, "data"),
+                                [State(graph, "figure") for graph in graphs],
+                                [State(graph, "relayoutData") for graph in graphs], prevent_initial_call=True)
 
     for sink, graphs in (("analytics-drill", view.GRAPHS), ("dashboard-drill", view.DASHBOARD_GRAPHS)):
         app.clientside_callback(_OPEN_CLICKED_MARK % base, Output(sink, "data"),

@@ -9,12 +9,16 @@ callbacks in callbacks/analytics.py open them.
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
+from urllib.parse import quote, urlencode
 
 import dash_ag_grid as dag
+import pandas as pd
 from dash import dcc, html
 
+from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
 from .common import broker_filter, page_header, stat_card
@@ -27,6 +31,8 @@ STATE_COLORS = {"SUCCESS": "#22a06b", "FAILURE": "#e5484d", "REVOKED": "#8b95a1"
 METRIC_COLORS = {"runtime": "#8b5cf6", "wait": "#0ea5e9", "sent_wait": "#f59e0b"}
 WORKER_PALETTE = ("#8b5cf6", "#0ea5e9", "#22a06b", "#f59e0b", "#e5484d", "#14b8a6", "#ec4899", "#64748b",
                   "#a3e635", "#f97316")
+# Past ten workers the colours come round again, in another dash.
+WORKER_DASHES = ("solid", "dot", "dash", "dashdot")
 # A task seen only through its final event (the monitor started while it ran) has no name.
 UNKNOWN_NAME = "(name unknown)"
 # Chips on the Tasks page; other states go into the search text of a drill-down.
@@ -34,8 +40,10 @@ TASKS_PAGE_STATES = ("STARTED", "SUCCESS", "FAILURE", "RETRY", "RECEIVED")
 METRIC_AXES = {"runtime": "run time (log scale)", "wait": "received → started (log scale)",
                "sent_wait": "sent → started (log scale)"}
 LOG_TICKS = [m * 10.0 ** e for e in range(-3, 5) for m in (1, 2, 5)]
-GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"],
-                "toImageButtonOptions": {"format": "png", "scale": 2}}
+# No mode bar: it covered the bars it floats over. Drag zooms, a double click resets.
+GRAPH_CONFIG = {"displayModeBar": False}
+# The Analytics table of stuck tasks lists this many (the count is of all of them).
+MAX_STUCK_ROWS = 100
 
 
 # -- drill-down targets --------------------------------------------------------------------------
@@ -47,17 +55,33 @@ def drill(scope, start=None, end=None, names=None, state=None, exception=None) -
     def moment(value, default):
         return value if isinstance(value, str) else compact_moment(default if value is None else value)
 
-    terms = [f"finished>={moment(start, scope.start)}", f"finished<{moment(end, math.ceil(scope.end))}"]
-    for field, values in (("name", scope.names if names is None else names), ("worker", scope.workers),
-                          ("broker", scope.brokers)):
-        if values:
-            alternatives = [f"{field}={_quoted(v)}" for v in values]
-            terms.append(alternatives[0] if len(alternatives) == 1 else f"({' OR '.join(alternatives)})")
+    terms = [f"finished>={moment(start, scope.start)}", f"finished<{moment(end, math.ceil(scope.end))}",
+             *_filter_terms(scope, names)]
     if exception:
         terms.append(f"exception:{_quoted(exception, always=True)}")
     if state and state not in TASKS_PAGE_STATES:
         terms.append(f"state:{state}")
     return [" ".join(terms), state if state in TASKS_PAGE_STATES else ""]
+
+
+def _filter_terms(scope, names=None) -> list[str]:
+    """Search terms for the scope's names (or `names`), workers and brokers."""
+    terms = []
+    for field, values in (("name", scope.names if names is None else names), ("worker", scope.workers),
+                          ("broker", scope.brokers)):
+        if values:
+            terms.append(_any_of([f"{field}={_quoted(v)}" for v in values]))
+    return terms
+
+
+def _any_of(alternatives: list[str]) -> str:
+    return alternatives[0] if len(alternatives) == 1 else f"({' OR '.join(alternatives)})"
+
+
+def tasks_href(base: str, target: list[str]) -> str:
+    """The Tasks page's address for a drill-down target (as flowerbedOpenTasks builds it)."""
+    query = {"q": target[0], **({"state": target[1]} if target[1] else {})}
+    return f"{base}tasks?{urlencode(query, quote_via=quote)}"
 
 
 def compact_moment(epoch: float) -> str:
@@ -104,52 +128,93 @@ def _figure(traces: list[dict], layout: dict) -> dict:
 
 
 def _time_axis(scope) -> dict:
-    # The whole range shows even where it has no data. Not `range`: a range that moves with every
-    # refresh would count as a new value and undo the user's zoom that uirevision keeps.
-    return dict(type="date")
+    """The whole range [start, end], even where it has no data, with whole times as ticks: plotly picks
+    round steps for the width (the same for charts of a width), the format follows the step. The range
+    moves with every refresh; the clientside callback keeps a zoom of the user's (callbacks/analytics.py)."""
+    hours = "%d %b %H:%M" if scope.span > 86400 else "%H:%M"
+    return dict(type="date", range=[round(scope.start * 1000), round(scope.end * 1000)], autorange=False,
+                tickformatstops=[dict(dtickrange=[None, 86400000], value=hours),
+                                 dict(dtickrange=[86400000, None], value="%d %b")])
+
+
+def _history_marks(scope, history: float | None) -> dict:
+    """Layout shapes and a note shading the part of the range before the kept history begins."""
+    if history is None or history <= scope.start + 60:
+        return {}
+    edge = round(min(history, scope.end) * 1000)
+    # Inside the shade when it has room for the words, else just after it.
+    inside = (history - scope.start) / scope.span > 0.35
+    moment = dt.datetime.fromtimestamp(history, dt.timezone.utc)
+    text = f"history begins {moment:%H:%M}" if scope.span <= 86400 else f"history begins {moment:%d %b %H:%M}"
+    return dict(
+        shapes=[dict(type="rect", xref="x", yref="paper", x0=round(scope.start * 1000), x1=edge, y0=0, y1=1,
+                     fillcolor="rgba(128,128,128,.13)", line=dict(width=0), layer="below")],
+        annotations=[dict(text=text, x=edge, xref="x", y=1, yref="paper", xanchor="right" if inside else "left",
+                          xshift=-4 if inside else 4, yanchor="top", showarrow=False, font=dict(size=11))])
+
+
+def bucket_starts(scope, step: int) -> list[int]:
+    """The start of every bucket of the range, the first holding its start, the last starting before its end."""
+    return list(range(int(scope.start) // step * step, math.ceil(scope.end), step))
+
+
+def _bucket_hover(starts, step: int) -> list[str]:
+    return [f"{_iso(b)[11:16]}–{_iso(b + step)[11:16]} UTC" for b in starts]
 
 
 def _iso(epoch: float) -> str:
     return format_moment(epoch).replace("T", " ")
 
 
-def throughput_figure(frame, scope, uirevision: str, height: int = 280, compact: bool = False) -> dict:
-    """Finished tasks per bucket, stacked by final state; a bar opens its tasks."""
+def throughput_figure(frame, scope, uirevision: str, height: int = 280, compact: bool = False,
+                      history: float | None = None) -> dict:
+    """Finished tasks per bucket, stacked by final state, every bucket of the range (0 where none
+    finished); a click anywhere on a bar opens its tasks."""
     if frame.empty:
         return empty_figure("No task finished in this range", height)
     step = frame.attrs.get("bucket_seconds", 60)
+    starts = bucket_starts(scope, step)
+    bounds = [[*bound, hover] for bound, hover in zip(_bucket_bounds(starts, step), _bucket_hover(starts, step))]
     order = {"SUCCESS": 0, "FAILURE": 1, "REVOKED": 2}
     traces = []
     for state, rows in sorted(frame.groupby("state", sort=False), key=lambda item: order.get(item[0], 9)):
+        counts = rows.groupby("bucket")["count"].sum().reindex(starts, fill_value=0)
         traces.append(dict(
-            type="bar", x=_ms(rows["bucket"]), **_period(step), y=rows["count"].tolist(), width=step * 1000 * 0.9,
+            type="bar", x=_middles(starts, step), y=counts.astype(int).tolist(), width=step * 1000 * 0.9,
             name=state.title(), uid=state, marker=dict(color=STATE_COLORS.get(state, "#64748b")),
-            customdata=_bucket_bounds(rows["bucket"], step), meta=drill(scope, "{0}", "{1}", state=state),
-            hovertemplate=f"%{{y:,}} {state.lower()} · %{{x|%H:%M}} UTC (per {step_label(step)})<extra></extra>"))
+            customdata=bounds, meta=drill(scope, "{0}", "{1}", state=state),
+            hovertemplate=f"%{{y:,}} {state.lower()} · %{{customdata[2]}}<extra></extra>"))
     compact_layout = dict(legend=dict(x=1, xanchor="right", font=dict(size=11)), margin=dict(t=20)) if compact else {}
     return _figure(traces, _layout(uirevision, height, barmode="stack", bargap=0.08, xaxis=_time_axis(scope),
-                                   yaxis=dict(title=None if compact else f"tasks / {step_label(step)}"),
-                                   **compact_layout))
+                                   yaxis=dict(title=None if compact else f"tasks per {step_label(step)}"),
+                                   **_history_marks(scope, history), **compact_layout))
 
 
-def failure_rate_figure(rates, scope, uirevision: str, height: int = 280) -> dict:
-    """Failures per bucket (bars) and the failure rate (line, right axis); a bar opens the failures."""
+def failure_rate_figure(rates, scope, uirevision: str, height: int = 280, history: float | None = None) -> dict:
+    """Failures per bucket (bars, 0 where none failed) and the failure rate of the tasks finished in
+    the bucket (line, right axis; a gap where none finished); a bar opens the failures."""
     if rates.empty or not rates["finished"].sum():
         return empty_figure("No task finished in this range", height)
     step = rates.attrs.get("bucket_seconds", 60)
-    starts = _ms(rates["bucket"])
+    starts = bucket_starts(scope, step)
+    per_bucket = rates.set_index("bucket").reindex(starts)
+    middles = _middles(starts, step)
+    rate = (per_bucket["rate"] * 100).round(3)
     return _figure([
-        dict(type="bar", x=starts, **_period(step), y=rates["failed"].tolist(), width=step * 1000 * 0.9, name="Failures", uid="failures",
-             marker=dict(color=STATE_COLORS["FAILURE"]), opacity=0.55,
-             customdata=_bucket_bounds(rates["bucket"], step), meta=drill(scope, "{0}", "{1}", state="FAILURE"),
-             hovertemplate="%{y:,} failed · %{x|%H:%M} UTC<extra></extra>"),
-        dict(type="scatter", x=starts, **_period(step), y=(rates["rate"] * 100).round(3).tolist(),
+        dict(type="bar", x=middles, y=per_bucket["failed"].fillna(0).astype(int).tolist(), width=step * 1000 * 0.9,
+             name="Failures", uid="failures", marker=dict(color=STATE_COLORS["FAILURE"]), opacity=0.55,
+             customdata=[[*bound, hover] for bound, hover in zip(_bucket_bounds(starts, step), _bucket_hover(starts, step))],
+             meta=drill(scope, "{0}", "{1}", state="FAILURE"),
+             hovertemplate="%{y:,} failed · %{customdata[2]}<extra></extra>"),
+        dict(type="scatter", x=middles, y=rate.astype(object).where(rate.notna(), None).tolist(),
              name="Failure rate", uid="rate", yaxis="y2", mode="lines+markers", marker=dict(size=4),
-             line=dict(color="#f04438", width=2),
-             hovertemplate="%{y:.2f} % failed · %{x|%H:%M} UTC<extra></extra>"),
+             line=dict(color="#f04438", width=2), connectgaps=False, customdata=_bucket_hover(starts, step),
+             hovertemplate="%{y:.2f} % of the finished failed · %{customdata}<extra></extra>"),
     ], _layout(uirevision, height, bargap=0.08, xaxis=_time_axis(scope), yaxis=dict(title="failures", rangemode="tozero"),
                yaxis2=dict(title="failure rate", overlaying="y", side="right", rangemode="tozero",
-                           ticksuffix=" %", tickformat=".3~g", tickmode="auto", nticks=5, showgrid=False, zeroline=False, automargin=True)))
+                           ticksuffix=" %", tickformat=".3~g", tickmode="auto", nticks=5, showgrid=False, zeroline=False,
+                           automargin=True),
+               **_history_marks(scope, history)))
 
 
 def distribution_figure(stats, metric: str, scope, uirevision: str, height: int | None = None,
@@ -165,18 +230,24 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
     rows = rows.iloc[::-1]
     names = list(rows["name"])
     target = drill(scope, names=("{0}",))
-    traces = []
+    traces, spans = [], []
     for _, row in rows.iterrows():
         q = {k: round(float(row[f"{metric}_{k}"]), 6)
              for k in ("p5", "p25", "p50", "p75", "p95", "p99", "max", "mean", "count")}
+        # Drawn only: plotly labels each of a box's statistics apart, seven labels at once.
         traces.append(dict(
             type="box", y=[row["name"]], q1=[q["p25"]], median=[q["p50"]], q3=[q["p75"]], lowerfence=[q["p5"]],
             upperfence=[q["p99"]], mean=[q["mean"]], orientation="h", name=row["name"], showlegend=False,
             marker=dict(color=METRIC_COLORS[metric]), line=dict(width=1.5), fillcolor=_transparent(METRIC_COLORS[metric]),
-            customdata=[[_quoted(row["name"])]], meta=target,
-            hovertemplate=(f"<b>{row['name']}</b><br>p50 {_seconds(q['p50'])} · p95 {_seconds(q['p95'])} · "
-                           f"p99 {_seconds(q['p99'])}<br>mean {_seconds(q['mean'])} · max {_seconds(q['max'])} · "
-                           f"{int(q['count']):,} tasks<extra></extra>")))
+            hoverinfo="skip"))
+        spans.append((row["name"], q, f"{row['name']} p50 {_seconds(q['p50'])} · p95 {_seconds(q['p95'])} · "
+                                      f"p99 {_seconds(q['p99'])} · n {int(q['count']):,}"))
+    # One invisible bar per name over its whiskers takes the hover (one line) and the click.
+    traces.append(dict(
+        type="bar", orientation="h", y=[name for name, _q, _text in spans], base=[q["p5"] for _n, q, _t in spans],
+        x=[max(q["p99"] - q["p5"], q["p99"] * 0.02) for _n, q, _t in spans], width=0.7, showlegend=False,
+        name=metric, marker=dict(color="rgba(0,0,0,0)"), customdata=[[_quoted(name), text] for name, _q, text in spans],
+        meta=target, hovertemplate="%{customdata[1]}<extra></extra>"))
     height = height or max(180, 34 * len(names) + 60)
     return _figure(traces, _layout(
         uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[_seconds(t) for t in LOG_TICKS],
@@ -202,33 +273,61 @@ def failures_by_name_figure(stats, scope, uirevision: str, limit: int = 10, heig
                 yaxis=dict(showgrid=False, range=[len(rows) - limit - 0.5, len(rows) - 0.5])))
 
 
-def worker_figure(frame, column: str, title: str, scope, uirevision: str, height: int = 240) -> dict:
-    """One line per worker over time, from the heartbeat rollup. Evenly spaced points go as a start
-    and a step (x0, dx) with gaps as null: no x array per worker."""
+def worker_figure(frame, column: str, title: str, scope, uirevision: str, height: int = 240,
+                  history: float | None = None) -> dict:
+    """One line per worker over the range, from the heartbeat rollup, a gap where a worker sent no
+    heartbeat. Workers with alike values in every bucket (the load of workers on one host) share one
+    line named after all of them: drawn apart, the last would hide the others. Evenly spaced points
+    go as a start and a step (x0, dx): no x array per worker."""
     if frame.empty:
         return empty_figure("No heartbeats in this range", height)
     step = frame.attrs.get("bucket_seconds", 60)
-    grid = range(int(frame["bucket"].min()), int(frame["bucket"].max()) + step, step)
+    starts = bucket_starts(scope, step)
+    lines: list[tuple[pd.Series, list[str]]] = []
+    for worker, rows in frame.groupby("worker", sort=True):
+        values = rows.set_index("bucket")[column].round(3).reindex(starts)
+        alike = next((workers for drawn, workers in lines if _alike(drawn, values)), None)
+        if alike is None:
+            lines.append((values, [worker]))
+        else:
+            alike.append(worker)
     traces = []
-    for index, (worker, rows) in enumerate(frame.groupby("worker", sort=True)):
-        values = rows.set_index("bucket")[column].round(3).reindex(grid)
+    for index, (values, workers) in enumerate(lines):
+        name = _worker_names(workers)
         traces.append(dict(
-            type="scatter", x0=grid[0] * 1000, dx=step * 1000, **_period(step), y=values.astype(object).where(values.notna(), None).tolist(),
-            name=worker, uid=_css_safe(worker), mode="lines+markers", marker=dict(size=3), connectgaps=False,
-            line=dict(width=1.8, color=WORKER_PALETTE[index % len(WORKER_PALETTE)]),
-            hovertemplate=f"{worker}<br>%{{y:.2f}} {title} · %{{x|%H:%M}} UTC<extra></extra>"))
-    return _figure(traces, _layout(uirevision, height, xaxis=_time_axis(scope),
-                                   yaxis=dict(title=title, rangemode="tozero"), hovermode="x unified"))
+            type="scatter", x0=_middles(starts[:1], step)[0], dx=step * 1000,
+            y=values.astype(object).where(values.notna(), None).tolist(),
+            name=name, uid=_css_safe(name), mode="lines+markers", marker=dict(size=3), connectgaps=False,
+            line=dict(width=1.8, color=WORKER_PALETTE[index % len(WORKER_PALETTE)],
+                      dash=WORKER_DASHES[index // len(WORKER_PALETTE) % len(WORKER_DASHES)]),
+            hovertemplate=f"{name}<br>%{{y:.2f}} {title} (mean per {step_label(step)}) · %{{x|%H:%M}} UTC<extra></extra>"))
+    # The legend names the workers even of one shared line.
+    return _figure(traces, _layout(uirevision, height, xaxis=_time_axis(scope), showlegend=True,
+                                   yaxis=dict(title=title, rangemode="tozero"), hovermode="x unified",
+                                   **_history_marks(scope, history)))
 
 
-def _period(step: int) -> dict:
-    # x is a bucket's start; plotly draws the mark in the middle of the bucket, ticks stay on round times.
-    return dict(xperiod=step * 1000, xperiodalignment="middle")
+def _alike(drawn, values) -> bool:
+    """Whether two workers' series would draw as one line: data in the same buckets, values within
+    5 % (a host's load, sampled by each of its workers at its own heartbeat)."""
+    if not drawn.isna().equals(values.isna()):
+        return False
+    both = drawn.notna()
+    return bool(((drawn[both] - values[both]).abs() <= 0.05 * drawn[both].abs().clip(lower=1)).all())
 
 
-def _ms(epochs) -> list[int]:
-    """Epoch seconds as the epoch milliseconds plotly's date axes take: shorter than ISO text."""
-    return (epochs * 1000).round().astype("int64").tolist()
+def _worker_names(workers: list[str]) -> str:
+    """'a@host, b@host' as 'a, b @host'; workers of several hosts listed whole."""
+    hosts = {worker.partition("@")[2] for worker in workers}
+    if len(workers) > 1 and len(hosts) == 1 and all("@" in worker for worker in workers):
+        return f"{', '.join(worker.partition('@')[0] for worker in workers)} @{hosts.pop()}"
+    return ", ".join(workers)
+
+
+def _middles(starts, step: int) -> list[int]:
+    """Bucket starts (epoch seconds) as the epoch milliseconds of their middles: a bar covers its bucket,
+    and so does the area that hovers and clicks it."""
+    return [round((start + step / 2) * 1000) for start in starts]
 
 
 def _bucket_bounds(buckets, step: int) -> list[list[str]]:
@@ -311,11 +410,55 @@ def task_rows(frame, columns) -> list[dict]:
     return _records(frame, columns)
 
 
-def compare_rows(frame, after_scope) -> list[dict]:
+def compare_rows(frame, before_scope, after_scope) -> list[dict]:
+    """Rows in the frame's order (worst change first); a click on a Before cell opens the name's
+    tasks of the earlier window, on any other cell those of the later one."""
     columns = ["name", "finished_before", "finished_after", "runtime_p50_before", "runtime_p50_after",
                "runtime_p50_ratio", "runtime_p95_before", "runtime_p95_after", "runtime_p95_ratio",
                "failure_rate_before", "failure_rate_after", "failure_rate_change"]
-    return _per_name_rows(frame, columns, after_scope)
+    rows = _per_name_rows(frame, columns, after_scope)
+    for row in rows:
+        if "drill" in row:
+            row["drill_before"] = drill(before_scope, names=(row["name"],))
+        row["note"] = ("no tasks in the earlier window" if row["finished_before"] is None else
+                       "no tasks in the later window" if row["finished_after"] is None else "")
+    return rows
+
+
+def compare_caption(frame, before_scope, after_scope) -> str:
+    """The two windows, and which names (or whole window) had no task."""
+    caption = f"{window_label(before_scope)}  →  {window_label(after_scope)}"
+    if frame.empty:
+        return caption
+    for column, window in (("finished_before", "earlier"), ("finished_after", "later")):
+        missing = int(frame[column].isna().sum())
+        if missing == len(frame):
+            caption += f" · no tasks in the {window} window"
+        elif missing:
+            caption += f" · {missing} of {len(frame)} names had no tasks in the {window} window"
+    return caption
+
+
+def stuck_and_waiting(stuck, waiting, scope, limits, now: float, base: str) -> dict:
+    """{"stuck": (count, Tasks page address, label, what it means), "waiting": (…)}: each address lists
+    exactly the tasks counted (stuck_search and waiting_cut give the moments the counts compared with)."""
+    stuck_terms = [f"(name={_quoted(name)} started<{compact_moment(before)})"
+                   for name, before in stuck_search(stuck, now) if name]
+    stuck_target = [" ".join([*_filter_terms(scope), *([_any_of(stuck_terms)] if stuck_terms else [])]), "STARTED"]
+    cut = compact_moment(waiting_cut(limits, now))
+    waits = _any_of([f"(state:{state} {column}<{cut})" for state, column in WAITING_STATES.items()])
+    return {"stuck": (len(stuck), tasks_href(base, stuck_target), "stuck",
+                      f"running past {limits.factor:g} × their name's p99 of the last day, at least {limits.floor:g} s"),
+            "waiting": (len(waiting), tasks_href(base, [" ".join([*_filter_terms(scope), waits]), ""]),
+                        f"waiting > {limits.waiting:g} s",
+                        f"received (or sent) and not started for over {limits.waiting:g} s")}
+
+
+def attention_links(attention: dict) -> list:
+    """The Dashboard's stuck and waiting counts, each a link to its tasks."""
+    return [dcc.Link([html.Strong(f"{count:,}"), f" {label}"], href=href, id=f"dashboard-{kind}", title=meaning,
+                     className=f"attention {'attention-bad' if count else 'attention-ok'}")
+            for kind, (count, href, label, meaning) in attention.items()]
 
 
 # -- grids ----------------------------------------------------------------------------------------
@@ -362,7 +505,8 @@ EXCEPTION_COLUMNS = [
      "cellClass": "mono", "tooltipField": "traceback"},
     _count("count", "Count", sort="desc", width=96),
     {"field": "names", "headerName": "Task names", "flex": 1, "minWidth": 120, "cellClass": "mono"},
-    {"field": "first", "headerName": "First seen", **_SHORT_TIME},
+    {"field": "first", "headerName": "First seen", **_SHORT_TIME,
+     "headerTooltip": "UTC; the first failure of the group kept (8 days), also before the range"},
     {"field": "last", "headerName": "Last seen", **_SHORT_TIME},
 ]
 SLOWEST_COLUMNS = [
@@ -374,27 +518,45 @@ SLOWEST_COLUMNS = [
 ]
 STUCK_COLUMNS = [
     _NAME, _duration("running", "Running for", sort="desc", width=116),
-    _duration("limit", "Limit", headerTooltip="the name's p99 runtime in the range, else the limit above"),
+    _duration("limit", "Limit", headerTooltip="k × the name's p99 runtime of the last day, at least the floor (below)"),
     {"field": "over", "headerName": "× limit", "type": "numericColumn", "width": 90,
      "valueFormatter": {"function": "params.value == null ? '' : '×' + params.value.toFixed(1)"}},
     {"field": "worker", "headerName": "Worker", "width": 170},
     {"field": "started", "headerName": "Started (UTC)", **_TIME},
 ]
+# A value a window cannot give reads as why: no task of the name in that window, or none finished
+# with a runtime ("—"); a change needs both windows ("new", "gone").
+_NO_TASKS = {"before": "(params.data.finished_before == null ? 'no tasks' : '—')",
+             "after": "(params.data.finished_after == null ? 'no tasks' : '—')",
+             "change": "(params.data.finished_before == null ? 'new' : params.data.finished_after == null ? 'gone' : '—')"}
+
+
+def _in_window(column: dict, window: str) -> dict:
+    shown = column["valueFormatter"]["function"]
+    return {**column, "valueFormatter": {"function": f"params.value == null ? {_NO_TASKS[window]} : {shown}"},
+            "tooltipField": "note"}
+
+
 COMPARE_COLUMNS = [
     _NAME,
     {"headerName": "Finished", "children": [
-        _count("finished_before", "Before", width=84), _count("finished_after", "After", width=84)]},
+        _in_window(_count("finished_before", "Before", width=84), "before"),
+        _in_window(_count("finished_after", "After", width=84), "after")]},
     {"headerName": "Run time p50", "children": [
-        _duration("runtime_p50_before", "Before"), _duration("runtime_p50_after", "After"),
-        _ratio("runtime_p50_ratio", "Change")]},
+        _in_window(_duration("runtime_p50_before", "Before"), "before"),
+        _in_window(_duration("runtime_p50_after", "After"), "after"),
+        _in_window(_ratio("runtime_p50_ratio", "Change"), "change")]},
     {"headerName": "Run time p95", "children": [
-        _duration("runtime_p95_before", "Before"), _duration("runtime_p95_after", "After"),
-        _ratio("runtime_p95_ratio", "Change")]},
+        _in_window(_duration("runtime_p95_before", "Before"), "before"),
+        _in_window(_duration("runtime_p95_after", "After"), "after"),
+        _in_window(_ratio("runtime_p95_ratio", "Change"), "change")]},
     {"headerName": "Failure rate", "children": [
-        _percent("failure_rate_before", "Before"), _percent("failure_rate_after", "After"),
-        {"field": "failure_rate_change", "headerName": "Change", "type": "numericColumn", "width": 90,
-         "valueFormatter": {"function": "flowerbedPercentChange(params.value)"},
-         "cellClassRules": {"cell-failure": "params.value > 0.005", "cell-success": "params.value < -0.005"}}]},
+        _in_window(_percent("failure_rate_before", "Before"), "before"),
+        _in_window(_percent("failure_rate_after", "After"), "after"),
+        _in_window({"field": "failure_rate_change", "headerName": "Change", "type": "numericColumn", "width": 90,
+                    "valueFormatter": {"function": "flowerbedPercentChange(params.value)"},
+                    "cellClassRules": {"cell-failure": "params.value > 0.005", "cell-success": "params.value < -0.005"}},
+                   "change")]},
 ]
 
 
@@ -498,12 +660,15 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                    actions=[_csv_button("analytics-slowest")]),
             _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS, "stuck-tasks.csv",
                                        "Nothing running past its limit.", height=330),
-                   help_text="started, still running past their name's p99",
-                   actions=[html.Label(["else after ", dcc.Input(id="analytics-stuck-limit", type="number", min=1,
-                                                                 value=300, debounce=True, className="number-input"),
-                                        " s"], className="muted small"),
-                            _csv_button("analytics-stuck")]),
+                   help_text="running now far past what is normal for their name",
+                   actions=[_csv_button("analytics-stuck")]),
         ], className="chart-grid two"),
+        html.Div([
+            html.Span(["Stuck: running past", _number_input("analytics-stuck-factor", "×", step=0.5)]),
+            "the name's p99 of the last day,",
+            html.Span(["at least", _number_input("analytics-stuck-floor", "s")]),
+            html.Span(["· Waiting: not started after", _number_input("analytics-waiting-limit", "s")]),
+        ], className="limits-controls muted small"),
         _panel("Compare two windows", html.Div([
             html.Div([
                 dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
@@ -513,13 +678,21 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                 html.Span(id="compare-windows", className="muted small"),
             ], className="compare-controls"),
             grid("analytics-compare", COMPARE_COLUMNS, "compare.csv", "No finished task in either window."),
-        ]), help_text="per task name: runtime p50/p95 and failure rate, then → now",
+        ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
             actions=[_csv_button("analytics-compare")]),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
     ], className="analytics")
 
 
-def summary_cards(stats, stuck_count: int, scope) -> list:
+def _number_input(input_id: str, unit: str, step: float = 1) -> html.Label:
+    """A limit left empty is the configured one (its placeholder, see callbacks/analytics.py)."""
+    return html.Label([dcc.Input(id=input_id, type="number", min=0.1, step=step, debounce=True,
+                                 className="number-input"), f" {unit}"])
+
+
+def summary_cards(stats, scope, attention: dict) -> list:
+    """The range's totals, its mean throughput (saying over what), and the stuck and waiting counts
+    (now, see stuck_and_waiting), each a link to its tasks."""
     finished = int(stats["finished"].sum()) if not stats.empty else 0
     failed = int(stats["failed"].sum()) if not stats.empty else 0
     rate = f"{failed / finished:.2%}" if finished else "—"
@@ -527,22 +700,46 @@ def summary_cards(stats, stuck_count: int, scope) -> list:
     waits = stats[stats["wait_count"] > 0] if not stats.empty else stats
     worst_wait = waits.nlargest(1, "wait_p95") if not waits.empty else waits
     wait_text = (f"{_seconds(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
+    span = span_label(scope.span)
+
+    def linked(kind, label):
+        count, href, _label, meaning = attention[kind]
+        return html.Div(stat_card(label, dcc.Link(f"{count:,}", href=href, id=f"analytics-{kind}-count", title=meaning),
+                                  tone="tone-bad" if count else "tone-ok"), title=meaning)
+
     return [
-        stat_card("Finished", f"{finished:,}", tone="tone-ok"),
-        stat_card("Throughput", f"{per_minute:,.1f} / min", tone="tone-info"),
+        stat_card(f"Finished in {span}", f"{finished:,}", tone="tone-ok"),
+        stat_card(f"Throughput, {span} mean", f"{per_minute:,.1f} / min", tone="tone-info"),
         stat_card("Failed", f"{failed:,} · {rate}", tone="tone-bad"),
         stat_card("Worst p95 queue wait", html.Span([wait_text, html.Small(
             f" {worst_wait['name'].iloc[0]}" if not worst_wait.empty else "", className="stat-sub")])),
-        stat_card("Stuck now", f"{stuck_count:,}", tone="tone-bad" if stuck_count else "tone-ok"),
+        linked("stuck", "Stuck now"),
+        linked("waiting", "Waiting now"),
     ]
+
+
+def span_label(seconds: float) -> str:
+    """'15 min', '6 h', '7 days', '1 h 30 min' for a range's length."""
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes % 1440 == 0 and minutes >= 2880:
+        return f"{minutes // 1440} days"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours} h" + (f" {rest} min" if rest else "")
 
 
 # -- the Dashboard's compact row ------------------------------------------------------------------
 def compact_row() -> html.Div:
-    """Throughput and run times of the last hour, above the workers table; a click opens the tasks."""
+    """Throughput and run times of the last hour, above the workers table, and the stuck and waiting
+    counts of now (filled by refresh_dashboard_charts); a click opens the tasks."""
     return html.Div([
-        _panel("Last hour: throughput by state", _graph("dashboard-throughput", 170)),
-        _panel("Last hour: run time by task name", _graph("dashboard-runtime", 170),
-               help_text="p5–p99, slowest 8"),
+        html.Div(id="dashboard-attention", className="attention-row"),
+        html.Div([
+            _panel("Last hour: throughput by state", _graph("dashboard-throughput", 170),
+                   help_text="tasks finished per minute"),
+            _panel("Last hour: run time by task name", _graph("dashboard-runtime", 170),
+                   help_text="p5–p99, slowest 8"),
+        ], className="chart-grid two compact-charts"),
         dcc.Store(id="dashboard-figures"), dcc.Store(id="dashboard-drill"),
-    ], className="chart-grid two compact-charts")
+    ])

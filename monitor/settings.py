@@ -42,6 +42,11 @@ class Settings:
     refresh_seconds: float = 3.0
     inspect_seconds: float = 10.0
     inspect_timeout: float = 1.0
+    # A running task is stuck past max(stuck_factor × its name's p99 runtime, stuck_floor) seconds;
+    # a received one waits too long past waiting_seconds (the Analytics page may change them).
+    stuck_factor: float = 3.0
+    stuck_floor: float = 60.0
+    waiting_seconds: float = 60.0
     enable_events: bool = True
     url_prefix: str = ""
     url_prefix_stripped: bool = False
@@ -105,6 +110,12 @@ _OPTIONS = (
      "how often the pages refresh themselves"),
     ("inspect_seconds", ("--inspect-seconds",), ("FLOWERBED_INSPECT_SECONDS",), float,
      "how often workers are inspected (stats, active, registered, queues)"),
+    ("stuck_factor", ("--stuck-factor",), ("FLOWERBED_STUCK_FACTOR",), float,
+     "a running task is stuck past this many times its name's p99 runtime of the last day..."),
+    ("stuck_floor", ("--stuck-floor",), ("FLOWERBED_STUCK_FLOOR",), float,
+     "...and past this many seconds at least"),
+    ("waiting_seconds", ("--waiting-seconds",), ("FLOWERBED_WAITING_SECONDS",), float,
+     "a task received (or sent) and not started for this many seconds is waiting too long"),
     ("inspect_timeout", ("--inspect-timeout",), ("FLOWERBED_INSPECT_TIMEOUT", "FLOWER_INSPECT_TIMEOUT"), float,
      "seconds to wait for workers' inspect replies"),
     ("url_prefix", ("--url-prefix",), ("FLOWERBED_URL_PREFIX", "FLOWER_URL_PREFIX"), str,
@@ -241,7 +252,8 @@ def _validate(settings: Settings) -> None:
     if settings.demo and settings.command != "all":
         raise SettingsError(f"--demo runs its cluster inside one process; not with `flowerbed {settings.command}`")
     for name in ("max_tasks", "max_field_size", "stall_seconds", "refresh_seconds", "inspect_seconds",
-                 "inspect_timeout", "events_queue_max_length", "events_queue_ttl"):
+                 "inspect_timeout", "events_queue_max_length", "events_queue_ttl", "stuck_factor", "stuck_floor",
+                 "waiting_seconds"):
         _positive(name.replace("_", "-"), getattr(settings, name))
     check_db(settings.db)
     if settings.events_queue and settings.collects:

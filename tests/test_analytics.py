@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import signal
 
 import numpy as np
 import pytest
 
-from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, refresh_outputs, response_body,
-                                 scope_from_controls)
+from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, limits_from_controls, refresh_outputs,
+                                 response_body, scope_from_controls)
 from components import analytics as view
 from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, wait_for, wait_for_tasks,
                      worker_status)
@@ -207,7 +209,7 @@ def test_a_broker_filter_keeps_what_the_workers_of_that_broker_did_and_opens_exa
     assert set(analytics.worker_activity(store, scope, NOW)["worker"]) == {"w@eu"}
     assert analytics.filter_options(store)["broker"] == ["eu", "us"]
     success = next(t for t in view.throughput_figure(analytics.throughput(store, scope, NOW), scope, "test")["data"])
-    bounds = success["customdata"][0]
+    bounds = next(bounds for bounds, count in zip(success["customdata"], success["y"]) if count)
     assert "broker=eu" in success["meta"][0]
     assert _tasks_page_uuids(store, success["meta"], bounds) == {"eu0", "eu1", "eu2"}
 
@@ -273,6 +275,201 @@ def test_compare_two_windows_per_name(store):
         compare_windows(scope, "split", "2030-01-01", NOW)
 
 
+def test_compare_windows_never_overlap_in_any_mode():
+    for range_key in analytics.RANGES:
+        for mode in ("previous", "day", "week", "split"):
+            scope = analytics.last(range_key, NOW)
+            before, after = compare_windows(scope, mode, "2026-11-25 06:00", NOW)
+            assert before.end <= after.start, (range_key, mode)
+            assert before.span == pytest.approx(after.span), (range_key, mode)
+    week = analytics.last("7d", NOW)
+    # "Same time yesterday" of a week goes back whole days until the windows part: 7 days.
+    assert compare_windows(week, "day", None, NOW)[0].end == week.start
+    custom = analytics.Scope(NOW - 36 * 3600, NOW)
+    assert compare_windows(custom, "day", None, NOW)[0].start == custom.start - 2 * 86400
+
+
+def test_compare_sorts_worst_change_first_and_names_a_window_without_tasks(store):
+    before_window, after_window = NOW - 86400, NOW
+    rows = []
+    for name, (runtime_before, runtime_after, failures_before, failures_after) in {
+            "slower": (0.1, 0.3, 0, 0), "same": (0.2, 0.2, 0, 0), "failing": (0.1, 0.1, 0, 4),
+            "faster": (0.4, 0.2, 0, 0)}.items():
+        for window, runtime, failures in ((before_window, runtime_before, failures_before),
+                                          (after_window, runtime_after, failures_after)):
+            rows += [finished(f"{name}{window}{i}", name, runtime, window - 60 * (i + 1),
+                              state="FAILURE" if i < failures else "SUCCESS") for i in range(40)]
+    rows += [finished(f"new{i}", "brand.new", 0.1, NOW - 60 * (i + 1)) for i in range(3)]
+    write(store, rows)
+    scope = analytics.last("1h", NOW)
+    before, after = compare_windows(scope, "day", None, NOW)
+    frame = analytics.compare(store, before, after, NOW)
+    # failing: 0 → 10 % (ten times 1 %); slower: p50 × 3; then unchanged, faster; a name new since has no change.
+    assert list(frame["name"]) == ["failing", "slower", "same", "faster", "brand.new"]
+    rows = {row["name"]: row for row in view.compare_rows(frame, before, after)}
+    assert rows["brand.new"]["note"] == "no tasks in the earlier window" and rows["same"]["note"] == ""
+    assert rows["brand.new"]["finished_before"] is None and rows["brand.new"]["finished_after"] == 3
+    caption = view.compare_caption(frame, before, after)
+    assert caption.endswith("1 of 5 names had no tasks in the earlier window")
+    # A click on a Before cell opens the name's tasks of the earlier window, any other cell the later one's.
+    assert _tasks_page_uuids(store, rows["slower"]["drill_before"]) == {f"slower{before_window}{i}" for i in range(40)}
+    assert _tasks_page_uuids(store, rows["slower"]["drill"]) == {f"slower{after_window}{i}" for i in range(40)}
+    earlier_empty = analytics.compare(store, *compare_windows(scope, "week", None, NOW), NOW)
+    assert view.compare_caption(earlier_empty, before, after).endswith(" · no tasks in the earlier window")
+    # The cells of a window without tasks say so rather than stay blank (the grid's formatters).
+    before_cells = [column for group in view.COMPARE_COLUMNS for column in group.get("children", [])
+                    if column["field"].endswith("_before")]
+    assert before_cells and all("'no tasks'" in column["valueFormatter"]["function"] for column in before_cells)
+
+
+# -- stuck and waiting --------------------------------------------------------------------------------
+def _stream(rng, start: float, end: float, per_second: float, prefix: str):
+    """Tasks of one name starting evenly in [start, end), with log-normal runtimes (median 1 s, p99 10 s)."""
+    count = int((end - start) * per_second)
+    return [(f"{prefix}{i}", start + i / per_second, float(rng.lognormal(0.0, 1.0))) for i in range(count)]
+
+
+def test_the_stuck_count_holds_steady_on_a_steady_stream(store):
+    rng = np.random.default_rng(7)
+    # A day of history of the name, then the same stream while the page refreshes every 15 s.
+    history = _stream(rng, NOW - 86400, NOW - 600, 0.05, "h")
+    write(store, [finished(uuid, "t", runtime, begun + runtime) for uuid, begun, runtime in history])
+    stream = _stream(rng, NOW - 120, NOW + 300, 10.0, "s")
+    write(store, [task_row(uuid="hung", name="t", state="STARTED", worker="celery@a", received=NOW - 900,
+                           started=NOW - 900)])
+    scope = analytics.last("15m", NOW)
+    counts, p99_counts, written = [], [], set()
+    for now in np.arange(NOW, NOW + 300, 15.0):
+        started = [(u, b, r) for u, b, r in stream if b <= now and u not in written]
+        done = [(u, b, r) for u, b, r in stream if b + r <= now and u in written | {x[0] for x in started}]
+        write(store, [task_row(uuid=u, name="t", state="STARTED", worker="celery@a", received=b, started=b)
+                      for u, b, r in started if b + r > now] + [finished(u, "t", r, b + r) for u, b, r in done])
+        written |= {u for u, _b, _r in started}
+        stuck = analytics.stuck_tasks(store, scope, analytics.Limits(), now)
+        counts.append(len(stuck))
+        # The rule it replaces: past the p99 itself. One run in a hundred does that on any healthy day.
+        p99_counts.append(len(analytics.stuck_tasks(store, scope, analytics.Limits(factor=1, floor=0.001), now)))
+        assert list(stuck["uuid"]) == ["hung"]
+    assert set(counts) == {1}
+    assert len(set(p99_counts)) > 1  # the stream is one where the old rule flapped
+    # The Tasks search the count links to lists exactly the stuck task.
+    attention = view.stuck_and_waiting(stuck, analytics.waiting_tasks(store, scope, now=now), scope,
+                                       analytics.Limits(), now, "/")
+    assert attention["stuck"][0] == 1
+    assert _tasks_page_uuids(store, _target_of(attention["stuck"][1])) == {"hung"}
+
+
+def _target_of(href: str) -> list[str]:
+    """[q, state] of a Tasks page address, as the page reads them."""
+    from urllib.parse import parse_qs, urlsplit
+    query = parse_qs(urlsplit(href).query)
+    return [query.get("q", [""])[0], query.get("state", [""])[0]]
+
+
+def test_a_name_without_history_is_stuck_past_the_floor_and_limits_must_be_positive(store):
+    write(store, [task_row(uuid="young", name="new.task", state="STARTED", started=NOW - 50),
+                  task_row(uuid="old", name="new.task", state="STARTED", started=NOW - 70)])
+    stuck = analytics.stuck_tasks(store, analytics.last("1h", NOW), analytics.Limits(floor=60), NOW)
+    assert list(stuck["uuid"]) == ["old"] and stuck["limit"].iloc[0] == 60
+    with pytest.raises(analytics.AnalyticsError, match="factor must be a positive number"):
+        analytics.Limits(factor=0)
+
+
+def test_the_limit_controls_fall_back_to_the_configured_limits_and_say_what_is_wrong():
+    configured = analytics.Limits(factor=5, floor=30, waiting=10)
+    assert limits_from_controls(None, "", 20, defaults=configured) == analytics.Limits(5, 30, 20.0)
+    with pytest.raises(analytics.AnalyticsError, match="expected numbers"):
+        limits_from_controls("lots", None, None, defaults=configured)
+    with pytest.raises(analytics.AnalyticsError, match="the waiting must be a positive number"):
+        limits_from_controls(None, None, -1, defaults=configured)
+
+
+def test_tasks_received_or_sent_and_not_started_past_the_limit_are_waiting(store):
+    write(store, [
+        task_row(uuid="queued", name="t", state="RECEIVED", received=NOW - 120, worker="celery@a"),
+        task_row(uuid="fresh", name="t", state="RECEIVED", received=NOW - 10, worker="celery@a"),
+        task_row(uuid="in-broker", name="t", state="PENDING", sent=NOW - 300),
+        task_row(uuid="running", name="t", state="STARTED", received=NOW - 400, started=NOW - 390),
+        finished("done", "t", 0.1, NOW - 100, wait=200),
+    ])
+    scope = analytics.last("1h", NOW)
+    waiting = analytics.waiting_tasks(store, scope, analytics.Limits(waiting=60), NOW)
+    assert list(waiting["uuid"]) == ["in-broker", "queued"]  # the longest wait first
+    assert list(waiting["waiting"]) == [pytest.approx(300), pytest.approx(120)]
+    attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, now=NOW), waiting, scope,
+                                       analytics.Limits(waiting=60), NOW, "/flower/")
+    count, href, label, _meaning = attention["waiting"]
+    assert (count, label) == (2, "waiting > 60 s") and href.startswith("/flower/tasks?q=")
+    assert _tasks_page_uuids(store, _target_of(href)) == {"in-broker", "queued"}
+
+
+# -- the figures ------------------------------------------------------------------------------------
+def test_a_time_series_spans_its_range_with_every_bucket_and_whole_time_ticks(store):
+    write(store, [finished("a", "t", 0.1, NOW - 3000), finished("b", "t", 0.1, NOW - 1000, state="FAILURE")])
+    scope = analytics.last("1h", NOW)
+    series = analytics.throughput(store, scope, NOW)
+    figure = view.throughput_figure(series, scope, "test")
+    axis = figure["layout"]["xaxis"]
+    assert axis["range"] == [round(scope.start * 1000), round(scope.end * 1000)] and axis["autorange"] is False
+    assert [stop["value"] for stop in axis["tickformatstops"]] == ["%H:%M", "%d %b"]
+    starts = list(range(int(scope.start) // 60 * 60, math.ceil(scope.end), 60))
+    for trace in figure["data"]:  # one bar per bucket, zero where none finished, in the middle of its bucket
+        assert trace["x"] == [(start + 30) * 1000 for start in starts]
+        assert sum(trace["y"]) == 1 and trace["y"].count(0) == len(starts) - 1
+    success = next(trace for trace in figure["data"] if trace["name"] == "Success")
+    assert success["y"][starts.index(int(NOW - 3000) // 60 * 60)] == 1
+    rates = view.failure_rate_figure(analytics.failure_rate(series), scope, "test")
+    failures, rate = rates["data"]
+    assert failures["y"].count(0) == len(starts) - 1 and rates["layout"]["xaxis"] == axis
+    assert rate["y"].count(None) == len(starts) - 2 and rate["connectgaps"] is False  # no rate without tasks
+    week = view.throughput_figure(analytics.throughput(store, analytics.last("7d", NOW), NOW),
+                                  analytics.last("7d", NOW), "test")
+    assert week["layout"]["xaxis"]["tickformatstops"][0]["value"] == "%d %b %H:%M"
+
+
+def test_a_range_longer_than_the_history_shows_where_it_begins(store):
+    write(store, [finished("a", "t", 0.1, NOW - 1000)])
+    history = analytics.history_start(store, NOW)
+    assert history == int(NOW - 1000) // 60 * 60
+    figure = view.throughput_figure(analytics.throughput(store, analytics.last("6h", NOW), NOW),
+                                    analytics.last("6h", NOW), "test", history=history)
+    [shade] = figure["layout"]["shapes"]
+    assert (shade["x0"], shade["x1"]) == (round((NOW - 6 * 3600) * 1000), history * 1000)
+    assert figure["layout"]["annotations"][0]["text"] == f"history begins {search.format_moment(history)[11:16]}"
+    inside = view.throughput_figure(analytics.throughput(store, analytics.last("15m", NOW), NOW),
+                                    analytics.last("15m", NOW), "test", history=history)
+    assert "shapes" not in inside["layout"]
+
+
+def test_a_box_hovers_in_one_line_and_workers_with_the_same_load_share_a_line(store):
+    write(store, [finished(f"e{i}", "email.send", 0.05 + i / 1000, NOW - 100 - i) for i in range(50)])
+    scope = analytics.last("1h", NOW)
+    figure = view.distribution_figure(analytics.task_stats(store, scope, NOW), "runtime", scope, "test")
+    *boxes, hover = figure["data"]
+    assert all(box["type"] == "box" and box["hoverinfo"] == "skip" for box in boxes)
+    [[name, text]] = hover["customdata"]
+    assert name == "email.send" and "<br>" not in text
+    assert text.startswith("email.send p50 ") and " · p95 " in text and " · p99 " in text and text.endswith(" · n 50")
+    assert hover["base"][0] < hover["base"][0] + hover["x"][0]  # it covers the whiskers: a click anywhere opens them
+    # Two workers of one host report its load; a third runs elsewhere. Active tasks: a and c alike.
+    store.write_batch(samples=[(worker, NOW - 300, active, load, 2.0, 1.5)
+                               for worker, active, load in (("a@host", 1, 2.5), ("b@host", 2, 2.5), ("c@other", 1, 0.7))])
+    activity = analytics.worker_activity(store, scope, NOW)
+    load = view.worker_figure(activity, "load1", "load", scope, "test")
+    assert sorted(trace["name"] for trace in load["data"]) == ["a, b @host", "c@other"]
+    active = view.worker_figure(activity, "active_mean", "active tasks", scope, "test")
+    assert sorted(trace["name"] for trace in active["data"]) == ["a@host, c@other", "b@host"]
+    assert len({trace["line"]["color"] for trace in active["data"]}) == 2
+
+
+def test_first_seen_of_a_failure_is_not_clipped_to_the_range(store):
+    write(store, [finished("early", "t", 0.1, NOW - 3 * 3600, state="FAILURE", exception="ValueError('x')"),
+                  finished("late", "t", 0.1, NOW - 100, state="FAILURE", exception="ValueError('x')")])
+    [group] = analytics.exception_groups(store, analytics.last("1h", NOW)).to_dict("records")
+    assert group["count"] == 1 and group["first"] == pytest.approx(NOW - 3 * 3600)
+    assert group["last"] == pytest.approx(NOW - 100)
+
+
 # -- a real worker ------------------------------------------------------------------------------------
 SLEEPS = {0.1: 10, 0.2: 10, 0.5: 5}
 FAILURES = ("boom 1", "boom 22", "boom 333", "disk full")
@@ -284,7 +481,9 @@ def cluster(redis_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analytics")
     stack = Stack()
     try:
-        server = stack.add(FlowerbedServer.start(redis_url, tmp / "flowerbed.db", tmp / "flowerbed.log"))
+        # Short stuck and waiting limits, for the Dashboard's counts to show within a test.
+        server = stack.add(FlowerbedServer.start(redis_url, tmp / "flowerbed.db", tmp / "flowerbed.log",
+                                                 "--stuck-floor", "2", "--waiting-seconds", "2"))
         worker = stack.add(CeleryWorker(redis_url, "analytics@tests", tmp, concurrency=4))
         wait_for(lambda: worker_status(server, worker.hostname), 20, "the worker online in the monitor")
         expected = {worker.send("sample.sleep", seconds): "SUCCESS"
@@ -382,3 +581,103 @@ def test_page_renders_every_chart_and_a_drill_down_sets_the_tasks_filter(cluster
         assert problems == []
     finally:
         page.close()
+
+
+GRID_CELL = "#%s .ag-center-cols-container .ag-row[row-index='%d'] [col-id='%s']"
+
+
+def _grid_row_index(page, grid: str, name: str) -> int:
+    """The row-index of the row of a task name in an Analytics grid (the name column is pinned apart)."""
+    [index] = wait_for(lambda: page.evaluate("""([grid, name]) => {
+        const cell = Array.from(document.querySelectorAll(`#${grid} .ag-row [col-id=name]`))
+            .find(cell => cell.innerText.trim() === name);
+        return cell ? [Number(cell.closest('.ag-row').getAttribute('row-index'))] : null; }""", [grid, name]),
+        15, f"a row of {name} in {grid}")
+    return index
+
+
+@pytest.mark.browser
+def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cluster, page):
+    server, _worker = cluster
+    page.goto(f"{server}/analytics?range=6h")
+    plot = "document.querySelector('#%s .js-plotly-plot')"
+    page.wait_for_function(f"{plot % 'analytics-throughput'}?.data?.length > 0")
+    # plotly keeps a date axis's range as epoch milliseconds or as UTC date text, as it was given
+    seconds = page.evaluate(f"""() => {{ const [start, end] = {plot % 'analytics-throughput'}.layout.xaxis.range
+        .map(edge => typeof edge === 'number' ? edge : Date.parse(edge.replace(' ', 'T') + 'Z'));
+        return (end - start) / 1000; }}""")
+    assert seconds == pytest.approx(6 * 3600, abs=2)  # the whole range, though the tasks ran minutes ago
+    counts = page.evaluate(f"() => {plot % 'analytics-throughput'}.data.map(trace => trace.y)")
+    assert all(len(y) in (72, 73) for y in counts)  # every 5-minute bucket, drawn
+    assert sum(count == 0 for count in counts[0]) >= len(counts[0]) - 3
+    def ticks(graph):
+        return page.locator(f"#{graph} .xtick text").evaluate_all("texts => texts.map(text => text.textContent)")
+    shown = ticks("analytics-throughput")
+    assert shown and all(len(tick) == 5 and tick[2] == ":" and tick.replace(":", "").isdigit() for tick in shown)
+    assert ticks("analytics-failure-rate") == shown  # alike, side by side
+    assert page.locator(".modebar").count() == 0
+    assert "history begins" in page.inner_text("#analytics-throughput")
+    # A box says its figures in one line, and a click on its whisker opens its tasks.
+    whiskers = page.locator("#analytics-runtime .bars path").first  # p5 to p99 of a name
+    whiskers.scroll_into_view_if_needed()
+    box = whiskers.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    hover = page.locator("#analytics-runtime .hoverlayer .hovertext")
+    hover.wait_for()
+    [text] = hover.evaluate_all("labels => labels.map(label => label.textContent)")
+    name = text.split(" ")[0]
+    assert re.fullmatch(rf"{re.escape(name)} p50 [\d.]+ m?s · p95 [\d.]+ m?s · p99 [\d.]+ m?s · n \d+", text), text
+    assert name in ("sample.sleep", "sample.fail")
+    page.mouse.click(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    page.wait_for_function("location.pathname.endsWith('/tasks')")
+    assert f"name={name}" in page.input_value("#tasks-search")
+
+
+@pytest.mark.browser
+def test_compare_says_when_a_window_had_no_tasks_and_a_row_opens_each_window(cluster, page):
+    server, _worker = cluster
+    page.goto(f"{server}/analytics")  # compares with the same time yesterday: the cluster ran today only
+    index = _grid_row_index(page, "analytics-compare", "sample.sleep")
+    assert page.inner_text(GRID_CELL % ("analytics-compare", index, "runtime_p50_before")) == "no tasks"
+    assert page.inner_text(GRID_CELL % ("analytics-compare", index, "runtime_p50_ratio")) == "new"
+    windows = page.inner_text("#compare-windows")
+    assert windows.endswith("no tasks in the earlier window")
+    earlier_start = windows.split(" – ")[0].replace(" ", "T")
+    page.click(GRID_CELL % ("analytics-compare", index, "finished_before"))
+    page.wait_for_function("location.pathname.endsWith('/tasks')")
+    query = page.input_value("#tasks-search")
+    assert "name=sample.sleep" in query and f"finished>={earlier_start}" in query
+    wait_for(lambda: page.inner_text("#tasks-count").startswith("0 tasks"), 15, "no sleeps yesterday")
+    page.go_back()
+    index = _grid_row_index(page, "analytics-compare", "sample.sleep")
+    page.click(GRID_CELL % ("analytics-compare", index, "finished_after"))
+    page.wait_for_function("location.pathname.endsWith('/tasks')")
+    assert "name=sample.sleep" in page.input_value("#tasks-search")
+    wait_for(lambda: page.inner_text("#tasks-count").startswith("25 tasks"), 15, "today's 25 sleeps")
+
+
+@pytest.mark.browser
+def test_the_dashboard_counts_stuck_and_waiting_tasks_and_links_to_them(cluster, page, tmp_path):
+    # Last in the file: its worker is killed with a task running and one waiting, which stay so.
+    server, running = cluster
+    worker = CeleryWorker(running.broker, "stuck@tests", tmp_path, concurrency=1)
+    try:
+        hung = worker.send("sample.sleep", 120)  # past max(3 × p99 of sample.sleep, 2 s): stuck
+        queued = worker.send("sample.add", 1, 2)  # held by the worker behind it: waiting
+        page.goto(f"{server}/")
+        wait_for(lambda: page.inner_text("#dashboard-stuck") == "1 stuck", 30, "one stuck task on the Dashboard")
+        wait_for(lambda: page.inner_text("#dashboard-waiting") == "1 waiting > 2 s", 30, "one waiting task")
+        page.click("#dashboard-stuck")
+        wait_for(lambda: [hung] == page.evaluate(
+            "() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]')).map(c => c.innerText)"),
+            15, "the stuck task listed, alone")
+        page.go_back()
+        page.click("#dashboard-waiting")
+        wait_for(lambda: [queued] == page.evaluate(
+            "() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]')).map(c => c.innerText)"),
+            15, "the waiting task listed, alone")
+        page.goto(f"{server}/analytics")
+        wait_for(lambda: page.inner_text("#analytics-stuck-count") == "1", 20, "the stuck count on Analytics")
+        assert page.inner_text("#analytics-waiting-count") == "1"
+    finally:
+        worker.stop(signal.SIGKILL)

@@ -5,8 +5,8 @@ brokers) and returns plain data, mostly DataFrames already aggregated to what a 
 shows: the size of a result depends on the number of task names and buckets, never on the number
 of tasks.
 Raw task rows are read only where an index keeps it cheap: the slowest tasks (the runtime index, or
-the started index within the rollup's slowest minutes), stuck tasks (state = 'STARTED') and sample
-tracebacks (by uuid).
+the started index within the rollup's slowest minutes), stuck and waiting tasks (the state index) and
+sample tracebacks (by uuid).
 
 The rollups have no broker dimension: a broker filter keeps the rows of the workers recorded from
 that broker (worker names are kept with their broker), so it narrows exactly what a worker filter
@@ -15,6 +15,7 @@ narrows; raw task rows are filtered on their own broker.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -29,8 +30,9 @@ RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 BUCKET_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 10800, 21600, 43200, 86400)
 MAX_BUCKETS = 120
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-# A running task with no finished run of its name to compare with counts as stuck past this.
-DEFAULT_STUCK_SECONDS = 300.0
+# What is normal for a task name: its runtime p99 over the day before now, whatever range the page
+# shows (a p99 that moved with the range made the stuck count flap).
+BASELINE_SECONDS = 86400
 # A task's queue is its routing key, which only task-sent events carry; unknown values are stored as
 # '' in the rollups (their key columns cannot be NULL).
 UNKNOWN = ""
@@ -38,6 +40,24 @@ UNKNOWN = ""
 
 class AnalyticsError(ValueError):
     """A range or filter the user can fix; the message is shown as it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """When a running task is stuck and a queued one waits too long.
+
+    Stuck: running longer than max(factor × its name's p99 runtime of the day before, floor seconds),
+    or than the floor for a name with no finished run that day. One task in a hundred runs past its
+    p99 on any healthy day; `factor` keeps those out. Waiting: received by a worker (or sent, with
+    task-sent events) and not started for longer than `waiting` seconds."""
+    factor: float = 3.0
+    floor: float = 60.0
+    waiting: float = 60.0
+
+    def __post_init__(self):
+        for label, value in (("factor", self.factor), ("floor", self.floor), ("waiting", self.waiting)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise AnalyticsError(f"Stuck and waiting limits: the {label} must be a positive number, not {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,14 +258,39 @@ def task_stats(store: Store, scope: Scope, now: float | None = None) -> pd.DataF
 
 def compare(store: Store, before: Scope, after: Scope, now: float | None = None) -> pd.DataFrame:
     """Per task name, runtime p50/p95 and failure rate in two windows and the change (the ratio
-    after / before for p50 and p95, the difference for the failure rate)."""
+    after / before for p50 and p95, the difference for the failure rate), worst change first.
+
+    `change` ranks the rows: the largest of the relative slowdowns of p50 and p95 and the relative
+    rise of the failure rate (against at least 1 %, so that 0 → 5 % counts as five times worse, not
+    infinitely); `overall`, their sum, breaks ties. A name found in one window only has no change and
+    comes after those that have one."""
     picked = ["name", "finished", "failure_rate", "runtime_p50", "runtime_p95"]
     merged = pd.merge(task_stats(store, before, now)[picked], task_stats(store, after, now)[picked],
                       on="name", how="outer", suffixes=("_before", "_after"))
     for stat in ("runtime_p50", "runtime_p95"):
         merged[f"{stat}_ratio"] = merged[f"{stat}_after"] / merged[f"{stat}_before"]
     merged["failure_rate_change"] = merged["failure_rate_after"] - merged["failure_rate_before"]
-    return merged.sort_values("finished_after", ascending=False, na_position="last", ignore_index=True)
+    changes = pd.concat([merged["runtime_p50_ratio"] - 1, merged["runtime_p95_ratio"] - 1,
+                         merged["failure_rate_change"] / merged["failure_rate_before"].clip(lower=0.01)], axis=1)
+    merged["change"] = changes.max(axis=1)
+    # Among equally bad worst changes, the name better in other ways (faster, fewer failures) goes lower.
+    merged["overall"] = changes.sum(axis=1, min_count=1)
+    return merged.sort_values(["change", "overall", "finished_after"], ascending=False, na_position="last",
+                              ignore_index=True)
+
+
+def history_start(store: Store, now: float | None = None) -> float | None:
+    """When the kept chart history begins: the first bucket of the finest grain whose rows reach back
+    to their first task (a grain already trimmed by age says only where its retention cut)."""
+    now = time.time() if now is None else now
+    first = None
+    for grain in rollup.GRAINS:
+        first = store.query("SELECT min(bucket) FROM task_rollup WHERE grain = ?", (grain,))[0][0]
+        if first is None:
+            return None
+        if first > now - rollup.KEEP_SECONDS[grain] + grain:
+            return float(first)
+    return float(first)
 
 
 # -- raw rows where an index keeps them cheap -----------------------------------------------------
@@ -303,21 +348,56 @@ def slowest_tasks(store: Store, scope: Scope, stats: pd.DataFrame, limit: int = 
 STUCK_COLUMNS = ["uuid", "name", "worker", "started", "running", "limit", "over"]
 
 
-def stuck_tasks(store: Store, scope: Scope, p99_by_name: dict, limit_seconds: float = DEFAULT_STUCK_SECONDS,
-                now: float | None = None, limit: int = 15) -> pd.DataFrame:
-    """Tasks started and still running for longer than their name's p99 runtime (from `p99_by_name`),
-    or than `limit_seconds` for a name with no finished run to compare with; longest overrun first."""
+def stuck_tasks(store: Store, scope: Scope, limits: Limits = Limits(), now: float | None = None) -> pd.DataFrame:
+    """Every task started and still running past its limit (see Limits), longest overrun first.
+
+    `started` is compared with a whole second (now − limit, rounded down), as the Tasks search that
+    lists them does (stuck_search). The scope's range plays no part: stuck is about now."""
     now = time.time() if now is None else now
     extra, params = _task_filters(scope)
     running = _frame(store, f"SELECT uuid, name, worker, started FROM tasks WHERE state = 'STARTED' "
                             f"AND started IS NOT NULL{extra}", params, ["uuid", "name", "worker", "started"])
     if running.empty:
         return pd.DataFrame(columns=STUCK_COLUMNS)
+    names = tuple(sorted(set(running["name"].fillna(UNKNOWN))))
+    baseline = task_stats(store, Scope(now - BASELINE_SECONDS, now, names=names), now)
+    typical = running["name"].fillna(UNKNOWN).map(baseline.set_index("name")["runtime_p99"]).astype(float)
+    running["limit"] = (typical.fillna(0.0) * limits.factor).clip(lower=limits.floor)
     running["running"] = now - running["started"]
-    running["limit"] = running["name"].map(p99_by_name).astype(float).fillna(limit_seconds)
     running["over"] = running["running"] / running["limit"]
-    stuck = running[running["running"] > running["limit"]]
-    return stuck.sort_values("over", ascending=False).head(limit)[STUCK_COLUMNS].reset_index(drop=True)
+    stuck = running[running["started"] < np.floor(now - running["limit"])]
+    return stuck.sort_values("over", ascending=False)[STUCK_COLUMNS].reset_index(drop=True)
+
+
+def stuck_search(stuck: pd.DataFrame, now: float | None = None) -> list[tuple[str, float]]:
+    """(task name, started before) pairs that find exactly `stuck`'s tasks among the running ones."""
+    now = time.time() if now is None else now
+    limits = stuck.groupby(stuck["name"].fillna(UNKNOWN))["limit"].first()
+    return [(name, math.floor(now - limit)) for name, limit in limits.items()]
+
+
+WAITING_COLUMNS = ["uuid", "name", "state", "worker", "queued", "waiting"]
+# A task a worker holds but has not started is RECEIVED; one only sent (task-sent events) is PENDING.
+WAITING_STATES = {"RECEIVED": "received", "PENDING": "sent"}
+
+
+def waiting_tasks(store: Store, scope: Scope, limits: Limits = Limits(), now: float | None = None) -> pd.DataFrame:
+    """Tasks received (or sent) and not started for longer than limits.waiting, longest wait first.
+
+    The moment compared is a whole second (waiting_cut), as the Tasks search that lists them does."""
+    now = time.time() if now is None else now
+    cut = waiting_cut(limits, now)
+    extra, params = _task_filters(scope)
+    waits = " OR ".join(f"(state = '{state}' AND {column} < ?)" for state, column in WAITING_STATES.items())
+    waiting = _frame(store, f"SELECT uuid, name, state, worker, CASE WHEN state = 'RECEIVED' THEN received ELSE sent END "
+                            f"FROM tasks WHERE ({waits}){extra}", [cut] * len(WAITING_STATES) + params,
+                     WAITING_COLUMNS[:-1])
+    waiting["waiting"] = now - waiting["queued"]
+    return waiting.sort_values("waiting", ascending=False, ignore_index=True)
+
+
+def waiting_cut(limits: Limits, now: float) -> int:
+    return math.floor(now - limits.waiting)
 
 
 EXCEPTION_COLUMNS = ["type", "message", "count", "names", "first", "last", "sample_uuid", "match"]
@@ -325,8 +405,9 @@ EXCEPTION_COLUMNS = ["type", "message", "count", "names", "first", "last", "samp
 
 def exception_groups(store: Store, scope: Scope, limit: int = 20) -> pd.DataFrame:
     """Failures in the range grouped by exception type and message (numbers and ids masked as #):
-    count, task names, first and last seen, the latest failure's uuid, and `match`, the longest
-    literal part of the exception text, for an `exception:` search that finds the group's tasks."""
+    count, task names, last seen, the latest failure's uuid, and `match`, the longest literal part of
+    the exception text, for an `exception:` search that finds the group's tasks. `first` is the first
+    failure of the group in the whole kept history (not only the range): since when does it fail?"""
     extra, params = _filters(scope)
     dialect = store.dialect
     groups = _frame(store, f"SELECT exception, sum(count), {dialect.distinct_list('name')}, min(first), max(last), "
@@ -341,6 +422,11 @@ def exception_groups(store: Store, scope: Scope, limit: int = 20) -> pd.DataFram
     groups["type"], groups["message"] = split.str[0], split.str[1]
     groups["names"] = groups["names"].map(lambda names: ", ".join(sorted(set(names.split(",")))))
     groups["match"] = [_longest_literal(kind, masked) for kind, masked in zip(groups["type"], groups["message"])]
+    keys = list(groups["key"])
+    first_seen = dict(store.query(f"SELECT exception, min(first) FROM failure_rollup "
+                                  f"WHERE exception IN ({', '.join('?' * len(keys))}){extra} GROUP BY exception",
+                                  [*keys, *params]))
+    groups["first"] = [first_seen.get(key, first) for key, first in zip(keys, groups["first"])]
     return groups[EXCEPTION_COLUMNS]
 
 

@@ -99,6 +99,8 @@ class ActionResult:
             if self.errors:  # tasks a bulk re-run could not send
                 return "partial" if self.task_ids else "failed"
             return "sent"
+        if not self.asked:  # no worker online to answer: the broker took it
+            return "sent"
         if self.confirmed and not self.errors and not self.silent:
             return "ok"
         return "partial" if self.confirmed else "failed"

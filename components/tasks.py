@@ -222,10 +222,10 @@ def task_detail(task: dict, relative_path, links: dict | None = None, can_act: b
                     dcc.Link("← All tasks", href=relative_path("/tasks"), className="button ghost"),
                     subtitle=task["uuid"]),
         dcc.Store(id="task-detail-uuid", data=task["uuid"]),
-        task_actions(task) if can_act else None,
         html.Div([
             html.Div([html.H2("Task"), html.Table(html.Tbody(rows), className="kv")], className="panel"),
             html.Div([html.H2("Timeline"), html.Table(html.Tbody(times), className="kv")], className="panel"),
         ], className="detail-grid"),
+        task_actions(task) if can_act else None,
         html.Div(failure, className="panel") if failure else None,
     ], id="task-detail")

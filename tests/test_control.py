@@ -211,6 +211,28 @@ def test_send_task_and_apply_by_name(rig):
     assert [row["action"] for row in rig.store.iter_audit("sample.add", limit=2)] == ["apply", "send-task"]
 
 
+def test_abort_stops_an_abortable_task_through_the_result_backend(redis_url, tmp_path):
+    broker, backend = redis_url.rsplit("/", 1)[0] + "/5", redis_url.rsplit("/", 1)[0] + "/6"
+    stack = Stack()
+    try:
+        server = stack.add(FlowerbedServer.start(broker, tmp_path / "abort.db", tmp_path / "abort.log",
+                                                 "--result-backend", backend))
+        worker = stack.add(CeleryWorker(broker, "delta@abort", tmp_path, backend=backend))
+        wait_for(lambda: worker_status(server, worker.hostname), 20, "the worker online in the monitor")
+        store = open_store(str(tmp_path / "abort.db"))
+        controller = Controller(store, {"default": Celery("abort-tests", broker=broker, backend=backend,
+                                                          set_as_current=False)})
+        task_id = worker.send("sample.abortable", 60)
+        wait_for_tasks(server, {task_id: "STARTED"})
+        result = controller.abort("ada", task_id)
+        assert (result.outcome, result.message) == ("sent", f"Aborted '{task_id}'")
+        assert wait_for_tasks(server, {task_id: "SUCCESS"})[task_id]["result"] == "'aborted'"
+        assert next(store.iter_audit(task_id))["action"] == "abort"
+        store.close()
+    finally:
+        stack.stop_all()
+
+
 def test_shutdown_takes_the_worker_offline(rig):  # last: the worker is gone afterwards
     result = rig.controller.shutdown("ada", rig.worker.hostname)
     assert result.outcome == "sent"

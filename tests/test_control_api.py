@@ -43,7 +43,8 @@ def action_urls(dash_app) -> list[tuple[str, str]]:
     for rule in dash_app.server.url_map.iter_rules():
         acting = "POST" in rule.methods and "/api/" in rule.rule or "/api/audit" in rule.rule
         if acting:
-            path = rule.rule.replace("<workername>", "w@a").replace("<taskid>", "t-1").replace("<taskname>", "sample.add")
+            path = (rule.rule.replace("<workername>", "w@a").replace("<taskid>", "t-1")
+                    .replace("<taskname>", "sample.add"))
             urls.append(("POST" if "POST" in rule.methods else "GET", path))
     return urls
 
@@ -157,7 +158,8 @@ def test_the_audit_csv_has_raw_values_utc_times_and_no_formulas(dash_app):
     assert "attachment" in response.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [row["at"] for row in rows] == ["2027-01-15T08:00:01.500Z", "2027-01-15T08:00:00.000Z"]
-    assert (rows[1]["actor"], rows[1]["target"], rows[1]["message"]) == ("'=HYPERLINK(\"x\")", "'+t-1", "'@Revoked 't-1'")
+    assert (rows[1]["actor"], rows[1]["target"], rows[1]["message"]) == (
+        "'=HYPERLINK(\"x\")", "'+t-1", "'@Revoked 't-1'")
     assert json.loads(rows[1]["arguments"]) == {"terminate": True}
     assert json.loads(rows[1]["confirmed"]) == {"w@a": "tasks flagged"}
     assert rows[0]["message"] == "'-2"

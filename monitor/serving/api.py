@@ -144,7 +144,8 @@ def audit_csv_lines(rows: Iterable[dict]) -> Iterator[str]:
     yield line(AUDIT_CSV_COLUMNS)
     for row in rows:
         replies = row.get("replies") or {}
-        at = datetime.datetime.fromtimestamp(row["at"], datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        at = datetime.datetime.fromtimestamp(row["at"], datetime.timezone.utc).isoformat(timespec="milliseconds")
+        at = at.replace("+00:00", "Z")
         yield line([at, *(_csv_cell(row.get(field)) for field in ("actor", "action", "target", "outcome", "message",
                                                                    "arguments")),
                     *(_csv_cell(replies.get(field)) for field in ("confirmed", "errors", "silent", "task_ids"))])

@@ -53,6 +53,8 @@ from monitor.store.schema import TERMINAL_STATES
 
 # The most tasks one bulk re-run sends, whatever the search matches.
 BULK_RERUN_CAP = 1_000
+# The most pool processes one grow, shrink or autoscale asks for: a typo must not fork a million.
+MAX_POOL_PROCESSES = 1_000
 # Longer than any task id or name a client makes; refused before the broker is asked.
 MAX_NAME = 1_000
 # A rate celery's worker reads: a number per second, or per s, m or h ("0" lifts the limit).
@@ -150,17 +152,17 @@ class Controller:
                                     f"Restarting '{worker}' worker's pool", action="pool-restart")
 
     def pool_grow(self, user: str, worker: str, n: int = 1) -> ActionResult:
-        n = _positive(n, "n")
+        n = _pool_size(n, "n")
         return self._worker_command(user, worker, "pool_grow", {"n": n}, f"Growing '{worker}' worker's pool by {n}",
                                     action="pool-grow")
 
     def pool_shrink(self, user: str, worker: str, n: int = 1) -> ActionResult:
-        n = _positive(n, "n")
+        n = _pool_size(n, "n")
         return self._worker_command(user, worker, "pool_shrink", {"n": n},
                                     f"Shrinking '{worker}' worker's pool by {n}", action="pool-shrink")
 
     def autoscale(self, user: str, worker: str, max: int, min: int) -> ActionResult:  # noqa: A002 - celery's names
-        high, low = _positive(max, "max"), _whole(min, "min")
+        high, low = _pool_size(max, "max"), _whole(min, "min")
         if low > high:
             raise ControlError(400, f"min ({low}) must not be above max ({high})")
         return self._worker_command(user, worker, "autoscale", {"max": high, "min": low},
@@ -396,13 +398,24 @@ def _call(args, kwargs, options) -> tuple[list, dict, dict]:
     if unknown:
         raise ControlError(400, f"unknown option(s) {', '.join(sorted(map(str, unknown)))[:200]}; "
                                 f"known: {', '.join(sorted(_SEND_OPTIONS))}")
+    for key in ("queue", "routing_key", "exchange"):
+        if key in options:
+            options[key] = _name(options[key], key)
+    if "priority" in options and (not isinstance(options["priority"], int) or not 0 <= options["priority"] <= 255):
+        raise ControlError(400, "priority must be a whole number from 0 to 255")
+    if "headers" in options and not isinstance(options["headers"], dict):
+        raise ControlError(400, "headers must be an object")
     try:
         if "countdown" in options:
-            options["countdown"] = float(options["countdown"])
+            options["countdown"] = _seconds(options["countdown"], "countdown")
         if "eta" in options:
             options["eta"] = datetime.datetime.fromisoformat(str(options["eta"]))
-        if "expires" in options and not isinstance(options["expires"], (int, float)):
-            options["expires"] = datetime.datetime.fromisoformat(str(options["expires"]))
+        if "expires" in options:
+            expires = options["expires"]
+            options["expires"] = (_seconds(expires, "expires") if isinstance(expires, (int, float))
+                                  else datetime.datetime.fromisoformat(str(expires)))
+    except ControlError:
+        raise
     except (TypeError, ValueError):
         raise ControlError(400, "countdown must be seconds; eta and expires an ISO 8601 time "
                                 "(expires may also be seconds)") from None
@@ -431,6 +444,13 @@ def _positive(value, what: str) -> int:
     number = _whole(value, what)
     if number == 0:
         raise ControlError(400, f"{what} must be at least 1")
+    return number
+
+
+def _pool_size(value, what: str) -> int:
+    number = _positive(value, what)
+    if number > MAX_POOL_PROCESSES:
+        raise ControlError(400, f"{what} must be at most {MAX_POOL_PROCESSES:,} pool processes")
     return number
 
 

@@ -121,6 +121,8 @@ def test_a_form_post_with_the_page_token_and_a_script_post_go_through(dash_app):
 
 @pytest.mark.parametrize("path, status, words", [
     ("/api/worker/pool/grow/nobody@host?n=2", 404, "Unknown worker 'nobody@host'"),
+    ("/api/worker/pool/grow/nobody@host?n=99999999999999999999", 400, "at most 1,000 pool processes"),
+    ("/api/task/apply/sample.add?timeout=soon", 400, "timeout must be a number of seconds"),
     ("/api/worker/pool/autoscale/nobody@host?min=1", 400, "give min and max"),
     ("/api/task/rate-limit/sample.add", 400, "give ratelimit"),
     ("/api/task/rate-limit/sample.add?ratelimit=lots", 400, "ratelimit must be"),
@@ -138,10 +140,19 @@ def test_bad_action_requests_get_a_json_reason(dash_app, path, status, words):
 
 
 @pytest.mark.parametrize("route", ["async-apply", "send-task", "apply"])
-def test_task_routes_refuse_a_body_that_is_not_a_json_object(dash_app, route):
-    response = dash_app.server.test_client().post(f"/api/task/{route}/sample.add", data="[1, 2]",
+@pytest.mark.parametrize("body, words", [
+    ("[1, 2]", "JSON object"),
+    ('{"args": [1], "queue": 7}', "queue is missing"),
+    ('{"args": [1], "priority": 900}', "priority must be"),
+    ('{"args": [1], "countdown": "soon"}', "countdown must be"),
+    ('{"args": [1], "eta": "tomorrow"}', "eta and expires an ISO 8601 time"),
+    ('{"args": [1], "expires": -5}', "expires must be a number of seconds, at least 0"),
+    ('{"kwargs": [1]}', "kwargs must be an object"),
+])
+def test_task_routes_refuse_a_body_they_cannot_send(dash_app, route, body, words):
+    response = dash_app.server.test_client().post(f"/api/task/{route}/sample.add", data=body,
                                                   content_type="application/json", headers=basic(*ADMIN))
-    assert response.status_code == 400 and "JSON object" in response.get_json()["error"]
+    assert response.status_code == 400 and words in response.get_json()["error"]
 
 
 def test_the_audit_csv_has_raw_values_utc_times_and_no_formulas(dash_app):

@@ -21,6 +21,8 @@ from monitor.query.tasks import QueryError, TaskQuery, parse_sort, parse_time, s
 from monitor.store.schema import TASK_FIELDS
 
 MAX_LIMIT = 10_000
+# The longest /api/task/apply waits for the task to finish (it holds a web thread meanwhile).
+MAX_APPLY_WAIT = 300.0
 # Longer than any task id a client makes (celery's are UUIDs); refused before the store is asked.
 MAX_TASK_ID = 1_000
 
@@ -274,8 +276,13 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
     def task_apply(taskname):
         body = _json_body()
         options = {key: value for key, value in body.items() if key not in ("args", "kwargs")}
-        result, task = control.apply(current_user(), taskname, body.get("args"), body.get("kwargs"), options,
-                                     wait=float(_value("timeout", 30)))
+        try:
+            wait = min(float(_value("timeout", 30)), MAX_APPLY_WAIT)
+        except ValueError:
+            raise ControlError(400, "timeout must be a number of seconds") from None
+        if not wait >= 0:
+            raise ControlError(400, "timeout must be a number of seconds, at least 0")
+        result, task = control.apply(current_user(), taskname, body.get("args"), body.get("kwargs"), options, wait=wait)
         answer = {"task-id": result.task_ids[0], "state": task["state"] if task else "PENDING"}
         if task and task["state"] in ("SUCCESS", "FAILURE"):
             answer["result"] = task["result"] if task["state"] == "SUCCESS" else task["exception"]

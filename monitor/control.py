@@ -36,6 +36,7 @@ The audit rows: store.iter_audit(search, limit, offset), store.count_audit(searc
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import datetime
 import re
@@ -46,6 +47,7 @@ from typing import Callable
 from celery.backends.base import DisabledBackend
 from celery.contrib.abortable import AbortableAsyncResult
 from celery.platforms import signals
+from kombu.exceptions import OperationalError
 
 from monitor.query.tasks import TaskQuery, fetch_tasks
 from monitor.store.base import Store
@@ -143,7 +145,8 @@ class Controller:
         app = self._worker_app(worker)
         # A worker leaves without answering a shutdown: the result says "sent", the worker's
         # status (its offline event) tells the rest.
-        app.control.broadcast("shutdown", destination=[worker])
+        with _broker_reachable():
+            app.control.broadcast("shutdown", destination=[worker])
         return self._record(ActionResult("shutdown", worker, {}, user, self.clock(), "Shutting down!",
                                          expects_replies=False))
 
@@ -206,8 +209,9 @@ class Controller:
         # Revoking reaches every worker (any may hold the task, or get it later): each online one answers.
         asked = self._online_workers(task.get("broker") if task else None)
         arguments = {"task_id": task_id, "terminate": bool(terminate), "signal": signal}
-        replies = app.control.broadcast("revoke", arguments=arguments, reply=True, timeout=self.reply_timeout,
-                                        limit=len(asked) or None)
+        with _broker_reachable():
+            replies = app.control.broadcast("revoke", arguments=arguments, reply=True, timeout=self.reply_timeout,
+                                            limit=len(asked) or None)
         result = ActionResult("revoke", task_id, {"terminate": bool(terminate), "signal": signal}, user, self.clock(),
                               f"Revoked '{task_id}'", asked=asked)
         return self._record(_with_replies(result, replies))
@@ -220,7 +224,8 @@ class Controller:
         if isinstance(aborting.backend, DisabledBackend):
             raise ControlError(503, "aborting a task needs a result backend (an AbortableTask reads its state "
                                     "there), and none is configured")
-        aborting.abort()
+        with _broker_reachable():
+            aborting.abort()
         return self._record(ActionResult("abort", task_id, {}, user, self.clock(), f"Aborted '{task_id}'",
                                          expects_replies=False))
 
@@ -259,6 +264,8 @@ class Controller:
                 new_id = self._resend(task)
             except ControlError as exc:
                 result.errors[task["uuid"]] = str(exc)
+                if exc.status == 503:  # the broker is away: the rest would wait for it one by one
+                    break
                 continue
             result.task_ids.append(new_id)
             result.reruns.append((new_id, task["uuid"]))
@@ -272,7 +279,8 @@ class Controller:
         name = _name(name, "task name")
         args, kwargs, options = _call(args, kwargs, options)
         app = self._app_of(None)
-        task_id = app.send_task(name, args=args, kwargs=kwargs, **options).id
+        with _broker_reachable():
+            task_id = app.send_task(name, args=args, kwargs=kwargs, **options).id
         return self._record(ActionResult(action, name, {"args": args, "kwargs": kwargs, "options": options}, user,
                                          self.clock(), f"Sent '{name}' as '{task_id}'", expects_replies=False,
                                          task_ids=[task_id]))
@@ -293,8 +301,9 @@ class Controller:
     def _worker_command(self, user: str, worker: str, command: str, arguments: dict, message: str,
                         action: str | None = None) -> ActionResult:
         app = self._worker_app(worker)
-        replies = app.control.broadcast(command, arguments=arguments, destination=[worker], reply=True,
-                                        timeout=self.reply_timeout, limit=1)
+        with _broker_reachable():
+            replies = app.control.broadcast(command, arguments=arguments, destination=[worker], reply=True,
+                                            timeout=self.reply_timeout, limit=1)
         result = ActionResult(action or command, worker, arguments, user, self.clock(), message, asked=[worker])
         return self._record(_with_replies(result, replies))
 
@@ -304,8 +313,9 @@ class Controller:
             app, asked = self._worker_app(worker), [worker]
         else:
             app, asked = self._app_of(None), self._online_workers(None)
-        replies = app.control.broadcast(command, arguments=arguments, destination=[worker] if worker else None,
-                                        reply=True, timeout=self.reply_timeout, limit=len(asked) or None)
+        with _broker_reachable():
+            replies = app.control.broadcast(command, arguments=arguments, destination=[worker] if worker else None,
+                                            reply=True, timeout=self.reply_timeout, limit=len(asked) or None)
         result = ActionResult(action, task_name, {key: value for key, value in arguments.items() if key != "task_name"}
                               | ({"workername": worker} if worker else {}), user, self.clock(), message, asked=asked)
         return self._record(_with_replies(result, replies))
@@ -318,8 +328,9 @@ class Controller:
         if not task.get("name"):
             raise ControlError(400, f"task '{task['uuid']}' has no name in the store")
         new_id = str(uuid_module.uuid4())
-        self._app_of(task.get("broker")).send_task(task["name"], args=args, kwargs=kwargs, task_id=new_id,
-                                                   **_routing(task))
+        with _broker_reachable():
+            self._app_of(task.get("broker")).send_task(task["name"], args=args, kwargs=kwargs, task_id=new_id,
+                                                       **_routing(task))
         return new_id
 
     def _record(self, result: ActionResult) -> ActionResult:
@@ -344,6 +355,16 @@ class Controller:
         app = self._app_of(broker)
         return [worker["hostname"] for worker in self.store.workers(self.clock())
                 if worker["online"] and self._app_of(worker["broker"]) is app]
+
+
+@contextlib.contextmanager
+def _broker_reachable():
+    """A broker that cannot be reached (after kombu's own retries) as a 503 with the reason."""
+    try:
+        yield
+    except (OperationalError, OSError) as exc:
+        raise ControlError(503, f"the broker cannot be reached now ({type(exc).__name__}: {exc}); "
+                                "nothing was sent") from None
 
 
 def _with_replies(result: ActionResult, replies) -> ActionResult:
@@ -382,8 +403,12 @@ def _literal(text: str | None, field: str, task_id: str):
 
 
 def _finished(query: TaskQuery) -> TaskQuery:
+    """The query narrowed to finished tasks: only those can be re-run."""
     states = tuple(state for state in query.states if state in TERMINAL_STATES) if query.states else TERMINAL_STATES
-    return dataclasses.replace(query, states=states or ("(none)",))
+    if not states:
+        raise ControlError(400, f"only finished tasks ({', '.join(TERMINAL_STATES)}) can be re-run, and the "
+                                f"state filter ({', '.join(query.states)}) keeps none of them")
+    return dataclasses.replace(query, states=states)
 
 
 def _call(args, kwargs, options) -> tuple[list, dict, dict]:

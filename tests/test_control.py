@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from celery import Celery
 
-from helpers import CeleryWorker, FlowerbedServer, Stack, finished, get_json, wait_for, wait_for_tasks, worker_status
+from helpers import CeleryWorker, FlowerbedServer, Stack, finished, free_port, get_json, wait_for, wait_for_tasks, worker_status
 from monitor.control import ControlError, Controller
 from monitor.query.tasks import TaskQuery
 from monitor.store import open_store
@@ -79,6 +79,7 @@ def offline_controller(make_store):
     (lambda c: c.send_task("ada", "sample.add", "1, 2"), 400, "args must be an array"),
     (lambda c: c.send_task("ada", "sample.add", [1], {}, {"link": "x"}), 400, "unknown option(s) link"),
     (lambda c: c.abort("ada", "done"), 503, "needs a result backend"),
+    (lambda c: c.rerun_preview(TaskQuery(states=("STARTED",))), 400, "state filter (STARTED) keeps none"),
 ])
 def test_bad_requests_are_refused_with_a_reason_and_leave_no_audit_row(offline_controller, call, status, words):
     offline_controller.store.write_batch(workers=[("w@a",) + (None,) * 11])
@@ -86,6 +87,21 @@ def test_bad_requests_are_refused_with_a_reason_and_leave_no_audit_row(offline_c
         call(offline_controller)
     assert refused.value.status == status and words in str(refused.value)
     assert offline_controller.store.count_audit() == 0
+
+
+def test_a_broker_that_cannot_be_reached_is_a_503_and_leaves_no_audit_row(make_store):
+    store = make_store()
+    store.write_batch(tasks=[finished("done", "sample.add", 0.1, T0, args="[1, 2]", kwargs="{}")],
+                      workers=[("w@a",) + (None,) * 11])
+    away = Celery("away", broker=f"redis://127.0.0.1:{free_port()}/0", set_as_current=False)
+    away.conf.broker_connection_max_retries = 1
+    controller = Controller(store, {"default": away})
+    for call in (lambda: controller.pool_grow("ada", "w@a", 1), lambda: controller.rerun("ada", "done"),
+                 lambda: controller.send_task("ada", "sample.add", [1, 2])):
+        with pytest.raises(ControlError) as refused:
+            call()
+        assert refused.value.status == 503 and "the broker cannot be reached now" in str(refused.value)
+    assert store.count_audit() == 0
 
 
 # -- the engine against a real worker ---------------------------------------------------------------

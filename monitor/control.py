@@ -207,7 +207,7 @@ class Controller:
         task = self.store.get_task(task_id)
         app = self._app_of(task.get("broker") if task else None)
         # Revoking reaches every worker (any may hold the task, or get it later): each online one answers.
-        asked = self._online_workers(task.get("broker") if task else None)
+        asked = self._online_workers(app)
         arguments = {"task_id": task_id, "terminate": bool(terminate), "signal": signal}
         with _broker_reachable():
             replies = app.control.broadcast("revoke", arguments=arguments, reply=True, timeout=self.reply_timeout,
@@ -309,15 +309,18 @@ class Controller:
 
     def _task_name_command(self, user: str, task_name: str, worker: str | None, command: str, arguments: dict,
                            message: str, action: str) -> ActionResult:
-        if worker:
-            app, asked = self._worker_app(worker), [worker]
-        else:
-            app, asked = self._app_of(None), self._online_workers(None)
-        with _broker_reachable():
-            replies = app.control.broadcast(command, arguments=arguments, destination=[worker] if worker else None,
-                                            reply=True, timeout=self.reply_timeout, limit=len(asked) or None)
+        # One worker, or every online worker of every broker.
+        targets = ([(self._worker_app(worker), [worker])] if worker else
+                   [(app, self._online_workers(app)) for app in {id(app): app for app in self.apps.values()}.values()])
+        replies = []
+        for app, asked in targets:
+            with _broker_reachable():
+                replies += app.control.broadcast(command, arguments=arguments,
+                                                 destination=[worker] if worker else None, reply=True,
+                                                 timeout=self.reply_timeout, limit=len(asked) or None) or []
         result = ActionResult(action, task_name, {key: value for key, value in arguments.items() if key != "task_name"}
-                              | ({"workername": worker} if worker else {}), user, self.clock(), message, asked=asked)
+                              | ({"workername": worker} if worker else {}), user, self.clock(), message,
+                              asked=[name for _app, asked in targets for name in asked])
         return self._record(_with_replies(result, replies))
 
     def _resend(self, task: dict) -> str:
@@ -350,9 +353,8 @@ class Controller:
     def _app_of(self, broker: str | None):
         return self.apps.get(broker) or next(iter(self.apps.values()))
 
-    def _online_workers(self, broker: str | None) -> list[str]:
-        """The online workers of `broker` (of the first broker's app when None): those whose answer is awaited."""
-        app = self._app_of(broker)
+    def _online_workers(self, app) -> list[str]:
+        """The online workers reached through `app` (its broker's): those whose answer is awaited."""
         return [worker["hostname"] for worker in self.store.workers(self.clock())
                 if worker["online"] and self._app_of(worker["broker"]) is app]
 

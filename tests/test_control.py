@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from celery import Celery
 
-from helpers import CeleryWorker, FlowerbedServer, Stack, finished, free_port, get_json, wait_for, wait_for_tasks, worker_status
+from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, free_port, get_json, wait_for, wait_for_tasks,
+                     worker_status)
 from monitor.control import ControlError, Controller
 from monitor.query.tasks import TaskQuery
 from monitor.store import open_store

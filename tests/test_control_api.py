@@ -60,6 +60,18 @@ def test_every_action_route_refuses_a_read_only_user(dash_app):
     assert dash_app.server.config["flowerbed_services"].store.count_audit() == 0
 
 
+def test_every_action_callback_refuses_a_read_only_user(dash_app):
+    outputs = [output for key in dash_app.callback_map for output in key.strip(".").split("...")
+               if output.startswith("act-")]
+    assert len(outputs) >= 3  # the task detail's actions, the bulk re-run's preview and its confirmation
+    client = dash_app.server.test_client()
+    for output in outputs:
+        component, prop = output.rsplit(".", 1)
+        response = client.post("/_dash-update-component", headers=basic(*VIEWER), json={
+            "output": output, "outputs": {"id": component, "property": prop}, "inputs": [], "state": []})
+        assert response.status_code == 403, output
+
+
 def test_an_action_callback_refuses_a_read_only_user(dash_app):
     client = dash_app.server.test_client()
     body = {"output": "act-task-result.children", "outputs": {"id": "act-task-result", "property": "children"},
@@ -94,6 +106,18 @@ def test_a_cross_site_or_browser_form_post_is_refused(dash_app, headers, body, c
                            headers={**basic(*ADMIN), **headers})
     assert response.status_code == 403 and reason in response.get_json()["error"]
     assert dash_app.server.config["flowerbed_services"].store.count_audit() == 0
+
+
+@pytest.mark.parametrize("origin, host, forwarded", [
+    ("http://localhost", "localhost", None),
+    ("https://monitor.example:8443", "monitor.example", None),  # nginx's `Host $host` drops the port
+    ("https://monitor.example", "127.0.0.1:5555", "monitor.example"),
+])
+def test_a_post_from_the_site_itself_goes_through(dash_app, origin, host, forwarded):
+    headers = {**basic(*ADMIN), "Origin": origin, "Host": host,
+               **({"X-Forwarded-Host": forwarded} if forwarded else {})}
+    response = dash_app.server.test_client().post("/api/task/revoke/t-1", headers=headers)
+    assert response.status_code == 200, response.get_json()
 
 
 def test_dash_callbacks_from_another_site_are_refused(dash_app):

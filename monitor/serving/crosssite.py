@@ -36,20 +36,26 @@ def page_token(user: str) -> str:
     return hmac.new(key, f"form-post:{user}".encode(), hashlib.sha256).hexdigest()
 
 
+def _hostname(netloc: str) -> str:
+    """A host[:port] without its port: nginx's `proxy_set_header Host $host` drops the port the
+    browser named in Origin (and another port of the same host is the same site to a browser)."""
+    return urllib.parse.urlsplit(f"//{netloc}").hostname or ""
+
+
 def _host_of(url: str) -> str | None:
     try:
         parsed = urllib.parse.urlsplit(url)
-    except ValueError:
+        return _hostname(parsed.netloc) if parsed.scheme in ("http", "https") and parsed.netloc else None
+    except ValueError:  # a malformed address or port
         return None
-    return parsed.netloc.lower() if parsed.scheme in ("http", "https") and parsed.netloc else None
 
 
 def _own_hosts() -> set[str]:
     """The host this request was sent to, as the browser named it: Host, or a proxy's X-Forwarded-Host."""
-    hosts = {flask.request.host.lower()}
+    hosts = {_hostname(flask.request.host)}
     forwarded = flask.request.headers.get("X-Forwarded-Host")
     if forwarded:
-        hosts.add(forwarded.split(",")[0].strip().lower())
+        hosts.add(_hostname(forwarded.split(",")[0].strip()))
     return hosts
 
 

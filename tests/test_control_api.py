@@ -13,7 +13,7 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 import app as flowerbed_app
-from helpers import CeleryWorker, FlowerbedServer, Stack, wait_for, wait_for_tasks, worker_status
+from helpers import CeleryWorker, FlowerbedServer, Stack, get_json, wait_for, wait_for_tasks, worker_status
 from monitor.settings import load_settings
 
 ADMIN = ("ada", "correct horse")
@@ -268,3 +268,21 @@ def test_each_action_leaves_exactly_one_audit_row(guarded_cluster, path, expecte
     assert audit_total(server) == before + 1
     if expected == 403:
         assert worker.hostname in body["errors"] and body["error"].startswith("Failed")
+
+
+def test_rerun_and_bulk_rerun_through_the_api_link_the_new_tasks(guarded_cluster):
+    server, worker = guarded_cluster
+    failed = [worker.send("sample.fail", f"api-bulk-{number}") for number in range(3)]
+    wait_for_tasks(server, dict.fromkeys(failed, "FAILURE"), credentials=ADMIN)
+    status, body = post(f"{server}/api/task/rerun/{failed[0]}", ADMIN)
+    assert status == 200 and body["outcome"] == "sent", body
+    new_id = body["task-id"]
+    wait_for_tasks(server, {new_id: "FAILURE"}, credentials=ADMIN)
+    assert get_json(f"{server}/api/task/links/{new_id}", ADMIN) == (200, {"rerun_of": failed[0], "reruns": []})
+    assert get_json(f"{server}/api/task/links/{failed[0]}", ADMIN) == (200, {"rerun_of": None, "reruns": [new_id]})
+    wait_for(lambda: post(f"{server}/api/tasks/rerun?search=api-bulk&state=FAILURE&dry_run=1", ADMIN) == (
+        200, {"matched": 4, "would_send": 4, "cap": 1000}), 10, "the three failures and the re-run's counted")
+    status, preview = post(f"{server}/api/tasks/rerun?search=api-bulk&state=FAILURE&cap=2&dry_run=1", ADMIN)
+    assert (status, preview) == (200, {"matched": 3, "would_send": 2, "cap": 2})  # counted up to the cap + 1
+    status, body = post(f"{server}/api/tasks/rerun?search=api-bulk&state=FAILURE&cap=2", ADMIN)
+    assert status == 200 and len(body["task_ids"]) == 2 and body["message"] == "Re-ran 2 of 2 tasks", body

@@ -76,7 +76,7 @@ def route(app, services, pathname: str | None, search: str | None):
             return shell_components.not_found(f"No task with UUID {path.split('/', 1)[1]} is in the store.",
                                               app.get_relative_path)
         return task_detail(task, app.get_relative_path, services.store.task_links(task["uuid"]),
-                           can_act=auth.can_act())
+                           can_act=auth.can_act(), can_abort=bool(services.settings.result_backend))
     if path == "audit":
         if not auth.can_act():
             return shell_components.not_found("The audit log is for admins.", app.get_relative_path)

@@ -126,7 +126,8 @@ def bulk_rerun_preview(matched: int, cap: int, describe: str) -> list:
 def action_outcome(result: dict, relative_path) -> html.Div:
     """What an action did: its message, and who confirmed, answered with an error, or stayed silent."""
     tone = {"ok": "ok", "sent": "ok", "partial": "warn"}.get(result["outcome"], "bad")
-    lines = [html.Strong(result["message"])]
+    lines = [html.Strong({"failed": "Not done: ", "partial": "Partly done: "}.get(result["outcome"], "")
+                         + result["message"])]
     if result["confirmed"]:
         lines.append(html.Div(f"Confirmed by {', '.join(sorted(result['confirmed']))}"))
     for worker, error in sorted(result["errors"].items()):
@@ -149,9 +150,10 @@ def action_refused(reason: str) -> html.Div:
     return html.Div([html.Strong("Not done: "), reason], className="action-outcome tone-bad")
 
 
-def task_actions(task: dict) -> html.Div:
+def task_actions(task: dict, can_abort: bool) -> html.Div:
     """An admin's actions on a task; each asks for confirmation in the browser first. A finished
-    task can be re-run; one still queued or running can be revoked, terminated or aborted."""
+    task can be re-run; one still queued or running can be revoked, terminated or aborted (with a
+    result backend, `can_abort`)."""
     finished = task.get("state") in TERMINAL_STATES
     short = task["uuid"][:8]
 
@@ -175,14 +177,18 @@ def task_actions(task: dict) -> html.Div:
                              disabled=finished),
             ], className="terminate-group"),
             confirmed("Abort", "abort", f"Abort task {short}…? (an AbortableTask stops at its next check)",
-                      not finished, "the task has finished"),
+                      not finished and can_abort,
+                      "the task has finished" if finished else "aborting needs the workers' result backend "
+                                                               "(--result-backend)"),
         ], className="action-buttons"),
         html.Div(id="act-task-result", role="status"),
     ], className="panel actions-panel")
 
 
-def task_detail(task: dict, relative_path, links: dict | None = None, can_act: bool = False) -> html.Div:
-    """`links`: the task's re-run links (store.task_links); `can_act`: show the admin's actions."""
+def task_detail(task: dict, relative_path, links: dict | None = None, can_act: bool = False,
+                can_abort: bool = False) -> html.Div:
+    """`links`: the task's re-run links (store.task_links); `can_act`: show the admin's actions;
+    `can_abort`: a result backend is configured, through which a task can be aborted."""
     def link_or_text(value):
         if value and value != task["uuid"]:
             return dcc.Link(value, href=relative_path(f"/task/{value}"), className="mono")
@@ -226,6 +232,6 @@ def task_detail(task: dict, relative_path, links: dict | None = None, can_act: b
             html.Div([html.H2("Task"), html.Table(html.Tbody(rows), className="kv")], className="panel"),
             html.Div([html.H2("Timeline"), html.Table(html.Tbody(times), className="kv")], className="panel"),
         ], className="detail-grid"),
-        task_actions(task) if can_act else None,
+        task_actions(task, can_abort) if can_act else None,
         html.Div(failure, className="panel") if failure else None,
     ], id="task-detail")

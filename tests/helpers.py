@@ -367,6 +367,12 @@ def worker_status(base: str, hostname: str, credentials=None):
     return workers.get(hostname, {}).get("status") if status == 200 else None
 
 
+def choose(page, dropdown: str, option: str) -> None:
+    """Pick an option of a dcc.Dropdown in a browser page as a user does: open it, click the option."""
+    page.click(dropdown)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
 def task_row(**fields) -> tuple:
     """A row for Store.write_batch(tasks=...) from the fields given; the others are NULL."""
     from monitor.store.schema import TASK_FIELDS

@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from helpers import CeleryWorker, FlowerbedServer, Stack, wait_for, wait_for_tasks, worker_status
+from helpers import CeleryWorker, FlowerbedServer, Stack, choose, wait_for, wait_for_tasks, worker_status
 
 pytestmark = pytest.mark.browser
 
@@ -34,7 +34,8 @@ def cluster(redis_url, tmp_path_factory):
         server = stack.add(FlowerbedServer.start(broker, tmp / "flowerbed.db", tmp / "flowerbed.log",
                                                  "--basic-auth", f"{ADMIN[0]}:{ADMIN[1]}",
                                                  "--basic-auth-readonly", f"{VIEWER[0]}:{VIEWER[1]}"))
-        worker = stack.add(CeleryWorker(broker, "gamma@browser", tmp))
+        # prefork: a threads pool cannot terminate a task (its worker answers NotImplementedError).
+        worker = stack.add(CeleryWorker(broker, "gamma@browser", tmp, concurrency=2, pool="prefork"))
         wait_for(lambda: worker_status(server, worker.hostname, ADMIN), 20, "the worker online")
         marker = "bulk-in-browser"
         failed = worker.send("sample.fail", "boom")
@@ -68,6 +69,22 @@ def test_an_admin_reruns_a_failed_task_from_its_detail_view(open_page, cluster):
     page.click("#task-rerun-of a")
     page.wait_for_selector("#task-reruns")
     assert new_id in page.inner_text("#task-reruns")
+
+
+def test_an_admin_terminates_a_running_task_and_sees_the_worker_confirm(open_page, cluster):
+    running = cluster.worker.send("sample.sleep", 60)
+    wait_for_tasks(cluster.server, {running: "STARTED"}, credentials=ADMIN)
+    page = open_page(ADMIN)
+    confirmations = []
+    accept_dialogs(page, confirmations)
+    page.goto(f"{cluster.server}/task/{running}")
+    assert page.is_disabled("#task-rerun-button") and page.is_disabled("#task-abort-button")  # running; no backend
+    choose(page, "#task-signal", "SIGKILL")
+    page.click("#task-terminate-button")
+    outcome = page.wait_for_selector(".action-outcome.tone-ok").inner_text()
+    assert f"Revoked '{running}'" in outcome and f"Confirmed by {cluster.worker.hostname}" in outcome
+    assert "Terminate task" in confirmations[0]
+    wait_for_tasks(cluster.server, {running: "REVOKED"}, credentials=ADMIN)
 
 
 def test_an_admin_bulk_reruns_what_a_search_matches_after_seeing_the_count(open_page, cluster):

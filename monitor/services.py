@@ -7,6 +7,7 @@ import time
 
 from celery import Celery
 
+from monitor.control import Controller
 from monitor.ingest.collector import REPORT_PREFIX, Collector
 from monitor.ingest.inspector import REQUEST_KEY, Inspector
 from monitor.ingest.receiving import EventsQueue
@@ -15,7 +16,7 @@ from monitor.store import Store, open_store, store_error_text
 
 
 def make_celery_app(settings: Settings, broker: str) -> Celery:
-    app = Celery("flowerbed", broker=broker, set_as_current=False)
+    app = Celery("flowerbed", broker=broker, backend=settings.result_backend or None, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = True
     if settings.demo:
         # The in-memory transport polls; the default 1 s makes inspect take 2 s and tasks lag.
@@ -30,6 +31,7 @@ class Services:
     store: Store
     collectors: list[Collector]  # one per broker, in the order the brokers were given
     inspectors: list[Inspector]  # likewise
+    controller: Controller  # worker and task control, through every broker's app
     demo: object = None
     _started: bool = False
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -112,4 +114,5 @@ def build_services(settings: Settings) -> Services:
         inspectors=[Inspector(app, store, broker_name=name, interval=settings.inspect_seconds,
                               timeout=settings.inspect_timeout, enable_events=settings.enable_events)
                     for name, app in apps.items()],
+        controller=Controller(store, apps, reply_timeout=settings.inspect_timeout),
     )

@@ -58,6 +58,8 @@ class Settings:
     events_queue: str = ""
     events_queue_max_length: int = 1_000_000
     events_queue_ttl: float = 86_400.0
+    # Where the workers keep task results: aborting an AbortableTask writes its state there.
+    result_backend: str = ""
 
     @property
     def named_brokers(self) -> tuple[tuple[str, str], ...]:
@@ -131,6 +133,8 @@ _OPTIONS = (
      "messages --events-queue keeps at most; beyond that the oldest are dropped"),
     ("events_queue_ttl", ("--events-queue-ttl",), ("FLOWERBED_EVENTS_QUEUE_TTL",), float,
      "seconds a message waits in --events-queue before the broker drops it"),
+    ("result_backend", ("--result-backend",), ("FLOWERBED_RESULT_BACKEND", "CELERY_RESULT_BACKEND"), str,
+     "the workers' result backend (e.g. redis://host/1), needed to abort an AbortableTask"),
 )
 # (field, flag, environment variable, help) for on/off switches
 _SWITCHES = (

@@ -171,19 +171,39 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, request):
-    """A fresh page (1440 × 900, downloads accepted, 20 s for any wait); the test fails if the
-    browser logged an error or a request failed. FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of it."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    problems = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
-            if response.status >= 400 else None)
-    yield page
+def open_page(browser, request):
+    """open_page(credentials=None, width=1440, height=900) opens a fresh page (basic auth with
+    `credentials` (user, password), downloads accepted, 20 s for any wait); the test fails if any
+    of them logged a browser error or saw a request fail, except the statuses in `allowed_statuses`.
+    FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of each."""
+    opened = []
+
+    def open_one(credentials=None, width=1440, height=900, allowed_statuses=()):
+        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
+                                      http_credentials=dict(zip(("username", "password"), credentials))
+                                      if credentials else None)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        problems = []
+        expected = tuple(f"the server responded with a status of {status} " for status in allowed_statuses)
+        page.on("console", lambda message: problems.append(message.text)
+                if message.type == "error" and not any(text in message.text for text in expected) else None)
+        page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+                if response.status >= 400 and response.status not in allowed_statuses else None)
+        opened.append((page, context, problems))
+        return page
+    yield open_one
     screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
-    if screenshots:
-        page.screenshot(path=f"{screenshots}/browser-{request.node.name}.png", full_page=True)
-    context.close()
+    for number, (page, context, _problems) in enumerate(opened):
+        if screenshots:
+            page.screenshot(path=f"{screenshots}/browser-{request.node.name}{'-' * bool(number)}{number or ''}.png",
+                            full_page=True)
+        context.close()
+    problems = [problem for _page, _context, page_problems in opened for problem in page_problems]
     assert not problems, problems
+
+
+@pytest.fixture
+def page(open_page):
+    """A fresh page (1440 × 900, downloads accepted, 20 s for any wait); see open_page."""
+    return open_page()

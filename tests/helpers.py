@@ -273,16 +273,17 @@ class CeleryWorker:
     """A real `celery worker` subprocess running tests/sample_tasks.py, consuming its own queue so
     tasks sent for one test never reach another test's worker; `send` routes tasks to it."""
 
-    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4):
+    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4, pool: str = "threads",
+                 backend: str = ""):
         from celery import Celery
 
         self.broker = broker
         self.hostname = hostname
         self.queue = f"q-{hostname.replace('@', '-')}-{uuid_module.uuid4().hex[:6]}"
-        env = {**os.environ, "SAMPLE_BROKER": broker}
+        env = {**os.environ, "SAMPLE_BROKER": broker, "SAMPLE_BACKEND": backend}
         # A one-second heartbeat lets the monitor see the worker go offline within ~2 s.
         self.process = Process(
-            [sys.executable, "-m", "celery", "-A", "sample_tasks", "worker", "-E", "-P", "threads",
+            [sys.executable, "-m", "celery", "-A", "sample_tasks", "worker", "-E", "-P", pool,
              "-c", str(concurrency), "-n", hostname, "-Q", self.queue, "--heartbeat-interval", "1",
              "--without-mingle", "--without-gossip", "-l", "info"],
             log_dir / f"worker-{hostname}.log", env=env, cwd=TESTS)
@@ -364,6 +365,12 @@ def worker_status(base: str, hostname: str, credentials=None):
     """A worker's `status` in /api/workers (True online, False offline), None when unknown."""
     status, workers = get_json(f"{base}/api/workers", credentials)
     return workers.get(hostname, {}).get("status") if status == 200 else None
+
+
+def choose(page, dropdown: str, option: str) -> None:
+    """Pick an option of a dcc.Dropdown in a browser page as a user does: open it, click the option."""
+    page.click(dropdown)
+    page.get_by_role("option", name=option, exact=True).click()
 
 
 def task_row(**fields) -> tuple:

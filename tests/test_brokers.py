@@ -10,7 +10,8 @@ import pytest
 
 from components.tasks import tasks_layout
 from components.workers import dashboard_layout
-from helpers import CeleryWorker, FlowerbedServer, Stack, get_json, tasks, wait_for, wait_for_tasks, worker_status
+from helpers import (CeleryWorker, FlowerbedServer, Stack, choose, get_json, tasks, wait_for, wait_for_tasks,
+                     worker_status)
 from monitor.serving.health import brokers_problems
 from monitor.services import build_services
 from monitor.settings import load_settings
@@ -104,12 +105,6 @@ def test_the_pages_filter_by_broker(page, cluster):
     page.reload()
     wait_for(lambda: shown_tasks(page) == {uuid: "eu" for uuid in cluster.sent["eu"]}, WAIT_SECONDS,
              "the filter restored from the address")
-
-
-def choose(page, dropdown: str, option: str) -> None:
-    """Pick an option of a dcc.Dropdown as a user does: open it, click the option."""
-    page.click(dropdown)
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def shown_tasks(page) -> dict[str, str]:

@@ -1,0 +1,153 @@
+"""The collector's writer in one process, without a broker: CPU time per event, and where it goes.
+
+The events are bench/stream.py's synthetic stream (the same tasks, workers and heartbeats as
+bench/ingest.py), as celery's receiver hands them over (`local_received` added). They go into a
+real `Collector`'s inbox and through its `merge_batch` (merge, rows, write) to a fresh store, batch
+after batch as the writing thread takes them. Printed per store: the writer's CPU seconds (user +
+sys of this process: the store's own work in SQLite included, PostgreSQL's server excluded) per
+event, and events per CPU second; with `--merge-only`, the merge alone on the same events, celery's
+State (what the collector ran before merge.py) and MergeState. CPU time, not wall-clock: it stays comparable on a busy machine.
+
+    python bench/writer.py                         # 20k tasks (~60k events), SQLite and PostgreSQL
+    python bench/writer.py --tasks 50000 --backends sqlite --profile 25   # and cProfile's top 25
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import resource
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from celery import Celery  # noqa: E402
+from celery.events.state import State  # noqa: E402
+
+from bench.stream import synthetic_tasks, task_events  # noqa: E402
+from monitor.ingest.collector import Collector  # noqa: E402
+from monitor.ingest.merge import MergeState  # noqa: E402
+from monitor.store import open_store  # noqa: E402
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def received_events(tasks: int, workers: int) -> list[dict]:
+    """The stream's events as the receiver hands them to the collector: stamped when received."""
+    events = []
+    for event in task_events(synthetic_tasks(tasks, workers), workers, rate=16_000):
+        event["local_received"] = event["timestamp"]
+        events.append(event)
+    return events
+
+
+def run_writer(store, events: list[dict], profile: cProfile.Profile | None) -> tuple[float, Collector]:
+    """Every event through merge_batch into `store`; the CPU seconds it took."""
+    collector = Collector(Celery("bench-writer", broker="memory://", set_as_current=False), store,
+                          receive_in_process=False)
+    collector._inbox.extend(dict(event) for event in events)  # fresh dicts: the merge may keep them
+    state = collector._state
+    began = cpu_seconds()
+    if profile:
+        profile.enable()
+    while collector._inbox:
+        collector.merge_batch(state)
+    if profile:
+        profile.disable()
+    return cpu_seconds() - began, collector
+
+
+def run_celery_state(events: list[dict]) -> float:
+    """celery's own State on the events, nothing written: the merge the collector used to run."""
+    state = State(max_tasks_in_memory=5_000, max_workers_in_memory=10_000)
+    fresh = [dict(event) for event in events]
+    began = cpu_seconds()
+    apply_event = state._event
+    for event in fresh:
+        apply_event(event)
+    return cpu_seconds() - began
+
+
+def run_merge_state(events: list[dict]) -> float:
+    """The collector's merge (monitor/ingest/merge.py) on the same events, nothing written."""
+    state = MergeState(5_000)
+    fresh = [dict(event) for event in events]
+    began = cpu_seconds()
+    merge_task, merge_worker = state.merge_task, state.merge_worker
+    for event in fresh:
+        group, _, subject = event["type"].partition("-")
+        (merge_task if group == "task" else merge_worker)(event, subject)
+    return cpu_seconds() - began
+
+
+def open_bench_store(backend: str, directory: str, pg_server: str):
+    """A fresh store and a function that drops it."""
+    if backend == "sqlite":
+        path = os.path.join(directory, f"writer-{uuid.uuid4().hex[:6]}.db")
+        return open_store(path, max_tasks=10_000_000), lambda: None
+    import psycopg
+    name = f"flowerbed_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    store = open_store(f"{pg_server}/{name}", max_tasks=10_000_000)
+
+    def drop():
+        store.close()
+        with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return store, drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per store (the best is printed)")
+    parser.add_argument("--merge-only", action="store_true",
+                        help="also time the merge alone: celery's State and MergeState, on the same events")
+    parser.add_argument("--profile", type=int, metavar="N", default=0, help="print cProfile's top N (one run)")
+    parser.add_argument("--pg-server", default=PG_SERVER)
+    args = parser.parse_args()
+    events = received_events(args.tasks, args.workers)
+    print(f"{len(events):,} events ({args.tasks:,} tasks, {args.workers} workers)")
+    if args.merge_only:
+        for label, run in (("celery State, merge only", run_celery_state), ("MergeState, merge only", run_merge_state)):
+            best = min(run(events) for _ in range(args.repeats))
+            print(f"  {label:28s} {best / len(events) * 1e6:8.1f} us/event {len(events) / best:>10,.0f} events/CPU s")
+    with tempfile.TemporaryDirectory(prefix="flowerbed-writer-") as directory:
+        for backend in args.backends.split(","):
+            try:
+                timings = []
+                for attempt in range(args.repeats):
+                    store, drop = open_bench_store(backend, directory, args.pg_server)
+                    profile = cProfile.Profile() if args.profile and attempt == 0 else None
+                    try:
+                        seconds, collector = run_writer(store, events, profile)
+                        stored = collector.counts["stored"]
+                        count = store.count_tasks()
+                    finally:
+                        drop()
+                    timings.append(seconds)
+                    if profile:
+                        print(f"\n-- cProfile, {backend} (own time) --")
+                        pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
+            except Exception as exc:  # noqa: BLE001 - e.g. no PostgreSQL server: say so, go on
+                print(f"  {backend}: skipped ({type(exc).__name__}: {exc})")
+                continue
+            best = min(timings)
+            print(f"  writer on {backend:12s}      {best / len(events) * 1e6:8.1f} us/event "
+                  f"{len(events) / best:>10,.0f} events/CPU s  (stored {stored:,} events, {count:,} tasks)")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 celery's State builds a `Task` object per task (a WeakSet of children, bound serializers), keeps
 an LRU cache behind a lock, a time-ordered heap of events and indexes by name and worker, none of
-which the collector reads: that was half of the writing thread's time (bench/writer.py). Here a
+which the collector reads: that was half of the writing thread's time (bench/cpu.py). Here a
 task is a plain dict of its fields, merged with the same rules, so that the store gets the same
 rows (tests/test_merge.py runs both on the same streams):
 

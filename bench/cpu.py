@@ -1,15 +1,22 @@
-"""The collector's writer in one process, without a broker: CPU time per event, and where it goes.
+"""CPU time per event of the collector service's two processes, and where it goes.
 
-The events are bench/stream.py's synthetic stream (the same tasks, workers and heartbeats as
-bench/ingest.py), as celery's receiver hands them over (`local_received` added). They go into a
-real `Collector`'s inbox and through its `merge_batch` (merge, rows, write) to a fresh store, batch
-after batch as the writing thread takes them. Printed per store: the writer's CPU seconds (user +
-sys of this process: the store's own work in SQLite included) per event, and events per CPU second;
-on PostgreSQL also the CPU of the server processes serving the bench's database (psutil, same host); with `--merge-only`, the merge alone on the same events, celery's
-State (what the collector ran before merge.py) and MergeState. CPU time, not wall-clock: it stays comparable on a busy machine.
+The receiving process (`--receiving`): the stream published as fast as it goes on a private Redis
+(bench/stream.py's recorded messages), received by a real receiving process
+(`monitor.ingest.receiving`) whose batches this process reads from the pipe; printed: that
+process's CPU seconds (psutil) per event.
 
-    python bench/writer.py                         # 20k tasks (~60k events), SQLite and PostgreSQL
-    python bench/writer.py --tasks 50000 --backends sqlite --profile 25   # and cProfile's top 25
+The writer: the same stream's events, as celery's receiver hands them over (`local_received`
+added), go into a real `Collector`'s inbox and through its `merge_batch` (merge, rows, write) to a
+fresh store, `--batch-events` at a time as the writing thread takes them. Printed per store: the
+writer's CPU seconds (user + sys of this process, SQLite's own work included) per event and events
+per CPU second; on PostgreSQL also the CPU of the server processes serving the bench's database
+(psutil, same host). `--merge-only`: the merge alone on the same events, celery's `State` (what the
+collector ran before merge.py) and `MergeState`. CPU time, not wall-clock: it stays comparable on a
+busy machine.
+
+    python bench/cpu.py --receiving --merge-only   # 20k tasks (~60k events): everything
+    python bench/cpu.py                            # the writer on SQLite and PostgreSQL
+    python bench/cpu.py --tasks 50000 --backends sqlite --profile 25   # and cProfile's top 25
 """
 from __future__ import annotations
 
@@ -20,15 +27,17 @@ import pstats
 import resource
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stream.py, as ingest.py imports it
 
 from celery import Celery  # noqa: E402
 from celery.events.state import State  # noqa: E402
 
-from bench.stream import synthetic_tasks, task_events  # noqa: E402
+from stream import synthetic_tasks, task_events  # noqa: E402
 from monitor.ingest.collector import Collector  # noqa: E402
 from monitor.ingest.merge import MergeState  # noqa: E402
 from monitor.store import open_store  # noqa: E402
@@ -39,6 +48,40 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def receiving_cpu(tasks: int, workers: int) -> tuple[int, float]:
+    """(events received, CPU seconds of the receiving process) for the stream published on a private Redis."""
+    import threading
+
+    import psutil
+    from stream import PrivateRedis, Recording, record_templates, replay
+
+    from monitor.ingest import receiving
+
+    with PrivateRedis() as redis:
+        redis.limit_subscriber_buffer(False)
+        messages = Recording(record_templates(redis.url)).messages(
+            task_events(synthetic_tasks(tasks, workers), workers, rate=16_000))
+        app = Celery("bench-receiving", broker=redis.url, set_as_current=False)
+        process = receiving.start_process(receiving.broker_conf(app), 1.0)
+        try:
+            redis.wait_for_subscriber()
+            child = psutil.Process(process.process.pid)
+            began = sum(child.cpu_times()[:2])
+            publisher = threading.Thread(target=replay, args=(redis.client(), messages, None, 120), daemon=True)
+            publisher.start()
+            received, deadline = 0, time.monotonic() + 120
+            while received < len(messages) and time.monotonic() < deadline:
+                if process.events.poll(0.5):
+                    message = process.events.recv()
+                    if message[0] == "events":
+                        received += len(message[1])
+            seconds = sum(child.cpu_times()[:2]) - began
+            publisher.join(10)
+        finally:
+            process.end(2.0)
+    return received, seconds
 
 
 def received_events(tasks: int, workers: int) -> list[dict]:
@@ -69,7 +112,7 @@ def run_writer(store, events: list[dict], profile: cProfile.Profile | None,
                batch_events: int = 4_000) -> tuple[float, float, Collector]:
     """Every event through merge_batch into `store`, `batch_events` per batch; the CPU seconds it
     took here and in the server."""
-    collector = Collector(Celery("bench-writer", broker="memory://", set_as_current=False), store,
+    collector = Collector(Celery("bench-cpu", broker="memory://", set_as_current=False), store,
                           receive_in_process=False, batch_events=batch_events)
     collector._inbox.extend(dict(event) for event in events)  # fresh dicts: the merge may keep them
     state = collector._state
@@ -134,16 +177,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per store (the best is printed)")
     parser.add_argument("--merge-only", action="store_true",
                         help="also time the merge alone: celery's State and MergeState, on the same events")
+    parser.add_argument("--receiving", action="store_true", help="also the receiving process on a private Redis")
     parser.add_argument("--profile", type=int, metavar="N", default=0, help="print cProfile's top N (one run)")
     parser.add_argument("--pg-server", default=PG_SERVER)
     args = parser.parse_args()
     events = received_events(args.tasks, args.workers)
     print(f"{len(events):,} events ({args.tasks:,} tasks, {args.workers} workers)")
+    if args.receiving:
+        best = min((receiving_cpu(args.tasks, args.workers) for _ in range(args.repeats)),
+                   key=lambda run: run[1] / max(run[0], 1))
+        print(f"  receiving process            {best[1] / max(best[0], 1) * 1e6:8.1f} us/event "
+              f"{best[0] / best[1]:>10,.0f} events/CPU s  (received {best[0]:,} of {len(events):,})")
     if args.merge_only:
         for label, run in (("celery State, merge only", run_celery_state), ("MergeState, merge only", run_merge_state)):
             best = min(run(events) for _ in range(args.repeats))
             print(f"  {label:28s} {best / len(events) * 1e6:8.1f} us/event {len(events) / best:>10,.0f} events/CPU s")
-    with tempfile.TemporaryDirectory(prefix="flowerbed-writer-") as directory:
+    with tempfile.TemporaryDirectory(prefix="flowerbed-cpu-") as directory:
         for backend in args.backends.split(","):
             try:
                 timings = []

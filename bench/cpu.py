@@ -3,7 +3,8 @@
 The receiving process (`--receiving`): the stream published as fast as it goes on a private Redis
 (bench/stream.py's recorded messages), received by a real receiving process
 (`monitor.ingest.receiving`) whose batches this process reads from the pipe; printed: that
-process's CPU seconds (psutil) per event.
+process's CPU seconds (psutil) per event; then, in this process, the part the receiving process's
+short path changes (from the Redis channel's delivery to the receiver's handler) on both paths.
 
 The writer: the same stream's events, as celery's receiver hands them over (`local_received`
 added), go into a real `Collector`'s inbox and through its `merge_batch` (merge, rows, write) to a
@@ -21,6 +22,7 @@ busy machine.
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import os
 import pstats
@@ -82,6 +84,42 @@ def receiving_cpu(tasks: int, workers: int) -> tuple[int, float]:
         finally:
             process.end(2.0)
     return received, seconds
+
+
+def delivery_cpu(tasks: int, workers: int) -> dict[str, float]:
+    """CPU seconds per message from the Redis channel's delivery to the receiver's handler, in this
+    process: kombu's path (Message, consumer, kombu's JSON) and the short one (receiving.py), on
+    the same recorded envelopes. The part of the receiving process that the short path changes,
+    without the broker's reads around it."""
+    import json
+
+    from stream import PrivateRedis, Recording, record_templates
+
+    from monitor.ingest import receiving
+
+    with PrivateRedis() as redis:
+        envelopes = [json.loads(payload) for _channel, payload in Recording(record_templates(redis.url)).messages(
+            task_events(synthetic_tasks(tasks, workers), workers, rate=16_000))]
+        app = Celery("bench-delivery", broker=redis.url, set_as_current=False)
+        handled = []
+        with receiving.connection_for_events(app) as connection:
+            receiver = receiving.TolerantReceiver(connection, handlers={"*": handled.append}, app=app,
+                                                  counts=collections.Counter())
+            with receiver.Consumer() as (_connection, channel, _consumers):  # the channel knows the receiver now
+                short = channel.receive_body
+                timings = {}
+                for label, receive_body in (("kombu", None), ("short", short), ("kombu", None), ("short", short)):
+                    channel.receive_body = receive_body
+                    copies = [json.loads(json.dumps(envelope)) for envelope in envelopes]  # kombu's keep nothing
+                    handled.clear()
+                    began = cpu_seconds()
+                    for envelope in copies:
+                        channel._deliver_fanout_message(envelope, app.conf.event_exchange)
+                    seconds = cpu_seconds() - began
+                    assert len(handled) == len(envelopes), (label, len(handled))
+                    timings[label] = min(timings.get(label, seconds), seconds)
+                channel.receive_body = short
+    return {label: seconds / len(envelopes) for label, seconds in timings.items()}
 
 
 def received_events(tasks: int, workers: int) -> list[dict]:
@@ -171,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--backends", default="sqlite,postgresql", help="'' for none")
     parser.add_argument("--batch-events", type=int, default=4_000,
                         help="events per writer batch (the collector takes 0.25 s worth: 4,000 at 16k events/s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per store (the best is printed)")
@@ -188,12 +226,15 @@ def main() -> None:
                    key=lambda run: run[1] / max(run[0], 1))
         print(f"  receiving process            {best[1] / max(best[0], 1) * 1e6:8.1f} us/event "
               f"{best[0] / best[1]:>10,.0f} events/CPU s  (received {best[0]:,} of {len(events):,})")
+        for label, seconds in delivery_cpu(args.tasks, args.workers).items():
+            path = {"kombu": "kombu's path", "short": "short path"}[label]
+            print(f"  delivery to the handler, {path:13s}{seconds * 1e6:5.1f} us/event (in this process)")
     if args.merge_only:
         for label, run in (("celery State, merge only", run_celery_state), ("MergeState, merge only", run_merge_state)):
             best = min(run(events) for _ in range(args.repeats))
             print(f"  {label:28s} {best / len(events) * 1e6:8.1f} us/event {len(events) / best:>10,.0f} events/CPU s")
     with tempfile.TemporaryDirectory(prefix="flowerbed-cpu-") as directory:
-        for backend in args.backends.split(","):
+        for backend in filter(None, args.backends.split(",")):
             try:
                 timings = []
                 for attempt in range(args.repeats):

@@ -500,14 +500,16 @@ class Collector:
         same event again, no new gap."""
         finished = {uuid: (index, _number(at)) for uuid, index, at, _host in pending.counted
                     if index in _FINISHED_INDEXES}
+        tasks = pending.tasks
         suspects = [uuid for uuid in finished
-                    if pending.tasks[uuid].get("received") is None or pending.tasks[uuid].get("started") is None]
+                    if tasks[uuid].get("received") is None or tasks[uuid].get("started") is None]
         stored = self._stored_event_times(suspects) if suspects else {}
         gaps = 0
         for uuid in suspects:
-            (index, at), row, task = finished[uuid], stored.get(uuid, _NOTHING_STORED), pending.tasks[uuid]
+            (index, at), row, task = finished[uuid], stored.get(uuid, _NOTHING_STORED), tasks[uuid]
             if at is None or row[index] != at:
-                gaps += (task.get("received") is None and row[0] is None) or (task.get("started") is None and row[1] is None)
+                gaps += ((task.get("received") is None and row[0] is None)
+                         or (task.get("started") is None and row[1] is None))
         return gaps
 
     def _stored_event_times(self, uuids) -> dict:

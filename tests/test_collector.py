@@ -185,6 +185,7 @@ GARBAGE_VALUES = {
     "loadavg-number": lambda feed: feed.event("worker-heartbeat", T0, freq=1.0, loadavg=7),
     "freq-text": lambda feed: feed.event("worker-heartbeat", T0, freq="often"),
     "lone-surrogate": lambda feed: feed.event("task-received", T0, uuid=UUID, name="sample.\ud800"),
+    "worker-field": lambda feed: feed.event("task-received", T0, uuid=UUID, name="sample.add", worker=["w"]),
 }
 
 

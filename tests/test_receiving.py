@@ -3,17 +3,24 @@ the Collector's store through the child process, which is restarted when it dies
 the broker restarts, ends with Collector.stop() and skips (and counts) garbage from the bus."""
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import signal
+import threading
+import time
 import uuid as uuid_module
+from collections import Counter
 
 import pytest
 import redis
 from celery import Celery
 from celery.events.event import get_exchange
+from celery.events.receiver import EventReceiver
 from kombu import Producer
 
 from helpers import wait_for
+from monitor.ingest import receiving
 from monitor.ingest.collector import Collector
 from monitor.store.sqlite import SqliteStore as Store
 
@@ -164,3 +171,60 @@ def test_garbage_on_the_event_channel_is_counted_as_malformed_and_the_stream_goe
     assert stats["malformed"] == UNDECODABLE_EVENTS
     assert stats["disconnects"] == 0
     assert receivers(collector) == [child]
+
+
+def test_the_receivers_short_path_gives_the_events_kombus_path_gives(redis_url):
+    """celery's own receiver (kombu's path) and the receiving process's (JSON events straight to
+    the receiver, anything else through kombu) listen side by side on a real Redis: the same events
+    arrive, in the same order, the odd messages too (compressed, a datetime kombu's JSON revives, a
+    list body, a lone surrogate, deep nesting)."""
+    app = Celery("short-path-tests", broker=redis_url, set_as_current=False)
+    got = {"kombu": [], "short": []}
+    # A dispatcher's events and the odd ones, each with a uuid of its own to be compared by.
+    uuids = [str(uuid_module.uuid4()) for _ in range(6)]
+    with app.connection_for_write() as connection:
+        producer = Producer(connection, exchange=get_exchange(connection))
+
+        def send(body, **options):
+            producer.publish(body, routing_key="task.received", declare=[producer.exchange], serializer="json",
+                             **options)
+
+        def received(uuid, **fields):
+            return {"type": "task-received", "uuid": uuid, "hostname": "probe@short", "timestamp": time.time(),
+                    "utcoffset": 0, "pid": 1, "clock": 7, "name": "probe.task", **fields}
+
+        def publish_all():
+            dispatcher = app.events.Dispatcher(connection, hostname="probe@short")
+            dispatcher.send("task-received", uuid=uuids[0], name="probe.task", args="(1,)", kwargs="{}", retries=0)
+            dispatcher.send("task-succeeded", uuid=uuids[0], result="'ok'", runtime=0.5)
+            dispatcher.close()
+            send(received(uuids[1], args="x" * 2000), compression="zlib")
+            send(received(uuids[2], eta=datetime.datetime(2030, 1, 2, 3, 4, 5)))
+            send([received(uuids[3]), received(uuids[4], name="probe.surrogate-\ud800")])
+            send(json.loads(json.dumps(received(uuids[5]))[:-1] + ', "args": ' + "[" * 800 + "]" * 800 + "}"))
+
+        def ours(name):  # events of other tests' workers may be on the bus too
+            return lambda event: got[name].append(event) if event.get("uuid") in uuids else None
+        receivers = {
+            "kombu": EventReceiver(app.connection_for_read(), handlers={"*": ours("kombu")}, app=app),
+            "short": receiving.TolerantReceiver(receiving.connection_for_events(app), app=app, counts=Counter(),
+                                                handlers={"*": ours("short")}),
+        }
+        threads = [threading.Thread(target=receiver.capture, daemon=True) for receiver in receivers.values()]
+        for thread in threads:
+            thread.start()
+        client = redis.Redis.from_url(redis_url)
+        wait_for(lambda: sum(entry["psub"] == "1" for entry in client.client_list()) >= 2, 15,
+                 "both receivers subscribed")
+        client.close()
+        publish_all()
+        wait_for(lambda: len(got["kombu"]) == len(got["short"]) == 7, 20, "every event through both receivers")
+        for receiver, thread in zip(receivers.values(), threads):
+            receiver.should_stop = True
+            thread.join(10)
+    assert [event["uuid"] for event in got["short"]] == [uuids[0], *uuids]
+
+    def comparable(events):  # when each receiver got it differs, nothing else
+        return [{key: value for key, value in event.items() if key != "local_received"} for event in events]
+    assert comparable(got["short"]) == comparable(got["kombu"])
+    assert got["short"][3]["eta"] == datetime.datetime(2030, 1, 2, 3, 4, 5)  # revived by kombu's path

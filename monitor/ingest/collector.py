@@ -4,8 +4,8 @@ Two threads. The receiving thread only receives and hands events over, so that i
 as fast as events arrive (on Redis a subscriber that falls behind is disconnected and its backlog
 lost); on a broker outside this process it relays batches from a receiving process (receiving.py),
 which decodes events on a core of its own. The writing thread merges with celery's own `State`
-rules, which already handle out-of-order and duplicate events, and writes what changed in one
-transaction every `batch_seconds`.
+rules (merge.py: the same rules on plain dicts), which already handle out-of-order and duplicate
+events, and writes what changed in one transaction every `batch_seconds`.
 
 No single event may stop it. An event that cannot be merged is counted and skipped; a batch the
 store refuses is split until the rows it refuses are found, repaired where possible, else counted
@@ -33,12 +33,12 @@ import threading
 import time
 import uuid as uuid_module
 
-from celery.events.state import TASK_EVENT_TO_STATE, State, Task
 from kombu.utils.url import maybe_sanitize_url
 
 from monitor.ingest import receiving
 from monitor.ingest.incident import Incident
-from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS
+from monitor.ingest.merge import MergeState
+from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, WORKER_COUNTERS
 from monitor.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ REPORT_PREFIX = "collector:"
 
 
 class Collector:
-    # tasks_in_memory: how many tasks celery's State keeps for merging. A task's events arrive within
-    # its runtime, and a late event for a task already let go is merged by the store's upsert, so a
-    # short horizon is enough; each task held costs ~4 KB (20k held: ~90 MB of RSS in bench/).
+    # tasks_in_memory: how many tasks the merge keeps. A task's events arrive within its runtime, and
+    # a late event for a task already let go is merged by the store's upsert, so a short horizon is
+    # enough.
     # lease_seconds outlasts the store's busy timeout and a retry, so that a writer waiting on a
     # lock keeps its lease.
     def __init__(self, celery_app, store: Store, *, batch_seconds: float = 0.25, batch_events: int = 20_000,
@@ -348,9 +348,9 @@ class Collector:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
-    def new_merge_state(self) -> State:
-        """celery's State, with finished tasks kept finished, holding tasks_in_memory tasks."""
-        return _FinishedStaysFinished(max_tasks_in_memory=self.tasks_in_memory, max_workers_in_memory=10_000)
+    def new_merge_state(self) -> MergeState:
+        """celery's State rules, with finished tasks kept finished, holding tasks_in_memory tasks."""
+        return MergeState(self.tasks_in_memory)
 
     def _housekeeping(self) -> None:
         """Renew the lease (without an events queue), publish the counters for other processes, and
@@ -384,7 +384,7 @@ class Collector:
         self._pending, self._unwritten = _Pending(), None
         self.counts["skipped"] += skipped
 
-    def merge_batch(self, state: State) -> int:
+    def merge_batch(self, state: MergeState) -> int:
         """Merge what the inbox holds (up to one batch) into `state` and write it. Returns events taken.
 
         This is the per-event hot path: locals instead of attribute lookups, no per-event writes.
@@ -398,7 +398,7 @@ class Collector:
         dirty_tasks, dirty_workers = pending.tasks, pending.workers
         samples, count = pending.samples, pending.counted.append
         counter_index = _COUNTER_INDEX.get
-        apply_event = state._event  # State.event without a lock that nobody else takes
+        merge_task, merge_worker = state.merge_task, state.merge_worker
         taken = malformed = 0
         monotonic, sleep = time.monotonic, time.sleep
         deadline = monotonic() + self.batch_seconds
@@ -412,31 +412,40 @@ class Collector:
             taken += 1
             try:
                 kind = event["type"]
+                group, _, subject = kind.partition("-")
+                hostname = event.get("hostname")
                 # What the store keys rows on must be text: a task without an id, or a worker
                 # without a name, has nothing to be merged into.
-                if type(event.get("hostname")) is not str or (
-                        kind[:5] == "task-" and (type(event.get("uuid")) is not str or not event["uuid"])):
+                if type(hostname) is not str:
                     malformed += 1
                     continue
-                (obj, _created), subject = apply_event(event)
-                if kind[:7] == "worker-":
-                    offline_at = event.get("local_received") if subject == "offline" else None
-                    dirty_workers[obj.hostname] = (obj, offline_at)
-                    if subject == "heartbeat":
-                        samples.append((obj.hostname, _number(event.get("local_received")), _number(obj.active),
-                                        *_loadavg(obj.loadavg)))
-                else:
-                    dirty_tasks[obj.uuid] = obj
-                    worker = obj.worker
+                if group == "task":
+                    uuid = event.get("uuid")
+                    if type(uuid) is not str or not uuid:
+                        malformed += 1
+                        continue
+                    task, worker = merge_task(event, subject)
+                    dirty_tasks[uuid] = task
                     if worker is not None:
-                        dirty_workers.setdefault(worker.hostname, (worker, None))
+                        if hostname not in dirty_workers:
+                            dirty_workers[hostname] = (worker, None)
                         index = counter_index(kind)
                         if index is not None:
-                            count((obj.uuid, index, event.get("timestamp"), worker.hostname))
+                            count((uuid, index, event["timestamp"], hostname))
+                elif group == "worker":
+                    worker = merge_worker(event, subject)
+                    offline_at = event["local_received"] if subject == "offline" else None
+                    dirty_workers[hostname] = (worker, offline_at)
+                    if subject == "heartbeat":
+                        samples.append((hostname, _number(event["local_received"]), _number(worker.active),
+                                        *_loadavg(worker.loadavg)))
+                else:  # neither a task's nor a worker's: nothing to merge it into
+                    malformed += 1
+                    continue
                 if pending.oldest is None:
-                    pending.oldest = _number(event.get("local_received"))
+                    pending.oldest = _number(event["local_received"])
                 pending.events += 1
-            except Exception:  # missing fields, unknown type, garbage: count it and go on
+            except Exception:  # missing fields, garbage: count it and go on
                 malformed += 1
         if malformed:
             self.counts["malformed"] += malformed
@@ -493,14 +502,16 @@ class Collector:
         same event again, no new gap."""
         finished = {uuid: (index, _number(at)) for uuid, index, at, _host in pending.counted
                     if index in _FINISHED_INDEXES}
+        tasks = pending.tasks
         suspects = [uuid for uuid in finished
-                    if pending.tasks[uuid].received is None or pending.tasks[uuid].started is None]
+                    if tasks[uuid].get("received") is None or tasks[uuid].get("started") is None]
         stored = self._stored_event_times(suspects) if suspects else {}
         gaps = 0
         for uuid in suspects:
-            (index, at), row, task = finished[uuid], stored.get(uuid, _NOTHING_STORED), pending.tasks[uuid]
+            (index, at), row, task = finished[uuid], stored.get(uuid, _NOTHING_STORED), tasks[uuid]
             if at is None or row[index] != at:
-                gaps += (task.received is None and row[0] is None) or (task.started is None and row[1] is None)
+                gaps += ((task.get("received") is None and row[0] is None)
+                         or (task.get("started") is None and row[1] is None))
         return gaps
 
     def _stored_event_times(self, uuids) -> dict:
@@ -589,39 +600,6 @@ def _gone(owner: str) -> bool:
     return False
 
 
-class _FinalTask(Task):
-    """celery's Task, except that a late task-received, -started or -retried (or a custom state)
-    never moves a SUCCESS, FAILURE or REVOKED task back. celery lets RETRY win over any state; a
-    monitor must not show a task that succeeded as retrying because that event came last."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # celery keeps bound methods of the task in it (for as_dict, which the collector never
-        # calls): a reference cycle that leaves every task evicted from memory to the cyclic
-        # garbage collector, which then took a quarter of the collector's time.
-        del self._serializer_handlers
-
-    def event(self, type_, timestamp=None, local_received=None, fields=None, **celery_defaults):
-        state = TASK_EVENT_TO_STATE.get(type_)
-        if self.state in TERMINAL_STATES and state not in TERMINAL_STATES:
-            if state is not None:
-                setattr(self, type_, timestamp)  # e.g. `started`: when it happened is still true
-            keep = self.merge_rules.get(state, ())
-            self.__dict__.update({key: value for key, value in (fields or {}).items() if key in keep})
-            return
-        super().event(type_, timestamp, local_received, fields, **celery_defaults)
-
-
-class _FinishedStaysFinished(State):
-    """celery's State, except that a finished task stays finished (see _FinalTask)."""
-
-    Task = _FinalTask
-    # celery also keeps its events in time order, 4 per task kept, for queries the collector never
-    # makes (tasks_by_time); trimming that list shifts 20,000 entries per event (a fifth of the
-    # merge). A few entries serve the same code.
-    heap_multiplier = 0.001
-
-
 # Writing may lag (the inbox holds what waits), receiving may not: on a busy machine the scheduler
 # should run the receiving process and the web threads first. Linux alone renices a single thread.
 WRITER_NICENESS = 10
@@ -705,24 +683,31 @@ def _loadavg(value) -> tuple:
     return tuple(_number(v) for v in (*value[:3], None, None, None)[:3])
 
 
-def task_row(task, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None,
+_TEXT_INDEXES = tuple(i for i, field in enumerate(TASK_FIELDS) if field not in _NUMERIC_FIELDS)
+_NUMERIC_INDEXES = tuple(i for i, field in enumerate(TASK_FIELDS) if field in _NUMERIC_FIELDS)
+_RUNTIME, _BROKER = TASK_FIELDS.index("runtime"), TASK_FIELDS.index("broker")
+
+
+def task_row(task: dict, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None,
              broker: str | None = None) -> tuple:
-    counts = collections.Counter() if counts is None else counts
-    values = []
-    for field in TASK_FIELDS:
-        value = getattr(task, field, None)
-        if field in _NUMERIC_FIELDS:
-            if field == "runtime" and value is None:
-                # task-failed events carry no runtime; both stamps come from the same worker clock.
-                failed, started = _number(task.failed), _number(task.started)
-                value = max(0.0, failed - started) if failed and started else None
-            values.append(_number(value))
-        elif field == "worker":
-            values.append(value.hostname if value is not None else None)
-        elif field == "broker":
-            values.append(broker)
-        else:
-            values.append(_text(value, limit, counts))
+    """A merged task (merge.py) as the store's row, in TASK_FIELDS order.
+
+    Once per task per batch: values that need no change (short text, floats, None) are taken as
+    they are, the rest go through _text and _number."""
+    values = list(map(task.get, TASK_FIELDS))
+    if values[_RUNTIME] is None:
+        # task-failed events carry no runtime; both stamps come from the same worker clock.
+        failed, started = _number(task.get("failed")), _number(task.get("started"))
+        values[_RUNTIME] = max(0.0, failed - started) if failed and started else None
+    for index in _TEXT_INDEXES:
+        value = values[index]
+        if value is not None and (type(value) is not str or len(value) > limit):
+            values[index] = _text(value, limit, collections.Counter() if counts is None else counts)
+    for index in _NUMERIC_INDEXES:
+        value = values[index]
+        if value is not None and type(value) is not float:
+            values[index] = _number(value)
+    values[_BROKER] = broker
     return tuple(values)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 # The version of what a store holds: a store written by a newer Flowerbed is refused, not misread.
 # 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
 # 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
-SCHEMA_VERSION = 2
+# 3: queues (each watched queue's latest depth) and queue_samples (depth over time).
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):

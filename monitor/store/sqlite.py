@@ -42,6 +42,14 @@ CREATE TABLE IF NOT EXISTS worker_samples (
 );
 CREATE INDEX IF NOT EXISTS worker_samples_at ON worker_samples(at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS queues (
+    broker TEXT NOT NULL, name TEXT NOT NULL, messages INTEGER, consumers INTEGER, workers TEXT, at REAL NOT NULL,
+    seen_at REAL NOT NULL, PRIMARY KEY (broker, name)
+);
+CREATE TABLE IF NOT EXISTS queue_samples (
+    broker TEXT NOT NULL, name TEXT NOT NULL, at REAL NOT NULL, messages INTEGER, consumers INTEGER
+);
+CREATE INDEX IF NOT EXISTS queue_samples_at ON queue_samples(at);
 """
 
 # The text index (see schema.TEXT_COLUMNS) is kept in step with `tasks` by triggers; search.py still

@@ -13,8 +13,10 @@ from werkzeug.exceptions import HTTPException
 
 import auth
 from callbacks import analytics as analytics_callbacks
+from callbacks import broker as broker_callbacks
 from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
+from callbacks import worker as worker_callbacks
 from callbacks import workers as workers_callbacks
 from cli import brokers_shown, or_exit, settings_or_exit
 from components.shell import shell
@@ -46,7 +48,8 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         serve_locally=True,
     )
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
-    for module in (shell_callbacks, workers_callbacks, tasks_callbacks, analytics_callbacks):
+    for module in (shell_callbacks, workers_callbacks, worker_callbacks, tasks_callbacks, analytics_callbacks,
+                   broker_callbacks):
         module.register(app, services)
     auth.install(app, settings, services.store, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
     app.server.register_blueprint(create_health_blueprint(services, routes_prefix))

@@ -73,6 +73,14 @@ _META_UPSERT = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO
 Statements = Iterable[tuple[str, Sequence]]
 
 
+def _worker(row, now: float) -> dict:
+    worker = dict(row)
+    worker["loadavg"] = json.loads(worker["loadavg"]) if worker["loadavg"] else None
+    worker["inspect"] = json.loads(worker["inspect"]) if worker["inspect"] else {}
+    worker["online"] = is_online(worker, now)
+    return worker
+
+
 class Store:
     """The store's interface and what every backend shares; a backend supplies the five methods
     marked as its own."""
@@ -255,14 +263,12 @@ class Store:
     def workers(self, now: float | None = None) -> list[dict]:
         """Every known worker, from events and inspect, with `online` derived from heartbeats."""
         now = time.time() if now is None else now
-        result = []
-        for row in self.query("SELECT * FROM workers ORDER BY hostname"):
-            worker = dict(row)
-            worker["loadavg"] = json.loads(worker["loadavg"]) if worker["loadavg"] else None
-            worker["inspect"] = json.loads(worker["inspect"]) if worker["inspect"] else {}
-            worker["online"] = is_online(worker, now)
-            result.append(worker)
-        return result
+        return [_worker(row, now) for row in self.query("SELECT * FROM workers ORDER BY hostname")]
+
+    def worker(self, hostname: str, now: float | None = None) -> dict | None:
+        """One worker as workers() gives it, None when unknown."""
+        rows = self.query("SELECT * FROM workers WHERE hostname = ?", (hostname,))
+        return _worker(rows[0], time.time() if now is None else now) if rows else None
 
     def queues(self, broker: str | None = None) -> list[dict]:
         """Each watched queue's latest reading (all brokers', or one's), by broker and name."""

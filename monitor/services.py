@@ -7,6 +7,7 @@ import time
 
 from celery import Celery
 
+from monitor.control import Controller
 from monitor.ingest.collector import REPORT_PREFIX, Collector
 from monitor.ingest.inspector import REQUEST_KEY, Inspector
 from monitor.ingest.receiving import EventsQueue
@@ -32,6 +33,7 @@ class Services:
     store: Store
     collectors: list[Collector]  # one per broker, in the order the brokers were given
     inspectors: list[Inspector]  # likewise
+    controller: Controller  # worker and task control, through every broker's app
     demo: object = None
     _started: bool = False
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -115,4 +117,5 @@ def build_services(settings: Settings) -> Services:
                               timeout=settings.inspect_timeout, enable_events=settings.enable_events,
                               broker_api=settings.broker_api)
                     for name, app in apps.items()],
+        controller=Controller(store, apps, reply_timeout=settings.inspect_timeout),
     )

@@ -273,7 +273,7 @@ class CeleryWorker:
     """A real `celery worker` subprocess running tests/sample_tasks.py, consuming its own queue so
     tasks sent for one test never reach another test's worker; `send` routes tasks to it."""
 
-    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4):
+    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4, pool: str = "threads"):
         from celery import Celery
 
         self.broker = broker
@@ -282,7 +282,7 @@ class CeleryWorker:
         env = {**os.environ, "SAMPLE_BROKER": broker}
         # A one-second heartbeat lets the monitor see the worker go offline within ~2 s.
         self.process = Process(
-            [sys.executable, "-m", "celery", "-A", "sample_tasks", "worker", "-E", "-P", "threads",
+            [sys.executable, "-m", "celery", "-A", "sample_tasks", "worker", "-E", "-P", pool,
              "-c", str(concurrency), "-n", hostname, "-Q", self.queue, "--heartbeat-interval", "1",
              "--without-mingle", "--without-gossip", "-l", "info"],
             log_dir / f"worker-{hostname}.log", env=env, cwd=TESTS)

@@ -13,8 +13,8 @@ import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 from monitor.store import rollup
-from monitor.store.dialect import Dialect
-from monitor.store.schema import TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS, WORKER_FIELDS, is_online
+from monitor.store.dialect import Dialect, like_escaped
+from monitor.store.schema import AUDIT_FIELDS, AUDIT_SEARCHED, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS, WORKER_FIELDS, is_online
 
 # Rows per task upsert statement. sqlite3's executemany releases and retakes the GIL for every row;
 # while the collector's receiving thread is busy each retake can wait a whole switch interval
@@ -61,6 +61,8 @@ _COUNTER_UPSERT = (
     "ON CONFLICT (hostname) DO UPDATE SET "
     + ", ".join(f"{c} = workers.{c} + excluded.{c}" for c in WORKER_COUNTERS)
 )
+_AUDIT_INSERT = f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}) VALUES ({', '.join('?' * len(AUDIT_FIELDS))})"
+_AUDIT_JSON = ("arguments", "replies")
 # A broker's latest reading of its queues, in meta: {"at", "error"} (error None when all was read).
 QUEUE_REPORT_PREFIX = "queues:"
 _QUEUE_UPSERT = (
@@ -243,7 +245,47 @@ class Store:
         self._write(statements, then=self._fold)  # a quiet cluster's last tasks reach the charts too
         return deleted
 
+    def record_action(self, entry: dict, reruns: Sequence[tuple[str, str]] = ()) -> None:
+        """One audit row for a control action (the AUDIT_FIELDS of `entry`, `arguments` and `replies`
+        as objects) and the (re-run, original) task links the action made, in one transaction."""
+        row = tuple(json.dumps(entry.get(field), default=str) if field in _AUDIT_JSON else entry.get(field)
+                    for field in AUDIT_FIELDS)
+        self._write(((_AUDIT_INSERT, [row]),
+                     ("INSERT INTO task_reruns (rerun, original, at) VALUES (?, ?, ?) ON CONFLICT (rerun) DO NOTHING",
+                      [(rerun, original, entry["at"]) for rerun, original in reruns])))
+
     # -- reads -------------------------------------------------------------------------------
+    def _audit_where(self, search: str) -> tuple[str, list]:
+        """Every word of `search` in some searched column of the row, ignoring case."""
+        clauses, params = [], []
+        for word in search.split():
+            pattern = f"%{like_escaped(word)}%"
+            clauses.append("(" + " OR ".join(f"{column} {self.dialect.like} ? ESCAPE '\\'"
+                                             for column in AUDIT_SEARCHED) + ")")
+            params.extend([pattern] * len(AUDIT_SEARCHED))
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+    def count_audit(self, search: str = "") -> int:
+        where, params = self._audit_where(search)
+        return self.query(f"SELECT count(*) FROM audit {where}", params)[0][0]
+
+    def iter_audit(self, search: str = "", limit: int | None = None, offset: int = 0) -> Iterator[dict]:
+        """The audit rows `search` matches, newest first, `arguments` and `replies` decoded."""
+        where, params = self._audit_where(search)
+        paging = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        for row in self.iter_query(f"SELECT id, {', '.join(AUDIT_FIELDS)} FROM audit {where} "
+                                   f"ORDER BY at DESC, id DESC{paging}", params):
+            for field in _AUDIT_JSON:
+                row[field] = json.loads(row[field]) if row[field] else None
+            yield row
+
+    def task_links(self, uuid: str) -> dict:
+        """The re-run links of a task: {"rerun_of": the original's id or None, "reruns": the ids of
+        its re-runs, oldest first}."""
+        original = self.query("SELECT original FROM task_reruns WHERE rerun = ?", (uuid,))
+        reruns = self.query("SELECT rerun FROM task_reruns WHERE original = ? ORDER BY at, rerun", (uuid,))
+        return {"rerun_of": original[0][0] if original else None, "reruns": [row[0] for row in reruns]}
+
     def count_tasks(self, where: str = "", params: Sequence = ()) -> int:
         return self.query(f"SELECT count(*) FROM tasks {'WHERE ' + where if where else ''}", params)[0][0]
 

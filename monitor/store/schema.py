@@ -5,8 +5,9 @@ from __future__ import annotations
 # The version of what a store holds: a store written by a newer Flowerbed is refused, not misread.
 # 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
 # 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
-# 3: queues (each watched queue's latest depth) and queue_samples (depth over time).
-SCHEMA_VERSION = 3
+# 3: the audit log of control actions, and the links from a re-run task to its original.
+# 4: queues (each watched queue's latest depth) and queue_samples (depth over time).
+SCHEMA_VERSION = 4
 
 
 class StoreError(Exception):
@@ -46,3 +47,9 @@ def is_online(worker: dict, now: float) -> bool:
     if worker.get("offline_at") and worker["offline_at"] >= last:
         return False
     return now < last + (worker.get("freq") or 2.0) * HEARTBEAT_EXPIRE_FACTOR
+
+# One row per control action (monitor/control.py): who (`actor`), when, what, on what, with which arguments,
+# and what the workers answered. `arguments` and `replies` are JSON.
+AUDIT_FIELDS = ("at", "actor", "action", "target", "arguments", "outcome", "message", "replies")
+# The columns the Audit page's search looks in.
+AUDIT_SEARCHED = ("actor", "action", "target", "arguments", "outcome", "message")

@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS worker_samples (
 );
 CREATE INDEX IF NOT EXISTS worker_samples_at ON worker_samples(at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT, action TEXT NOT NULL, target TEXT, arguments TEXT,
+    outcome TEXT, message TEXT, replies TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE TABLE IF NOT EXISTS task_reruns (rerun TEXT PRIMARY KEY, original TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS task_reruns_original ON task_reruns(original);
 CREATE TABLE IF NOT EXISTS queues (
     broker TEXT NOT NULL, name TEXT NOT NULL, messages INTEGER, consumers INTEGER, workers TEXT, at REAL NOT NULL,
     seen_at REAL NOT NULL, PRIMARY KEY (broker, name)

@@ -98,6 +98,14 @@ def can_act() -> bool:
     return bool(check_groups([ADMIN]))
 
 
+def current_user() -> str:
+    """Who is acting, as the audit log names them: the basic-auth user, "anonymous" when auth is off."""
+    if not flask.current_app.config.get("flowerbed_auth"):
+        return "anonymous"
+    credentials = credentials_from_header(flask.request.headers.get("Authorization"))
+    return credentials[0] if credentials else flask.session.get("user", {}).get("email", "unknown")
+
+
 def secret_key(settings: Settings, store: Store) -> str:
     """FLOWERBED_SECRET_KEY, or a key generated once and kept in the store, so that every web
     process and host signs sessions alike."""

@@ -6,13 +6,15 @@ import urllib.parse
 
 from dash import Input, Output, State
 
+import auth
+
 from components import shell as shell_components
 from monitor.query import analytics
 from components.analytics import analytics_layout
 from callbacks.tasks import search_message
 from components.tasks import task_detail, tasks_layout
 from components.broker import broker_layout
-from components.worker import worker_layout
+from components.worker import worker_controls, worker_layout
 from components.workers import dashboard_layout, worker_rows
 
 
@@ -79,7 +81,7 @@ def route(app, services, pathname: str | None, search: str | None):
         if worker is None:
             return shell_components.not_found(f"No worker named {worker_name(path)} is known at /{path}.",
                                               app.get_relative_path)
-        return worker_layout(worker, app.get_relative_path)
+        return worker_layout(worker, app.get_relative_path, controls=worker_controls(worker) if auth.can_act() else None)
     return shell_components.not_found(f"There is no page at /{path}.", app.get_relative_path)
 
 

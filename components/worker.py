@@ -212,3 +212,71 @@ def worker_layout(worker: dict, relative_path, controls=None, now: float | None 
             kv_table(sorted(conf.items()), "worker-conf"),
         ]) if conf else html.P("Not reported yet.", className="muted small")),
     ], id="worker-page")
+
+
+# -- control (admins only) -----------------------------------------------------------------------
+def _action(action: str, label: str, danger: bool = False) -> html.Button:
+    return html.Button(label, id={"type": "worker-action", "action": action}, n_clicks=0,
+                       className="button small" + (" danger" if danger else ""))
+
+
+def _number(input_id: str, placeholder: str, value=None) -> dcc.Input:
+    # Text, not type=number: compact, and the control engine says what is wrong with a value.
+    return dcc.Input(id=input_id, type="text", inputMode="numeric", value=value, placeholder=placeholder,
+                     className="search-input control-number")
+
+
+def worker_controls(worker: dict) -> html.Div:
+    """The control panel of a worker page, for admins: each button asks for confirmation first, and
+    the workers' replies show under it."""
+    inspect = worker.get("inspect") or {}
+    tasks = [row["name"] for row in registered_tasks(inspect.get("registered"), {})]
+    consumed = [queue.get("name") for queue in inspect.get("active_queues") or ()]
+    return _panel("Control", html.Div([
+        html.Div([
+            html.Span("Pool", className="control-label"),
+            _number("worker-pool-n", "n", "1"), _action("pool-grow", "Grow"), _action("pool-shrink", "Shrink"),
+            _action("pool-restart", "Restart pool"),
+            html.Span("Autoscale", className="control-label"),
+            _number("worker-autoscale-min", "min"), _number("worker-autoscale-max", "max"),
+            _action("autoscale", "Set"),
+        ], className="control-row"),
+        html.Div([
+            html.Span("Queue", className="control-label"),
+            dcc.Input(id="worker-queue", type="text", placeholder="queue name", list="worker-queues-consumed",
+                      className="search-input control-text"),
+            html.Datalist([html.Option(value=name) for name in consumed], id="worker-queues-consumed"),
+            _action("add-consumer", "Add consumer"), _action("cancel-consumer", "Cancel consumer"),
+        ], className="control-row"),
+        html.Div([
+            html.Span("Task", className="control-label"),
+            dcc.Dropdown(id="worker-task", options=tasks, placeholder="registered task", className="control-dropdown"),
+            dcc.Input(id="worker-rate", type="text", placeholder="rate, e.g. 10/m", className="search-input control-short"),
+            _action("rate-limit", "Set rate limit"),
+            _number("worker-soft", "soft s"), _number("worker-hard", "hard s"),
+            _action("time-limit", "Set time limits"),
+        ], className="control-row"),
+        html.Div([_action("shutdown", "Shut down worker", danger=True)], className="control-row"),
+        dcc.ConfirmDialog(id="worker-confirm"),
+        dcc.Store(id="worker-pending"),
+        html.Div(id="worker-action-result", role="status"),
+    ]), help_text="admins only; each action asks first", class_name="worker-controls")
+
+
+def action_result(result) -> html.Div:
+    """What an action did (a control.ActionResult): who confirmed, who answered with an error, who did not answer."""
+    outcome = result.outcome
+    tone = {"ok": "success", "sent": "success", "partial": "retry"}.get(outcome, "failure")
+    lines = [html.Div([html.Span("confirmed ", className="muted"), html.Strong(worker), f": {answer}"])
+             for worker, answer in result.confirmed.items()]
+    lines += [html.Div([html.Span("error ", className="muted"), html.Strong(worker), f": {error}"])
+              for worker, error in result.errors.items()]
+    lines += [html.Div([html.Span("no answer ", className="muted"), html.Strong(worker)]) for worker in result.silent]
+    return html.Div([html.Div([html.Span(outcome, className=f"badge badge-{tone}"), " ", result.message,
+                               html.Span(f" · by {result.user} at {format_clock(result.at)}", className="muted")]),
+                     *lines], className="action-result", id="worker-action-outcome")
+
+
+def action_refused(message: str) -> html.Div:
+    return html.Div([html.Span("not done", className="badge badge-failure"), " ", message],
+                    className="action-result", id="worker-action-outcome")

@@ -54,7 +54,7 @@ def pool_facts(stats: dict) -> list[tuple[str, object]]:
     processes = pool.get("processes")
     soft, hard = (pool.get("timeouts") or (None, None))[:2]
     return [
-        ("implementation", (pool.get("implementation") or "—").rsplit(":", 1)[-1]),
+        ("implementation", _pool_name(pool.get("implementation"))),
         ("concurrency", pool.get("max-concurrency")),
         ("processes", ", ".join(map(str, processes)) if processes else (f"{pool['threads']} threads"
                                                                        if pool.get("threads") else None)),
@@ -66,6 +66,12 @@ def pool_facts(stats: dict) -> list[tuple[str, object]]:
         ("worker pid", stats.get("pid")),
         ("uptime", _duration(stats.get("uptime"))),
     ]
+
+
+def _pool_name(implementation: str | None) -> str | None:
+    """'prefork' for celery's 'celery.concurrency.prefork:TaskPool'; another pool by its full name."""
+    module, _, _cls = (implementation or "").partition(":")
+    return module.rpartition(".")[2] if module.startswith("celery.concurrency.") else implementation
 
 
 def broker_facts(stats: dict) -> list[tuple[str, object]]:

@@ -171,19 +171,36 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, request):
-    """A fresh page (1440 × 900, downloads accepted, 20 s for any wait); the test fails if the
-    browser logged an error or a request failed. FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of it."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    problems = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
-            if response.status >= 400 else None)
-    yield page
+def open_page(browser, request):
+    """open_page(credentials=None) opens a fresh page (1440 × 900, downloads accepted, 20 s for any wait,
+    basic auth with `credentials` (user, password)); the test fails if the browser logged an error or a
+    request failed. FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of each page."""
+    opened = []
+
+    def open_one(credentials: tuple[str, str] | None = None):
+        options = {"http_credentials": dict(zip(("username", "password"), credentials))} if credentials else {}
+        context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True, **options)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        problems = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+                if response.status >= 400 else None)
+        opened.append((context, page, problems))
+        return page
+
+    yield open_one
     screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
-    if screenshots:
-        page.screenshot(path=f"{screenshots}/browser-{request.node.name}.png", full_page=True)
-    context.close()
+    for number, (context, page, _problems) in enumerate(opened):
+        if screenshots:
+            page.screenshot(path=f"{screenshots}/browser-{request.node.name}{'-' * bool(number)}{number or ''}.png",
+                            full_page=True)
+        context.close()
+    problems = [problem for _context, _page, found in opened for problem in found]
     assert not problems, problems
+
+
+@pytest.fixture
+def page(open_page):
+    """A fresh page, as open_page() gives it."""
+    return open_page()

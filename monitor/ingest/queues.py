@@ -6,9 +6,10 @@ Redis: a queue is a list; a message with a priority goes to a sibling list named
 itself), and every key starts with the transport's `global_keyprefix`. All are read from the broker
 transport options celery was given, and the lists of one queue are summed. Redis knows nothing of
 consumers: they are the online workers whose inspect reply lists the queue.
-RabbitMQ and kombu's other transports: a passive queue_declare answers the message and consumer
-counts (a queue the broker does not have is reported as missing); with --broker-api, RabbitMQ's
-management HTTP API answers for every queue of the vhost in one request instead.
+RabbitMQ: a passive queue_declare answers the message and consumer counts (a queue the broker does
+not have is reported as missing); with --broker-api, RabbitMQ's management HTTP API answers for every
+queue of the vhost in one request instead. kombu's other transports (the demo's in-memory one, SQS…)
+answer a passive declare with the message count; their consumers are counted as on Redis.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ CONNECT_SECONDS = 3.0
 @dataclasses.dataclass(frozen=True)
 class Depth:
     """A queue as the broker reports it; messages and consumers are None when the broker does not
-    have the queue; consumers None on Redis, which does not know them."""
+    have the queue; consumers None where the broker does not know them (all but RabbitMQ)."""
     name: str
     messages: int | None
     consumers: int | None
@@ -42,7 +43,10 @@ def read_depths(celery_app, names: Iterable[str], broker_api: str = "") -> list[
             return _redis_depths(connection.default_channel, names)
         if broker_api and connection.transport.driver_type == "amqp":
             return management_api_depths(broker_api, connection, names)
-        return _declared_depths(connection, names)
+        depths = _declared_depths(connection, names)
+        if connection.transport.driver_type != "amqp":  # kombu's emulated transports count no consumers
+            depths = [dataclasses.replace(depth, consumers=None) for depth in depths]
+        return depths
 
 
 def redis_keys(queue: str, sep: str, priority_steps: Iterable[int], prefix: str = "") -> list[str]:

@@ -1,8 +1,13 @@
 """Queue depths: read from a real Redis (priority sub-queues, a global_keyprefix) and a real RabbitMQ
-(a vhost of the session's own), sampled by the inspector beside a real celery worker, kept in both
-stores, and answered by /api/queues/length in Flower's shape."""
+(a vhost of the session's own; through its management API too where that runs), sampled by the
+inspector beside a real celery worker, kept in both stores, and answered by /api/queues/length in
+Flower's shape."""
 from __future__ import annotations
 
+import base64
+import http.server
+import json
+import threading
 import time
 import uuid
 
@@ -11,7 +16,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from helpers import CeleryWorker, FlowerbedServer, get, get_json, wait_for, worker_status
+from helpers import CeleryWorker, FlowerbedServer, get, get_json, port_open, wait_for, worker_status
 from monitor.ingest import queues
 from monitor.ingest.inspector import Inspector
 from monitor.store import open_store
@@ -150,3 +155,50 @@ def test_api_queue_lengths_in_flowers_shape(redis_broker, tmp_path):
     finally:
         worker.stop()
         server.stop()
+
+
+MANAGEMENT_API = "http://guest:guest@127.0.0.1:15672/api/"
+
+
+def test_rabbitmq_depth_from_the_management_api(rabbitmq_queues):
+    if not port_open("127.0.0.1", 15672):
+        pytest.skip("RabbitMQ's management API is not listening on 127.0.0.1:15672 "
+                    "(rabbitmq-plugins enable rabbitmq_management)")
+    url, waiting, consumed = rabbitmq_queues
+    # The management API's counts lag the broker by its statistics interval (5 s by default).
+    depths = wait_for(lambda: (lambda found: found if found[2].messages == 5 and found[0].consumers == 1 else None)(
+        queues.read_depths(client_app(url), [waiting, consumed, "no-such-queue"], MANAGEMENT_API)), 30,
+        "the management API's counts")
+    assert depths == [queues.Depth(consumed, 0, 1), queues.Depth("no-such-queue", None, None),
+                      queues.Depth(waiting, 5, 0)]
+
+
+class _ManagementApi(http.server.BaseHTTPRequestHandler):
+    """Answers GET /api/queues/<vhost> as RabbitMQ's management API does, recording each request."""
+    requests: list = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        _ManagementApi.requests.append((self.path, self.headers.get("Authorization")))
+        body = json.dumps([{"name": "orders", "messages": 12, "consumers": 2, "vhost": "shop"},
+                           {"name": "other", "messages": 1, "consumers": 0, "vhost": "shop"}]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_management_api_request_names_the_vhost_and_uses_the_api_credentials():
+    # A unit test of the request only: the real API is checked above where RabbitMQ runs with it.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ManagementApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Connection("amqp://alice:secret@127.0.0.1:1/shop") as connection:
+            api = f"http://ops:op%40ss@127.0.0.1:{server.server_port}/api/"
+            depths = queues.management_api_depths(api, connection, ["missing", "orders"])
+    finally:
+        server.shutdown()
+    assert depths == [queues.Depth("missing", None, None), queues.Depth("orders", 12, 2)]
+    assert _ManagementApi.requests == [("/api/queues/shop", "Basic " + base64.b64encode(b"ops:op@ss").decode())]

@@ -10,7 +10,7 @@ from dash import ALL, Input, Output, State, ctx, no_update
 
 import auth
 from components import analytics as charts
-from components.worker import action_refused, action_result, last_hour, worker_live
+from components.worker import action_refused, action_result, control_choices, last_hour, worker_live
 from monitor.control import ControlError
 from monitor.query import analytics
 
@@ -67,6 +67,21 @@ def register(app, services) -> None:
         return (worker_live(worker, now, app.get_relative_path),
                 last_hour(charts.worker_figure(activity, "active_mean", "active tasks", scope, "worker", height=220), now),
                 last_hour(charts.worker_figure(activity, "load1", "load", scope, "worker", height=220), now))
+
+    @app.callback(
+        Output("worker-task", "options"),
+        Output("worker-queues-consumed", "children"),
+        Input("refresh-tick", "n_intervals"),
+        State("worker-name", "data"),
+        State("worker-task", "options"),
+    )
+    def refresh_control_choices(_tick, hostname, shown):
+        # Only on an admin's page (where the panel is); new choices appear as the worker reports them.
+        worker = services.store.worker(hostname) if isinstance(hostname, str) else None
+        if worker is None:
+            return no_update, no_update
+        tasks, queues = control_choices(worker)
+        return (tasks, queues) if tasks != shown else (no_update, no_update)
 
     @app.callback(
         Output("worker-confirm", "message"),

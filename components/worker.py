@@ -231,12 +231,17 @@ def _number(input_id: str, placeholder: str, value=None) -> dcc.Input:
                      className="search-input control-number")
 
 
+def control_choices(worker: dict) -> tuple[list[str], list]:
+    """The task names the control panel offers, and the queues it suggests (options of a datalist)."""
+    inspect = worker.get("inspect") or {}
+    tasks = [row["name"] for row in registered_tasks(inspect.get("registered"), {})]
+    return tasks, [html.Option(value=queue.get("name")) for queue in inspect.get("active_queues") or ()]
+
+
 def worker_controls(worker: dict) -> html.Div:
     """The control panel of a worker page, for admins: each button asks for confirmation first, and
     the workers' replies show under it."""
-    inspect = worker.get("inspect") or {}
-    tasks = [row["name"] for row in registered_tasks(inspect.get("registered"), {})]
-    consumed = [queue.get("name") for queue in inspect.get("active_queues") or ()]
+    tasks, consumed = control_choices(worker)
     return _panel("Control", html.Div([
         html.Div([
             html.Span("Pool", className="control-label"),
@@ -250,7 +255,7 @@ def worker_controls(worker: dict) -> html.Div:
             html.Span("Queue", className="control-label"),
             dcc.Input(id="worker-queue", type="text", placeholder="queue name", list="worker-queues-consumed",
                       className="search-input control-text"),
-            html.Datalist([html.Option(value=name) for name in consumed], id="worker-queues-consumed"),
+            html.Datalist(consumed, id="worker-queues-consumed"),
             _action("add-consumer", "Add consumer"), _action("cancel-consumer", "Cancel consumer"),
         ], className="control-row"),
         html.Div([

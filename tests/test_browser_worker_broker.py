@@ -130,3 +130,19 @@ def test_the_broker_page_shows_the_depth_of_a_queue_nobody_consumes_with_a_warni
     assert consumed.locator("td").nth(3).inner_text() == cluster.worker.hostname
     wait_for(lambda: orphan in page.locator("#broker-depth-chart .legendtext").all_text_contents(), WAIT_SECONDS,
              f"{orphan} charted")
+
+
+def test_an_admin_sets_a_rate_limit_and_the_registered_tasks_show_it(open_page, cluster):
+    page = open_worker(open_page, cluster, ADMIN)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("#worker-task")
+    page.get_by_role("option", name="sample.add", exact=True).click()
+    page.keyboard.press("Escape")
+    page.fill("#worker-rate", "10/m")
+    page.get_by_role("button", name="Set rate limit").click()
+    outcome = page.locator("#worker-action-outcome")
+    outcome.wait_for()
+    assert outcome.locator(".badge").inner_text() == "ok", outcome.inner_text()
+    assert f"confirmed {cluster.worker.hostname}: new rate limit set successfully" in outcome.inner_text()
+    row = page.locator("#worker-registered tbody tr", has_text="sample.add")
+    wait_for(lambda: row.locator("td").nth(1).inner_text() == "10/m", WAIT_SECONDS, "the new rate limit shown")

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 import auth
 from callbacks import analytics as analytics_callbacks
+from callbacks import audit as audit_callbacks
 from callbacks import broker as broker_callbacks
 from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
@@ -20,7 +21,7 @@ from callbacks import worker as worker_callbacks
 from callbacks import workers as workers_callbacks
 from cli import brokers_shown, or_exit, settings_or_exit
 from components.shell import shell
-from monitor.serving import admission
+from monitor.serving import admission, crosssite
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint
 from monitor.services import Services, build_services
@@ -47,13 +48,16 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         suppress_callback_exceptions=True,  # pages are rendered by the router callback
         serve_locally=True,
     )
-    app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000))
+    app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000), admin=auth.can_act())
     for module in (shell_callbacks, workers_callbacks, worker_callbacks, tasks_callbacks, analytics_callbacks,
-                   broker_callbacks):
+                   broker_callbacks, audit_callbacks):
         module.register(app, services)
     auth.install(app, settings, services.store, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
     app.server.register_blueprint(create_health_blueprint(services, routes_prefix))
-    app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act))
+    crosssite.install(app.server, routes_prefix, auth.current_user)
+    auth.guard_action_callbacks(app.server, routes_prefix)
+    app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act,
+                                                   current_user=auth.current_user))
     app.server.before_request(services.start)
     app.server.config["flowerbed_services"] = services
     admission.install(app.server, routes_prefix, by_credentials=settings.auth_enabled)

@@ -22,6 +22,9 @@ from monitor.settings import Settings
 from monitor.store import Store
 
 ADMIN, VIEWER = "admin", "viewer"
+# The ids of the components a Dash callback that acts (control, re-run) writes to start with this:
+# such a callback is refused on the server to anyone who may not act, whatever the page shows.
+ACTION_PREFIX = "act-"
 _HASH_PREFIXES = ("pbkdf2:", "scrypt:")
 log = logging.getLogger(__name__)
 
@@ -98,12 +101,36 @@ def can_act() -> bool:
     return bool(check_groups([ADMIN]))
 
 
+def _acting_outputs() -> list[str]:
+    """The output component ids of the Dash callback request being served."""
+    body = flask.request.get_json(silent=True)
+    outputs = body.get("outputs") if isinstance(body, dict) else None
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return [str(output.get("id")) for output in outputs if isinstance(output, dict)]
+
+
+def guard_action_callbacks(server: flask.Flask, routes_prefix: str) -> None:
+    """403 for a read-only user's request to a callback that acts (see ACTION_PREFIX)."""
+    update_path = f"{routes_prefix}_dash-update-component"
+
+    @server.before_request
+    def refuse_viewers_actions():
+        if flask.request.path != update_path or can_act():
+            return None
+        if any(output.startswith(ACTION_PREFIX) for output in _acting_outputs()):
+            response = flask.jsonify(error="read-only users cannot act on workers or tasks")
+            response.status_code = 403
+            return response
+        return None
+
+
 def current_user() -> str:
-    """Who is acting, as the audit log names them: the basic-auth user, "anonymous" when auth is off."""
-    if not flask.current_app.config.get("flowerbed_auth"):
-        return "anonymous"
+    """Who the current request acts as, for the audit log: the basic-auth user, or "anonymous"
+    when auth is off."""
     credentials = credentials_from_header(flask.request.headers.get("Authorization"))
-    return credentials[0] if credentials else flask.session.get("user", {}).get("email", "unknown")
+    if credentials and flask.current_app.config.get("flowerbed_auth"):
+        return credentials[0]
+    return "anonymous"
 
 
 def secret_key(settings: Settings, store: Store) -> str:

@@ -7,8 +7,8 @@ import urllib.parse
 from dash import Input, Output, State
 
 import auth
-
 from components import shell as shell_components
+from components.audit import audit_layout
 from monitor.query import analytics
 from components.analytics import analytics_layout
 from callbacks.tasks import search_message
@@ -24,6 +24,10 @@ def register(app, services) -> None:
         return route(app, services, pathname, search)
 
     nav_ids = [f"nav-{path or 'dashboard'}" for _label, path in shell_components.NAV_ITEMS]
+
+    @app.callback(Output("nav-audit", "className"), Input("url", "pathname"))
+    def highlight_audit_nav(pathname):  # the Audit link is an admin's only (components/shell.py)
+        return "nav-link active" if (safe_strip(app, pathname) or "") == "audit" else "nav-link"
 
     @app.callback([Output(nav_id, "className") for nav_id in nav_ids], Input("url", "pathname"))
     def highlight_nav(pathname):
@@ -67,13 +71,18 @@ def route(app, services, pathname: str | None, search: str | None):
     if path == "tasks":
         text = params.get("q", [""])[0]
         return tasks_layout(text, params.get("state", [""])[0], search_message(text), services.store.brokers(),
-                            params.get("broker", [""])[0])
+                            params.get("broker", [""])[0], can_act=auth.can_act())
     if path.startswith("task/"):
         task = stored_task(services, path)
         if task is None:
             return shell_components.not_found(f"No task with UUID {path.split('/', 1)[1]} is in the store.",
                                               app.get_relative_path)
-        return task_detail(task, app.get_relative_path)
+        return task_detail(task, app.get_relative_path, services.store.task_links(task["uuid"]),
+                           can_act=auth.can_act())
+    if path == "audit":
+        if not auth.can_act():
+            return shell_components.not_found("The audit log is for admins.", app.get_relative_path)
+        return audit_layout(params.get("q", [""])[0])
     if path == "broker":
         return broker_layout()
     if path.startswith("worker/"):
@@ -85,7 +94,7 @@ def route(app, services, pathname: str | None, search: str | None):
     return shell_components.not_found(f"There is no page at /{path}.", app.get_relative_path)
 
 
-PAGES = ("", "tasks", "analytics", "broker")
+PAGES = ("", "tasks", "analytics", "audit", "broker")
 
 
 def worker_name(path: str) -> str:
@@ -108,5 +117,7 @@ def stored_task(services, path: str) -> dict | None:
 def is_page(services, path: str) -> bool:
     """Whether a path (without the URL prefix) shows something; a plain GET of any other is a 404."""
     path = path.strip("/")
+    if path == "audit":
+        return auth.can_act()
     return (path in PAGES or path.startswith("task/") and stored_task(services, path) is not None
             or path.startswith("worker/") and stored_worker(services, path) is not None)

@@ -1,11 +1,15 @@
-"""The Tasks page: search validation, the infinite grid's rows, refresh, and opening a task."""
+"""The Tasks page: search validation, the infinite grid's rows, refresh, opening a task, bulk
+re-run; the task detail view's actions."""
 from __future__ import annotations
 
 import dataclasses
 
-from dash import Input, Output, State, no_update
+from dash import Input, Output, State, ctx, no_update
+from dash.exceptions import PreventUpdate
 
-from components.tasks import GRID_FIELDS, STATE_CHIPS
+import auth
+from components.tasks import GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview
+from monitor.control import ControlError
 from monitor.query import search
 from monitor.query.tasks import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
 
@@ -37,7 +41,18 @@ def search_message(text: str | None) -> str:
     return ""
 
 
+def describe_query(query: dict) -> str:
+    """'the search "x" and state FAILURE', as the bulk re-run preview names what it re-runs."""
+    parts = [f'the search "{query["search"]}"' if query.get("search") else "every task"]
+    if query.get("state") not in (None, "", "ALL"):
+        parts.append(f"state {query['state']}")
+    if query.get("broker"):
+        parts.append(f"broker {query['broker']}")
+    return " and ".join(parts)
+
+
 def register(app, services) -> None:
+    register_actions(app, services)
     @app.callback(
         Output("tasks-query", "data"),
         Output("tasks-search-message", "children"),
@@ -108,3 +123,75 @@ def register(app, services) -> None:
         Input("tasks-grid", "cellClicked"),
         prevent_initial_call=True,
     )
+
+
+def register_actions(app, services) -> None:
+    """The callbacks that act. Their outputs' ids start with auth.ACTION_PREFIX, so a read-only
+    user's request is refused (403) before it gets here; the check inside says so again."""
+    controller = services.controller
+
+    def acting_user() -> str:
+        if not auth.can_act():
+            raise PreventUpdate
+        return auth.current_user()
+
+    @app.callback(
+        Output("act-task-result", "children"),
+        Input("act-rerun", "submit_n_clicks"),
+        Input("act-revoke", "submit_n_clicks"),
+        Input("act-terminate", "submit_n_clicks"),
+        Input("act-abort", "submit_n_clicks"),
+        State("task-signal", "value"),
+        State("task-detail-uuid", "data"),
+        prevent_initial_call=True,
+    )
+    def act_on_task(_rerun, _revoke, _terminate, _abort, signal, task_id):
+        user = acting_user()
+        action = ctx.triggered_id
+        try:
+            if action == "act-rerun":
+                result = controller.rerun(user, task_id)
+            elif action == "act-revoke":
+                result = controller.revoke(user, task_id)
+            elif action == "act-terminate":
+                result = controller.revoke(user, task_id, terminate=True, signal=signal)
+            elif action == "act-abort":
+                result = controller.abort(user, task_id)
+            else:
+                raise PreventUpdate
+        except ControlError as exc:
+            return action_refused(str(exc))
+        return action_outcome(result.as_dict(), app.get_relative_path)
+
+    def bulk_query(query: dict) -> TaskQuery:
+        return grid_query({}, query or {})
+
+    @app.callback(
+        Output("act-bulk-panel", "children"),
+        Input("bulk-rerun-preview", "n_clicks"),
+        State("bulk-rerun-cap", "value"),
+        State("tasks-query", "data"),
+        prevent_initial_call=True,
+    )
+    def preview_bulk_rerun(_clicks, cap, query):
+        acting_user()
+        try:
+            preview = controller.rerun_preview(bulk_query(query), cap if cap is not None else 0)
+        except (ControlError, QueryError) as exc:
+            return action_refused(str(exc))
+        return bulk_rerun_preview(preview.matched, preview.cap, describe_query(query or {}))
+
+    @app.callback(
+        Output("act-bulk-result", "children"),
+        Input("act-bulk-confirm", "submit_n_clicks"),
+        State("bulk-rerun-cap", "value"),
+        State("tasks-query", "data"),
+        prevent_initial_call=True,
+    )
+    def bulk_rerun(_submitted, cap, query):
+        user = acting_user()
+        try:
+            result = controller.bulk_rerun(user, bulk_query(query), cap if cap is not None else 0)
+        except (ControlError, QueryError) as exc:
+            return action_refused(str(exc))
+        return action_outcome(result.as_dict(), app.get_relative_path)

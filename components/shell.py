@@ -8,15 +8,18 @@ from .common import format_clock
 NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"), ("Broker", "broker"))
 
 
-def shell(relative_path, refresh_ms: int) -> html.Div:
-    """`relative_path` turns an app path into a link that honours the URL prefix."""
+def shell(relative_path, refresh_ms: int, admin: bool = False) -> html.Div:
+    """`relative_path` turns an app path into a link that honours the URL prefix; an `admin` also
+    gets the Audit page in the navigation."""
     return html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
         dcc.Interval(id="refresh-tick", interval=refresh_ms),
         html.Header([
             dcc.Link([html.Span("✿", className="brand-mark"), "Flowerbed"], href=relative_path("/"), className="brand"),
             html.Nav([dcc.Link(label, href=relative_path(f"/{path}"), className="nav-link", id=f"nav-{path or 'dashboard'}")
-                      for label, path in NAV_ITEMS], className="nav"),
+                      for label, path in NAV_ITEMS]
+                     + ([dcc.Link("Audit", href=relative_path("/audit"), className="nav-link", id="nav-audit")]
+                        if admin else []), className="nav"),
             html.Div(id="collector-status", className="collector-status"),
             html.Button("◐", id="theme-toggle", className="theme-toggle", title="Switch light / dark theme",
                         **{"aria-label": "Switch light or dark theme"}),

@@ -4,6 +4,9 @@ from __future__ import annotations
 import dash_ag_grid as dag
 from dash import dcc, html
 
+from monitor.control import BULK_RERUN_CAP
+from monitor.store.schema import TERMINAL_STATES
+
 from .common import broker_columns, broker_filter, format_time, page_header, state_badge
 
 STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
@@ -47,10 +50,11 @@ BROKER_HELP = "\nThe broker a task was recorded from: broker:NAME."
 
 
 def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
-                 broker: str = "") -> html.Div:
+                 broker: str = "", can_act: bool = False) -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
     lists every task, as it does while a search typed in the box is malformed. `brokers`: the names of
-    the brokers workers were recorded from; with several, a filter (set to `broker`) and a column."""
+    the brokers workers were recorded from; with several, a filter (set to `broker`) and a column.
+    `can_act`: the user may re-run the tasks the search matches."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
@@ -62,8 +66,10 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                       spellCheck=False, autoComplete="off"),
             broker_filter("tasks-broker", brokers, broker or None),
             html.Span("?", className="help", title=SEARCH_HELP + (BROKER_HELP if len(brokers) > 1 else "")),
+            bulk_rerun_controls() if can_act else None,
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
+        html.Div(id="act-bulk-panel", className="action-panel", role="status") if can_act else None,
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
         dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state,
@@ -90,7 +96,93 @@ _DETAIL_FIELDS = ("uuid", "name", "state", "worker", "args", "kwargs", "result",
                   "eta", "expires", "exchange", "routing_key", "client", "root_id", "parent_id")
 
 
-def task_detail(task: dict, relative_path) -> html.Div:
+def bulk_rerun_controls() -> html.Div:
+    """Re-run what the search matches: a cap, then a preview with the count to confirm."""
+    return html.Div([
+        html.Button("Re-run matching…", id="bulk-rerun-preview", className="button ghost", n_clicks=0,
+                    title="Re-run the finished tasks this search and state match (a preview with the count first)"),
+        html.Label(["at most ", dcc.Input(id="bulk-rerun-cap", type="number", min=1, max=BULK_RERUN_CAP, step=1,
+                                          value=100, className="number-input", debounce=True)],
+                   className="muted small"),
+    ], className="bulk-rerun")
+
+
+def bulk_rerun_preview(matched: int, cap: int, describe: str) -> list:
+    """The count a bulk re-run would send, and the button that sends it (after the browser's confirm)."""
+    would_send = min(matched, cap)
+    if would_send == 0:
+        return [html.P(f"No finished task matches {describe}: nothing to re-run.")]
+    more = f" (more than {cap:,} match; the first {cap:,} in the table's order)" if matched > cap else ""
+    return [
+        html.P(f"{would_send:,} finished task{'s' if would_send != 1 else ''} match {describe}{more}. "
+               "Each is sent again with the same name, arguments and queue, under a new id."),
+        dcc.ConfirmDialogProvider(
+            html.Button(f"Re-run {would_send:,} task{'s' if would_send != 1 else ''}", className="button danger"),
+            id="act-bulk-confirm", message=f"Re-run {would_send:,} tasks now? This sends them to the workers again."),
+        html.Div(id="act-bulk-result", role="status"),
+    ]
+
+
+def action_outcome(result: dict, relative_path) -> html.Div:
+    """What an action did: its message, and who confirmed, answered with an error, or stayed silent."""
+    tone = {"ok": "ok", "sent": "ok", "partial": "warn"}.get(result["outcome"], "bad")
+    lines = [html.Strong(result["message"])]
+    if result["confirmed"]:
+        lines.append(html.Div(f"Confirmed by {', '.join(sorted(result['confirmed']))}"))
+    for worker, error in sorted(result["errors"].items()):
+        lines.append(html.Div(f"{worker}: {error}", className="error-line"))
+    if result["silent"]:
+        lines.append(html.Div(f"No answer from {', '.join(sorted(result['silent']))}"))
+    if result["outcome"] == "sent" and not result["task_ids"]:
+        lines.append(html.Div("The broker took it; the worker does not answer this one.", className="muted"))
+    if result["task_ids"]:
+        shown = result["task_ids"][:20]
+        lines.append(html.Div(["New task" + ("s: " if len(result["task_ids"]) > 1 else ": "),
+                               *[dcc.Link(task_id, href=relative_path(f"/task/{task_id}"), className="mono new-task")
+                                 for task_id in shown],
+                               f" and {len(result['task_ids']) - len(shown):,} more" if len(result["task_ids"]) > 20
+                               else ""], className="task-links"))
+    return html.Div(lines, className=f"action-outcome tone-{tone}")
+
+
+def action_refused(reason: str) -> html.Div:
+    return html.Div([html.Strong("Not done: "), reason], className="action-outcome tone-bad")
+
+
+def task_actions(task: dict) -> html.Div:
+    """An admin's actions on a task; each asks for confirmation in the browser first. A finished
+    task can be re-run; one still queued or running can be revoked, terminated or aborted."""
+    finished = task.get("state") in TERMINAL_STATES
+    short = task["uuid"][:8]
+
+    def confirmed(label: str, action: str, message: str, enabled: bool, why_not: str, tone: str = "ghost"):
+        return dcc.ConfirmDialogProvider(
+            html.Button(label, className=f"button {tone}", disabled=not enabled, id=f"task-{action}-button",
+                        title=None if enabled else why_not),
+            id=f"act-{action}", message=message)
+    return html.Div([
+        html.H2("Actions"),
+        html.Div([
+            confirmed("Re-run", "rerun", f"Re-run task {short}… with the same arguments, as a new task?", finished,
+                      "only a finished task can be re-run", tone=""),
+            confirmed("Revoke", "revoke", f"Revoke task {short}…? Workers will discard it.", not finished,
+                      "the task has finished"),
+            html.Div([
+                confirmed("Terminate", "terminate", f"Terminate task {short}… with the chosen signal?", not finished,
+                          "the task has finished", tone="danger"),
+                dcc.Dropdown(id="task-signal", options=["SIGTERM", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1"],
+                             value="SIGTERM", clearable=False, searchable=False, className="signal-dropdown",
+                             disabled=finished),
+            ], className="terminate-group"),
+            confirmed("Abort", "abort", f"Abort task {short}…? (an AbortableTask stops at its next check)",
+                      not finished, "the task has finished"),
+        ], className="action-buttons"),
+        html.Div(id="act-task-result", role="status"),
+    ], className="panel actions-panel")
+
+
+def task_detail(task: dict, relative_path, links: dict | None = None, can_act: bool = False) -> html.Div:
+    """`links`: the task's re-run links (store.task_links); `can_act`: show the admin's actions."""
     def link_or_text(value):
         if value and value != task["uuid"]:
             return dcc.Link(value, href=relative_path(f"/task/{value}"), className="mono")
@@ -106,6 +198,11 @@ def task_detail(task: dict, relative_path) -> html.Div:
         elif field == "runtime" and value is not None:
             value = f"{value:.6f} s"
         rows.append(html.Tr([html.Th(field), html.Td(value if value not in (None, "") else "—")]))
+    if links and links["rerun_of"]:
+        rows.append(html.Tr([html.Th("re-run of"), html.Td(link_or_text(links["rerun_of"]))], id="task-rerun-of"))
+    if links and links["reruns"]:
+        rows.append(html.Tr([html.Th("re-runs"), html.Td([html.Div(link_or_text(rerun)) for rerun in links["reruns"]])],
+                            id="task-reruns"))
     stamps = sorted((task[field], field) for field in _DETAIL_TIMES if task.get(field) is not None)
     times = [html.Tr([html.Th(field), html.Td(format_time(at))]) for at, field in stamps]  # in the order they happened
     wait = (task["started"] - task["received"]) if task.get("started") and task.get("received") else None
@@ -124,9 +221,11 @@ def task_detail(task: dict, relative_path) -> html.Div:
         page_header(task.get("name") or "Unknown task", state_badge(task.get("state")),
                     dcc.Link("← All tasks", href=relative_path("/tasks"), className="button ghost"),
                     subtitle=task["uuid"]),
+        dcc.Store(id="task-detail-uuid", data=task["uuid"]),
         html.Div([
             html.Div([html.H2("Task"), html.Table(html.Tbody(rows), className="kv")], className="panel"),
             html.Div([html.H2("Timeline"), html.Table(html.Tbody(times), className="kv")], className="panel"),
         ], className="detail-grid"),
+        task_actions(task) if can_act else None,
         html.Div(failure, className="panel") if failure else None,
     ], id="task-detail")

@@ -269,7 +269,7 @@ def worker_controls(worker: dict) -> html.Div:
         html.Div([_action("shutdown", "Shut down worker", danger=True)], className="control-row"),
         dcc.ConfirmDialog(id="worker-confirm"),
         dcc.Store(id="worker-pending"),
-        html.Div(id="worker-action-result", role="status"),
+        html.Div(id="act-worker-result", role="status"),
     ]), help_text="admins only; each action asks first", class_name="worker-controls")
 
 

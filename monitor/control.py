@@ -36,6 +36,7 @@ The audit rows: store.iter_audit(search, limit, offset), store.count_audit(searc
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import datetime
 import re
@@ -46,6 +47,7 @@ from typing import Callable
 from celery.backends.base import DisabledBackend
 from celery.contrib.abortable import AbortableAsyncResult
 from celery.platforms import signals
+from kombu.exceptions import OperationalError
 
 from monitor.query.tasks import TaskQuery, fetch_tasks
 from monitor.store.base import Store
@@ -53,6 +55,8 @@ from monitor.store.schema import TERMINAL_STATES
 
 # The most tasks one bulk re-run sends, whatever the search matches.
 BULK_RERUN_CAP = 1_000
+# The most pool processes one grow, shrink or autoscale asks for: a typo must not fork a million.
+MAX_POOL_PROCESSES = 1_000
 # Longer than any task id or name a client makes; refused before the broker is asked.
 MAX_NAME = 1_000
 # A rate celery's worker reads: a number per second, or per s, m or h ("0" lifts the limit).
@@ -99,6 +103,8 @@ class ActionResult:
             if self.errors:  # tasks a bulk re-run could not send
                 return "partial" if self.task_ids else "failed"
             return "sent"
+        if not self.asked:  # no worker online to answer: the broker took it
+            return "sent"
         if self.confirmed and not self.errors and not self.silent:
             return "ok"
         return "partial" if self.confirmed else "failed"
@@ -139,7 +145,8 @@ class Controller:
         app = self._worker_app(worker)
         # A worker leaves without answering a shutdown: the result says "sent", the worker's
         # status (its offline event) tells the rest.
-        app.control.broadcast("shutdown", destination=[worker])
+        with _broker_reachable():
+            app.control.broadcast("shutdown", destination=[worker])
         return self._record(ActionResult("shutdown", worker, {}, user, self.clock(), "Shutting down!",
                                          expects_replies=False))
 
@@ -148,17 +155,17 @@ class Controller:
                                     f"Restarting '{worker}' worker's pool", action="pool-restart")
 
     def pool_grow(self, user: str, worker: str, n: int = 1) -> ActionResult:
-        n = _positive(n, "n")
+        n = _pool_size(n, "n")
         return self._worker_command(user, worker, "pool_grow", {"n": n}, f"Growing '{worker}' worker's pool by {n}",
                                     action="pool-grow")
 
     def pool_shrink(self, user: str, worker: str, n: int = 1) -> ActionResult:
-        n = _positive(n, "n")
+        n = _pool_size(n, "n")
         return self._worker_command(user, worker, "pool_shrink", {"n": n},
                                     f"Shrinking '{worker}' worker's pool by {n}", action="pool-shrink")
 
     def autoscale(self, user: str, worker: str, max: int, min: int) -> ActionResult:  # noqa: A002 - celery's names
-        high, low = _positive(max, "max"), _whole(min, "min")
+        high, low = _pool_size(max, "max"), _whole(min, "min")
         if low > high:
             raise ControlError(400, f"min ({low}) must not be above max ({high})")
         return self._worker_command(user, worker, "autoscale", {"max": high, "min": low},
@@ -200,10 +207,11 @@ class Controller:
         task = self.store.get_task(task_id)
         app = self._app_of(task.get("broker") if task else None)
         # Revoking reaches every worker (any may hold the task, or get it later): each online one answers.
-        asked = self._online_workers(task.get("broker") if task else None)
+        asked = self._online_workers(app)
         arguments = {"task_id": task_id, "terminate": bool(terminate), "signal": signal}
-        replies = app.control.broadcast("revoke", arguments=arguments, reply=True, timeout=self.reply_timeout,
-                                        limit=len(asked) or None)
+        with _broker_reachable():
+            replies = app.control.broadcast("revoke", arguments=arguments, reply=True, timeout=self.reply_timeout,
+                                            limit=len(asked) or None)
         result = ActionResult("revoke", task_id, {"terminate": bool(terminate), "signal": signal}, user, self.clock(),
                               f"Revoked '{task_id}'", asked=asked)
         return self._record(_with_replies(result, replies))
@@ -216,7 +224,8 @@ class Controller:
         if isinstance(aborting.backend, DisabledBackend):
             raise ControlError(503, "aborting a task needs a result backend (an AbortableTask reads its state "
                                     "there), and none is configured")
-        aborting.abort()
+        with _broker_reachable():
+            aborting.abort()
         return self._record(ActionResult("abort", task_id, {}, user, self.clock(), f"Aborted '{task_id}'",
                                          expects_replies=False))
 
@@ -255,6 +264,8 @@ class Controller:
                 new_id = self._resend(task)
             except ControlError as exc:
                 result.errors[task["uuid"]] = str(exc)
+                if exc.status == 503:  # the broker is away: the rest would wait for it one by one
+                    break
                 continue
             result.task_ids.append(new_id)
             result.reruns.append((new_id, task["uuid"]))
@@ -268,7 +279,8 @@ class Controller:
         name = _name(name, "task name")
         args, kwargs, options = _call(args, kwargs, options)
         app = self._app_of(None)
-        task_id = app.send_task(name, args=args, kwargs=kwargs, **options).id
+        with _broker_reachable():
+            task_id = app.send_task(name, args=args, kwargs=kwargs, **options).id
         return self._record(ActionResult(action, name, {"args": args, "kwargs": kwargs, "options": options}, user,
                                          self.clock(), f"Sent '{name}' as '{task_id}'", expects_replies=False,
                                          task_ids=[task_id]))
@@ -289,21 +301,26 @@ class Controller:
     def _worker_command(self, user: str, worker: str, command: str, arguments: dict, message: str,
                         action: str | None = None) -> ActionResult:
         app = self._worker_app(worker)
-        replies = app.control.broadcast(command, arguments=arguments, destination=[worker], reply=True,
-                                        timeout=self.reply_timeout, limit=1)
+        with _broker_reachable():
+            replies = app.control.broadcast(command, arguments=arguments, destination=[worker], reply=True,
+                                            timeout=self.reply_timeout, limit=1)
         result = ActionResult(action or command, worker, arguments, user, self.clock(), message, asked=[worker])
         return self._record(_with_replies(result, replies))
 
     def _task_name_command(self, user: str, task_name: str, worker: str | None, command: str, arguments: dict,
                            message: str, action: str) -> ActionResult:
-        if worker:
-            app, asked = self._worker_app(worker), [worker]
-        else:
-            app, asked = self._app_of(None), self._online_workers(None)
-        replies = app.control.broadcast(command, arguments=arguments, destination=[worker] if worker else None,
-                                        reply=True, timeout=self.reply_timeout, limit=len(asked) or None)
+        # One worker, or every online worker of every broker.
+        targets = ([(self._worker_app(worker), [worker])] if worker else
+                   [(app, self._online_workers(app)) for app in {id(app): app for app in self.apps.values()}.values()])
+        replies = []
+        for app, asked in targets:
+            with _broker_reachable():
+                replies += app.control.broadcast(command, arguments=arguments,
+                                                 destination=[worker] if worker else None, reply=True,
+                                                 timeout=self.reply_timeout, limit=len(asked) or None) or []
         result = ActionResult(action, task_name, {key: value for key, value in arguments.items() if key != "task_name"}
-                              | ({"workername": worker} if worker else {}), user, self.clock(), message, asked=asked)
+                              | ({"workername": worker} if worker else {}), user, self.clock(), message,
+                              asked=[name for _app, asked in targets for name in asked])
         return self._record(_with_replies(result, replies))
 
     def _resend(self, task: dict) -> str:
@@ -314,8 +331,9 @@ class Controller:
         if not task.get("name"):
             raise ControlError(400, f"task '{task['uuid']}' has no name in the store")
         new_id = str(uuid_module.uuid4())
-        self._app_of(task.get("broker")).send_task(task["name"], args=args, kwargs=kwargs, task_id=new_id,
-                                                   **_routing(task))
+        with _broker_reachable():
+            self._app_of(task.get("broker")).send_task(task["name"], args=args, kwargs=kwargs, task_id=new_id,
+                                                       **_routing(task))
         return new_id
 
     def _record(self, result: ActionResult) -> ActionResult:
@@ -335,11 +353,20 @@ class Controller:
     def _app_of(self, broker: str | None):
         return self.apps.get(broker) or next(iter(self.apps.values()))
 
-    def _online_workers(self, broker: str | None) -> list[str]:
-        """The online workers of `broker` (of the first broker's app when None): those whose answer is awaited."""
-        app = self._app_of(broker)
+    def _online_workers(self, app) -> list[str]:
+        """The online workers reached through `app` (its broker's): those whose answer is awaited."""
         return [worker["hostname"] for worker in self.store.workers(self.clock())
                 if worker["online"] and self._app_of(worker["broker"]) is app]
+
+
+@contextlib.contextmanager
+def _broker_reachable():
+    """A broker that cannot be reached (after kombu's own retries) as a 503 with the reason."""
+    try:
+        yield
+    except (OperationalError, OSError) as exc:
+        raise ControlError(503, f"the broker cannot be reached now ({type(exc).__name__}: {exc}); "
+                                "nothing was sent") from None
 
 
 def _with_replies(result: ActionResult, replies) -> ActionResult:
@@ -378,8 +405,12 @@ def _literal(text: str | None, field: str, task_id: str):
 
 
 def _finished(query: TaskQuery) -> TaskQuery:
+    """The query narrowed to finished tasks: only those can be re-run."""
     states = tuple(state for state in query.states if state in TERMINAL_STATES) if query.states else TERMINAL_STATES
-    return dataclasses.replace(query, states=states or ("(none)",))
+    if not states:
+        raise ControlError(400, f"only finished tasks ({', '.join(TERMINAL_STATES)}) can be re-run, and the "
+                                f"state filter ({', '.join(query.states)}) keeps none of them")
+    return dataclasses.replace(query, states=states)
 
 
 def _call(args, kwargs, options) -> tuple[list, dict, dict]:
@@ -394,13 +425,24 @@ def _call(args, kwargs, options) -> tuple[list, dict, dict]:
     if unknown:
         raise ControlError(400, f"unknown option(s) {', '.join(sorted(map(str, unknown)))[:200]}; "
                                 f"known: {', '.join(sorted(_SEND_OPTIONS))}")
+    for key in ("queue", "routing_key", "exchange"):
+        if key in options:
+            options[key] = _name(options[key], key)
+    if "priority" in options and (not isinstance(options["priority"], int) or not 0 <= options["priority"] <= 255):
+        raise ControlError(400, "priority must be a whole number from 0 to 255")
+    if "headers" in options and not isinstance(options["headers"], dict):
+        raise ControlError(400, "headers must be an object")
     try:
         if "countdown" in options:
-            options["countdown"] = float(options["countdown"])
+            options["countdown"] = _seconds(options["countdown"], "countdown")
         if "eta" in options:
             options["eta"] = datetime.datetime.fromisoformat(str(options["eta"]))
-        if "expires" in options and not isinstance(options["expires"], (int, float)):
-            options["expires"] = datetime.datetime.fromisoformat(str(options["expires"]))
+        if "expires" in options:
+            expires = options["expires"]
+            options["expires"] = (_seconds(expires, "expires") if isinstance(expires, (int, float))
+                                  else datetime.datetime.fromisoformat(str(expires)))
+    except ControlError:
+        raise
     except (TypeError, ValueError):
         raise ControlError(400, "countdown must be seconds; eta and expires an ISO 8601 time "
                                 "(expires may also be seconds)") from None
@@ -429,6 +471,13 @@ def _positive(value, what: str) -> int:
     number = _whole(value, what)
     if number == 0:
         raise ControlError(400, f"{what} must be at least 1")
+    return number
+
+
+def _pool_size(value, what: str) -> int:
+    number = _positive(value, what)
+    if number > MAX_POOL_PROCESSES:
+        raise ControlError(400, f"{what} must be at most {MAX_POOL_PROCESSES:,} pool processes")
     return number
 
 

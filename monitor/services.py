@@ -16,7 +16,7 @@ from monitor.store import Store, open_store, store_error_text
 
 
 def make_celery_app(settings: Settings, broker: str) -> Celery:
-    app = Celery("flowerbed", broker=broker, set_as_current=False)
+    app = Celery("flowerbed", broker=broker, backend=settings.result_backend or None, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = True
     # As the workers': with a global_keyprefix, events, inspect and queues all live under it.
     app.conf.broker_transport_options = settings.transport_options

@@ -58,6 +58,8 @@ class Settings:
     broker_api: str = ""
     # kombu's transport options as the workers have them (JSON object), e.g. a Redis global_keyprefix.
     broker_transport_options: str = ""
+    # Where the workers keep task results: aborting an AbortableTask writes its state there.
+    result_backend: str = ""
 
     @property
     def transport_options(self) -> dict:
@@ -135,6 +137,8 @@ _OPTIONS = (
     ("broker_transport_options", ("--broker-transport-options",), ("FLOWERBED_BROKER_TRANSPORT_OPTIONS",), str,
      "kombu transport options as a JSON object, as your workers' broker_transport_options, e.g. "
      '\'{"global_keyprefix": "app1:"}\' or Redis priority_steps and sep'),
+    ("result_backend", ("--result-backend",), ("FLOWERBED_RESULT_BACKEND", "CELERY_RESULT_BACKEND"), str,
+     "the workers' result backend (e.g. redis://host/1), needed to abort an AbortableTask"),
 )
 # (field, flag, environment variable, help) for on/off switches
 _SWITCHES = (

@@ -172,35 +172,38 @@ def browser():
 
 @pytest.fixture
 def open_page(browser, request):
-    """open_page(credentials=None) opens a fresh page (1440 × 900, downloads accepted, 20 s for any wait,
-    basic auth with `credentials` (user, password)); the test fails if the browser logged an error or a
-    request failed. FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of each page."""
+    """open_page(credentials=None, width=1440, height=900) opens a fresh page (basic auth with
+    `credentials` (user, password), downloads accepted, 20 s for any wait); the test fails if any
+    of them logged a browser error or saw a request fail, except the statuses in `allowed_statuses`.
+    FLOWERBED_SCREENSHOTS=DIR keeps a screenshot of each."""
     opened = []
 
-    def open_one(credentials: tuple[str, str] | None = None):
-        options = {"http_credentials": dict(zip(("username", "password"), credentials))} if credentials else {}
-        context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True, **options)
+    def open_one(credentials=None, width=1440, height=900, allowed_statuses=()):
+        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
+                                      http_credentials=dict(zip(("username", "password"), credentials))
+                                      if credentials else None)
         page = context.new_page()
         page.set_default_timeout(20_000)
         problems = []
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        expected = tuple(f"the server responded with a status of {status} " for status in allowed_statuses)
+        page.on("console", lambda message: problems.append(message.text)
+                if message.type == "error" and not any(text in message.text for text in expected) else None)
         page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
-                if response.status >= 400 else None)
-        opened.append((context, page, problems))
+                if response.status >= 400 and response.status not in allowed_statuses else None)
+        opened.append((page, context, problems))
         return page
-
     yield open_one
     screenshots = os.environ.get("FLOWERBED_SCREENSHOTS")
-    for number, (context, page, _problems) in enumerate(opened):
+    for number, (page, context, _problems) in enumerate(opened):
         if screenshots:
             page.screenshot(path=f"{screenshots}/browser-{request.node.name}{'-' * bool(number)}{number or ''}.png",
                             full_page=True)
         context.close()
-    problems = [problem for _context, _page, found in opened for problem in found]
+    problems = [problem for _page, _context, page_problems in opened for problem in page_problems]
     assert not problems, problems
 
 
 @pytest.fixture
 def page(open_page):
-    """A fresh page, as open_page() gives it."""
+    """A fresh page (1440 × 900, downloads accepted, 20 s for any wait); see open_page."""
     return open_page()

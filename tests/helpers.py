@@ -273,13 +273,14 @@ class CeleryWorker:
     """A real `celery worker` subprocess running tests/sample_tasks.py, consuming its own queue so
     tasks sent for one test never reach another test's worker; `send` routes tasks to it."""
 
-    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4, pool: str = "threads"):
+    def __init__(self, broker: str, hostname: str, log_dir: Path, concurrency: int = 4, pool: str = "threads",
+                 backend: str = ""):
         from celery import Celery
 
         self.broker = broker
         self.hostname = hostname
         self.queue = f"q-{hostname.replace('@', '-')}-{uuid_module.uuid4().hex[:6]}"
-        env = {**os.environ, "SAMPLE_BROKER": broker}
+        env = {**os.environ, "SAMPLE_BROKER": broker, "SAMPLE_BACKEND": backend}
         # A one-second heartbeat lets the monitor see the worker go offline within ~2 s.
         self.process = Process(
             [sys.executable, "-m", "celery", "-A", "sample_tasks", "worker", "-E", "-P", pool,

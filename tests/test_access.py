@@ -135,15 +135,13 @@ def render(client, path: str, user) -> str:
     return response.get_data(as_text=True)
 
 
-def confirm_action(client, user, pending) -> str:
-    """What the worker page says after `user` confirms the action `pending`."""
-    body = callback_body("worker-action-result.children",
+def confirm_action(client, user, pending):
+    """The answer to `user` confirming the action `pending` on the worker page."""
+    body = callback_body("act-worker-result.children",
                          [{"id": "worker-confirm", "property": "submit_n_clicks", "value": 1}],
                          [{"id": "worker-pending", "property": "data", "value": pending},
                           {"id": "worker-name", "property": "data", "value": "known@host"}])
-    response = client.post("/_dash-update-component", json=body, headers=basic(*user))
-    assert response.status_code == 200
-    return response.get_data(as_text=True)
+    return client.post("/_dash-update-component", json=body, headers=basic(*user))
 
 
 def test_only_admins_get_worker_controls_and_the_server_refuses_a_viewers_action(tmp_path):
@@ -153,12 +151,12 @@ def test_only_admins_get_worker_controls_and_the_server_refuses_a_viewers_action
         assert "Shut down worker" in render(client, "/worker/known@host", ADMIN)
         viewer_page = render(client, "/worker/known@host", VIEWER)
         assert "known@host" in viewer_page and "worker-action" not in viewer_page and "Shut down" not in viewer_page
-        grow = {"action": "pool-grow", "values": {"n": 1}}
-        assert "read-only users cannot control workers" in confirm_action(client, VIEWER, grow)
+        refused = confirm_action(client, VIEWER, {"action": "pool-grow", "values": {"n": 1}})
+        assert refused.status_code == 403 and "read-only" in refused.get_json()["error"]
         assert app_.server.config["flowerbed_services"].store.count_audit() == 0  # nothing was sent
         # An admin's malformed value is refused with the engine's reason, before anything is sent.
-        refused = confirm_action(client, ADMIN, {"action": "pool-grow", "values": {"n": "two"}})
-        assert "n must be a whole number" in refused and "not done" in refused
+        answer = confirm_action(client, ADMIN, {"action": "pool-grow", "values": {"n": "two"}}).get_data(as_text=True)
+        assert "n must be a whole number" in answer and "not done" in answer
 
 
 def assert_links_under_flower(html: str) -> None:

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from celery import Celery
 
-from helpers import CeleryWorker, FlowerbedServer, Stack, finished, get_json, wait_for, wait_for_tasks, worker_status
+from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, free_port, get_json, wait_for, wait_for_tasks,
+                     worker_status)
 from monitor.control import ControlError, Controller
 from monitor.query.tasks import TaskQuery
 from monitor.store import open_store
@@ -79,6 +80,7 @@ def offline_controller(make_store):
     (lambda c: c.send_task("ada", "sample.add", "1, 2"), 400, "args must be an array"),
     (lambda c: c.send_task("ada", "sample.add", [1], {}, {"link": "x"}), 400, "unknown option(s) link"),
     (lambda c: c.abort("ada", "done"), 503, "needs a result backend"),
+    (lambda c: c.rerun_preview(TaskQuery(states=("STARTED",))), 400, "state filter (STARTED) keeps none"),
 ])
 def test_bad_requests_are_refused_with_a_reason_and_leave_no_audit_row(offline_controller, call, status, words):
     offline_controller.store.write_batch(workers=[("w@a",) + (None,) * 11])
@@ -86,6 +88,21 @@ def test_bad_requests_are_refused_with_a_reason_and_leave_no_audit_row(offline_c
         call(offline_controller)
     assert refused.value.status == status and words in str(refused.value)
     assert offline_controller.store.count_audit() == 0
+
+
+def test_a_broker_that_cannot_be_reached_is_a_503_and_leaves_no_audit_row(make_store):
+    store = make_store()
+    store.write_batch(tasks=[finished("done", "sample.add", 0.1, T0, args="[1, 2]", kwargs="{}")],
+                      workers=[("w@a",) + (None,) * 11])
+    away = Celery("away", broker=f"redis://127.0.0.1:{free_port()}/0", set_as_current=False)
+    away.conf.broker_connection_max_retries = 1
+    controller = Controller(store, {"default": away})
+    for call in (lambda: controller.pool_grow("ada", "w@a", 1), lambda: controller.rerun("ada", "done"),
+                 lambda: controller.send_task("ada", "sample.add", [1, 2])):
+        with pytest.raises(ControlError) as refused:
+            call()
+        assert refused.value.status == 503 and "the broker cannot be reached now" in str(refused.value)
+    assert store.count_audit() == 0
 
 
 # -- the engine against a real worker ---------------------------------------------------------------
@@ -209,6 +226,28 @@ def test_send_task_and_apply_by_name(rig):
     applied, task = rig.controller.apply("ada", "sample.add", [2, 3], {}, {"queue": rig.worker.queue}, wait=30)
     assert task is not None and (task["state"], task["result"]) == ("SUCCESS", "5")
     assert [row["action"] for row in rig.store.iter_audit("sample.add", limit=2)] == ["apply", "send-task"]
+
+
+def test_abort_stops_an_abortable_task_through_the_result_backend(redis_url, tmp_path):
+    broker, backend = redis_url.rsplit("/", 1)[0] + "/5", redis_url.rsplit("/", 1)[0] + "/6"
+    stack = Stack()
+    try:
+        server = stack.add(FlowerbedServer.start(broker, tmp_path / "abort.db", tmp_path / "abort.log",
+                                                 "--result-backend", backend))
+        worker = stack.add(CeleryWorker(broker, "delta@abort", tmp_path, backend=backend))
+        wait_for(lambda: worker_status(server, worker.hostname), 20, "the worker online in the monitor")
+        store = open_store(str(tmp_path / "abort.db"))
+        controller = Controller(store, {"default": Celery("abort-tests", broker=broker, backend=backend,
+                                                          set_as_current=False)})
+        task_id = worker.send("sample.abortable", 60)
+        wait_for_tasks(server, {task_id: "STARTED"})
+        result = controller.abort("ada", task_id)
+        assert (result.outcome, result.message) == ("sent", f"Aborted '{task_id}'")
+        assert wait_for_tasks(server, {task_id: "SUCCESS"})[task_id]["result"] == "'aborted'"
+        assert next(store.iter_audit(task_id))["action"] == "abort"
+        store.close()
+    finally:
+        stack.stop_all()
 
 
 def test_shutdown_takes_the_worker_offline(rig):  # last: the worker is gone afterwards

@@ -5,16 +5,24 @@ monitor knows is listed, whether it was seen through events or through inspect.
 """
 from __future__ import annotations
 
+import csv
+import datetime
 import functools
+import io
+import json
+import re
 import time
 from typing import Callable, Iterable, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
+from monitor.control import BULK_RERUN_CAP, ActionResult, ControlError
 from monitor.query.tasks import QueryError, TaskQuery, parse_sort, parse_time, shown, stream_tasks
 from monitor.store.schema import TASK_FIELDS
 
 MAX_LIMIT = 10_000
+# The longest /api/task/apply waits for the task to finish (it holds a web thread meanwhile).
+MAX_APPLY_WAIT = 300.0
 # Longer than any task id a client makes (celery's are UUIDs); refused before the store is asked.
 MAX_TASK_ID = 1_000
 
@@ -92,15 +100,232 @@ def _brokers_arg() -> tuple[str, ...]:
     return (request.args["broker"],) if request.args.get("broker") else ()
 
 
-def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
+def _action_answer(result: ActionResult, failure: str | None = None):
+    """Flower's answer to a control action ({"message"} when it worked), with the workers' replies
+    (outcome, confirmed, errors, silent, task_ids) beside it. An action every asked worker refused
+    is a 403 and one no worker answered a 504, as Flower's are, with the reason in "error"."""
+    body = result.as_dict()
+    if result.outcome != "failed":
+        return jsonify(body)
+    if result.errors:
+        reasons = "; ".join(f"{worker}: {error}" for worker, error in result.errors.items())
+        response = jsonify({**body, "error": f"{failure or 'Failed'}: '{reasons}'"})
+        response.status_code = 403
+    else:
+        response = jsonify({**body, "error": f"No response from worker '{', '.join(result.silent)}'"})
+        response.status_code = 504
+    return response
+
+
+AUDIT_CSV_COLUMNS = ("at", "actor", "action", "target", "outcome", "message", "arguments", "confirmed", "errors",
+                     "silent", "task_ids")
+# Text a spreadsheet would run as a formula (OWASP's advice: a leading quote), as the grids' CSV does.
+_FORMULA_START = re.compile(r"^[=+\-@\t\r]")
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return "'" + text if _FORMULA_START.match(text) else text
+
+
+def audit_csv_lines(rows: Iterable[dict]) -> Iterator[str]:
+    """The audit rows as CSV, a line at a time: times in ISO 8601 UTC, arguments and replies as JSON,
+    cells a spreadsheet would run as a formula made safe."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def line(cells) -> str:
+        writer.writerow(cells)
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    yield line(AUDIT_CSV_COLUMNS)
+    for row in rows:
+        replies = row.get("replies") or {}
+        at = datetime.datetime.fromtimestamp(row["at"], datetime.timezone.utc).isoformat(timespec="milliseconds")
+        at = at.replace("+00:00", "Z")
+        yield line([at, *(_csv_cell(row.get(field)) for field in ("actor", "action", "target", "outcome", "message",
+                                                                   "arguments")),
+                    *(_csv_cell(replies.get(field)) for field in ("confirmed", "errors", "silent", "task_ids"))])
+
+
+def _json_body() -> dict:
+    """The JSON object a task route is posted (args, kwargs and apply_async options), {} when empty."""
+    if not request.get_data():
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ControlError(400, "the body must be a JSON object such as {\"args\": [1, 2], \"kwargs\": {}}")
+    return body
+
+
+def _value(name: str, default=None):
+    """A parameter from the query string or a form body, as Flower's get_argument reads them."""
+    value = request.values.get(name)
+    return default if value in (None, "") else value
+
+
+def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=lambda: "anonymous") -> Blueprint:
     """Routes under `prefix` ('/' or '/flower/'), reading `services.store`; `may_act()` says
-    whether the current user may trigger actions."""
+    whether the current user may trigger actions, `current_user()` who they are (for the audit log)."""
     api = Blueprint("flowerbed_api", __name__, url_prefix=prefix.rstrip("/") or None)
     store = services.store
+    control = services.controller
 
     @api.errorhandler(QueryError)
     def bad_query(exc):
         return _error(400, str(exc))
+
+    @api.errorhandler(ControlError)
+    def refused_action(exc):
+        return _error(exc.status, str(exc))
+
+    def action(rule: str, methods=("POST",)):
+        """A route that acts: admins only (403 with the reason for anyone else)."""
+        def register(view):
+            @functools.wraps(view)
+            def guarded(**kwargs):
+                if not may_act():
+                    return _error(403, "read-only users cannot act on workers or tasks")
+                return view(**kwargs)
+            return api.route(rule, methods=list(methods))(guarded)
+        return register
+
+    # -- worker control, on Flower's routes ----------------------------------------------------
+    @action("/api/worker/shutdown/<workername>")
+    def worker_shutdown(workername):
+        return _action_answer(control.shutdown(current_user(), workername))
+
+    @action("/api/worker/pool/restart/<workername>")
+    def pool_restart(workername):
+        return _action_answer(control.pool_restart(current_user(), workername),
+                              f"Failed to restart the '{workername}' pool")
+
+    @action("/api/worker/pool/grow/<workername>")
+    def pool_grow(workername):
+        return _action_answer(control.pool_grow(current_user(), workername, _value("n", 1)),
+                              f"Failed to grow '{workername}' worker's pool")
+
+    @action("/api/worker/pool/shrink/<workername>")
+    def pool_shrink(workername):
+        return _action_answer(control.pool_shrink(current_user(), workername, _value("n", 1)),
+                              f"Failed to shrink '{workername}' worker's pool")
+
+    @action("/api/worker/pool/autoscale/<workername>")
+    def pool_autoscale(workername):
+        if _value("min") is None or _value("max") is None:
+            raise ControlError(400, "give min and max (pool processes)")
+        return _action_answer(control.autoscale(current_user(), workername, _value("max"), _value("min")),
+                              f"Failed to autoscale '{workername}' worker")
+
+    @action("/api/worker/queue/add-consumer/<workername>")
+    def add_consumer(workername):
+        queue = _value("queue")
+        return _action_answer(control.add_consumer(current_user(), workername, queue),
+                              f"Failed to add '{queue}' consumer to '{workername}' worker")
+
+    @action("/api/worker/queue/cancel-consumer/<workername>")
+    def cancel_consumer(workername):
+        queue = _value("queue")
+        return _action_answer(control.cancel_consumer(current_user(), workername, queue),
+                              f"Failed to cancel '{queue}' consumer from '{workername}' worker")
+
+    # -- per task name -------------------------------------------------------------------------
+    @action("/api/task/rate-limit/<taskname>")
+    def task_rate_limit(taskname):
+        if _value("ratelimit") is None:
+            raise ControlError(400, "give ratelimit (such as 10/s, 100/m; 0 lifts the limit)")
+        return _action_answer(control.rate_limit(current_user(), taskname, _value("ratelimit"), _value("workername")),
+                              "Failed to set rate limit")
+
+    @action("/api/task/timeout/<taskname>")
+    def task_timeout(taskname):
+        return _action_answer(control.time_limit(current_user(), taskname, _value("soft"), _value("hard"),
+                                                 _value("workername")), "Failed to set timeouts")
+
+    # -- tasks ---------------------------------------------------------------------------------
+    @action("/api/task/revoke/<taskid>")
+    def task_revoke(taskid):
+        terminate = str(_value("terminate", "false")).lower() in ("1", "true", "yes", "on")
+        return _action_answer(control.revoke(current_user(), taskid, terminate, _value("signal", "SIGTERM")))
+
+    @action("/api/task/abort/<taskid>")
+    def task_abort(taskid):
+        return _action_answer(control.abort(current_user(), taskid))
+
+    def send(taskname, action_name):
+        body = _json_body()
+        options = {key: value for key, value in body.items() if key not in ("args", "kwargs")}
+        result = control.send_task(current_user(), taskname, body.get("args"), body.get("kwargs"), options,
+                                   action=action_name)
+        return jsonify({"task-id": result.task_ids[0], **result.as_dict()})
+
+    @action("/api/task/async-apply/<taskname>")
+    def task_async_apply(taskname):
+        return send(taskname, "async-apply")
+
+    @action("/api/task/send-task/<taskname>")
+    def task_send(taskname):
+        return send(taskname, "send-task")
+
+    @action("/api/task/apply/<taskname>")
+    def task_apply(taskname):
+        body = _json_body()
+        options = {key: value for key, value in body.items() if key not in ("args", "kwargs")}
+        try:
+            wait = min(float(_value("timeout", 30)), MAX_APPLY_WAIT)
+        except ValueError:
+            raise ControlError(400, "timeout must be a number of seconds") from None
+        if not wait >= 0:
+            raise ControlError(400, "timeout must be a number of seconds, at least 0")
+        result, task = control.apply(current_user(), taskname, body.get("args"), body.get("kwargs"), options, wait=wait)
+        answer = {"task-id": result.task_ids[0], "state": task["state"] if task else "PENDING"}
+        if task and task["state"] in ("SUCCESS", "FAILURE"):
+            answer["result"] = task["result"] if task["state"] == "SUCCESS" else task["exception"]
+            if task["state"] == "FAILURE":
+                answer["traceback"] = task["traceback"]
+        return jsonify(answer)
+
+    @action("/api/task/rerun/<taskid>")
+    def task_rerun(taskid):
+        result = control.rerun(current_user(), taskid)
+        return jsonify({"task-id": result.task_ids[0], **result.as_dict()})
+
+    @action("/api/tasks/rerun")
+    def tasks_rerun():
+        """A bulk re-run of the finished tasks ?search= and ?state= match, at most ?cap= of them;
+        ?dry_run=1 only counts them."""
+        query = TaskQuery(search=_value("search", ""), states=_states_arg(), brokers=_brokers_arg(),
+                          sort=parse_sort(_value("sort_by")))
+        cap = _value("cap", BULK_RERUN_CAP)
+        if str(_value("dry_run", "")).lower() in ("1", "true"):
+            preview = control.rerun_preview(query, cap)
+            return jsonify({"matched": preview.matched, "would_send": preview.would_send, "cap": preview.cap})
+        return _action_answer(control.bulk_rerun(current_user(), query, cap))
+
+    @api.get("/api/task/links/<taskid>")
+    def task_links(taskid):
+        if len(taskid) > MAX_TASK_ID:
+            return _error(400, f"a task id has at most {MAX_TASK_ID:,} characters")
+        return jsonify(store.task_links(taskid))
+
+    # -- the audit log (admins only: it names users and what they did) -------------------------
+    @action("/api/audit", methods=("GET",))
+    def audit():
+        search = request.args.get("search", "")
+        rows = list(store.iter_audit(search, limit=_int_arg("limit", 100, MAX_LIMIT), offset=_int_arg("offset", 0)))
+        return jsonify({"total": store.count_audit(search), "entries": rows})
+
+    @action("/api/audit.csv", methods=("GET",))
+    def audit_csv():
+        search = request.args.get("search", "")
+        response = current_app.response_class(audit_csv_lines(store.iter_audit(search)), mimetype="text/csv")
+        response.headers["Content-Disposition"] = 'attachment; filename="flowerbed-audit.csv"'
+        return response
 
     @api.get("/api/workers")
     def workers():

@@ -74,14 +74,18 @@ def register(app, services) -> None:
         Input("refresh-tick", "n_intervals"),
         State("worker-name", "data"),
         State("worker-task", "options"),
+        State("worker-queues-consumed", "children"),
     )
-    def refresh_control_choices(_tick, hostname, shown):
-        # Only on an admin's page (where the panel is); new choices appear as the worker reports them.
+    def refresh_control_choices(_tick, hostname, shown_tasks, shown_queues):
+        # Only on an admin's page (where the panel is); new choices appear as the worker reports them,
+        # and choices that did not change are not sent again (an open dropdown would flicker).
         worker = services.store.worker(hostname) if isinstance(hostname, str) else None
         if worker is None:
             return no_update, no_update
         tasks, queues = control_choices(worker)
-        return (tasks, queues) if tasks != shown else (no_update, no_update)
+        shown_names = [option.get("props", {}).get("value") for option in shown_queues or () if isinstance(option, dict)]
+        return (tasks if tasks != shown_tasks else no_update,
+                queues if [option.value for option in queues] != shown_names else no_update)
 
     @app.callback(
         Output("worker-confirm", "message"),

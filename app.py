@@ -14,8 +14,10 @@ from werkzeug.exceptions import HTTPException
 import auth
 from callbacks import analytics as analytics_callbacks
 from callbacks import audit as audit_callbacks
+from callbacks import broker as broker_callbacks
 from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
+from callbacks import worker as worker_callbacks
 from callbacks import workers as workers_callbacks
 from cli import brokers_shown, or_exit, settings_or_exit
 from components.shell import shell
@@ -48,7 +50,8 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         compress=True,  # plotly.js and AG Grid are ~6 MB as sent uncompressed, ~1.8 MB compressed
     )
     app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000), admin=auth.can_act())
-    for module in (shell_callbacks, workers_callbacks, tasks_callbacks, analytics_callbacks, audit_callbacks):
+    for module in (shell_callbacks, workers_callbacks, worker_callbacks, tasks_callbacks, analytics_callbacks,
+                   broker_callbacks, audit_callbacks):
         module.register(app, services)
     auth.install(app, settings, services.store, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
     app.server.register_blueprint(create_health_blueprint(services, routes_prefix))

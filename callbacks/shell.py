@@ -13,6 +13,8 @@ from monitor.query import analytics
 from components.analytics import analytics_layout
 from callbacks.tasks import search_message
 from components.tasks import task_detail, tasks_layout
+from components.broker import broker_layout
+from components.worker import worker_controls, worker_layout
 from components.workers import dashboard_layout, worker_rows
 
 
@@ -30,7 +32,7 @@ def register(app, services) -> None:
     @app.callback([Output(nav_id, "className") for nav_id in nav_ids], Input("url", "pathname"))
     def highlight_nav(pathname):
         section = (safe_strip(app, pathname) or "").split("/")[0] or "dashboard"
-        current = "nav-tasks" if section == "task" else f"nav-{section}"
+        current = {"task": "nav-tasks", "worker": "nav-dashboard"}.get(section, f"nav-{section}")
         return ["nav-link active" if nav_id == current else "nav-link" for nav_id in nav_ids]
 
     @app.callback(Output("collector-status", "children"), Output("store-version", "data"),
@@ -90,10 +92,29 @@ def route(app, services, pathname: str | None, search: str | None):
         if not auth.can_act():
             return shell_components.not_found("The audit log is for admins.", app.get_relative_path)
         return audit_layout(params.get("q", [""])[0])
+    if path == "broker":
+        return broker_layout()
+    if path.startswith("worker/"):
+        worker = stored_worker(services, path)
+        if worker is None:
+            return shell_components.not_found(f"No worker named {worker_name(path)} is known at /{path}.",
+                                              app.get_relative_path)
+        return worker_layout(worker, app.get_relative_path, controls=worker_controls(worker) if auth.can_act() else None)
     return shell_components.not_found(f"There is no page at /{path}.", app.get_relative_path)
 
 
-PAGES = ("", "tasks", "analytics", "audit")
+PAGES = ("", "tasks", "analytics", "audit", "broker")
+
+
+def worker_name(path: str) -> str:
+    """The hostname a `worker/<name>` path names."""
+    return urllib.parse.unquote(path.split("/", 1)[1])
+
+
+def stored_worker(services, path: str) -> dict | None:
+    """The stored worker a `worker/<name>` path names, else None."""
+    name = worker_name(path)
+    return services.store.worker(name) if name.isprintable() and len(name) <= 1000 else None
 
 
 def stored_task(services, path: str) -> dict | None:
@@ -107,4 +128,5 @@ def is_page(services, path: str) -> bool:
     path = path.strip("/")
     if path == "audit":
         return auth.can_act()
-    return path in PAGES or path.startswith("task/") and stored_task(services, path) is not None
+    return (path in PAGES or path.startswith("task/") and stored_task(services, path) is not None
+            or path.startswith("worker/") and stored_worker(services, path) is not None)

@@ -1,4 +1,5 @@
-"""The Dashboard: worker rows and totals, refreshed on the interval or by the Refresh button."""
+"""The Dashboard: worker rows and totals, refreshed on the interval or by the Refresh button; a row
+opens its worker's page."""
 from __future__ import annotations
 
 import time
@@ -44,3 +45,13 @@ def register(app, services) -> None:
         options = Patch()
         options["quickFilterText"] = text or ""
         return options
+
+    app.clientside_callback(
+        """function(cell) {
+            if (cell && cell.rowId) { window.flowerbedNavigate('%s' + encodeURIComponent(cell.rowId)); }
+            return window.dash_clientside.no_update;
+        }""" % app.get_relative_path("/worker/"),
+        Output("workers-grid", "id"),
+        Input("workers-grid", "cellClicked"),
+        prevent_initial_call=True,
+    )

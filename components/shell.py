@@ -5,7 +5,7 @@ from dash import dcc, html
 
 from .common import format_clock
 
-NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"))
+NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"), ("Broker", "broker"))
 
 
 def shell(relative_path, refresh_ms: int, admin: bool = False) -> html.Div:

@@ -9,7 +9,7 @@ from .common import broker_columns, broker_filter, page_header, stat_card
 
 WORKER_COLUMNS = [
     {"field": "hostname", "headerName": "Worker", "minWidth": 220, "flex": 2,
-     "cellClass": "mono"},
+     "cellClass": "mono link-cell", "tooltipValueGetter": {"function": "'Open ' + params.value"}},
     {"field": "broker", "headerName": "Broker", "width": 170, "hide": True},  # shown with several brokers
     {"field": "status", "headerName": "Status", "width": 110,
      "cellClassRules": {"cell-online": "params.value == 'Online'", "cell-offline": "params.value == 'Offline'"}},

@@ -18,9 +18,11 @@ from monitor.store import Store, open_store, store_error_text
 def make_celery_app(settings: Settings, broker: str) -> Celery:
     app = Celery("flowerbed", broker=broker, backend=settings.result_backend or None, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = True
+    # As the workers': with a global_keyprefix, events, inspect and queues all live under it.
+    app.conf.broker_transport_options = settings.transport_options
     if settings.demo:
         # The in-memory transport polls; the default 1 s makes inspect take 2 s and tasks lag.
-        app.conf.broker_transport_options = {"polling_interval": 0.05}
+        app.conf.broker_transport_options = {**settings.transport_options, "polling_interval": 0.05}
     return app
 
 
@@ -112,7 +114,8 @@ def build_services(settings: Settings) -> Services:
                               events_queue=events_queue)
                     for name, app in apps.items()],
         inspectors=[Inspector(app, store, broker_name=name, interval=settings.inspect_seconds,
-                              timeout=settings.inspect_timeout, enable_events=settings.enable_events)
+                              timeout=settings.inspect_timeout, enable_events=settings.enable_events,
+                              broker_api=settings.broker_api)
                     for name, app in apps.items()],
         controller=Controller(store, apps, reply_timeout=settings.inspect_timeout),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -58,8 +59,16 @@ class Settings:
     events_queue: str = ""
     events_queue_max_length: int = 1_000_000
     events_queue_ttl: float = 86_400.0
+    # RabbitMQ's management HTTP API, e.g. http://guest:guest@rabbit:15672/api/ (queue depths).
+    broker_api: str = ""
+    # kombu's transport options as the workers have them (JSON object), e.g. a Redis global_keyprefix.
+    broker_transport_options: str = ""
     # Where the workers keep task results: aborting an AbortableTask writes its state there.
     result_backend: str = ""
+
+    @property
+    def transport_options(self) -> dict:
+        return json.loads(self.broker_transport_options) if self.broker_transport_options else {}
 
     @property
     def named_brokers(self) -> tuple[tuple[str, str], ...]:
@@ -133,6 +142,12 @@ _OPTIONS = (
      "messages --events-queue keeps at most; beyond that the oldest are dropped"),
     ("events_queue_ttl", ("--events-queue-ttl",), ("FLOWERBED_EVENTS_QUEUE_TTL",), float,
      "seconds a message waits in --events-queue before the broker drops it"),
+    ("broker_api", ("--broker-api",), ("FLOWERBED_BROKER_API", "FLOWER_BROKER_API"), str,
+     "RabbitMQ's management HTTP API, e.g. http://guest:guest@rabbit:15672/api/, to read queue depths from "
+     "(else a passive queue_declare per queue)"),
+    ("broker_transport_options", ("--broker-transport-options",), ("FLOWERBED_BROKER_TRANSPORT_OPTIONS",), str,
+     "kombu transport options as a JSON object, as your workers' broker_transport_options, e.g. "
+     '\'{"global_keyprefix": "app1:"}\' or Redis priority_steps and sep'),
     ("result_backend", ("--result-backend",), ("FLOWERBED_RESULT_BACKEND", "CELERY_RESULT_BACKEND"), str,
      "the workers' result backend (e.g. redis://host/1), needed to abort an AbortableTask"),
 )
@@ -260,6 +275,9 @@ def _validate(settings: Settings) -> None:
                  "waiting_seconds"):
         _positive(name.replace("_", "-"), getattr(settings, name))
     check_db(settings.db)
+    check_transport_options(settings.broker_transport_options)
+    if settings.broker_api and not settings.broker_api.startswith(("http://", "https://")):
+        raise SettingsError(f"broker-api must be an http:// or https:// URL, got {without_password(settings.broker_api)!r}")
     if settings.events_queue and settings.collects:
         check_events_queue(settings)
     if settings.url_prefix and not settings.url_prefix.strip("/"):
@@ -290,6 +308,18 @@ def check_broker(broker: str) -> None:
             parse_url(url)
         except ValueError as exc:
             raise SettingsError(f"broker: {exc} in {shown!r}") from None
+
+
+def check_transport_options(text: str) -> None:
+    if not text:
+        return
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"broker-transport-options must be a JSON object: {exc}") from None
+    if not isinstance(options, dict):
+        raise SettingsError(f"broker-transport-options must be a JSON object such as {{\"global_keyprefix\": \"app1:\"}}, "
+                            f"got {text[:100]!r}")
 
 
 def check_db(db: str) -> None:

@@ -418,3 +418,11 @@ def finished(uuid, name, runtime, at, state="SUCCESS", wait=0.01, worker="celery
     times = {"succeeded": at} if state == "SUCCESS" else {"failed": at} if state == "FAILURE" else {"revoked": at}
     return task_row(uuid=uuid, name=name, state=state, worker=worker, routing_key=queue, received=started - wait,
                     sent=started - wait - 0.001, started=started, runtime=runtime, timestamp=at, **times, **extra)
+
+
+def callback_body(output: str, inputs: list, state: list = ()) -> dict:
+    """The body dash-renderer posts to /_dash-update-component for a callback."""
+    outputs = [dict(zip(("id", "property"), part.split("."))) for part in output.strip(".").split("...")]
+    changed = [f"{item['id']}.{item['property']}" for item in inputs]
+    return {"output": output, "outputs": outputs if len(outputs) > 1 else outputs[0], "inputs": list(inputs),
+            "changedPropIds": changed, "parsedChangedPropsIds": changed, **({"state": list(state)} if state else {})}

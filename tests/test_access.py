@@ -9,6 +9,7 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 import app as flowerbed_app
+from helpers import callback_body
 from monitor.settings import load_settings
 from monitor.store.schema import TASK_FIELDS
 
@@ -109,8 +110,8 @@ def test_health_checks_stay_open(dash_app):
 def test_each_role_sees_every_page_and_api(dash_app, user):
     client = dash_app.server.test_client()
     prefix = dash_app.config.routes_pathname_prefix
-    for path in ("", "tasks", "analytics", "_dash-layout", "_dash-dependencies", "api/workers",
-                 "api/tasks?limit=5", "api/collector"):
+    for path in ("", "tasks", "analytics", "broker", "_dash-layout", "_dash-dependencies", "api/workers",
+                 "api/tasks?limit=5", "api/collector", "api/queues/length"):
         response = client.get(prefix + path, headers=basic(*user))
         assert response.status_code == 200, (path, response.status_code)
     assert client.get(prefix + "task/unknown", headers=basic(*user)).status_code == 404  # no such page, for anyone
@@ -123,6 +124,39 @@ def test_viewer_cannot_trigger_actions(dash_app):
     assert denied.status_code == 403
     assert "read-only" in denied.get_json()["error"]
     assert client.get(path, headers=basic(*ADMIN)).status_code == 200
+
+
+def render(client, path: str, user) -> str:
+    """The page the router callback renders for `path`, as `user` sees it, as JSON text."""
+    body = callback_body("page.children", [{"id": "url", "property": "pathname", "value": path}],
+                         [{"id": "url", "property": "search", "value": ""}])
+    response = client.post("/_dash-update-component", json=body, headers=basic(*user))
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def confirm_action(client, user, pending):
+    """The answer to `user` confirming the action `pending` on the worker page."""
+    body = callback_body("act-worker-result.children",
+                         [{"id": "worker-confirm", "property": "submit_n_clicks", "value": 1}],
+                         [{"id": "worker-pending", "property": "data", "value": pending},
+                          {"id": "worker-name", "property": "data", "value": "known@host"}])
+    return client.post("/_dash-update-component", json=body, headers=basic(*user))
+
+
+def test_only_admins_get_worker_controls_and_the_server_refuses_a_viewers_action(tmp_path):
+    for app_ in build(tmp_path):
+        app_.server.config["flowerbed_services"].store.save_inspection({"known@host": {"stats": {}}}, 1.0)
+        client = app_.server.test_client()
+        assert "Shut down worker" in render(client, "/worker/known@host", ADMIN)
+        viewer_page = render(client, "/worker/known@host", VIEWER)
+        assert "known@host" in viewer_page and "worker-action" not in viewer_page and "Shut down" not in viewer_page
+        refused = confirm_action(client, VIEWER, {"action": "pool-grow", "values": {"n": 1}})
+        assert refused.status_code == 403 and "read-only" in refused.get_json()["error"]
+        assert app_.server.config["flowerbed_services"].store.count_audit() == 0  # nothing was sent
+        # An admin's malformed value is refused with the engine's reason, before anything is sent.
+        answer = confirm_action(client, ADMIN, {"action": "pool-grow", "values": {"n": "two"}}).get_data(as_text=True)
+        assert "n must be a whole number" in answer and "not done" in answer
 
 
 def assert_links_under_flower(html: str) -> None:
@@ -163,13 +197,15 @@ def test_a_path_that_is_no_page_answers_404_and_an_unknown_api_path_in_json(tmp_
     for app_ in build(tmp_path, *flags):
         store = app_.server.config["flowerbed_services"].store
         store.write_batch(tasks=[tuple({"uuid": "known-task", "state": "SUCCESS"}.get(f) for f in TASK_FIELDS)])
+        store.save_inspection({"known@host": {"stats": {}}}, 1.0)
         client, auth = app_.server.test_client(), basic(*VIEWER)
-        for page in ("/", "/tasks", "/tasks/", "/analytics", "/task/known-task"):
+        for page in ("/", "/tasks", "/tasks/", "/analytics", "/broker", "/task/known-task", "/worker/known@host",
+                     "/worker/known%40host"):
             assert client.get(base + page, headers=auth).status_code == 200, page
         for page in ("/task/unknown-task", "/metrics", "/worker/nope", "/tasks/extra"):
             response = client.get(base + page, headers=auth)
             assert (response.status_code, response.mimetype) == (404, "text/html"), page  # the page says "not found"
-        for route in ("/api/task/types", "/api/queues/length", "/api/task/info/", "/api/nonsense"):
+        for route in ("/api/task/types", "/api/task/info/", "/api/nonsense"):
             response = client.get(base + route, headers=auth)
             assert (response.status_code, response.get_json()) == (404, {"error": f"no API route at {route}"})
         assert client.get(base + "/api/nonsense").status_code == 401  # auth first, as for any path

@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 
 import app as flowerbed_app
-from helpers import task_row
+from helpers import callback_body, task_row
 from monitor.settings import Settings
 
 SEED = 20261201
@@ -314,14 +314,6 @@ def rows_case(rng: random.Random) -> tuple[object, object, bool | None]:
         key = rng.choice(list(request))
         return {**request, key: nasty_json(rng)}, query, None
     return nasty_json(rng), nasty_json(rng), None
-
-
-def callback_body(output: str, inputs: list, state: list = ()) -> dict:
-    """The body dash-renderer posts to /_dash-update-component for a callback."""
-    outputs = [dict(zip(("id", "property"), part.split("."))) for part in output.strip(".").split("...")]
-    changed = [f"{item['id']}.{item['property']}" for item in inputs]
-    return {"output": output, "outputs": outputs if len(outputs) > 1 else outputs[0], "inputs": list(inputs),
-            "changedPropIds": changed, "parsedChangedPropsIds": changed, **({"state": list(state)} if state else {})}
 
 
 ROWS_OUTPUT = "..tasks-grid.getRowsResponse...tasks-count.children.."

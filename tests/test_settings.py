@@ -38,6 +38,8 @@ def test_flags_win_over_the_environment_which_wins_over_defaults():
     ({"FLOWERBED_ENABLE_EVENTS": "0"}, "enable_events", False),
     ({"FLOWERBED_NO_AUTH": "yes"}, "no_auth", True),
     ({"FLOWERBED_REFRESH_SECONDS": "0.5"}, "refresh_seconds", 0.5),
+    ({"FLOWER_BROKER_API": "http://guest:guest@rabbit:15672/api/"}, "broker_api", "http://guest:guest@rabbit:15672/api/"),
+    ({"FLOWERBED_BROKER_TRANSPORT_OPTIONS": '{"global_keyprefix": "a:"}'}, "transport_options", {"global_keyprefix": "a:"}),
 ])
 def test_environment_names_including_flowers(environ, field, value):
     assert getattr(load_settings([], environ), field) == value
@@ -128,6 +130,9 @@ BAD_VALUES = [
     (["-b", "eu="], {}, "broker must be a URL such as redis://"),
     (["-b", "eu=reddis://a/0"], {}, "unknown transport 'reddis'"),
     ([], {"FLOWERBED_BROKERS": " , "}, "FLOWERBED_BROKERS: expected a broker URL, got none"),
+    (["--broker-transport-options", "{global_keyprefix: x}"], {}, "broker-transport-options must be a JSON object: "),
+    (["--broker-transport-options", "[1, 2]"], {}, "broker-transport-options must be a JSON object such as"),
+    (["--broker-api", "rabbit:15672/api/"], {}, "broker-api must be an http:// or https:// URL"),
 ]
 
 

@@ -170,8 +170,9 @@ def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_p
     with sqlite3.connect(path) as connection:
         connection.executescript(VERSION_1)
     store = Store(str(path))
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
     assert store.count_audit() == 0 and store.task_links(uuid(1)) == {"rerun_of": None, "reruns": []}  # version 3
+    assert store.queues() == [] and store.queue_history(0, 60) == []  # version 4
     assert columns(store, "tasks")[-1] == "broker" and columns(store, "workers")[-1] == "broker"
     assert columns(store, "tasks") == columns(Store(str(tmp_path / "new.db")), "tasks")  # as a new store has them
     assert store.query("SELECT 1 FROM sqlite_master WHERE name = 'tasks_broker'")

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 
+from monitor.ingest import queues
 from monitor.ingest.incident import Incident
 from monitor.store.base import Store
 
@@ -19,23 +20,26 @@ REQUEST_KEY = "inspect_requested_at"
 # How often the store is asked whether a web process wants an inspect.
 REQUEST_POLL_SECONDS = 1.0
 INSPECT_METHODS = ("stats", "active", "reserved", "scheduled", "registered", "active_queues", "conf", "revoked")
+TASK_INFO_ITEMS = ("rate_limit", "time_limit", "soft_time_limit")
 
 
 class Inspector:
     def __init__(self, celery_app, store: Store, *, broker_name: str, interval: float = 10.0, timeout: float = 1.0,
-                 enable_events: bool = True):
+                 enable_events: bool = True, broker_api: str = ""):
         self.app = celery_app
         self.store = store
         self.broker_name = broker_name  # the broker of the workers it inspects, named on their rows
         self.interval = interval
         self.timeout = timeout
         self.enable_events = enable_events
+        self.broker_api = broker_api  # RabbitMQ's management API, for queue depths
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.last_run: float | None = None
         self.failure = Incident("inspector: inspect", log)
+        self.queue_failure = Incident("inspector: queue depths", log)
         self.runs = 0
 
     def start(self) -> None:
@@ -63,6 +67,11 @@ class Inspector:
                 self.failure.recovered()
             except Exception as exc:  # broker down or a garbled reply: try again next round
                 self.failure.failing(f"{type(exc).__name__}: {exc}")
+            if not self._stop.is_set():
+                try:
+                    self.sample_queues()
+                except Exception as exc:  # the store cannot be written now: next round
+                    self.queue_failure.failing(f"{type(exc).__name__}: {exc}")
             self._wait_for_next_round()
 
     def _wait_for_next_round(self) -> None:
@@ -89,7 +98,9 @@ class Inspector:
         for method in INSPECT_METHODS:
             if self._stop.is_set():
                 break
-            for hostname, reply in (getattr(inspect, method)() or {}).items():
+            # Registered tasks with their limits: "name [rate_limit=10/m time_limit=30]".
+            arguments = TASK_INFO_ITEMS if method == "registered" else ()
+            for hostname, reply in (getattr(inspect, method)(*arguments) or {}).items():
                 replies.setdefault(hostname, {})[method] = reply
         now = time.time()
         if replies:
@@ -97,3 +108,34 @@ class Inspector:
         self.last_run = now
         self.runs += 1
         return replies
+
+    def sample_queues(self, now: float | None = None) -> None:
+        """Read the depth of every watched queue and store it (or why it could not be read): the
+        queues online workers consume, the default queue, those clients sent tasks to that still
+        wait, and those watched before within the store's sample window (a queue whose workers all
+        stopped stays watched, so its growing backlog shows)."""
+        now = time.time() if now is None else now
+        default = self.app.conf.task_default_queue
+        consumers: dict[str, set[str]] = {}
+        for worker in self.store.workers(now):
+            if worker["online"] and worker["broker"] == self.broker_name:
+                for queue in worker["inspect"].get("active_queues") or ():
+                    consumers.setdefault(queue.get("name"), set()).add(worker["hostname"])
+        names = {default, *consumers, *self.store.queue_names(self.broker_name, now - self.store.sample_seconds),
+                 *self.store.pending_routing_keys(self.broker_name)}
+        names.discard(None)
+        try:
+            depths = queues.read_depths(self.app, names, self.broker_api)
+        except Exception as exc:  # noqa: BLE001 - broker or management API away: said on the Broker page
+            error = f"{type(exc).__name__}: {exc}"
+            self.queue_failure.failing(error)
+            self.store.save_queue_depths(self.broker_name, now, (), error)
+            return
+        self.queue_failure.recovered()
+        rows = []
+        for depth in depths:
+            workers = consumers.get(depth.name, set())
+            count = depth.consumers if depth.consumers is not None or depth.messages is None else len(workers)
+            watched = depth.name == default or bool(workers) or bool(count) or bool(depth.messages)
+            rows.append((depth.name, depth.messages, count, workers, watched))
+        self.store.save_queue_depths(self.broker_name, now, rows)

@@ -388,6 +388,17 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
             return _error(404, f"Unknown task '{task_id}'")
         return jsonify(_flower_task(row))
 
+    @api.get("/api/queues/length")
+    def queue_lengths():
+        """Flower's shape, {"active_queues": [{"name", "messages"}]}, from the inspector's latest
+        reading (never a broker round trip); each entry also says its consumers and broker, and a
+        queue the broker does not have is left out. ?broker=NAME keeps one broker's queues."""
+        brokers = _brokers_arg()
+        return jsonify({"active_queues": [
+            {"name": queue["name"], "messages": queue["messages"], "consumers": queue["consumers"],
+             "broker": queue["broker"]}
+            for queue in store.queues() if queue["messages"] is not None and (not brokers or queue["broker"] in brokers)]})
+
     @api.get("/api/collector")
     def collector():
         return jsonify(services.collector_stats())

@@ -63,9 +63,24 @@ _COUNTER_UPSERT = (
 )
 _AUDIT_INSERT = f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}) VALUES ({', '.join('?' * len(AUDIT_FIELDS))})"
 _AUDIT_JSON = ("arguments", "replies")
+# A broker's latest reading of its queues, in meta: {"at", "error"} (error None when all was read).
+QUEUE_REPORT_PREFIX = "queues:"
+_QUEUE_UPSERT = (
+    "INSERT INTO queues (broker, name, messages, consumers, workers, at, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (broker, name) DO UPDATE SET messages = excluded.messages, consumers = excluded.consumers, "
+    "workers = excluded.workers, at = excluded.at, seen_at = {greatest}(queues.seen_at, excluded.seen_at)"
+)
 _META_UPSERT = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 Statements = Iterable[tuple[str, Sequence]]
+
+
+def _worker(row, now: float) -> dict:
+    worker = dict(row)
+    worker["loadavg"] = json.loads(worker["loadavg"]) if worker["loadavg"] else None
+    worker["inspect"] = json.loads(worker["inspect"]) if worker["inspect"] else {}
+    worker["online"] = is_online(worker, now)
+    return worker
 
 
 class Store:
@@ -135,6 +150,21 @@ class Store:
             "broker = coalesce(excluded.broker, workers.broker)",
             rows),))
 
+    def save_queue_depths(self, broker: str, at: float, depths: Sequence[tuple], error: str | None = None) -> None:
+        """One reading of a broker's queues: depths are (name, messages, consumers, consuming workers,
+        watched), messages and consumers None for a queue the broker does not have; `watched` says
+        the queue has a reason to stay watched (a consumer, messages waiting, the default queue), else
+        it is forgotten once the sample window passes. `error`: why the reading failed (no depths)."""
+        self._write((
+            (_QUEUE_UPSERT.format(greatest=self.dialect.greatest),
+             [(broker, name, messages, consumers, json.dumps(sorted(workers)), at, at if watched else 0.0)
+              for name, messages, consumers, workers, watched in depths]),
+            ("INSERT INTO queue_samples VALUES (?, ?, ?, ?, ?)",
+             [(broker, name, at, messages, consumers) for name, messages, consumers, _w, _s in depths
+              if messages is not None]),
+            (_META_UPSERT, [(QUEUE_REPORT_PREFIX + broker, json.dumps({"at": at, "error": error}))]),
+        ))
+
     def set_meta(self, key: str, value) -> None:
         self._write(((_META_UPSERT, [(key, json.dumps(value))]),))
 
@@ -203,7 +233,10 @@ class Store:
         now = time.time() if now is None else now
         excess = self.count_tasks() - self.max_tasks
         deleted = 0
-        statements = [("DELETE FROM worker_samples WHERE at < ?", [(now - self.sample_seconds,)]),
+        window_start = now - self.sample_seconds
+        statements = [("DELETE FROM worker_samples WHERE at < ?", [(window_start,)]),
+                      ("DELETE FROM queue_samples WHERE at < ?", [(window_start,)]),
+                      ("DELETE FROM queues WHERE seen_at < ?", [(window_start,)]),
                       *rollup.retention_statements(now)]
         if excess > 0:
             cutoff = self.query("SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET ?", (excess,))[0]["seq"]
@@ -272,12 +305,41 @@ class Store:
     def workers(self, now: float | None = None) -> list[dict]:
         """Every known worker, from events and inspect, with `online` derived from heartbeats."""
         now = time.time() if now is None else now
-        result = []
-        for row in self.query("SELECT * FROM workers ORDER BY hostname"):
-            worker = dict(row)
-            worker["loadavg"] = json.loads(worker["loadavg"]) if worker["loadavg"] else None
-            worker["inspect"] = json.loads(worker["inspect"]) if worker["inspect"] else {}
-            worker["online"] = is_online(worker, now)
-            result.append(worker)
-        return result
+        return [_worker(row, now) for row in self.query("SELECT * FROM workers ORDER BY hostname")]
 
+    def worker(self, hostname: str, now: float | None = None) -> dict | None:
+        """One worker as workers() gives it, None when unknown."""
+        rows = self.query("SELECT * FROM workers WHERE hostname = ?", (hostname,))
+        return _worker(rows[0], time.time() if now is None else now) if rows else None
+
+    def queues(self, broker: str | None = None) -> list[dict]:
+        """Each watched queue's latest reading (all brokers', or one's), by broker and name."""
+        where, params = ("WHERE broker = ?", (broker,)) if broker else ("", ())
+        rows = [dict(row) for row in self.query(f"SELECT * FROM queues {where} ORDER BY broker, name", params)]
+        for row in rows:
+            row["workers"] = json.loads(row["workers"]) if row["workers"] else []
+        return rows
+
+    def queue_names(self, broker: str, since: float) -> list[str]:
+        """The queues of `broker` that had a reason to be watched since `since`."""
+        return [row[0] for row in self.query("SELECT name FROM queues WHERE broker = ? AND seen_at >= ? ORDER BY name",
+                                             (broker, since))]
+
+    def pending_routing_keys(self, broker: str, limit: int = 100) -> list[str]:
+        """The routing keys of tasks sent and not yet received (task-sent events): queues clients
+        publish to, consumed or not."""
+        return [row[0] for row in self.query(
+            "SELECT DISTINCT routing_key FROM tasks WHERE state = 'PENDING' AND broker = ? AND routing_key IS NOT NULL "
+            "LIMIT ?", (broker, limit))]
+
+    def queue_history(self, since: float, step: int, broker: str | None = None) -> list[dict]:
+        """Per broker, queue and `step`-second bucket since `since`: the most messages a sample saw."""
+        bucket = self.dialect.floor_to("at", step)
+        where, params = ("AND broker = ?", [broker]) if broker else ("", [])
+        return [dict(row) for row in self.query(
+            f"SELECT broker, name, {bucket} AS bucket, max(messages) AS messages FROM queue_samples "
+            f"WHERE at >= ? {where} GROUP BY broker, name, {bucket} ORDER BY broker, name, bucket", [since, *params])]
+
+    def queue_reports(self) -> dict[str, dict]:
+        """Each broker's latest queue reading: {"at", "error"} by broker name."""
+        return self.get_meta_prefixed(QUEUE_REPORT_PREFIX)

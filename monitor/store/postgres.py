@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 CREATE TABLE IF NOT EXISTS task_reruns (rerun {_TEXT} PRIMARY KEY, original {_TEXT} NOT NULL, at {_REAL} NOT NULL);
 CREATE INDEX IF NOT EXISTS task_reruns_original ON task_reruns(original);
+CREATE TABLE IF NOT EXISTS queues (
+    broker {_TEXT} NOT NULL, name {_TEXT} NOT NULL, messages {_INTEGER}, consumers {_INTEGER}, workers {_TEXT},
+    at {_REAL} NOT NULL, seen_at {_REAL} NOT NULL, PRIMARY KEY (broker, name)
+);
+CREATE TABLE IF NOT EXISTS queue_samples (
+    broker {_TEXT} NOT NULL, name {_TEXT} NOT NULL, at {_REAL} NOT NULL, messages {_INTEGER}, consumers {_INTEGER}
+);
+CREATE INDEX IF NOT EXISTS queue_samples_at ON queue_samples(at);
 {rollup.schema(POSTGRES)}
 CREATE OR REPLACE FUNCTION flowerbed_queue_finished_task() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -6,7 +6,8 @@ from __future__ import annotations
 # 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
 # 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
 # 3: the audit log of control actions, and the links from a re-run task to its original.
-SCHEMA_VERSION = 3
+# 4: queues (each watched queue's latest depth) and queue_samples (depth over time).
+SCHEMA_VERSION = 4
 
 
 class StoreError(Exception):

@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 CREATE TABLE IF NOT EXISTS task_reruns (rerun TEXT PRIMARY KEY, original TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS task_reruns_original ON task_reruns(original);
+CREATE TABLE IF NOT EXISTS queues (
+    broker TEXT NOT NULL, name TEXT NOT NULL, messages INTEGER, consumers INTEGER, workers TEXT, at REAL NOT NULL,
+    seen_at REAL NOT NULL, PRIMARY KEY (broker, name)
+);
+CREATE TABLE IF NOT EXISTS queue_samples (
+    broker TEXT NOT NULL, name TEXT NOT NULL, at REAL NOT NULL, messages INTEGER, consumers INTEGER
+);
+CREATE INDEX IF NOT EXISTS queue_samples_at ON queue_samples(at);
 """
 
 # The text index (see schema.TEXT_COLUMNS) is kept in step with `tasks` by triggers; search.py still

@@ -1,0 +1,48 @@
+"""The worker and broker pages' layout builders on data shaped as the store gives it (no I/O): what
+the browser tests cannot set up cheaply, such as several brokers, a failed reading, limits."""
+from __future__ import annotations
+
+import json
+
+from components.broker import broker_sections
+from components.worker import pool_facts, registered_tasks
+
+
+def text(component) -> str:
+    """Everything a component tree holds, as JSON text."""
+    return json.dumps(component, default=lambda nested: nested.to_plotly_json())
+
+
+def queue(broker, name, messages, consumers, workers=()):
+    return {"broker": broker, "name": name, "messages": messages, "consumers": consumers, "workers": list(workers)}
+
+
+def test_each_broker_gets_its_section_with_its_reading_or_why_it_failed():
+    queues = [queue("eu", "orders", 4, 0), queue("eu", "celery", 0, 1, ["w@eu"]), queue("us", "celery", None, None)]
+    reports = {"eu": {"at": 100.0, "error": None}, "us": {"at": 100.0, "error": "OperationalError: refused"},
+               "asia": {"at": 90.0, "error": None}}
+    sections = broker_sections([], queues, reports, 105.0, lambda path: path)
+    assert [section.to_plotly_json()["props"]["data-broker"] for section in sections] == ["asia", "eu", "us"]
+    asia, eu, us = map(text, sections)
+    assert "No queue seen yet." in asia
+    assert "Read 5 s ago." in eu and "orders" in eu and "4 messages wait and no worker consumes this queue." in eu
+    assert "/worker/w@eu" in eu
+    assert "could not be read at" in us and "OperationalError: refused" in us and "not on the broker" in us
+
+
+def test_registered_tasks_read_their_limits_and_counts():
+    rows = registered_tasks(["sample.sleep [soft_time_limit=30.0 time_limit=60.0]", "sample.add [rate_limit=10/m]",
+                             "sample.fail"], {"sample.add": 7})
+    assert rows == [
+        {"name": "sample.add", "rate_limit": "10/m", "time_limit": None, "soft_time_limit": None, "processed": 7},
+        {"name": "sample.fail", "rate_limit": None, "time_limit": None, "soft_time_limit": None, "processed": 0},
+        {"name": "sample.sleep", "rate_limit": None, "time_limit": "60.0", "soft_time_limit": "30.0", "processed": 0}]
+
+
+def test_pool_facts_of_an_autoscaled_prefork_pool():
+    facts = dict(pool_facts({"pool": {"implementation": "celery.concurrency.prefork:TaskPool", "max-concurrency": 8,
+                                      "processes": [11, 12], "max-tasks-per-child": 100, "timeouts": [30, 60]},
+                             "autoscaler": {"min": 2, "max": 8, "current": 2}, "prefetch_count": 8}))
+    assert facts["implementation"] == "prefork" and facts["processes"] == "11, 12"
+    assert facts["autoscale"] == "2 – 8 (now 2)" and facts["max tasks per child"] == 100
+    assert facts["pool time limits"] == "soft 30 · hard 60" and facts["prefetch count"] == 8

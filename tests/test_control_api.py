@@ -96,10 +96,11 @@ def test_an_action_callback_refuses_a_read_only_user(dash_app):
     ({"Origin": "null"}, None, None, "cross-site request refused"),
     ({"Referer": "https://evil.example/page"}, None, None, "cross-site request refused"),
     ({"Sec-Fetch-Site": "cross-site"}, None, None, "cross-site request refused"),
+    ({"Origin": "https://evil.example", "Sec-Fetch-Site": "same-site"}, None, None, "cross-site request refused"),
     ({"Origin": "http://localhost"}, "terminate=true", "application/x-www-form-urlencoded", "needs the page's token"),
     ({"Origin": "http://localhost"}, "terminate=true", "text/plain", "needs the page's token"),
     ({"Sec-Fetch-Mode": "navigate"}, "terminate=true", "application/x-www-form-urlencoded", "needs the page's token"),
-], ids=["origin", "null-origin", "referer", "sec-fetch-site", "same-site-form", "text-plain", "form-no-origin"])
+], ids=["origin", "null-origin", "referer", "sec-fetch-site", "sibling-site", "same-site-form", "text-plain", "form-no-origin"])
 def test_a_cross_site_or_browser_form_post_is_refused(dash_app, headers, body, content_type, reason):
     client = dash_app.server.test_client()
     response = client.post("/api/task/revoke/t-1", data=body, content_type=content_type,
@@ -112,10 +113,13 @@ def test_a_cross_site_or_browser_form_post_is_refused(dash_app, headers, body, c
     ("http://localhost", "localhost", None),
     ("https://monitor.example:8443", "monitor.example", None),  # nginx's `Host $host` drops the port
     ("https://monitor.example", "127.0.0.1:5555", "monitor.example"),
+    # A proxy that passes neither the browser's Host nor X-Forwarded-Host: the browser's own word.
+    ("https://monitor.example", "127.0.0.1:5555", "same-origin"),
 ])
 def test_a_post_from_the_site_itself_goes_through(dash_app, origin, host, forwarded):
     headers = {**basic(*ADMIN), "Origin": origin, "Host": host,
-               **({"X-Forwarded-Host": forwarded} if forwarded else {})}
+               **({"Sec-Fetch-Site": forwarded} if forwarded == "same-origin"
+                  else {"X-Forwarded-Host": forwarded} if forwarded else {})}
     response = dash_app.server.test_client().post("/api/task/revoke/t-1", headers=headers)
     assert response.status_code == 200, response.get_json()
 

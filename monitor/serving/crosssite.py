@@ -5,7 +5,8 @@ the user's credentials. Basic auth is sent by the browser on every request, so c
 prove nothing. A POST (PUT, PATCH, DELETE) is refused with 403 and the reason when:
 
 - its `Origin`, or without one its `Referer`, names another host than the one it was sent to
-  (`Origin: null`, from a sandboxed frame or a redirect, counts as another);
+  (`Origin: null`, from a sandboxed frame or a redirect, counts as another), unless the browser says
+  `Sec-Fetch-Site: same-origin`;
 - it is a browser's form post (urlencoded, multipart or text/plain, the bodies a form can send
   without asking the server first) and carries no valid page token (`X-Flowerbed-Token` header or
   `_token` field, from GET /api/token). A browser says it sent the request by its Origin, Referer
@@ -65,6 +66,10 @@ def refusal(current_user) -> str | None:
     if request.method in SAFE_METHODS:
         return None
     origin, referer = request.headers.get("Origin"), request.headers.get("Referer")
+    if request.headers.get("Sec-Fetch-Site") == "same-origin":
+        # The browser itself says the page that sent it is this site (a page cannot forge Sec-Fetch-*):
+        # this holds behind a proxy that passes neither the Host the browser named nor X-Forwarded-Host.
+        origin = referer = None
     if origin is not None:
         if _host_of(origin) not in _own_hosts():
             return f"cross-site request refused: it comes from {origin[:100]!r}, not from this site"

@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 
 # The meta key a web process sets (to the time of asking) to have an inspect run now.
 REQUEST_KEY = "inspect_requested_at"
+# The meta keys where each broker's inspector records when its last finished inspect began (by broker
+# name after the prefix), whether any worker answered or none: a web process asking for a fresh
+# inspect waits for it to pass the time of asking.
+INSPECTED_PREFIX = "inspect_started_at:"
 # How often the store is asked whether a web process wants an inspect.
 REQUEST_POLL_SECONDS = 1.0
 INSPECT_METHODS = ("stats", "active", "reserved", "scheduled", "registered", "active_queues", "conf", "revoked")
@@ -79,7 +83,12 @@ class Inspector:
                 break
         self._wake.clear()
 
+    def longest_run(self) -> float:
+        """The longest an inspect takes: every method waits up to the timeout for replies."""
+        return self.timeout * len(INSPECT_METHODS)
+
     def inspect_once(self) -> dict[str, dict]:
+        started = time.time()
         if self.enable_events:
             self.app.control.enable_events()
         known_online = sum(1 for w in self.store.workers() if w["online"] and w["broker"] == self.broker_name)
@@ -94,6 +103,8 @@ class Inspector:
         now = time.time()
         if replies:
             self.store.save_inspection(replies, now, self.broker_name)
+        if not self._stop.is_set():  # a round cut short by stop() is no fresh inspect
+            self.store.set_meta(INSPECTED_PREFIX + self.broker_name, started)
         self.last_run = now
         self.runs += 1
         return replies

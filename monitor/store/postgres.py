@@ -27,7 +27,7 @@ from monitor.store.schema import (NUMERIC_FIELDS, SCHEMA_VERSION, TASK_FIELDS, W
                                   StoreError)
 
 _INTEGER, _REAL, _TEXT = POSTGRES.integer, POSTGRES.real, POSTGRES.text
-_INTEGER_FIELDS = ("retries", "pid", "active", "processed")
+_INTEGER_FIELDS = ("retries", "pid", "active", "processed", "clock")
 
 
 def _column(field: str) -> str:
@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 {"".join(f"CREATE INDEX IF NOT EXISTS tasks_{c} ON tasks ({c} NULLS FIRST, seq);" for c in _SORTED)}
 CREATE INDEX IF NOT EXISTS tasks_broker ON tasks (broker);
+-- Version 3: the clock of a task's last event (a store of version 2 gets the column here).
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS clock {_INTEGER};
+CREATE INDEX IF NOT EXISTS tasks_parent_id ON tasks (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_text ON tasks USING gin (({PG_TEXT_EXPRESSION}) gin_trgm_ops);
 CREATE TABLE IF NOT EXISTS workers (
     hostname {_TEXT} PRIMARY KEY, {_WORKER_COLUMNS},

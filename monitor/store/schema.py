@@ -5,7 +5,9 @@ from __future__ import annotations
 # The version of what a store holds: a store written by a newer Flowerbed is refused, not misread.
 # 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
 # 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
-SCHEMA_VERSION = 2
+# 3: tasks carry the Lamport clock of their last event (NULL before); their parent_id is indexed, to
+#    list a task's children.
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
@@ -17,10 +19,12 @@ TASK_FIELDS = (
     "uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
     "retries", "sent", "received", "started", "succeeded", "failed", "retried", "revoked",
     "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
-    "client", "timestamp", "broker",
+    "client", "timestamp", "broker", "clock",
 )
 TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
-NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime")
+NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime", "clock")
+# The columns added after version 1, by table: a store written before gets them (NULL) when opened.
+ADDED_COLUMNS = {"tasks": ("broker", "clock"), "workers": ("broker",)}
 TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 WORKER_FIELDS = (

@@ -1,10 +1,12 @@
-"""Real tasks for the integration tests: they succeed, fail with a traceback, retry and sleep."""
+"""Real tasks for the integration tests: they succeed, fail with a traceback, retry, sleep and start
+other tasks. SAMPLE_BROKER names the broker, SAMPLE_BACKEND a result backend (none when empty)."""
 import os
 import time
 
 from celery import Celery
 
-app = Celery("sample_tasks", broker=os.environ.get("SAMPLE_BROKER", "redis://127.0.0.1:6379/0"))
+app = Celery("sample_tasks", broker=os.environ.get("SAMPLE_BROKER", "redis://127.0.0.1:6379/0"),
+             backend=os.environ.get("SAMPLE_BACKEND") or None)
 app.conf.update(worker_send_task_events=True, task_send_sent_event=True, broker_connection_retry_on_startup=True,
                 worker_hijack_root_logger=False)
 
@@ -30,3 +32,10 @@ def flaky(self, succeed_on_attempt):
     if self.request.retries + 1 < succeed_on_attempt:
         raise self.retry(exc=RuntimeError(f"attempt {self.request.retries + 1} failed"))
     return self.request.retries
+
+
+@app.task(name="sample.spawn", bind=True)
+def spawn(self, count):
+    """Start `count` sample.add tasks on this task's own queue (they are its children)."""
+    queue = self.request.delivery_info.get("routing_key")
+    return [add.apply_async((number, number), queue=queue).id for number in range(count)]

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import re
 import time
 import urllib.parse
 import zoneinfo
 
 import pytest
+from plotly.utils import PlotlyJSONEncoder
 
 import app as flowerbed_app
 from helpers import TESTS, CeleryWorker, FlowerbedServer, Stack, get, get_json, task_row, wait_for, wait_for_tasks
@@ -248,3 +251,29 @@ def test_tasks_without_limit_stream_past_the_old_caps(make_store):
     # Three tasks share each timestamp: the ties go by task id, descending, as Flower's.
     assert list(tasks)[:4] == [f"{number:08d}-0000-4000-8000-000000000000" for number in (10049, 10048, 10047, 10046)]
     assert len(client.get("/api/tasks?limit=10001").get_json()) == 10_001
+
+
+def test_purge_offline_workers_hides_them_from_the_dashboard_and_the_api(make_store):
+    """--purge-offline-workers N: a worker offline for N seconds or more (since its last heartbeat, or
+    its last inspect reply when it sent none) leaves the Dashboard and /api/workers, on both stores."""
+    from callbacks.shell import route
+    from monitor.store.schema import WORKER_FIELDS
+
+    now = time.time()
+
+    def worker(hostname, heartbeat):
+        return tuple({"hostname": hostname, "freq": 2.0, "last_heartbeat": heartbeat}.get(f) for f in WORKER_FIELDS)
+    store = make_store("purge")
+    store.write_batch(workers=[worker("up@a", now), worker("down-lately@a", now - 30), worker("down-long@a", now - 120)])
+    store.save_inspection({"inspected-lately@a": {}}, now - 30)
+    store.save_inspection({"inspected-long-ago@a": {}}, now - 120)
+    kept = ["down-lately@a", "inspected-lately@a", "up@a"]
+    for flags, listed in (((), sorted(kept + ["down-long@a", "inspected-long-ago@a"])),
+                          (("--purge-offline-workers", "60"), kept)):
+        settings = load_settings(["--broker", "memory://localhost/", "--db", make_store.url("purge"), *flags], {})
+        dash_app = flowerbed_app.create_app(settings)
+        client = dash_app.server.test_client()
+        assert sorted(client.get("/api/workers?status=true").get_json()) == listed
+        services = dash_app.server.config["flowerbed_services"]
+        dashboard = json.dumps(route(dash_app, services, "/", ""), cls=PlotlyJSONEncoder)
+        assert sorted(set(re.findall(r"[\w-]+@a", dashboard))) == listed

@@ -118,14 +118,20 @@ class Services:
         asked = time.time()
         self.request_inspect()
         deadline = time.monotonic() + self.inspect_wait_seconds()
-        brokers = [name for name, _url in self.settings.named_brokers]
+        brokers = self._recording_brokers(asked)
         while True:
             started = self.store.get_meta_prefixed(INSPECTED_PREFIX)
-            if all((started.get(name) or 0) >= asked for name in brokers):
+            if brokers and all((started.get(name) or 0) >= asked for name in brokers):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(INSPECT_WAIT_POLL_SECONDS)
+
+    def _recording_brokers(self, now: float) -> list[str]:
+        """The brokers whose collector runs (here, or in a process that reported lately): those whose
+        inspectors answer a request. `flowerbed web` knows them from the store only."""
+        return [name for name, report in self.broker_stats().items()
+                if report.get("running") is not False and now - (report.get("updated_at") or 0) <= self.settings.stall_seconds]
 
     def task_types(self) -> list[str]:
         """Every task name known: recorded in the store, registered on a worker (inspect), or in the

@@ -69,9 +69,9 @@ def get(url: str, credentials: tuple[str, str] | None = None, timeout: float = 5
         return exc.code, exc.read()
 
 
-def get_json(url: str, credentials: tuple[str, str] | None = None):
+def get_json(url: str, credentials: tuple[str, str] | None = None, timeout: float = 5.0):
     """(status, decoded JSON body) of a GET."""
-    status, body = get(url, credentials)
+    status, body = get(url, credentials, timeout)
     return status, json.loads(body)
 
 

@@ -67,9 +67,8 @@ def cluster(request, redis_server, tmp_path_factory):
         stack.stop_all()
 
 
-def api(cluster, path: str, **query):
-    status, body = get_json(f"{cluster.server}{path}?{urllib.parse.urlencode(query)}")
-    return status, body
+def api(cluster, path: str, timeout: float = 5.0, **query):
+    return get_json(f"{cluster.server}{path}?{urllib.parse.urlencode(query)}", timeout=timeout)
 
 
 # -- /api/workers -------------------------------------------------------------------------------------
@@ -97,7 +96,8 @@ def test_refresh_waits_for_a_fresh_inspect_and_answers_with_it(cluster):
     # Flower awaits update_workers() before answering (flower/api/workers.py ListWorkers.get).
     for _ in range(2):  # twice: the second asks while the first's inspect may be the latest
         asked = time.time()
-        status, workers = api(cluster, "/api/workers", refresh=1)
+        # as long as the server's bound on the wait for an inspect (Services.inspect_wait_seconds)
+        status, workers = api(cluster, "/api/workers", timeout=30, refresh=1)
         assert status == 200
         assert workers[cluster.worker.hostname]["timestamp"] >= asked
 

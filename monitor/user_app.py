@@ -9,7 +9,7 @@ import sys
 from celery import Celery
 from celery.backends.base import DisabledBackend
 
-from monitor.settings import SettingsError, without_password
+from monitor.settings import SettingsError
 
 
 def load_user_app(spec: str) -> Celery:
@@ -56,9 +56,6 @@ def task_names(app: Celery) -> list[str]:
 def has_result_backend(app: Celery | None) -> bool:
     return app is not None and not isinstance(app.backend, DisabledBackend)
 
-
-def shown_backend(app: Celery) -> str:
-    return without_password(app.conf.result_backend or "")
 
 
 # The longest a /api/task/result request may wait for a task to finish: a thread is held meanwhile.

@@ -118,14 +118,13 @@ def test_each_role_sees_every_page_and_api(dash_app, user):
 
 def test_viewer_cannot_trigger_actions(tmp_path):
     # A short inspect timeout: the admin's refresh waits for a fresh inspect (of no worker here).
-    dash_app = next(build(tmp_path, "--inspect-timeout", "0.2"))
-    client = dash_app.server.test_client()
-    path = dash_app.config.routes_pathname_prefix + "api/workers?refresh=1"
-    denied = client.get(path, headers=basic(*VIEWER))
-    assert denied.status_code == 403
-    assert "read-only" in denied.get_json()["error"]
-    assert client.get(path, headers=basic(*ADMIN)).status_code == 200
-    dash_app.server.config["flowerbed_services"].stop()
+    for dash_app in build(tmp_path, "--inspect-timeout", "0.2"):
+        client = dash_app.server.test_client()
+        path = dash_app.config.routes_pathname_prefix + "api/workers?refresh=1"
+        denied = client.get(path, headers=basic(*VIEWER))
+        assert denied.status_code == 403
+        assert "read-only" in denied.get_json()["error"]
+        assert client.get(path, headers=basic(*ADMIN)).status_code == 200
 
 
 def assert_links_under_flower(html: str) -> None:

@@ -83,10 +83,6 @@ class Inspector:
                 break
         self._wake.clear()
 
-    def longest_run(self) -> float:
-        """The longest an inspect takes: every method waits up to the timeout for replies."""
-        return self.timeout * len(INSPECT_METHODS)
-
     def inspect_once(self) -> dict[str, dict]:
         started = time.time()
         if self.enable_events:

@@ -160,8 +160,9 @@ _SWITCHES = (
     ("demo", "--demo", ("FLOWERBED_DEMO",),
      "run an embedded demo cluster (in-memory broker, workers and traffic)"),
 )
-# Flower's own switch flags, which take a value as tornado's do (--enable_events=False).
-_FLOWER_SWITCHES = {"enable_events": "--enable_events"}
+# Flower's own switch flags, which take a value as tornado's do (--enable_events=False): (flag, help).
+_FLOWER_SWITCHES = {"enable_events": ("--enable_events", "Flower's spelling of the switch above: "
+                                                         "--enable_events=False stops asking workers for task events")}
 
 # Flower settings Flowerbed does not implement, by Flower's option name (its flag is --NAME, its
 # variable FLOWER_NAME). Ignoring one of these would weaken security: the start stops, saying what
@@ -229,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         turns_off = flag.startswith("--no-") and not field.startswith("no_")
         parser.add_argument(flag, dest=field, action="store_false" if turns_off else "store_true", default=None,
                             help=f"{help_text} (env {'/'.join(env)}={'0' if turns_off else '1'})")
-    for field, flag in _FLOWER_SWITCHES.items():
+    for field, (flag, help_text) in _FLOWER_SWITCHES.items():
         parser.add_argument(flag, dest=f"flower_{field}", nargs="?", const="true", default=None, metavar="BOOL",
-                            help=f"Flower's spelling of this switch: {flag}=False turns it off, as Flower reads it")
+                            help=help_text)
     # Flower's flags that Flowerbed lacks: taken so that load_settings can refuse or name them.
     ours = {flag for action in parser._actions for flag in action.option_strings}
     for name in (*_REFUSED, *_IGNORED):
@@ -302,7 +303,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             values[field] = _convert(kind, raw, source) * _FLOWER_UNITS.get(source, 1)
     for field, _flag, envs, _help in _SWITCHES:
         flag = getattr(args, field)
-        flower_flag = _FLOWER_SWITCHES.get(field)
+        flower_flag = _FLOWER_SWITCHES.get(field, ("",))[0]
         if flag is not None:
             values[field] = flag
         elif flower_flag and getattr(args, f"flower_{field}") is not None:

@@ -40,7 +40,7 @@ _TASK_COLUMNS = ", ".join(_column(f) for f in TASK_FIELDS[1:])
 _WORKER_COLUMNS = ", ".join(_column(f) for f in WORKER_FIELDS[1:])
 # The sorted columns' indexes hold NULLs first, so that they serve both SQLite's orders (NULLs first
 # ascending, last descending); seq breaks ties in the same direction.
-_SORTED = ("state", "name", "worker", "received", "started", "runtime")
+_SORTED = ("state", "name", "worker", "received", "started", "runtime", "timestamp")
 
 _SCHEMA = f"""
 CREATE EXTENSION IF NOT EXISTS pg_trgm;

@@ -6,7 +6,7 @@ from __future__ import annotations
 # 1: tasks, workers, samples, meta, the text index and the rollups (Flowerbed 0.1).
 # 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
 # 3: tasks carry the Lamport clock of their last event (NULL before); their parent_id is indexed, to
-#    list a task's children.
+#    list a task's children, and their timestamp, for the API's order (the most recent event first).
 SCHEMA_VERSION = 3
 
 

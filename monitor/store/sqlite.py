@@ -34,6 +34,7 @@ CREATE INDEX IF NOT EXISTS tasks_started ON tasks(started);
 CREATE INDEX IF NOT EXISTS tasks_runtime ON tasks(runtime);
 CREATE INDEX IF NOT EXISTS tasks_broker ON tasks(broker);
 CREATE INDEX IF NOT EXISTS tasks_parent_id ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_timestamp ON tasks(timestamp);
 CREATE TABLE IF NOT EXISTS workers (
     hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
     active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,

@@ -67,8 +67,8 @@ def cluster(request, redis_server, tmp_path_factory):
         stack.stop_all()
 
 
-def api(cluster, path: str, timeout: float = 5.0, **query):
-    return get_json(f"{cluster.server}{path}?{urllib.parse.urlencode(query)}", timeout=timeout)
+def api(cluster, path: str, http_timeout: float = 5.0, **query):
+    return get_json(f"{cluster.server}{path}?{urllib.parse.urlencode(query)}", timeout=http_timeout)
 
 
 # -- /api/workers -------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_refresh_waits_for_a_fresh_inspect_and_answers_with_it(cluster):
     for _ in range(2):  # twice: the second asks while the first's inspect may be the latest
         asked = time.time()
         # as long as the server's bound on the wait for an inspect (Services.inspect_wait_seconds)
-        status, workers = api(cluster, "/api/workers", timeout=30, refresh=1)
+        status, workers = api(cluster, "/api/workers", http_timeout=30, refresh=1)
         assert status == 200
         assert workers[cluster.worker.hostname]["timestamp"] >= asked
 
@@ -209,7 +209,8 @@ def test_an_offline_worker_is_false_in_status_true(cluster):
 
 def test_offline_workers_are_purged_after_purge_offline_workers_seconds(cluster, flowerbed_server):
     # Flower's purge_offline_workers hides workers offline that long (flower/views/workers.py).
-    purging = flowerbed_server(cluster.broker, "--purge-offline-workers", "2")
+    # Long enough to see the worker offline before it goes (its heartbeats come every second).
+    purging = flowerbed_server(cluster.broker, "--purge-offline-workers", "6")
     wait_for(lambda: api_of(purging, status="true").get(cluster.worker.hostname), 20, "the worker in the new monitor")
     leaving = CeleryWorker(cluster.broker, "gamma@compat-purge", cluster.tmp)
     try:

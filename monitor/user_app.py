@@ -73,8 +73,11 @@ def read_result(app: Celery | None, task_id: str, timeout: float | None = None) 
     backend raises when it cannot be reached."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
+    if app is None:
+        raise NoResultBackend("no result backend: start Flowerbed with --app (your Celery app), whose "
+                              "result_backend is then read")
     if not has_result_backend(app):
-        raise NoResultBackend(task_id)
+        raise NoResultBackend(f"no result backend: the app {app.main or ''} (--app) sets no result_backend")
     result = app.AsyncResult(task_id)
     answer = {"task-id": task_id, "state": result.state}
     if timeout:

@@ -229,12 +229,20 @@ def api_of(server, **query) -> dict:
 
 
 # -- without a cluster: what needs none ----------------------------------------------------------------
-def test_task_result_without_a_result_backend_is_a_503(tmp_path):
+def test_task_result_without_a_result_backend_is_a_503(tmp_path, monkeypatch):
     # Flower: HTTPError(503) when the backend is not configured (flower/api/tasks.py TaskResult.get).
     settings = load_settings(["--broker", "memory://localhost/", "--db", str(tmp_path / "none.db")], {})
     client = flowerbed_app.create_app(settings).server.test_client()
     response = client.get("/api/task/result/00000000-0000-4000-8000-000000000001")
     assert response.status_code == 503 and "--app" in response.get_json()["error"]
+    # An app without a result backend: the same 503, naming what the app lacks.
+    (tmp_path / "proj_without_backend.py").write_text("from celery import Celery\napp = Celery('proj')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = load_settings(["--broker", "memory://localhost/", "--db", str(tmp_path / "none.db"), "--app",
+                              "proj_without_backend"], {})
+    client = flowerbed_app.create_app(settings).server.test_client()
+    response = client.get("/api/task/result/00000000-0000-4000-8000-000000000001")
+    assert response.status_code == 503 and "sets no result_backend" in response.get_json()["error"]
 
 
 def test_tasks_without_limit_stream_past_the_old_caps(make_store):

@@ -223,9 +223,8 @@ def create_blueprint(services, prefix: str, may_act=lambda: True) -> Blueprint:
         timeout = _seconds_arg("timeout", MAX_RESULT_WAIT)
         try:
             return jsonify(services.task_result(task_id, timeout))
-        except NoResultBackend:
-            return _error(503, "no result backend: start Flowerbed with --app (your Celery app), whose "
-                               "result_backend is then read")
+        except NoResultBackend as exc:
+            return _error(503, str(exc))
         except Exception as exc:  # noqa: BLE001 - the backend's own errors (Redis down, a refused login…)
             return _error(503, f"the result backend cannot be read: {type(exc).__name__}: {shown(str(exc), 200)}")
 

@@ -131,7 +131,8 @@ class Services:
         """The brokers whose collector runs (here, or in a process that reported lately): those whose
         inspectors answer a request. `flowerbed web` knows them from the store only."""
         return [name for name, report in self.broker_stats().items()
-                if report.get("running") is not False and now - (report.get("updated_at") or 0) <= self.settings.stall_seconds]
+                if report.get("running") is not False
+                and now - (report.get("updated_at") or 0) <= self.settings.stall_seconds]
 
     def task_types(self) -> list[str]:
         """Every task name known: recorded in the store, registered on a worker (inspect), or in the

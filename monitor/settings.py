@@ -123,9 +123,10 @@ _OPTIONS = (
      "how often the pages refresh themselves"),
     ("inspect_seconds", ("--inspect-seconds",), ("FLOWERBED_INSPECT_SECONDS",), float,
      "how often workers are inspected (stats, active, registered, queues)"),
-    ("inspect_timeout", ("--inspect-timeout", "--inspect_timeout"), ("FLOWERBED_INSPECT_TIMEOUT", "FLOWER_INSPECT_TIMEOUT"),
-     float, "seconds to wait for workers' inspect replies (--inspect_timeout and FLOWER_INSPECT_TIMEOUT: "
-            "milliseconds, as in Flower)"),
+    ("inspect_timeout", ("--inspect-timeout", "--inspect_timeout"),
+     ("FLOWERBED_INSPECT_TIMEOUT", "FLOWER_INSPECT_TIMEOUT"), float,
+     "seconds to wait for workers' inspect replies (--inspect_timeout and FLOWER_INSPECT_TIMEOUT: "
+     "milliseconds, as in Flower)"),
     ("url_prefix", ("--url-prefix", "--url_prefix"), ("FLOWERBED_URL_PREFIX", "FLOWER_URL_PREFIX"), str,
      "serve under this path, e.g. /flower"),
     ("purge_offline_workers", ("--purge-offline-workers", "--purge_offline_workers"),

@@ -170,7 +170,10 @@ def spelled_as_stored(store: Store, column: str, wanted: str) -> tuple[str, ...]
     return tuple(value for value in store.distinct_task_values(column) if value.casefold() == folded) or (wanted,)
 
 
-def parse_sort(text: str | None, default: tuple[tuple[str, bool], ...] = TaskQuery.sort) -> tuple[tuple[str, bool], ...]:
+Sort = tuple[tuple[str, bool], ...]
+
+
+def parse_sort(text: str | None, default: Sort = TaskQuery.sort) -> Sort:
     """'-runtime' or 'name,-received' (Flower's sort_by, any column) to TaskQuery.sort."""
     if not text:
         return default

@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Iterator
 
 from flask import Blueprint, current_app, jsonify, request
 
-from monitor.query.tasks import (FLOWER_ORDER, MAX_ROW, QueryError, TaskQuery, parse_sort, parse_time, shown, spelled_as_stored,
-                                 stream_tasks)
+from monitor.query.tasks import (FLOWER_ORDER, MAX_ROW, QueryError, TaskQuery, parse_sort, parse_time, shown,
+                                 spelled_as_stored, stream_tasks)
 from monitor.store.schema import TASK_FIELDS
 from monitor.user_app import MAX_RESULT_WAIT, NoResultBackend
 

@@ -38,7 +38,7 @@ class Inspector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.last_run: float | None = None
+        self.last_started: float | None = None  # when the last finished inspect began
         self.failure = Incident("inspector: inspect", log)
         self.runs = 0
 
@@ -79,7 +79,8 @@ class Inspector:
                 asked = self.store.get_meta(REQUEST_KEY)
             except Exception:  # noqa: BLE001 - a store that cannot be read now: the interval still runs
                 asked = None
-            if asked and asked > (self.last_run or 0):
+            # asked after the last inspect began: its replies may predate the asking
+            if asked and asked > (self.last_started or 0):
                 break
         self._wake.clear()
 
@@ -101,6 +102,6 @@ class Inspector:
             self.store.save_inspection(replies, now, self.broker_name)
         if not self._stop.is_set():  # a round cut short by stop() is no fresh inspect
             self.store.set_meta(INSPECTED_PREFIX + self.broker_name, started)
-        self.last_run = now
+        self.last_started = started
         self.runs += 1
         return replies

@@ -21,8 +21,9 @@ from monitor.user_app import MAX_RESULT_WAIT, NoResultBackend
 
 # Longer than any task id a client makes (celery's are UUIDs); refused before the store is asked.
 MAX_TASK_ID = 1_000
-# Rows whose children are looked up together while /api/tasks streams.
-CHILDREN_CHUNK = 500
+# Rows whose children are looked up together while /api/tasks streams: few, since they are held
+# meanwhile (the answer's memory stays that of a few rows), many enough that the lookups cost little.
+CHILDREN_CHUNK = 100
 # Flower's word for "no filter" in a list filter (flower/api/tasks.py ListTasks.get).
 ALL = "All"
 

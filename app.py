@@ -139,6 +139,11 @@ def serve(settings: Settings) -> None:
             self.cfg.set("worker_class", "monitor.serving.gunicorn_worker.HealthFirstWorker")  # health lane, admission control
             self.cfg.set("accesslog", None)
             self.cfg.set("control_socket_disable", True)  # one path per user: several monitors would clash
+            if settings.tls:  # gunicorn terminates TLS (its health lane and admission control are then off)
+                self.cfg.set("certfile", settings.certfile)
+                self.cfg.set("keyfile", settings.keyfile)
+                if settings.ca_certs:
+                    self.cfg.set("ca_certs", settings.ca_certs)
             # Threads do not survive a fork: start them in the worker that serves the pages.
             self.cfg.set("post_worker_init", lambda worker: start_services(app.server))
             self.cfg.set("worker_exit", lambda server, worker: stop_services(app.server))
@@ -146,8 +151,8 @@ def serve(settings: Settings) -> None:
         def load(self):
             return app.server
 
-    log.info("Flowerbed %son http://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
-             settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
+    log.info("Flowerbed %son http%s://%s:%s%s (broker %s, store %s)", "web " if settings.command == "web" else "",
+             "s" if settings.tls else "", settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
              brokers_shown(settings) if not settings.demo else "embedded demo", without_password(settings.db))
     _Gunicorn().run()
 

@@ -12,7 +12,7 @@ import threading
 
 from monitor.serving.health import serve_collector_status
 from monitor.services import build_services
-from monitor.settings import Settings, SettingsError, load_settings, without_password
+from monitor.settings import Settings, SettingsError, ignored_settings_text, load_settings, without_password
 from monitor.store.schema import StoreError
 
 log = logging.getLogger("flowerbed")
@@ -38,6 +38,8 @@ def or_exit(build, settings: Settings):
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_or_exit(sys.argv[1:] if argv is None else argv)
+    if ignored := ignored_settings_text(settings):
+        log.warning("%s", ignored)
     if settings.command == "collect":
         collect(settings)
     else:

@@ -74,7 +74,7 @@ def route(app, services, pathname: str | None, search: str | None):
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
-        return dashboard_layout(worker_rows(services.store.workers(), time.time()), services.store.brokers())
+        return dashboard_layout(worker_rows(services.workers(), time.time()), services.store.brokers())
     if path == "analytics":
         return analytics_layout(analytics.filter_options(services.store), params.get("range", ["1h"])[0])
     if path == "tasks":

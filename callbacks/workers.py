@@ -28,7 +28,7 @@ def register(app, services) -> None:
         if allowed:
             services.request_inspect()  # runs in the background; the next tick shows it
         now = time.time()
-        rows = worker_rows(services.store.workers(now), now)
+        rows = worker_rows(services.workers(now), now)
         if broker:  # the cards count the chosen broker's workers too
             rows = [row for row in rows if row["broker"] == broker]
         totals = summary(rows)

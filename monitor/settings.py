@@ -1,7 +1,9 @@
 """One Settings object, built from CLI flags and the environment.
 
 Every option has a flag and an environment variable; a flag wins over the environment. Flower's
-variable names are accepted as fallbacks so an existing deployment keeps working.
+variable names and underscore flags are accepted, in Flower's units, so an existing deployment keeps
+working; a Flower setting Flowerbed lacks either stops the start (when ignoring it would weaken
+security) or is named in a warning (when ignoring it is harmless): none vanishes silently.
 """
 from __future__ import annotations
 
@@ -59,11 +61,18 @@ class Settings:
     events_queue: str = ""
     events_queue_max_length: int = 1_000_000
     events_queue_ttl: float = 86_400.0
+    app: str = ""  # the user's Celery app (`-A proj`): its broker settings, task registry, result backend
+    certfile: str = ""  # with keyfile: serve HTTPS
+    keyfile: str = ""
+    ca_certs: str = ""
+    purge_offline_workers: int | None = None  # seconds offline after which a worker is hidden
+    # Flower settings given that Flowerbed has no use for, as Flower names them (for the warning at start).
+    ignored_flower_settings: tuple[str, ...] = ()
     # RabbitMQ's management HTTP API, e.g. http://guest:guest@rabbit:15672/api/ (queue depths).
     broker_api: str = ""
     # kombu's transport options as the workers have them (JSON object), e.g. a Redis global_keyprefix.
     broker_transport_options: str = ""
-    # Where the workers keep task results: aborting an AbortableTask writes its state there.
+    # Where the workers keep task results: /api/task/result reads them, abort writes its state there.
     result_backend: str = ""
 
     @property
@@ -96,13 +105,22 @@ class Settings:
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth or self.basic_auth_readonly)
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
 
-# (field, flags, environment variables in order of preference, type, help)
+
+# (field, flags, environment variables in order of preference, type, help); Flower's spelling of a
+# flag (--max_tasks) is an alias of ours, in Flower's unit (see _FLOWER_UNITS).
 _OPTIONS = (
     ("broker", ("--broker", "-b"), ("FLOWERBED_BROKERS", "FLOWERBED_BROKER", "CELERY_BROKER_URL", "FLOWER_BROKER_URL"),
      str, "Celery broker URL, e.g. redis://host:6379/0 or amqp://user:pass@host:5672//; repeat it to watch several "
           "brokers, each optionally named NAME=URL (FLOWERBED_BROKERS: a comma list), else named after its "
           "address, e.g. host:6379/0"),
+    ("app", ("--app", "-A"), ("FLOWERBED_APP", "CELERY_APP"), str,
+     "your Celery app, as `celery -A` takes it (proj, proj.celery:app): its broker and broker settings (SSL, "
+     "transport options), its task names (/api/task/types with no worker up) and its result backend "
+     "(/api/task/result)"),
     ("address", ("--address",), ("FLOWERBED_ADDRESS", "FLOWER_ADDRESS"), str,
      "address the web server binds to"),
     ("port", ("--port",), ("FLOWERBED_PORT", "PORT", "FLOWER_PORT"), int,
@@ -111,7 +129,7 @@ _OPTIONS = (
      "web server processes, with `web` only (the collector runs in the one process otherwise)"),
     ("db", ("--db",), ("FLOWERBED_DB", "DATABASE_URL"), str,
      "where history is kept: a SQLite file, or a postgresql://user@host/dbname URL to scale out"),
-    ("max_tasks", ("--max-tasks",), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
+    ("max_tasks", ("--max-tasks", "--max_tasks"), ("FLOWERBED_MAX_TASKS", "FLOWER_MAX_TASKS"), int,
      "tasks kept in the store; the oldest go first"),
     ("max_field_size", ("--max-field-size",), ("FLOWERBED_MAX_FIELD_SIZE",), int,
      "characters kept of a task's text field (args, kwargs, result, traceback…); the rest is cut, with a marker"),
@@ -127,11 +145,22 @@ _OPTIONS = (
      "...and past this many seconds at least"),
     ("waiting_seconds", ("--waiting-seconds",), ("FLOWERBED_WAITING_SECONDS",), float,
      "a task received (or sent) and not started for this many seconds is waiting too long"),
-    ("inspect_timeout", ("--inspect-timeout",), ("FLOWERBED_INSPECT_TIMEOUT", "FLOWER_INSPECT_TIMEOUT"), float,
-     "seconds to wait for workers' inspect replies"),
-    ("url_prefix", ("--url-prefix",), ("FLOWERBED_URL_PREFIX", "FLOWER_URL_PREFIX"), str,
+    ("inspect_timeout", ("--inspect-timeout", "--inspect_timeout"),
+     ("FLOWERBED_INSPECT_TIMEOUT", "FLOWER_INSPECT_TIMEOUT"), float,
+     "seconds to wait for workers' inspect replies (--inspect_timeout and FLOWER_INSPECT_TIMEOUT: "
+     "milliseconds, as in Flower)"),
+    ("url_prefix", ("--url-prefix", "--url_prefix"), ("FLOWERBED_URL_PREFIX", "FLOWER_URL_PREFIX"), str,
      "serve under this path, e.g. /flower"),
-    ("basic_auth", ("--basic-auth",), ("FLOWERBED_BASIC_AUTH", "FLOWER_BASIC_AUTH"), str,
+    ("purge_offline_workers", ("--purge-offline-workers", "--purge_offline_workers"),
+     ("FLOWERBED_PURGE_OFFLINE_WORKERS", "FLOWER_PURGE_OFFLINE_WORKERS"), int,
+     "hide workers offline for longer than this many seconds, on the pages and in the API"),
+    ("certfile", ("--certfile",), ("FLOWERBED_CERTFILE", "FLOWER_CERTFILE"), str,
+     "serve HTTPS with this certificate (PEM), with --keyfile"),
+    ("keyfile", ("--keyfile",), ("FLOWERBED_KEYFILE", "FLOWER_KEYFILE"), str,
+     "the private key (PEM) of --certfile"),
+    ("ca_certs", ("--ca-certs", "--ca_certs"), ("FLOWERBED_CA_CERTS", "FLOWER_CA_CERTS"), str,
+     "certificate authorities (PEM) to offer clients along with --certfile"),
+    ("basic_auth", ("--basic-auth", "--basic_auth"), ("FLOWERBED_BASIC_AUTH", "FLOWER_BASIC_AUTH"), str,
      "admin users as user:password pairs separated by commas; a password may be a werkzeug hash"),
     ("basic_auth_readonly", ("--basic-auth-readonly",), ("FLOWERBED_BASIC_AUTH_READONLY",), str,
      "read-only users (see everything, can trigger no action), same format as --basic-auth"),
@@ -142,26 +171,51 @@ _OPTIONS = (
      "messages --events-queue keeps at most; beyond that the oldest are dropped"),
     ("events_queue_ttl", ("--events-queue-ttl",), ("FLOWERBED_EVENTS_QUEUE_TTL",), float,
      "seconds a message waits in --events-queue before the broker drops it"),
-    ("broker_api", ("--broker-api",), ("FLOWERBED_BROKER_API", "FLOWER_BROKER_API"), str,
+    ("broker_api", ("--broker-api", "--broker_api"), ("FLOWERBED_BROKER_API", "FLOWER_BROKER_API"), str,
      "RabbitMQ's management HTTP API, e.g. http://guest:guest@rabbit:15672/api/, to read queue depths from "
      "(else a passive queue_declare per queue)"),
     ("broker_transport_options", ("--broker-transport-options",), ("FLOWERBED_BROKER_TRANSPORT_OPTIONS",), str,
      "kombu transport options as a JSON object, as your workers' broker_transport_options, e.g. "
      '\'{"global_keyprefix": "app1:"}\' or Redis priority_steps and sep'),
     ("result_backend", ("--result-backend",), ("FLOWERBED_RESULT_BACKEND", "CELERY_RESULT_BACKEND"), str,
-     "the workers' result backend (e.g. redis://host/1), needed to abort an AbortableTask"),
+     "the workers' result backend (e.g. redis://host/1), for /api/task/result and to abort an AbortableTask "
+     "(else --app's)"),
 )
-# (field, flag, environment variable, help) for on/off switches
+# (field, flag, environment variables, help) for on/off switches
 _SWITCHES = (
-    ("enable_events", "--no-enable-events", "FLOWERBED_ENABLE_EVENTS",
+    ("enable_events", "--no-enable-events", ("FLOWERBED_ENABLE_EVENTS", "FLOWER_ENABLE_EVENTS"),
      "do not ask workers to turn task events on"),
-    ("url_prefix_stripped", "--url-prefix-stripped", "FLOWERBED_URL_PREFIX_STRIPPED",
+    ("url_prefix_stripped", "--url-prefix-stripped", ("FLOWERBED_URL_PREFIX_STRIPPED",),
      "the reverse proxy removes --url-prefix before forwarding (nginx: proxy_pass http://host:port/;)"),
-    ("no_auth", "--no-auth", "FLOWERBED_NO_AUTH",
+    ("no_auth", "--no-auth", ("FLOWERBED_NO_AUTH",),
      "allow binding to a non-loopback address without basic auth"),
-    ("demo", "--demo", "FLOWERBED_DEMO",
+    ("demo", "--demo", ("FLOWERBED_DEMO",),
      "run an embedded demo cluster (in-memory broker, workers and traffic)"),
 )
+# Flower's own switch flags, which take a value as tornado's do (--enable_events=False): (flag, help).
+_FLOWER_SWITCHES = {"enable_events": ("--enable_events", "Flower's spelling of the switch above: "
+                                                         "--enable_events=False stops asking workers for task events")}
+
+# Flower settings Flowerbed does not implement, by Flower's option name (its flag is --NAME, its
+# variable FLOWER_NAME). Ignoring one of these would weaken security: the start stops, saying what
+# to use instead.
+_REFUSED = {
+    **dict.fromkeys(("auth", "oauth2_key", "oauth2_secret", "oauth2_redirect_uri", "auth_provider"),
+                    "Flowerbed has no OAuth login: use --basic-auth (and --basic-auth-readonly), or a proxy that "
+                    "authenticates in front of it"),
+    "read_only": "Flowerbed has no read-only switch: give the users who may not act --basic-auth-readonly",
+    "unix_socket": "Flowerbed listens on TCP only: use --address and --port (a proxy can listen on the socket)",
+    "conf": "Flowerbed reads no flowerconfig.py: give its settings as flags or FLOWERBED_/FLOWER_ variables",
+}
+# Harmless to ignore: named in one warning line at start. (what Flowerbed does instead)
+_IGNORED = {
+    "persistent": "history is always kept, in --db", "db": "history is kept in --db",
+    "state_save_interval": "history is written as it comes", "natural_time": "times are shown as dates",
+    "auto_refresh": "pages refresh every --refresh-seconds", "tasks_columns": "the Tasks page picks its columns",
+    "max_workers": "every worker is kept", "debug": "", "xheaders": "",
+    "cookie_secret": "FLOWERBED_SECRET_KEY, else a key kept in the store",
+    "task_runtime_metric_buckets": "", "format_task": "",
+}
 # Options that may be given several times, each time one value.
 _REPEATED = ("broker",)
 # Environment variables holding several values separated by commas (the others hold one value).
@@ -207,12 +261,54 @@ def build_parser() -> argparse.ArgumentParser:
     for field, flag, env, help_text in _SWITCHES:
         turns_off = flag.startswith("--no-") and not field.startswith("no_")
         parser.add_argument(flag, dest=field, action="store_false" if turns_off else "store_true", default=None,
-                            help=f"{help_text} (env {env}={'0' if turns_off else '1'})")
+                            help=f"{help_text} (env {'/'.join(env)}={'0' if turns_off else '1'})")
+    for field, (flag, help_text) in _FLOWER_SWITCHES.items():
+        parser.add_argument(flag, dest=f"flower_{field}", nargs="?", const="true", default=None, metavar="BOOL",
+                            help=help_text)
+    # Flower's flags that Flowerbed lacks: taken so that load_settings can refuse or name them.
+    ours = {flag for action in parser._actions for flag in action.option_strings}
+    for name in (*_REFUSED, *_IGNORED):
+        if f"--{name}" not in ours:  # Flower's --db is a file of its own: FLOWER_DB only is Flower's
+            parser.add_argument(f"--{name}", dest=f"flower_unsupported_{name}", nargs="?", const="true",
+                                default=None, help=argparse.SUPPRESS)
     return parser
 
 
-# Flower's variables in Flower's own units: a script or a deployment moved over means what it meant.
-_FLOWER_UNITS = {"FLOWER_INSPECT_TIMEOUT": 0.001}  # milliseconds in Flower; seconds here
+# Flower's variables and flags in Flower's own units: a script or a deployment moved over means what it meant.
+_FLOWER_UNITS = {"FLOWER_INSPECT_TIMEOUT": 0.001, "--inspect_timeout": 0.001}  # milliseconds in Flower; seconds here
+
+
+def _flag_given(argv: Sequence[str], flags: Sequence[str]) -> str:
+    """Which of `flags` (one option's spellings) the command line used, the last one winning as
+    argparse lets it; the first when none (the value then came from elsewhere)."""
+    used = [arg.split("=", 1)[0] for arg in argv if arg.split("=", 1)[0] in flags]
+    return used[-1] if used else flags[0]
+
+
+def _flower_unsupported(args, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The Flower settings given (flags and FLOWER_ variables) that Flowerbed lacks; SettingsError for
+    one whose absence would weaken security. Returns the harmless ones, as Flower names them."""
+    given = []
+    for name in (*_REFUSED, *_IGNORED):
+        flag, env = getattr(args, f"flower_unsupported_{name}", None), f"FLOWER_{name.upper()}"
+        value, source = (flag, f"--{name}") if flag is not None else (environ.get(env), env)
+        if value is None or value.strip().lower() in ("", "0", "false", "no", "off", "none"):
+            continue  # not set, or turned off: nothing is lost
+        if name in _REFUSED:
+            raise SettingsError(f"{source} is not supported: {_REFUSED[name]}")
+        given.append(source)
+    return tuple(given)
+
+
+def ignored_settings_text(settings: "Settings") -> str:
+    """The one warning line naming the Flower settings given that Flowerbed ignores ('' for none)."""
+    if not settings.ignored_flower_settings:
+        return ""
+    named = []
+    for source in settings.ignored_flower_settings:
+        instead = _IGNORED[source.removeprefix("--").removeprefix("FLOWER_").lower()]
+        named.append(f"{source} ({instead})" if instead else source)
+    return "Flower settings that Flowerbed ignores: " + "; ".join(named)
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -222,9 +318,9 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "all"
     args = build_parser().parse_args(argv)
     values = {"command": command}
-    for field, _flags, env, kind, _help in _OPTIONS:
+    for field, flags, env, kind, _help in _OPTIONS:
         raw = getattr(args, field)
-        source = f"--{field.replace('_', '-')}"
+        source = _flag_given(argv, flags) if len(flags) > 1 and flags[1].startswith("--") else flags[0]
         if raw is None:
             name = next((n for n in env if environ.get(n)), None)
             if name is None:
@@ -237,27 +333,43 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             values["broker"] = values["brokers"][0][1]
         else:
             values[field] = _convert(kind, raw, source) * _FLOWER_UNITS.get(source, 1)
-    for field, _flag, env, _help in _SWITCHES:
+    for field, _flag, envs, _help in _SWITCHES:
         flag = getattr(args, field)
+        flower_flag = _FLOWER_SWITCHES.get(field, ("",))[0]
         if flag is not None:
             values[field] = flag
-        elif environ.get(env):
-            try:
-                values[field] = _BOOLEANS[environ[env].strip().lower()]
-            except KeyError:
-                raise SettingsError(f"{env}: expected 1/0, true/false, yes/no or on/off, got {environ[env]!r}") from None
+        elif flower_flag and getattr(args, f"flower_{field}") is not None:
+            values[field] = _switch(getattr(args, f"flower_{field}"), flower_flag)
+        elif name := next((n for n in envs if environ.get(n)), None):
+            values[field] = _switch(environ[name], name)
+    values["ignored_flower_settings"] = _flower_unsupported(args, environ)
     # A PaaS gives every process type the web's PORT and WEB_CONCURRENCY: a collector takes its status
     # port and nobody but `web` takes workers from flags only.
     if command == "collect" and args.port is None:
         values.pop("port", None)
     if command != "web" and args.workers is None:
         values.pop("workers", None)
+    if values.get("app") and not values.get("demo"):
+        from monitor.user_app import broker_url, load_user_app  # imports the user's code: only when asked
+
+        user_app = load_user_app(values["app"])  # here, so that an app that cannot load stops the start
+        if "brokers" not in values:  # the app's own broker, unless one is given
+            url = broker_url(user_app)
+            values["brokers"] = parse_brokers([url], f"--app {values['app']}")
+            values["broker"] = url
     settings = Settings(**values)
     _validate(settings)
     if settings.demo:  # the demo's history stays apart from a real cluster's
         settings = dataclasses.replace(settings, broker=DEMO_BROKER, brokers=(),
                                        db=values.get("db", DEMO_DB))
     return settings
+
+
+def _switch(raw: str, source: str) -> bool:
+    try:
+        return _BOOLEANS[raw.strip().lower()]
+    except KeyError:
+        raise SettingsError(f"{source}: expected 1/0, true/false, yes/no or on/off, got {raw!r}") from None
 
 
 def _validate(settings: Settings) -> None:
@@ -274,6 +386,9 @@ def _validate(settings: Settings) -> None:
                  "inspect_timeout", "events_queue_max_length", "events_queue_ttl", "stuck_factor", "stuck_floor",
                  "waiting_seconds"):
         _positive(name.replace("_", "-"), getattr(settings, name))
+    if settings.purge_offline_workers is not None:
+        _positive("purge-offline-workers", settings.purge_offline_workers)
+    check_tls(settings)
     check_db(settings.db)
     check_transport_options(settings.broker_transport_options)
     if settings.broker_api and not settings.broker_api.startswith(("http://", "https://")):
@@ -288,6 +403,18 @@ def _validate(settings: Settings) -> None:
     if overlap:
         raise SettingsError(f"user {sorted(overlap)[0]!r} is in both --basic-auth and --basic-auth-readonly")
     check_exposure(settings, settings.address)
+
+
+def check_tls(settings: Settings) -> None:
+    """--certfile and --keyfile together, each a file that can be read (as Flower asks both)."""
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise SettingsError("--certfile and --keyfile go together: give both to serve HTTPS")
+    if settings.ca_certs and not settings.certfile:
+        raise SettingsError("--ca-certs needs --certfile and --keyfile (it is offered along with the certificate)")
+    for option in ("certfile", "keyfile", "ca_certs"):
+        path = getattr(settings, option)
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"--{option.replace('_', '-')}: cannot read {path!r}")
 
 
 def check_broker(broker: str) -> None:

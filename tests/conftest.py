@@ -144,16 +144,17 @@ def celery_worker(tmp_path):
 
 @pytest.fixture
 def flowerbed_server(tmp_path):
-    """flowerbed_server(broker_url, *flags, db=None) runs `python app.py` and returns its base URL
-    (a FlowerbedServer: a str with .stop()); the same `db` again brings the history back."""
+    """flowerbed_server(broker_url, *flags, db=None, env=None, scheme="http") runs `python app.py` and
+    returns its base URL (a FlowerbedServer: a str with .stop()); the same `db` again brings the
+    history back."""
     stack = Stack()
     count = 0
 
-    def start(broker: str, *flags: str, db=None) -> FlowerbedServer:
+    def start(broker: str, *flags: str, db=None, **options) -> FlowerbedServer:
         nonlocal count
         count += 1
         return stack.add(FlowerbedServer.start(broker, db or tmp_path / f"flowerbed-{count}.db",
-                                               tmp_path / f"flowerbed-{count}.log", *flags))
+                                               tmp_path / f"flowerbed-{count}.log", *flags, **options))
     yield start
     stack.stop_all()
 

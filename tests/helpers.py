@@ -51,22 +51,27 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.2):
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def get(url: str, credentials: tuple[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    """(status, body) of a GET, with basic auth when `credentials` are given; errors are returned."""
+def get(url: str, credentials: tuple[str, str] | None = None, timeout: float = 5.0, context=None) -> tuple[int, bytes]:
+    """(status, body) of a GET, with basic auth when `credentials` are given; errors are returned.
+    An https URL is verified with `context` (an ssl.SSLContext), else not at all (a test's own certificate)."""
     request = urllib.request.Request(url)
     if credentials:
         token = base64.b64encode(":".join(credentials).encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
+    if context is None and url.startswith("https:"):
+        import ssl
+
+        context = ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def get_json(url: str, credentials: tuple[str, str] | None = None):
+def get_json(url: str, credentials: tuple[str, str] | None = None, timeout: float = 5.0):
     """(status, decoded JSON body) of a GET."""
-    status, body = get(url, credentials)
+    status, body = get(url, credentials, timeout)
     return status, json.loads(body)
 
 
@@ -314,11 +319,14 @@ class FlowerbedServer(str):
     db: Path
 
     @classmethod
-    def start(cls, broker: str, db: Path, log_path: Path, *flags: str) -> "FlowerbedServer":
+    def start(cls, broker: str, db: Path, log_path: Path, *flags: str, env: dict | None = None,
+              scheme: str = "http") -> "FlowerbedServer":
+        """`env`: variables added to the server's environment; `scheme` https for a server given
+        --certfile (its health check is then not verified against any authority)."""
         port = free_port()
         process = Process([sys.executable, "app.py", "--broker", broker, "--db", str(db), "--port", str(port),
-                           "--refresh-seconds", "1", *flags], log_path)
-        server = cls(f"http://127.0.0.1:{port}")
+                           "--refresh-seconds", "1", *flags], log_path, env={**os.environ, **(env or {})})
+        server = cls(f"{scheme}://127.0.0.1:{port}")
         server.process, server.db = process, db
         wait_started(process, lambda: get(f"{server}/healthcheck")[0] == 200, 30, "the Flowerbed server")
         return server

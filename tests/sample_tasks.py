@@ -1,4 +1,6 @@
-"""Real tasks for the integration tests: they succeed, fail with a traceback, retry, sleep and can be aborted."""
+"""Real tasks for the integration tests: they succeed, fail with a traceback, retry, sleep, start
+other tasks and can be aborted. SAMPLE_BROKER names the broker, SAMPLE_BACKEND a result backend
+(none when empty)."""
 import os
 import time
 
@@ -43,3 +45,10 @@ def abortable(self, seconds):
             return "aborted"
         time.sleep(0.1)
     return "finished"
+
+
+@app.task(name="sample.spawn", bind=True)
+def spawn(self, count):
+    """Start `count` sample.add tasks on this task's own queue (they are its children)."""
+    queue = self.request.delivery_info.get("routing_key")
+    return [add.apply_async((number, number), queue=queue).id for number in range(count)]

@@ -67,7 +67,9 @@ def test_filters_combine_with_search_states_and_received_range(store):
     assert keys(store, search="name:tasks.add", states=("RECEIVED",)) == ["queued"]
     assert keys(store, workers=("w@alpha",), column_filters={
         "runtime": {"filterType": "number", "type": "lessThan", "filter": 1}}, sort=(("runtime", False),)) == ["fail", "add"]
-    assert set(keys(store, received_from=T0 + 60, received_to=T0 + 180)) == {"slow", "fail"}
+    # both ends included, as Flower's received_start and received_end are ("queued" came at T0 + 180)
+    assert set(keys(store, received_from=T0 + 60, received_to=T0 + 180)) == {"slow", "fail", "queued"}
+    assert set(keys(store, received_from=T0 + 60, received_to=T0 + 179.999)) == {"slow", "fail"}
 
 
 @pytest.mark.parametrize("column", TASK_FIELDS + ("seq",))

@@ -2,6 +2,7 @@
 explains every option; a wrong value stops with one line and no traceback."""
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -10,9 +11,9 @@ import sys
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, Process, free_port, get, get_json, wait_for, wait_started
 from monitor.settings import (DEMO_BROKER, DEMO_DB, Settings, SettingsError, broker_name, build_parser,
-                              load_settings)
+                              ignored_settings_text, load_settings)
 
 FLOWERBED = shutil.which("flowerbed")
 
@@ -169,6 +170,8 @@ def test_help_explains_every_option():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps lines
     for action in build_parser()._actions:
+        if action.help == argparse.SUPPRESS:  # Flower's flags that Flowerbed refuses or ignores: tested below
+            continue
         for flag in action.option_strings:
             assert flag in text, flag
         if action.dest != "help":
@@ -219,3 +222,167 @@ def test_flower_inspect_timeout_is_read_in_flowers_milliseconds():
     assert load_settings([], {"FLOWER_INSPECT_TIMEOUT": "1500"}).inspect_timeout == 1.5
     assert load_settings([], {"FLOWERBED_INSPECT_TIMEOUT": "1.5"}).inspect_timeout == 1.5
     assert load_settings(["--inspect-timeout", "2"], {"FLOWER_INSPECT_TIMEOUT": "1500"}).inspect_timeout == 2
+
+
+# -- Flower's settings: its units, its flags, and what Flowerbed refuses or ignores --------------------
+# A Celery project of the user's, for --app: its broker, one task.
+PROJECT = '''
+from celery import Celery
+
+app = Celery("proj", broker="{broker}")
+
+
+@app.task(name="proj.hello")
+def hello(who):
+    return f"hello {{who}}"
+'''
+
+# Flower 2.2's options and their units: flower/options.py; its FLOWER_ variables: flower/command.py
+# apply_env_options (FLOWER_ + the option's name upper-cased; a `multiple` option split on commas).
+@pytest.mark.parametrize("argv, environ, field, value", [
+    ([], {"FLOWER_INSPECT_TIMEOUT": "250"}, "inspect_timeout", 0.25),  # milliseconds
+    (["--inspect_timeout", "1500"], {}, "inspect_timeout", 1.5),  # Flower's flag: milliseconds too
+    (["--inspect_timeout=1500"], {}, "inspect_timeout", 1.5),  # tornado's --name=value
+    (["--inspect-timeout", "1.5"], {}, "inspect_timeout", 1.5),  # ours: seconds
+    ([], {"FLOWER_PURGE_OFFLINE_WORKERS": "120"}, "purge_offline_workers", 120),  # seconds
+    (["--purge_offline_workers=60"], {}, "purge_offline_workers", 60),
+    (["--purge-offline-workers", "60"], {}, "purge_offline_workers", 60),
+    ([], {"FLOWER_MAX_TASKS": "500"}, "max_tasks", 500),
+    (["--max_tasks=500"], {}, "max_tasks", 500),
+    (["--basic_auth", "ann:pw,bob:pw2"], {}, "basic_auth", "ann:pw,bob:pw2"),
+    ([], {"FLOWER_BASIC_AUTH": "ann:pw,bob:pw2"}, "basic_auth", "ann:pw,bob:pw2"),  # a comma list in Flower too
+    (["--url_prefix=flower"], {}, "url_prefix", "flower"),
+    ([], {"FLOWER_ADDRESS": "127.0.0.1", "FLOWER_PORT": "5566"}, "port", 5566),
+    ([], {"FLOWER_ENABLE_EVENTS": "False"}, "enable_events", False),
+    (["--enable_events=False"], {}, "enable_events", False),
+    (["--enable_events"], {"FLOWER_ENABLE_EVENTS": "false"}, "enable_events", True),  # a flag wins
+    (["-A", "proj_with_a_broker"], {}, "broker", "redis://from-the-app:6379/3"),
+    (["--app", "proj_with_a_broker", "-b", "redis://given:6379/0"], {}, "broker", "redis://given:6379/0"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_flowers_variables_and_flags_in_flowers_units(argv, environ, field, value, monkeypatch, tmp_path):
+    (tmp_path / "proj_with_a_broker.py").write_text(PROJECT.format(broker="redis://from-the-app:6379/3"))
+    monkeypatch.syspath_prepend(str(tmp_path))  # for --app
+    assert getattr(load_settings(argv, environ), field) == value
+
+
+def test_app_gives_its_broker_settings_and_task_names(monkeypatch):
+    from monitor.services import make_celery_app
+    from monitor.user_app import broker_settings, load_user_app, task_names
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    user_app = load_user_app("sample_tasks")
+    user_app.conf.broker_transport_options = {"visibility_timeout": 77}
+    user_app.conf.broker_use_ssl = {"cert_reqs": "required"}
+    monitor_app = make_celery_app(Settings(), "rediss://h:6380/0", user_app)
+    assert monitor_app.conf.broker_transport_options == {"visibility_timeout": 77}
+    assert monitor_app.conf.broker_use_ssl == {"cert_reqs": "required"}
+    assert monitor_app.conf.broker_url == "rediss://h:6380/0" and "broker_url" not in broker_settings(user_app)
+    names = task_names(user_app)  # (celery shares tasks between apps: another test's app may add its own)
+    assert {"sample.add", "sample.fail", "sample.flaky", "sample.sleep", "sample.spawn"} <= set(names)
+    assert names == sorted(names) and not [name for name in names if name.startswith("celery.")]
+
+
+REFUSED = ["auth", "oauth2_key", "oauth2_secret", "oauth2_redirect_uri", "auth_provider", "read_only", "unix_socket",
+           "conf"]
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_flower_settings_that_would_weaken_security_stop_the_start(name):
+    for argv, environ, source in ([f"--{name}=x"], {}, f"--{name}"), ([], {f"FLOWER_{name.upper()}": "x"},
+                                                                       f"FLOWER_{name.upper()}"):
+        with pytest.raises(SettingsError) as raised:
+            load_settings(argv, environ)
+        message = str(raised.value)
+        assert message.startswith(f"{source} is not supported: ") and "\n" not in message
+        assert re.search(r"use --|give", message), message  # says what to use instead
+
+
+def test_flower_auth_names_basic_auth_instead_and_a_switch_turned_off_is_no_loss():
+    with pytest.raises(SettingsError, match="FLOWER_AUTH is not supported: Flowerbed has no OAuth login: use --basic-auth"):
+        load_settings([], {"FLOWER_AUTH": ".*@example.com"})
+    assert load_settings([], {"FLOWER_READ_ONLY": "false", "FLOWER_PERSISTENT": "False"}).ignored_flower_settings == ()
+
+
+@pytest.mark.parametrize("name", ["persistent", "db", "state_save_interval", "natural_time", "auto_refresh",
+                                  "tasks_columns", "max_workers", "debug", "xheaders", "cookie_secret", "broker_api",
+                                  "task_runtime_metric_buckets", "format_task"])
+def test_every_harmless_flower_setting_is_named_as_variable_and_as_flag(name):
+    variable = f"FLOWER_{name.upper()}"
+    assert load_settings([], {variable: "x"}).ignored_flower_settings == (variable,)
+    if name != "db":  # --db is ours (the store): Flower's is its variable only
+        assert load_settings([f"--{name}=x"], {}).ignored_flower_settings == (f"--{name}",)
+
+
+def test_harmless_flower_settings_are_named_in_one_warning_line():
+    settings = load_settings(["--natural_time", "--tasks_columns=name,uuid"],
+                             {"FLOWER_PERSISTENT": "True", "FLOWER_DB": "/var/flower", "FLOWER_STATE_SAVE_INTERVAL": "5000",
+                              "FLOWER_MAX_WORKERS": "100", "FLOWER_COOKIE_SECRET": "s"})
+    text = ignored_settings_text(settings)
+    assert "\n" not in text and text.startswith("Flower settings that Flowerbed ignores: ")
+    for source in ("--natural_time", "--tasks_columns", "FLOWER_PERSISTENT (history is always kept, in --db)",
+                   "FLOWER_DB", "FLOWER_STATE_SAVE_INTERVAL", "FLOWER_MAX_WORKERS", "FLOWER_COOKIE_SECRET"):
+        assert source in text, source
+    assert load_settings([], {}).ignored_flower_settings == () and ignored_settings_text(Settings()) == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--certfile", "cert.pem"], "--certfile and --keyfile go together"),
+    (["--keyfile", "key.pem"], "--certfile and --keyfile go together"),
+    (["--certfile", "/nonexistent/cert.pem", "--keyfile", "/nonexistent/key.pem"], "--certfile: cannot read"),
+    (["--ca_certs", "ca.pem"], "--ca-certs needs --certfile"),
+    (["--purge-offline-workers", "0"], "purge-offline-workers must be a finite number greater than 0"),
+    (["--app", "no_such_module_here"], "--app no_such_module_here: cannot load it: ModuleNotFoundError"),
+])
+def test_bad_tls_purge_and_app_settings_raise_one_line(argv, message):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(argv, {})
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_cli_refuses_flowers_auth_in_one_line():
+    result = run_cli("--auth", ".*@example.com")
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "flowerbed: error: --auth is not supported: Flowerbed has no OAuth login: use --basic-auth "
+           "(and --basic-auth-readonly), or a proxy that authenticates in front of it")
+
+
+
+def test_flowerbed_app_shows_the_apps_task_types_with_no_worker_running(tmp_path, redis_url):
+    """`flowerbed --app proj`, as `celery -A proj flower`: the broker comes from the app, its task
+    types are listed though no worker ever ran; a harmless Flower variable is named at start."""
+    (tmp_path / "proj_for_flowerbed.py").write_text(PROJECT.format(broker=redis_url))
+    port = free_port()
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("FLOWERBED_", "FLOWER_", "CELERY_"))}
+    process = Process([FLOWERBED, "--app", "proj_for_flowerbed", "--db", str(tmp_path / "f.db"), "--port", str(port)],
+                      tmp_path / "flowerbed.log", env={**clean, "FLOWER_PERSISTENT": "True"}, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_started(process, lambda: get(f"{base}/healthcheck")[0] == 200, 30, "flowerbed --app")
+        assert get_json(f"{base}/api/task/types") == (200, {"task-types": ["proj.hello"]})
+        assert get_json(f"{base}/api/workers") == (200, {})  # no worker: the types came from the app
+        collector = wait_for(lambda: get_json(f"{base}/api/collector")[1].get("connected") and
+                             get_json(f"{base}/api/collector")[1], 20, "the collector on the app's broker")
+        assert collector["broker"] == redis_url.split("//", 1)[1]  # the app's broker, named by its address
+        warnings = [line for line in process.output().splitlines() if "Flower settings that Flowerbed ignores" in line]
+        assert len(warnings) == 1 and "FLOWER_PERSISTENT" in warnings[0]
+    finally:
+        process.stop()
+
+
+def test_https_with_certfile_and_keyfile(tmp_path, redis_url, flowerbed_server):
+    """--certfile and --keyfile serve HTTPS, with a certificate the test makes; plain HTTP gets no page."""
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server = flowerbed_server(redis_url, "--certfile", str(cert), "--keyfile", str(key), scheme="https")
+    verified = ssl.create_default_context(cafile=str(cert))  # the server's own certificate, verified
+    assert get(f"{server}/api/workers", context=verified) == (200, b"{}\n")
+    assert get(f"{server}/healthcheck/ready", context=verified)[0] in (200, 503)
+    try:
+        status = get(f"{server.replace('https://', 'http://')}/api/workers")[0]
+    except OSError:  # a TLS server closes a plain request
+        status = None
+    assert status != 200

@@ -170,10 +170,10 @@ def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_p
     with sqlite3.connect(path) as connection:
         connection.executescript(VERSION_1)
     store = Store(str(path))
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 5
     assert store.count_audit() == 0 and store.task_links(uuid(1)) == {"rerun_of": None, "reruns": []}  # version 3
     assert store.queues() == [] and store.queue_history(0, 60) == []  # version 4
-    assert columns(store, "tasks")[-1] == "broker" and columns(store, "workers")[-1] == "broker"
+    assert columns(store, "tasks")[-2:] == ["broker", "clock"] and columns(store, "workers")[-1] == "broker"  # 2, 5
     assert columns(store, "tasks") == columns(Store(str(tmp_path / "new.db")), "tasks")  # as a new store has them
     assert store.query("SELECT 1 FROM sqlite_master WHERE name = 'tasks_broker'")
     task = store.get_task(uuid(1))
@@ -186,6 +186,39 @@ def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_p
     reopened = Store(str(path))
     assert [row["broker"] for row in reopened.query("SELECT broker FROM tasks ORDER BY seq")] == [None, "eu"]
     assert reopened.brokers() == ["eu"]
+
+
+def test_a_version_2_store_gets_the_clock_column_and_keeps_what_it_holds(make_store):
+    store = make_store("v2")
+    store.write_batch(tasks=[task_row(uuid=uuid(1), name="t", state="SUCCESS", broker="eu")])
+    # What a version-2 store is: the tasks without `clock`, and the version it says.
+    store._write((("ALTER TABLE tasks DROP COLUMN clock", [()]), ("DROP INDEX tasks_parent_id", [()])))
+    if make_store.backend == "sqlite":
+        store.query("PRAGMA user_version = 2")
+    else:
+        store.set_meta("schema_version", 2)
+    reopened = make_store("v2")
+    assert (reopened.get_task(uuid(1))["clock"], reopened.get_task(uuid(1))["broker"]) == (None, "eu")
+    reopened.write_batch(tasks=[task_row(uuid=uuid(2), name="t", state="STARTED", clock=42, parent_id=uuid(1))])
+    assert reopened.get_task(uuid(2))["clock"] == 42
+    assert reopened.children([uuid(1)]) == {uuid(1): [uuid(2)]}
+
+
+def test_children_and_distinct_names_and_workers(make_store):
+    store = make_store()
+    store.write_batch(tasks=[
+        task_row(uuid=uuid(1), name="shop.Checkout", worker="w@b", state="SUCCESS"),
+        task_row(uuid=uuid(2), name="shop.email", worker="w@a", parent_id=uuid(1), root_id=uuid(1)),
+        task_row(uuid=uuid(3), name="shop.email", worker="w@a", parent_id=uuid(1), root_id=uuid(1)),
+        task_row(uuid=uuid(4), name="shop.invoice", parent_id=uuid(2), root_id=uuid(1)),
+        task_row(uuid=uuid(5)),  # a task seen without a name or worker yet
+    ])
+    assert store.children([uuid(1), uuid(2), uuid(4)]) == {uuid(1): [uuid(2), uuid(3)], uuid(2): [uuid(4)]}
+    assert store.children([]) == {}
+    assert store.distinct_task_values("name") == ["shop.Checkout", "shop.email", "shop.invoice"]
+    assert store.distinct_task_values("worker") == ["w@a", "w@b"]
+    with pytest.raises(ValueError):
+        store.distinct_task_values("args")
 
 
 def test_worker_rows_keep_their_broker_when_an_inspect_or_a_later_row_does_not_say(store):

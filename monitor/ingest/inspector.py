@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 # The meta key a web process sets (to the time of asking) to have an inspect run now.
 REQUEST_KEY = "inspect_requested_at"
+# The meta keys where each broker's inspector records when its last finished inspect began (by broker
+# name after the prefix), whether any worker answered or none: a web process asking for a fresh
+# inspect waits for it to pass the time of asking.
+INSPECTED_PREFIX = "inspect_started_at:"
 # How often the store is asked whether a web process wants an inspect.
 REQUEST_POLL_SECONDS = 1.0
 INSPECT_METHODS = ("stats", "active", "reserved", "scheduled", "registered", "active_queues", "conf", "revoked")
@@ -37,7 +41,7 @@ class Inspector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.last_run: float | None = None
+        self.last_started: float | None = None  # when the last finished inspect began
         self.failure = Incident("inspector: inspect", log)
         self.queue_failure = Incident("inspector: queue depths", log)
         self.runs = 0
@@ -84,11 +88,13 @@ class Inspector:
                 asked = self.store.get_meta(REQUEST_KEY)
             except Exception:  # noqa: BLE001 - a store that cannot be read now: the interval still runs
                 asked = None
-            if asked and asked > (self.last_run or 0):
+            # asked after the last inspect began: its replies may predate the asking
+            if asked and asked > (self.last_started or 0):
                 break
         self._wake.clear()
 
     def inspect_once(self) -> dict[str, dict]:
+        started = time.time()
         if self.enable_events:
             self.app.control.enable_events()
         known_online = sum(1 for w in self.store.workers() if w["online"] and w["broker"] == self.broker_name)
@@ -105,7 +111,9 @@ class Inspector:
         now = time.time()
         if replies:
             self.store.save_inspection(replies, now, self.broker_name)
-        self.last_run = now
+        if not self._stop.is_set():  # a round cut short by stop() is no fresh inspect
+            self.store.set_meta(INSPECTED_PREFIX + self.broker_name, started)
+        self.last_started = started
         self.runs += 1
         return replies
 

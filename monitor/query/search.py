@@ -127,8 +127,9 @@ def _word(word: str) -> tuple[str, object]:
     return ("NEG", term) if negate else ("TERM", term)
 
 
-def parse_moment(text: str) -> float:
-    """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30 (UTC unless it says).
+def parse_moment(text: str, local: bool = False) -> float:
+    """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30 (UTC unless it says,
+    or in the server's time zone when `local`).
 
     Raises ValueError, also for a moment no date can show (nan, inf, 1e20): the pages format the
     moments they are given, and an OverflowError there would fail the whole callback."""
@@ -136,7 +137,7 @@ def parse_moment(text: str) -> float:
         epoch = float(text)
     except ValueError:
         moment = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
-        if moment.tzinfo is None:
+        if moment.tzinfo is None and not local:  # a naive datetime's timestamp() reads it as local time
             moment = moment.replace(tzinfo=dt.timezone.utc)
         return moment.timestamp()
     try:

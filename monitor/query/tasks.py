@@ -15,6 +15,9 @@ from monitor.store.base import Store
 from monitor.store.dialect import Dialect, like_escaped
 
 SORTABLE = frozenset(TASK_FIELDS) | {"seq"}
+# Flower's order for task lists: the most recent event first, ties by task id, both descending
+# (flower/utils/search.py TaskSearchEngine.search, with no sort_by).
+FLOWER_ORDER = (("timestamp", True), ("uuid", True))
 # Counting every match of a slow (unindexed) filter would scan the whole table on every scroll;
 # past this many the page says "more than".
 COUNT_CAP = 10_000
@@ -32,7 +35,7 @@ class TaskQuery:
     workers: tuple[str, ...] = ()
     brokers: tuple[str, ...] = ()  # broker names
     received_from: float | None = None
-    received_to: float | None = None
+    received_to: float | None = None  # included, as Flower's received_end is
     column_filters: dict = dataclasses.field(default_factory=dict)  # AG Grid filterModel
     sort: tuple[tuple[str, bool], ...] = (("seq", True),)  # (column, descending)
     offset: int = 0
@@ -58,7 +61,7 @@ class TaskQuery:
         if self.received_from is not None:
             add("received >= ?", [self.received_from])
         if self.received_to is not None:
-            add("received < ?", [self.received_to])
+            add("received <= ?", [self.received_to])
         if not isinstance(self.column_filters, dict):
             raise QueryError(f"malformed column filters: {shown(self.column_filters)}")
         for column, model in self.column_filters.items():
@@ -159,10 +162,21 @@ def _row_number(value, name: str, default: int) -> int:
     return _clamped_row(value)
 
 
-def parse_sort(text: str | None) -> tuple[tuple[str, bool], ...]:
+def spelled_as_stored(store: Store, column: str, wanted: str) -> tuple[str, ...]:
+    """The task names or workers (`column`) stored that are `wanted` whatever their case (Flower
+    compares them case-insensitively), so that the filter stays an indexed IN; `wanted` itself
+    when none is (it then matches nothing)."""
+    folded = wanted.casefold()
+    return tuple(value for value in store.distinct_task_values(column) if value.casefold() == folded) or (wanted,)
+
+
+Sort = tuple[tuple[str, bool], ...]
+
+
+def parse_sort(text: str | None, default: Sort = TaskQuery.sort) -> Sort:
     """'-runtime' or 'name,-received' (Flower's sort_by, any column) to TaskQuery.sort."""
     if not text:
-        return TaskQuery.sort
+        return default
     sort = []
     for part in text.split(","):
         part = part.strip()
@@ -173,13 +187,14 @@ def parse_sort(text: str | None) -> tuple[tuple[str, bool], ...]:
     return tuple(sort)
 
 
-def parse_time(text: str | None, name: str) -> float | None:
-    """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30 (UTC unless it says)."""
+def parse_time(text: str | None, name: str, local: bool = False) -> float | None:
+    """Epoch seconds, or an ISO date/time such as 2026-11-24 or 2026-11-24T10:30: UTC unless it says,
+    or in the server's time zone when `local` (Flower's received_start and received_end)."""
     if text is None or text == "":
         return None
     if isinstance(text, str):
         try:
-            return search.parse_moment(text)
+            return search.parse_moment(text, local=local)
         except ValueError:
             pass
     raise QueryError(f"{name}: expected epoch seconds or a date such as 2026-11-24 10:30, got {shown(text)}")

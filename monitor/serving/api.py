@@ -1,7 +1,8 @@
 """The JSON API, on Flower's routes and shapes so existing scripts keep working.
 
-It reads the store only: listing workers never waits on an inspect broadcast, and every worker the
-monitor knows is listed, whether it was seen through events or through inspect.
+It reads the store only: listing workers waits on an inspect only when asked to (`refresh=1`), and
+every worker the monitor knows is listed, whether it was seen through events or through inspect.
+Where Flower's behaviour is matched, the Flower 2.2 source it follows is named (flower/api/…).
 """
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import csv
 import datetime
 import functools
 import io
+import itertools
 import json
+import math
 import re
 import time
 from typing import Callable, Iterable, Iterator
@@ -17,14 +20,22 @@ from typing import Callable, Iterable, Iterator
 from flask import Blueprint, current_app, jsonify, request
 
 from monitor.control import BULK_RERUN_CAP, ActionResult, ControlError
-from monitor.query.tasks import QueryError, TaskQuery, parse_sort, parse_time, shown, stream_tasks
+from monitor.query.tasks import (FLOWER_ORDER, MAX_ROW, QueryError, TaskQuery, parse_sort, parse_time, shown,
+                                 spelled_as_stored, stream_tasks)
 from monitor.store.schema import TASK_FIELDS
+from monitor.user_app import MAX_RESULT_WAIT, NoResultBackend
 
-MAX_LIMIT = 10_000
+# Audit entries per page of /api/audit.
+MAX_AUDIT_PAGE = 10_000
 # The longest /api/task/apply waits for the task to finish (it holds a web thread meanwhile).
 MAX_APPLY_WAIT = 300.0
 # Longer than any task id a client makes (celery's are UUIDs); refused before the store is asked.
 MAX_TASK_ID = 1_000
+# Rows whose children are looked up together while /api/tasks streams: few, since they are held
+# meanwhile (the answer's memory stays that of a few rows), many enough that the lookups cost little.
+CHILDREN_CHUNK = 100
+# Flower's word for "no filter" in a list filter (flower/api/tasks.py ListTasks.get).
+ALL = "All"
 
 
 def _error(status: int, message: str):
@@ -33,11 +44,22 @@ def _error(status: int, message: str):
     return response
 
 
-def _flower_task(row: dict) -> dict:
+def _flower_task(row: dict, children: list[str]) -> dict:
+    """A task as Flower answers it: celery's Task.as_dict(), where root, parent and children are ids."""
     task = {field: row.get(field) for field in TASK_FIELDS}
     task["root"] = row.get("root_id")
     task["parent"] = row.get("parent_id")
+    task["children"] = children
     return task
+
+
+def _with_children(store, rows: Iterable[dict]) -> Iterator[tuple[dict, list[str]]]:
+    """Each row with the ids of its children, looked up for CHILDREN_CHUNK rows at a time."""
+    rows = iter(rows)
+    while chunk := list(itertools.islice(rows, CHILDREN_CHUNK)):
+        children = store.children([row["uuid"] for row in chunk])
+        for row in chunk:
+            yield row, children.get(row["uuid"], [])
 
 
 def _flower_worker(worker: dict) -> dict:
@@ -54,7 +76,7 @@ def _flower_worker(worker: dict) -> dict:
     }
 
 
-def _int_arg(name: str, default: int | None, high: int | None = None) -> int | None:
+def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw in (None, ""):
         return default
@@ -64,7 +86,21 @@ def _int_arg(name: str, default: int | None, high: int | None = None) -> int | N
         raise QueryError(f"{name} must be a whole number, got {shown(raw)}") from None
     if value < 0:
         raise QueryError(f"{name} must not be negative")
-    return min(value, high) if high else value
+    return value
+
+
+def _seconds_arg(name: str, high: float) -> float | None:
+    """A number of seconds, at most `high`; None when not given."""
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise QueryError(f"{name} must be a number of seconds, got {shown(raw)}")
+    return min(value, high)
 
 
 def _flag_arg(name: str) -> bool:
@@ -92,7 +128,13 @@ def _json_object(members: Iterable[tuple[str, object]], dumps: Callable[[object]
 
 
 def _states_arg() -> tuple[str, ...]:
-    return tuple(s.strip().upper() for s in request.args.get("state", "").split(",") if s.strip())
+    return tuple(s.strip().upper() for s in _filter_arg("state").split(",") if s.strip())
+
+
+def _filter_arg(name: str) -> str:
+    """A list filter's value; Flower's `All` is no filter."""
+    value = request.args.get(name, "")
+    return "" if value == ALL else value
 
 
 def _brokers_arg() -> tuple[str, ...]:
@@ -317,7 +359,7 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
     @action("/api/audit", methods=("GET",))
     def audit():
         search = request.args.get("search", "")
-        rows = list(store.iter_audit(search, limit=_int_arg("limit", 100, MAX_LIMIT), offset=_int_arg("offset", 0)))
+        rows = list(store.iter_audit(search, limit=_int_arg("limit", 100, MAX_AUDIT_PAGE), offset=_int_arg("offset", 0)))
         return jsonify({"total": store.count_audit(search), "entries": rows})
 
     @action("/api/audit.csv", methods=("GET",))
@@ -331,41 +373,48 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
     def workers():
         only = request.args.get("workername")
         brokers = _brokers_arg()
-        online_only, refresh = _flag_arg("status"), _flag_arg("refresh")
-        result = {}
-        for worker in store.workers(time.time()):
-            if only and worker["hostname"] != only:
-                continue
-            if brokers and worker["broker"] not in brokers:
-                continue
-            if online_only and not worker["online"]:
-                continue
-            result[worker["hostname"]] = _flower_worker(worker)
+        status_only, refresh = _flag_arg("status"), _flag_arg("refresh")
         if refresh:
+            # Flower waits for a fresh inspect and answers with it (flower/api/workers.py ListWorkers.get,
+            # 503 when it fails); here the collector's inspector runs it (see Services.inspect_now).
             if not may_act():
                 return _error(403, "read-only users cannot trigger an inspect")
-            services.request_inspect()
-        return jsonify(result)
+            if not services.inspect_now():
+                return _error(503, f"no fresh inspect within {services.inspect_wait_seconds():g} s: is the "
+                                   "broker up, and is a collector running?")
+        listed = [worker for worker in services.workers(time.time())
+                  if (not only or worker["hostname"] == only) and (not brokers or worker["broker"] in brokers)]
+        if only and not listed:
+            return _error(404, f"Unknown worker '{only}'")  # Flower's 404 and message
+        if status_only:  # Flower: {hostname: alive} for every worker, online or not
+            return jsonify({worker["hostname"]: worker["online"] for worker in listed})
+        return jsonify({worker["hostname"]: _flower_worker(worker) for worker in listed})
 
     @api.get("/api/tasks")
     def tasks():
         args = request.args
+        # Flower (flower/api/tasks.py ListTasks.get, flower/utils/search.py TaskSearchEngine.search):
+        # no limit is every task; taskname and workername match whatever their case; received_start
+        # and received_end are 'YYYY-MM-DD HH:MM' in the server's time zone, both ends included; the
+        # most recent event first, ties by task id (both descending).
+        name, worker = _filter_arg("taskname"), _filter_arg("workername")
         query = TaskQuery(
             search=args.get("search", ""),
             states=_states_arg(),
-            names=(args["taskname"],) if args.get("taskname") else (),
-            workers=(args["workername"],) if args.get("workername") else (),
+            names=spelled_as_stored(store, "name", name) if name else (),
+            workers=spelled_as_stored(store, "worker", worker) if worker else (),
             brokers=_brokers_arg(),
-            received_from=parse_time(args.get("received_start"), "received_start"),
-            received_to=parse_time(args.get("received_end"), "received_end"),
-            sort=parse_sort(args.get("sort_by")),
+            received_from=parse_time(args.get("received_start"), "received_start", local=True),
+            received_to=parse_time(args.get("received_end"), "received_end", local=True),
+            sort=parse_sort(args.get("sort_by"), default=FLOWER_ORDER),
             offset=_int_arg("offset", 0),
-            limit=_int_arg("limit", 1000, MAX_LIMIT),
+            limit=_int_arg("limit", MAX_ROW),  # none: every task, streamed
         )
         page = stream_tasks(store, query)
         # Flask's jsonify sorts keys, which would undo `sort_by`: keep the rows in query order.
         dumps = functools.partial(current_app.json.dumps, sort_keys=False)
-        body = _json_object(((row["uuid"], _flower_task(row)) for row in page.rows), dumps)
+        body = _json_object(((row["uuid"], _flower_task(row, children))
+                             for row, children in _with_children(store, page.rows)), dumps)
         response = current_app.response_class(body, mimetype="application/json")
         response.headers["X-Total-Count"] = str(page.total) + ("" if page.total_is_exact else "+")
         return response
@@ -386,7 +435,26 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
         row = store.get_task(task_id)
         if row is None:
             return _error(404, f"Unknown task '{task_id}'")
-        return jsonify(_flower_task(row))
+        return jsonify(_flower_task(row, store.children([task_id]).get(task_id, [])))
+
+    @api.get("/api/task/types")
+    def task_types():
+        # Flower: {"task-types": [the names seen]} (flower/api/tasks.py ListTaskTypes.get); here also
+        # those the workers and the --app registered, so that they show before any task ran.
+        return jsonify({"task-types": services.task_types()})
+
+    @api.get("/api/task/result/<task_id>")
+    def task_result(task_id):
+        # Flower's answer and its 503 without a result backend (flower/api/tasks.py TaskResult.get).
+        if len(task_id) > MAX_TASK_ID:
+            return _error(400, f"a task id has at most {MAX_TASK_ID:,} characters")
+        timeout = _seconds_arg("timeout", MAX_RESULT_WAIT)
+        try:
+            return jsonify(services.task_result(task_id, timeout))
+        except NoResultBackend as exc:
+            return _error(503, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the backend's own errors (Redis down, a refused login…)
+            return _error(503, f"the result backend cannot be read: {type(exc).__name__}: {shown(str(exc), 200)}")
 
     @api.get("/api/queues/length")
     def queue_lengths():

@@ -293,6 +293,25 @@ class Store:
         rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
         return dict(rows[0]) if rows else None
 
+    def distinct_task_values(self, column: str) -> list[str]:
+        """The distinct task names or workers (`column`), found through the column's index one value
+        at a time (a few hundred lookups), not by reading every task."""
+        if column not in ("name", "worker"):
+            raise ValueError(f"no index to list the distinct values of {column!r}")
+        return [row[0] for row in self.query(
+            f"WITH RECURSIVE found(value) AS (SELECT min({column}) FROM tasks UNION ALL "
+            f"SELECT (SELECT min({column}) FROM tasks WHERE {column} > found.value) FROM found "
+            "WHERE found.value IS NOT NULL) SELECT value FROM found WHERE value IS NOT NULL")]
+
+    def children(self, uuids: Sequence[str]) -> dict[str, list[str]]:
+        """The ids of the tasks each of `uuids` started (their parent_id), in the order first seen."""
+        found: dict[str, list[str]] = {}
+        if uuids:
+            for row in self.query(f"SELECT parent_id, uuid FROM tasks WHERE parent_id IN "
+                                  f"({', '.join('?' * len(uuids))}) ORDER BY seq", list(uuids)):
+                found.setdefault(row[0], []).append(row[1])
+        return found
+
     def brokers(self) -> list[str]:
         """The names of the brokers workers were recorded from."""
         return [row[0] for row in self.query("SELECT DISTINCT broker FROM workers WHERE broker IS NOT NULL "

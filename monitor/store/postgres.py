@@ -27,7 +27,7 @@ from monitor.store.schema import (NUMERIC_FIELDS, SCHEMA_VERSION, TASK_FIELDS, W
                                   StoreError)
 
 _INTEGER, _REAL, _TEXT = POSTGRES.integer, POSTGRES.real, POSTGRES.text
-_INTEGER_FIELDS = ("retries", "pid", "active", "processed")
+_INTEGER_FIELDS = ("retries", "pid", "active", "processed", "clock")
 
 
 def _column(field: str) -> str:
@@ -40,7 +40,7 @@ _TASK_COLUMNS = ", ".join(_column(f) for f in TASK_FIELDS[1:])
 _WORKER_COLUMNS = ", ".join(_column(f) for f in WORKER_FIELDS[1:])
 # The sorted columns' indexes hold NULLs first, so that they serve both SQLite's orders (NULLs first
 # ascending, last descending); seq breaks ties in the same direction.
-_SORTED = ("state", "name", "worker", "received", "started", "runtime")
+_SORTED = ("state", "name", "worker", "received", "started", "runtime", "timestamp")
 
 _SCHEMA = f"""
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 {"".join(f"CREATE INDEX IF NOT EXISTS tasks_{c} ON tasks ({c} NULLS FIRST, seq);" for c in _SORTED)}
 CREATE INDEX IF NOT EXISTS tasks_broker ON tasks (broker);
+-- Version 5: the clock of a task's last event (a store written before gets the column here).
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS clock {_INTEGER};
+CREATE INDEX IF NOT EXISTS tasks_parent_id ON tasks (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_text ON tasks USING gin (({PG_TEXT_EXPRESSION}) gin_trgm_ops);
 CREATE TABLE IF NOT EXISTS workers (
     hostname {_TEXT} PRIMARY KEY, {_WORKER_COLUMNS},

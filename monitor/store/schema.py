@@ -7,7 +7,9 @@ from __future__ import annotations
 # 2: tasks and workers carry the name of the broker they were recorded from (NULL before).
 # 3: the audit log of control actions, and the links from a re-run task to its original.
 # 4: queues (each watched queue's latest depth) and queue_samples (depth over time).
-SCHEMA_VERSION = 4
+# 5: tasks carry the Lamport clock of their last event (NULL before); their parent_id is indexed, to
+#    list a task's children, and their timestamp, for the API's order (the most recent event first).
+SCHEMA_VERSION = 5
 
 
 class StoreError(Exception):
@@ -19,10 +21,12 @@ TASK_FIELDS = (
     "uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
     "retries", "sent", "received", "started", "succeeded", "failed", "retried", "revoked",
     "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
-    "client", "timestamp", "broker",
+    "client", "timestamp", "broker", "clock",
 )
 TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
-NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime")
+NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime", "clock")
+# The columns added after version 1, by table: a store written before gets them (NULL) when opened.
+ADDED_COLUMNS = {"tasks": ("broker", "clock"), "workers": ("broker",)}
 TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 WORKER_FIELDS = (

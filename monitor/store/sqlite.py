@@ -13,7 +13,8 @@ from typing import Iterator, Sequence
 from monitor.store import rollup
 from monitor.store.base import Statements, Store
 from monitor.store.dialect import SQLITE
-from monitor.store.schema import SCHEMA_VERSION, TEXT_COLUMNS, WORKER_COUNTERS, StoreError
+from monitor.store.schema import (ADDED_COLUMNS, NUMERIC_FIELDS, SCHEMA_VERSION, TEXT_COLUMNS, WORKER_COUNTERS,
+                                  StoreError)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -22,7 +23,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     name TEXT, state TEXT, worker TEXT, args TEXT, kwargs TEXT, result TEXT, exception TEXT,
     traceback TEXT, retries INTEGER, sent REAL, received REAL, started REAL, succeeded REAL,
     failed REAL, retried REAL, revoked REAL, rejected REAL, runtime REAL, eta TEXT, expires TEXT,
-    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL, broker TEXT
+    exchange TEXT, routing_key TEXT, root_id TEXT, parent_id TEXT, client TEXT, timestamp REAL, broker TEXT,
+    clock INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
@@ -31,6 +33,8 @@ CREATE INDEX IF NOT EXISTS tasks_received ON tasks(received);
 CREATE INDEX IF NOT EXISTS tasks_started ON tasks(started);
 CREATE INDEX IF NOT EXISTS tasks_runtime ON tasks(runtime);
 CREATE INDEX IF NOT EXISTS tasks_broker ON tasks(broker);
+CREATE INDEX IF NOT EXISTS tasks_parent_id ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_timestamp ON tasks(timestamp);
 CREATE TABLE IF NOT EXISTS workers (
     hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
     active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
@@ -83,16 +87,18 @@ CREATE TRIGGER IF NOT EXISTS tasks_text_delete AFTER DELETE ON tasks BEGIN
 END;
 """
 
-def _add_broker_columns(connection: sqlite3.Connection) -> None:
-    """Version 2: a store written before gets the `broker` columns (at the end, where a new store has
-    them too); what it holds keeps NULL there. One transaction, checked inside it, so that two
-    processes opening the store at once add them once."""
+def _add_columns(connection: sqlite3.Connection) -> None:
+    """A store written before gets the columns added since (ADDED_COLUMNS: `broker` in version 2,
+    `clock` in 5), at the end, where a new store has them too; what it holds keeps NULL there. One
+    transaction, checked inside it, so that two processes opening the store at once add them once."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for table in ("tasks", "workers"):
+        for table, added in ADDED_COLUMNS.items():
             columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-            if columns and "broker" not in columns:
-                connection.execute(f"ALTER TABLE {table} ADD COLUMN broker TEXT")
+            for column in added:
+                if columns and column not in columns:
+                    kind = "INTEGER" if column in NUMERIC_FIELDS else "TEXT"
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
@@ -117,7 +123,7 @@ class SqliteStore(Store):
                 raise StoreError(f"{path} was written by a newer Flowerbed (store version {version}; this one "
                                  f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
-            _add_broker_columns(connection)
+            _add_columns(connection)
             connection.executescript(_SCHEMA + rollup.schema(SQLITE) + _rollup_triggers() + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")

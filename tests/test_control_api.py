@@ -86,8 +86,10 @@ def test_an_action_callback_refuses_a_read_only_user(dash_app):
     assert answered.status_code == 200 and "Unknown task 't-1'" in answered.get_data(as_text=True)
     # A callback that only reads stays open to the read-only user.
     assert client.post("/_dash-update-component", headers=basic(*VIEWER), json={
-        "output": "collector-status.children", "outputs": {"id": "collector-status", "property": "children"},
+        "output": "..collector-status.children...store-version.data..",
+        "outputs": [{"id": "collector-status", "property": "children"}, {"id": "store-version", "property": "data"}],
         "inputs": [{"id": "refresh-tick", "property": "n_intervals", "value": 1}],
+        "state": [{"id": "store-version", "property": "data", "value": None}],
         "changedPropIds": ["refresh-tick.n_intervals"]}).status_code == 200
 
 

@@ -304,7 +304,7 @@ def test_flower_auth_names_basic_auth_instead_and_a_switch_turned_off_is_no_loss
 
 
 @pytest.mark.parametrize("name", ["persistent", "db", "state_save_interval", "natural_time", "auto_refresh",
-                                  "tasks_columns", "max_workers", "debug", "xheaders", "cookie_secret", "broker_api",
+                                  "tasks_columns", "max_workers", "debug", "xheaders", "cookie_secret",
                                   "task_runtime_metric_buckets", "format_task"])
 def test_every_harmless_flower_setting_is_named_as_variable_and_as_flag(name):
     variable = f"FLOWER_{name.upper()}"

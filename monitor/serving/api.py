@@ -359,7 +359,7 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
     @action("/api/audit", methods=("GET",))
     def audit():
         search = request.args.get("search", "")
-        rows = list(store.iter_audit(search, limit=_int_arg("limit", 100, MAX_AUDIT_PAGE), offset=_int_arg("offset", 0)))
+        rows = list(store.iter_audit(search, limit=min(_int_arg("limit", 100), MAX_AUDIT_PAGE), offset=_int_arg("offset", 0)))
         return jsonify({"total": store.count_audit(search), "entries": rows})
 
     @action("/api/audit.csv", methods=("GET",))

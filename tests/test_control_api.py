@@ -283,7 +283,7 @@ def test_rerun_and_bulk_rerun_through_the_api_link_the_new_tasks(guarded_cluster
     status, body = post(f"{server}/api/task/rerun/{failed[0]}", ADMIN)
     assert status == 200 and body["outcome"] == "sent", body
     new_id = body["task-id"]
-    wait_for_tasks(server, {new_id: "FAILURE"}, credentials=ADMIN)
+    wait_for_tasks(server, {new_id: "FAILURE"}, timeout=60, credentials=ADMIN)  # a busy machine: sent, received, run
     assert get_json(f"{server}/api/task/links/{new_id}", ADMIN) == (200, {"rerun_of": failed[0], "reruns": []})
     assert get_json(f"{server}/api/task/links/{failed[0]}", ADMIN) == (200, {"rerun_of": None, "reruns": [new_id]})
     wait_for(lambda: post(f"{server}/api/tasks/rerun?search=api-bulk&state=FAILURE&dry_run=1", ADMIN) == (

@@ -162,8 +162,9 @@ def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_
     # The infinite grid draws its rows before their data arrives: wait for a uuid, not for a row.
     uuid = wait_for(lambda: first_uuid.inner_text().strip(), 30, "the first task row's uuid")
     # New demo tasks arrive at the top meanwhile: click the row whose uuid was read (AG Grid's
-    # row-id comes from getRowId), not whichever row is first by now.
-    page.locator(f'#tasks-grid .ag-center-cols-container .ag-row[row-id="{uuid}"] [col-id=name]').click()
+    # row-id comes from getRowId), not whichever row is first by now. The click is dispatched on that
+    # row's cell: a click at its screen position could land on another row the grid just drew there.
+    page.locator(f'#tasks-grid .ag-center-cols-container .ag-row[row-id="{uuid}"] [col-id=name]').dispatch_event("click")
     page.wait_for_selector("#task-detail", timeout=30_000)
     assert page.evaluate("location.pathname") == f"/flower/task/{uuid}"
 

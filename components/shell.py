@@ -93,7 +93,7 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
                        ("disconnects", "disconnects")):
         if stats.get(key):
             details.append(f"{stats[key]:,} {label}")
-    if stats and not stats.get("events_queue"):
+    if stats.get("unheard_events_lost"):
         details.append("events published while no collector listens are lost (on RabbitMQ, --events-queue keeps them)")
     if role == "standby":
         details.insert(0, f"{stats.get('lease_holder')} records this broker; this one takes over if it stops")

@@ -46,3 +46,18 @@ def test_pool_facts_of_an_autoscaled_prefork_pool():
     assert facts["implementation"] == "prefork" and facts["processes"] == "11, 12"
     assert facts["autoscale"] == "2 – 8 (now 2)" and facts["max tasks per child"] == 100
     assert facts["pool time limits"] == "soft 30 · hard 60" and facts["prefetch count"] == 8
+
+
+def test_the_status_line_warns_of_unheard_events_only_where_a_broker_loses_them(tmp_path):
+    from celery import Celery
+
+    from components.shell import collector_status
+    from monitor.ingest.collector import Collector
+    from monitor.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "status.db"))
+    warning = "events published while no collector listens are lost"
+    for broker, lost in (("redis://127.0.0.1:6379/0", True), ("memory://localhost/", False)):
+        stats = Collector(Celery(broker=broker, set_as_current=False), store).stats()
+        assert stats["unheard_events_lost"] is lost
+        assert (warning in text(collector_status(stats, stats["updated_at"], 30.0))) is lost, broker

@@ -185,6 +185,8 @@ class Collector:
             # listened (counted without an events queue only, where that can happen).
             "gaps": counts["gaps"],
             "events_queue": self.events_queue.name if self.events_queue else None,
+            # Published while no collector subscribes, events are gone: not so in-process (the demo).
+            "unheard_events_lost": self.events_queue is None and not self.app.conf.broker_url.startswith("memory://"),
             "backlog": len(self._inbox) + (self._unwritten.events if self._unwritten else 0) + self._pending.events,
             # While writes fail, the lag is the age of the oldest event still waiting, so it grows.
             "lag_seconds": round(max(self.lag_seconds, now - waiting) if waiting else self.lag_seconds, 3),

@@ -18,6 +18,9 @@ SORTABLE = frozenset(TASK_FIELDS) | {"seq"}
 # Counting every match of a slow (unindexed) filter would scan the whole table on every scroll;
 # past this many the page says "more than".
 COUNT_CAP = 10_000
+# Sorted with their NULLs last both ways: a task without a runtime (still queued or running) is
+# never the answer to "which were fastest?". Ascending, the store sorts instead of walking the index.
+NULLS_LAST = frozenset({"runtime"})
 
 
 class QueryError(ValueError):
@@ -75,7 +78,7 @@ class TaskQuery:
         for column, descending in self.sort:
             if column not in SORTABLE:
                 raise QueryError(f"cannot sort by {column!r}; sortable: {', '.join(sorted(SORTABLE))}")
-            parts.append(dialect.order(column, descending))
+            parts.append(dialect.order(column, descending, nulls_last=column in NULLS_LAST))
         if not any(column == "seq" for column, _ in self.sort):
             parts.append(dialect.order("seq", not self.sort or self.sort[-1][1]))
         return ", ".join(parts)

@@ -17,11 +17,6 @@ window.flowerbedTimeMs = dagfuncs.flowerbedTimeMs = function (value) {
   return dagfuncs.flowerbedTime(value) + "." + pad(new Date(value * 1000).getUTCMilliseconds(), 3);
 };
 
-window.flowerbedSeconds = dagfuncs.flowerbedSeconds = function (value) {
-  if (value === null || value === undefined) { return ""; }
-  return value < 0.001 ? value.toFixed(6) : value.toFixed(3);
-};
-
 window.flowerbedAge = dagfuncs.flowerbedAge = function (seconds) {
   if (seconds === null || seconds === undefined) { return "never"; }
   if (seconds < 60) { return seconds.toFixed(0) + " s ago"; }
@@ -44,14 +39,28 @@ window.flowerbedReplaceQuery = function (params) {
   window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : ""));
 };
 
-// Analytics grids: durations in the unit that reads best, rates as percentages, counts grouped.
+// Durations in the unit that reads best: "0.35 ms", "17 ms", "2.4 s", "3 min 12 s", "2 h 5 min",
+// "3 d 4 h". The twin of components/common.py format_duration (the detail view and the charts
+// format in Python): change both together; tests/test_durations.py holds them to the same.
+function trimmed(value, decimals) {
+  var text = value.toFixed(decimals);
+  return text.indexOf(".") < 0 ? text : text.replace(/0+$/, "").replace(/\.$/, "");
+}
+
+function twoUnits(count, per, unit, smaller) {
+  var whole = Math.floor(count / per), rest = count % per;
+  return whole + " " + unit + (rest ? " " + rest + " " + smaller : "");
+}
+
 window.flowerbedDuration = dagfuncs.flowerbedDuration = function (seconds) {
-  if (seconds === null || seconds === undefined || isNaN(seconds)) { return ""; }
-  if (seconds < 0.01) { return (seconds * 1000).toFixed(1) + " ms"; }
-  if (seconds < 1) { return (seconds * 1000).toFixed(0) + " ms"; }
-  if (seconds < 60) { return seconds.toFixed(2) + " s"; }
-  if (seconds < 3600) { return (seconds / 60).toFixed(1) + " min"; }
-  return (seconds / 3600).toFixed(1) + " h";
+  if (seconds === null || seconds === undefined || typeof seconds !== "number" || isNaN(seconds)) { return ""; }
+  if (seconds < 0) { return "-" + dagfuncs.flowerbedDuration(-seconds); }
+  var ms = seconds * 1000;
+  if (ms < 999.5) { return trimmed(ms, ms < 1 ? 2 : ms < 10 ? 1 : 0) + " ms"; }
+  if (seconds < 59.5) { return trimmed(seconds, seconds < 9.95 ? 1 : 0) + " s"; }
+  if (seconds < 3599.5) { return twoUnits(Math.round(seconds), 60, "min", "s"); }
+  if (seconds < 86370) { return twoUnits(Math.round(seconds / 60), 60, "h", "min"); }
+  return twoUnits(Math.round(seconds / 3600), 24, "d", "h");
 };
 
 window.flowerbedPercent = dagfuncs.flowerbedPercent = function (fraction) {

@@ -33,12 +33,24 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
 
 
 def search_message(text: str | None) -> str:
-    """What the Tasks page says under the search box: why the search cannot be understood, or ''."""
+    """What the Tasks page says under the search box: why the search cannot be understood and at
+    which character (counted from 1, as a person counts), or ''."""
     try:
         search.compile_search(text)
     except search.SearchError as exc:
-        return f"Search not understood: {exc}"
+        where = "" if exc.position is None else f" at character {exc.position + 1}"
+        return f"Search not understood{where}: {exc}"
     return ""
+
+
+def carried(text) -> bool:
+    """Whether a search can go into the page's query (and the address) even when malformed: text
+    the store could look for; else it stays out, and the grid keeps the last query."""
+    try:
+        search.check_text("" if text is None else text, "the search")
+    except search.SearchError:
+        return False
+    return True
 
 
 def describe_query(query: dict) -> str:
@@ -65,9 +77,10 @@ def register(app, services) -> None:
         message = search_message(text) or ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}")
         if not message and not isinstance(broker, (str, type(None))):
             message = f"Unknown broker {shown(broker)}"
-        if message:
+        if message and not (carried(text) and search_message(text) == message):
             return no_update, message
-        return {"search": text or "", "state": state or "", "broker": broker or ""}, ""
+        # A malformed search is still the query: the grid empties rather than show the last one's rows.
+        return {"search": text or "", "state": state or "", "broker": broker or ""}, message
 
     @app.callback(
         Output("tasks-grid", "getRowsResponse"),
@@ -83,7 +96,9 @@ def register(app, services) -> None:
             wanted = grid_query(request, query or {})
             page = fetch_tasks(services.store, wanted, GRID_FIELDS)
         except QueryError as exc:
-            return {"rowData": [], "rowCount": 0}, f"Filter not understood: {exc}"
+            # A malformed search is explained under the search box; the count stays empty.
+            malformed_search = isinstance(query, dict) and carried(query.get("search")) and search_message(query.get("search"))
+            return {"rowData": [], "rowCount": 0}, "" if malformed_search else f"Filter not understood: {exc}"
         count = f"{page.total:,}{'' if page.total_is_exact else '+'} task{'' if page.total == 1 else 's'}"
         # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
         row_count = page.total if page.total_is_exact else None
@@ -112,6 +127,20 @@ def register(app, services) -> None:
         Output("tasks-grid", "style"),
         Input("store-version", "data"),
         prevent_initial_call=True,
+    )
+
+    app.clientside_callback(  # the grid may not be ready when a kept choice is applied at load
+        """function(shown, choosable) {
+            dash_ag_grid.getApiAsync('tasks-grid').then(function (api) {
+                var all = choosable.map(function (option) { return option.value; });
+                api.setColumnsVisible(all.filter(function (column) { return shown.indexOf(column) < 0; }), false);
+                api.setColumnsVisible(shown, true);
+            });
+            return window.dash_clientside.no_update;
+        }""",
+        Output("tasks-columns", "className"),
+        Input("tasks-columns", "value"),
+        State("tasks-columns", "options"),
     )
 
     app.clientside_callback(

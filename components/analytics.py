@@ -21,7 +21,7 @@ from dash import dcc, html
 from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
-from .common import broker_filter, page_header, stat_card
+from .common import broker_filter, format_duration, page_header, stat_card
 
 RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
                  ("Custom", "custom"))
@@ -240,8 +240,8 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
             upperfence=[q["p99"]], mean=[q["mean"]], orientation="h", name=row["name"], showlegend=False,
             marker=dict(color=METRIC_COLORS[metric]), line=dict(width=1.5), fillcolor=_transparent(METRIC_COLORS[metric]),
             hoverinfo="skip"))
-        spans.append((row["name"], q, f"{row['name']} p50 {_seconds(q['p50'])} · p95 {_seconds(q['p95'])} · "
-                                      f"p99 {_seconds(q['p99'])} · n {int(q['count']):,}"))
+        spans.append((row["name"], q, f"{row['name']} p50 {format_duration(q['p50'])} · p95 {format_duration(q['p95'])} · "
+                                      f"p99 {format_duration(q['p99'])} · n {int(q['count']):,}"))
     # One invisible bar per name over its whiskers takes the hover (one line) and the click.
     traces.append(dict(
         type="bar", orientation="h", y=[name for name, _q, _text in spans], base=[q["p5"] for _n, q, _t in spans],
@@ -250,7 +250,7 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
         meta=target, hovertemplate="%{customdata[1]}<extra></extra>"))
     height = height or max(180, 34 * len(names) + 60)
     return _figure(traces, _layout(
-        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[_seconds(t) for t in LOG_TICKS],
+        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[format_duration(t) for t in LOG_TICKS],
                                        title=None if compact else METRIC_AXES[metric]),
         yaxis=dict(categoryorder="array", categoryarray=names, showgrid=False, tickfont=dict(size=11 if compact else 12))))
 
@@ -348,14 +348,6 @@ def _css_safe(text: str) -> str:
 def _transparent(hex_color: str, alpha: float = 0.25) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
-
-
-def _seconds(value) -> str:
-    if value is None or value != value:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
-    return f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min"
 
 
 def step_label(step: int) -> str:
@@ -699,7 +691,7 @@ def summary_cards(stats, scope, attention: dict) -> list:
     per_minute = finished / (scope.span / 60)
     waits = stats[stats["wait_count"] > 0] if not stats.empty else stats
     worst_wait = waits.nlargest(1, "wait_p95") if not waits.empty else waits
-    wait_text = (f"{_seconds(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
+    wait_text = (f"{format_duration(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
     span = span_label(scope.span)
 
     def linked(kind, label):

@@ -16,11 +16,13 @@ _TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "filter"
          "tooltipValueGetter": {"function": "flowerbedTimeMs(params.value)"}, "width": 160}
 _TEXT = {"filter": "agTextColumnFilter"}
 _FREE_FORM = {"minWidth": 100, "flex": 1, "cellClass": "mono", **_TEXT}
+_ID = {"width": 225, "cellClass": "mono", **_TEXT}
 # Fixed widths for the columns whose content has a known length; name and the free-form columns
-# share what is left, so that Runtime and Worker stay on screen at common laptop widths.
+# share what is left, so that Runtime and Worker stay on screen at common laptop widths. A cell
+# too narrow for its text shows it whole in a tooltip.
 TASK_COLUMNS = [
-    {"field": "name", "headerName": "Name", "minWidth": 140, "flex": 1.4, **_TEXT},
-    {"field": "uuid", "headerName": "UUID", "width": 225, "cellClass": "mono", "tooltipField": "uuid", **_TEXT},
+    {"field": "name", "headerName": "Name", "minWidth": 140, "flex": 1.4, "tooltipField": "name", **_TEXT},
+    {"field": "uuid", "headerName": "UUID", "tooltipField": "uuid", **_ID},
     {"field": "state", "headerName": "State", "width": 108, **_TEXT,
      "cellClassRules": {f"cell-{css}": f"params.value == '{state}'" for state, css in (
          ("SUCCESS", "success"), ("FAILURE", "failure"), ("RETRY", "retry"), ("STARTED", "started"),
@@ -28,17 +30,35 @@ TASK_COLUMNS = [
     {"field": "args", "headerName": "args", "tooltipField": "args", **_FREE_FORM},
     {"field": "kwargs", "headerName": "kwargs", "tooltipField": "kwargs", **_FREE_FORM},
     {"field": "result", "headerName": "Result", "tooltipField": "result", **_FREE_FORM},
+    {"field": "sent", "headerName": "Sent (UTC)", "hide": True, **_TIME},
     {"field": "received", "headerName": "Received (UTC)", **_TIME},
     {"field": "started", "headerName": "Started (UTC)", **_TIME},
-    {"field": "runtime", "headerName": "Runtime (s)", "width": 128, "type": "numericColumn",
-     "filter": "agNumberColumnFilter", "valueFormatter": {"function": "flowerbedSeconds(params.value)"}},
-    {"field": "worker", "headerName": "Worker", "width": 180, **_TEXT},
+    # When the task finished, whichever way; the store has no such column to sort or filter by.
+    {"colId": "finished", "headerName": "Finished (UTC)", "hide": True, "sortable": False, "filter": False,
+     "valueGetter": {"function": "params.data ? (params.data.succeeded || params.data.failed || params.data.revoked) : null"},
+     **{key: value for key, value in _TIME.items() if key != "filter"}},
+    # The first click sorts slowest first: the question people ask of runtimes.
+    {"field": "runtime", "headerName": "Runtime", "width": 112, "type": "numericColumn",
+     "filter": "agNumberColumnFilter", "sortingOrder": ["desc", "asc", None],
+     "valueFormatter": {"function": "flowerbedDuration(params.value)"},
+     "headerTooltip": "Runtime; its filter takes seconds",
+     "tooltipValueGetter": {"function": "params.value == null ? '' : params.value + ' s'"}},
+    {"field": "worker", "headerName": "Worker", "width": 180, "tooltipField": "worker", **_TEXT},
     {"field": "broker", "headerName": "Broker", "width": 130, "hide": True, **_TEXT},  # shown with several brokers
+    {"field": "routing_key", "headerName": "Queue", "width": 130, "hide": True, "tooltipField": "routing_key", **_TEXT},
     {"field": "retries", "headerName": "Retries", "width": 100, "type": "numericColumn", "hide": True,
      "filter": "agNumberColumnFilter"},
-    {"field": "exception", "headerName": "Exception", "width": 240, "hide": True, **_TEXT},
+    {"field": "eta", "headerName": "ETA", "width": 200, "hide": True, "tooltipField": "eta", **_TEXT},
+    {"field": "exception", "headerName": "Exception", "minWidth": 200, "flex": 1, "hide": True,
+     "tooltipField": "exception", **_TEXT},
+    {"field": "parent_id", "headerName": "Parent", "hide": True, "tooltipField": "parent_id", **_ID},
+    {"field": "root_id", "headerName": "Root", "hide": True, "tooltipField": "root_id", **_ID},
 ]
-GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS)
+# What the grid reads: its columns' fields, and the times its Finished column is made of.
+GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS if "field" in column) + ("succeeded", "failed", "revoked")
+# The column chooser offers every column but the two a row is read by.
+CHOOSABLE_COLUMNS = tuple((column["headerName"], column.get("field") or column["colId"]) for column in TASK_COLUMNS
+                          if column.get("field") not in ("name", "state"))
 SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: exception:, "
                "combined with AND, OR, NOT/-term, parentheses and \"quotes\". "
                "Example: name:tasks.add state:FAILURE OR kwargs:user_id=42\n"
@@ -52,7 +72,7 @@ BROKER_HELP = "\nThe broker a task was recorded from: broker:NAME."
 def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
                  broker: str = "", can_act: bool = False) -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
-    lists every task, as it does while a search typed in the box is malformed. `brokers`: the names of
+    lists no task, as while a search typed in the box is malformed. `brokers`: the names of
     the brokers workers were recorded from; with several, a filter (set to `broker`) and a column.
     `can_act`: the user may re-run the tasks the search matches."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
@@ -66,13 +86,14 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                       spellCheck=False, autoComplete="off"),
             broker_filter("tasks-broker", brokers, broker or None),
             html.Span("?", className="help", title=SEARCH_HELP + (BROKER_HELP if len(brokers) > 1 else "")),
+            column_chooser(brokers),
             bulk_rerun_controls() if can_act else None,
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
         html.Div(id="act-bulk-panel", className="action-panel", role="status") if can_act else None,
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
-        dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state,
+        dcc.Store(id="tasks-query", data={"search": search, "state": state,
                                           "broker": broker}),
         dag.AgGrid(
             id="tasks-grid",
@@ -89,6 +110,17 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
             className="grid",
         ),
     ])
+
+
+def column_chooser(brokers) -> html.Details:
+    """A drop-down list of the grid's columns to tick; the choice is kept in this browser."""
+    shown = [column.get("field") or column["colId"] for column in broker_columns(TASK_COLUMNS, brokers)
+             if not column.get("hide") and column.get("field") not in ("name", "state")]
+    return html.Details([
+        html.Summary("Columns", className="button ghost"),
+        dcc.Checklist(id="tasks-columns", options=[{"label": label, "value": column} for label, column in CHOOSABLE_COLUMNS],
+                      value=shown, persistence="tasks-columns", persistence_type="local", className="column-list"),
+    ], className="column-chooser")
 
 
 _DETAIL_TIMES = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")

@@ -3,11 +3,28 @@ var dagfuncs = (window.dashAgGridFunctions = window.dashAgGridFunctions || {});
 
 function pad(n, width) { return String(n).padStart(width || 2, "0"); }
 
-// Epoch seconds → "2026-11-24 10:30:05" in UTC, as the column headers say (the detail view and
-// the tooltip give milliseconds; the grid keeps the column narrow).
+// Times show in UTC unless the user chose this browser's time zone (the switch in the top bar,
+// assets/timezone.js; kept in this browser as the theme is).
+window.flowerbedLocalTime = function () {
+  try { return window.localStorage.getItem("flowerbed-timezone") === "local"; } catch (blocked) { return false; }
+};
+
+// "UTC", or the browser's offset from it at that moment ("UTC+05:30").
+window.flowerbedZoneName = function (date) {
+  if (!window.flowerbedLocalTime()) { return "UTC"; }
+  var offset = -(date || new Date()).getTimezoneOffset();
+  return "UTC" + (offset < 0 ? "-" : "+") + pad(Math.floor(Math.abs(offset) / 60)) + ":" + pad(Math.abs(offset) % 60);
+};
+
+// Epoch seconds → "2026-11-24 10:30:05" in the chosen zone, as the column headers say (the detail
+// view and the tooltip give milliseconds; the grid keeps the column narrow).
 window.flowerbedTime = dagfuncs.flowerbedTime = function (value) {
   if (value === null || value === undefined || value === "") { return ""; }
   var d = new Date(value * 1000);
+  if (window.flowerbedLocalTime()) {
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
   return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
     pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
 };
@@ -15,6 +32,11 @@ window.flowerbedTime = dagfuncs.flowerbedTime = function (value) {
 window.flowerbedTimeMs = dagfuncs.flowerbedTimeMs = function (value) {
   if (value === null || value === undefined || value === "") { return ""; }
   return dagfuncs.flowerbedTime(value) + "." + pad(new Date(value * 1000).getUTCMilliseconds(), 3);
+};
+
+// A time column's header: "Received (UTC)" or "Received (UTC+05:30)".
+window.flowerbedZonedHeader = dagfuncs.flowerbedZonedHeader = function (label) {
+  return label + " (" + window.flowerbedZoneName() + ")";
 };
 
 window.flowerbedAge = dagfuncs.flowerbedAge = function (seconds) {

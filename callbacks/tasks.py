@@ -8,10 +8,14 @@ from dash import Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 import auth
-from components.tasks import GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview
+from components.tasks import (GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview,
+                              task_detail, task_detail_body)
 from monitor.control import ControlError
 from monitor.query import search
-from monitor.query.tasks import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
+from monitor.query.tasks import QueryError, TaskQuery, child_tasks, fetch_tasks, grid_request_query, shown
+from monitor.store.schema import TERMINAL_STATES
+
+CHILDREN_SHOWN = 50
 
 CHIP_STATES = tuple(value for _label, value in STATE_CHIPS)
 
@@ -63,8 +67,38 @@ def describe_query(query: dict) -> str:
     return " and ".join(parts)
 
 
+def detail_parts(services, task: dict) -> dict:
+    """What the task detail view shows besides the task: its links, children and the user's rights."""
+    children = child_tasks(services.store, task["uuid"], CHILDREN_SHOWN + 1).rows
+    return {"links": services.store.task_links(task["uuid"]), "children": children[:CHILDREN_SHOWN],
+            "more_children": len(children) > CHILDREN_SHOWN, "can_act": auth.can_act(),
+            "can_abort": bool(services.settings.result_backend)}
+
+
+def detail_page(app, services, task: dict):
+    return task_detail(task, app.get_relative_path, **detail_parts(services, task))
+
+
 def register(app, services) -> None:
     register_actions(app, services)
+
+    @app.callback(
+        Output("task-detail-body", "children"),
+        Output("task-detail-finished", "data"),
+        Input("store-version", "data"),
+        State("task-detail-uuid", "data"),
+        State("task-detail-finished", "data"),
+        prevent_initial_call=True,
+    )
+    def refresh_task_detail(_version, uuid, finished):
+        """While the task has not finished, each store change redraws its page (once more when it does)."""
+        if finished or not isinstance(uuid, str):
+            raise PreventUpdate
+        task = services.store.get_task(uuid)
+        if task is None:
+            raise PreventUpdate
+        body = task_detail_body(task, app.get_relative_path, **detail_parts(services, task))
+        return body, task.get("state") in TERMINAL_STATES
     @app.callback(
         Output("tasks-query", "data"),
         Output("tasks-search-message", "children"),

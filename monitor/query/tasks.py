@@ -128,6 +128,13 @@ def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FI
     return dataclasses.replace(page, rows=list(page.rows))
 
 
+def child_tasks(store: Store, uuid: str, limit: int = 50) -> TaskPage:
+    """The tasks `uuid` started (their parent_id), oldest first: the detail view's children."""
+    return fetch_tasks(store, TaskQuery(
+        column_filters={"parent_id": {"filterType": "text", "type": "equals", "filter": uuid}},
+        sort=(("seq", False),), limit=limit), ("uuid", "name", "state", "runtime"))
+
+
 # SQLite's largest integer: a LIMIT or OFFSET past it cannot be bound.
 MAX_ROW = 2**63 - 1
 

@@ -43,3 +43,10 @@ def abortable(self, seconds):
             return "aborted"
         time.sleep(0.1)
     return "finished"
+
+
+@app.task(name="sample.spawn", bind=True)
+def spawn(self, children):
+    """Sends `children` sample.add tasks to its own queue: celery records this task as their parent and root."""
+    queue = self.request.delivery_info.get("routing_key")
+    return [add.apply_async((number, number), queue=queue).id for number in range(children)]

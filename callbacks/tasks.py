@@ -3,6 +3,7 @@ re-run; the task detail view's actions."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 
 from dash import Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
@@ -139,6 +140,15 @@ def register(app, services) -> None:
         if row_count is None and len(page.rows) < wanted.limit:
             row_count = wanted.offset + len(page.rows)
         return {"rowData": page.rows, "rowCount": row_count}, count
+
+    @app.callback(Output("tasks-csv", "href"), Input("tasks-query", "data"))
+    def csv_link(query):
+        """The tasks CSV of what the page's query matches (/api/tasks.csv takes the API's parameters)."""
+        query = query if isinstance(query, dict) else {}
+        params = {"search": query.get("search"), "broker": query.get("broker"),
+                  "state": "" if query.get("state") == "ALL" else query.get("state")}
+        return app.get_relative_path("/api/tasks.csv") + "?" + urllib.parse.urlencode(
+            {key: value for key, value in params.items() if isinstance(value, str) and value})
 
     # A new query empties the grid's cache; the interval re-reads the visible blocks in place,
     # so sort, filters and scroll position stay where the user left them.

@@ -94,6 +94,8 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
             broker_filter("tasks-broker", brokers, broker or None),
             html.Span("?", className="help", title=SEARCH_HELP + (BROKER_HELP if len(brokers) > 1 else "")),
             column_chooser(brokers),
+            html.A("Download CSV", id="tasks-csv", className="button ghost", download="",
+                   title="Every task the search, state and broker match (up to 100,000), raw values"),
             bulk_rerun_controls() if can_act else None,
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),

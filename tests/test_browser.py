@@ -3,7 +3,9 @@ worker rows and filter box, and the Tasks page's list, sorting, search, state ch
 and detail view."""
 from __future__ import annotations
 
+import csv
 import dataclasses
+import re
 
 import pytest
 
@@ -322,6 +324,23 @@ def test_the_time_zone_switch_shows_local_times_and_survives_a_reload(browser, c
         assert page.inner_text("#tasks-grid .ag-header-cell[col-id=received]") == "Received (UTC+05:30)"
     finally:
         context.close()
+
+
+def test_the_tasks_csv_downloads_what_the_search_matches_with_raw_values(page, cluster):
+    open_tasks(page, cluster, "?q=name:sample.sleep&state=SUCCESS")
+    page.wait_for_function("document.querySelector('#tasks-csv').href.includes('state=SUCCESS')")
+    with page.expect_download() as info:
+        page.click("#tasks-csv")
+    assert info.value.suggested_filename == "flowerbed-tasks_state-SUCCESS_search-name-sample.sleep.csv"
+    with open(info.value.path(), encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    header, rows = rows[0], [dict(zip(rows[0], row)) for row in rows[1:]]
+    assert header[:4] == ["uuid", "name", "state", "worker"] and "runtime" in header and "received" in header
+    stored = tasks(cluster.server, "search=name:sample.sleep&state=SUCCESS")
+    assert {row["uuid"] for row in rows} == set(stored)
+    for row in rows:
+        assert float(row["runtime"]) == stored[row["uuid"]]["runtime"]  # seconds, as stored
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", row["received"])
 
 
 def test_dashboard_shows_a_stopped_worker_offline(page, cluster):

@@ -108,18 +108,34 @@ window.flowerbedOpenTasks = function (base, target, values) {
   window.flowerbedNavigate(base + "tasks?" + params.toString());
 };
 
-// CSV export (every Analytics table, csvExportParams.processCellCallback): text starting with
-// = + - @ tab or carriage return is a formula to Excel, LibreOffice and Google Sheets, so a task
-// named =HYPERLINK(...) or an exception =cmd|... would run when the file is opened. Such text gets
-// a leading ' (OWASP's advice). A cell exports as the grid shows it (its valueFormatter); a number's
-// text is our own formatting, never a formula, so a negative one keeps its minus sign.
+// CSV export (every Analytics table, csvExportParams.processCellCallback): raw values, as the API's
+// CSVs give them (monitor/serving/csv_export.py): numbers as they are (seconds, fractions), times
+// (a column whose context.csv is "time") in ISO 8601 UTC. Text starting with = + - @ tab or
+// carriage return is a formula to Excel, LibreOffice and Google Sheets, so a task named
+// =HYPERLINK(...) or an exception =cmd|... would run when the file is opened. Such text gets a
+// leading ' (OWASP's advice); a number is never a formula, so a negative one keeps its minus sign.
 var CSV_FORMULA_START = /^[=+\-@\t\r]/;
+var CSV_UNITS = {seconds: " (s)", fraction: " (fraction)", time: " (UTC)"};
 
 window.flowerbedCsvText = dagfuncs.flowerbedCsvText = function (value, shown) {
   if (typeof value === "number" || typeof shown !== "string") { return shown; }
   return CSV_FORMULA_START.test(shown) ? "'" + shown : shown;
 };
 
+function csvKind(column) { return (column.getColDef().context || {}).csv; }
+
 dagfuncs.flowerbedCsvCell = function (params) {
-  return dagfuncs.flowerbedCsvText(params.value, params.formatValue(params.value));
+  var value = params.value;
+  if (value === null || value === undefined) { return ""; }
+  if (csvKind(params.column) === "time") { return new Date(value * 1000).toISOString(); }
+  return dagfuncs.flowerbedCsvText(value, typeof value === "number" ? value : String(value));
+};
+
+// One header row: a column's group and name, and the unit of its raw values ("Run time p95 (s)").
+dagfuncs.flowerbedCsvHeader = function (params) {
+  var parent = params.column.getParent && params.column.getParent();
+  var group = parent && parent.getColGroupDef && parent.getColGroupDef() ? parent.getColGroupDef().headerName : "";
+  var name = (group ? group + " " : "") + params.column.getColDef().headerName;
+  var unit = CSV_UNITS[csvKind(params.column)] || "";
+  return name.indexOf(unit.trim()) >= 0 ? name : name + unit;
 };

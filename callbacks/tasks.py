@@ -109,13 +109,13 @@ def register(app, services) -> None:
         prevent_initial_call=True,
     )
     def update_query(text, state, broker):
-        message = search_message(text) or ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}")
-        if not message and not isinstance(broker, (str, type(None))):
-            message = f"Unknown broker {shown(broker)}"
-        if message and not (carried(text) and search_message(text) == message):
-            return no_update, message
+        malformed = search_message(text)
+        refused = ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}") or (
+            "" if isinstance(broker, (str, type(None))) else f"Unknown broker {shown(broker)}")
+        if refused or malformed and not carried(text):
+            return no_update, malformed or refused
         # A malformed search is still the query: the grid empties rather than show the last one's rows.
-        return {"search": text or "", "state": state or "", "broker": broker or ""}, message
+        return {"search": text or "", "state": state or "", "broker": broker or ""}, malformed
 
     @app.callback(
         Output("tasks-grid", "getRowsResponse"),

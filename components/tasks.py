@@ -45,7 +45,7 @@ TASK_COLUMNS = [
      "valueGetter": {"function": "params.data ? (params.data.succeeded || params.data.failed || params.data.revoked) : null"},
      **{key: value for key, value in _TIME.items() if key != "filter"}},
     # The first click sorts slowest first: the question people ask of runtimes.
-    {"field": "runtime", "headerName": "Runtime", "width": 112, "type": "numericColumn",
+    {"field": "runtime", "headerName": "Runtime", "width": 124, "type": "numericColumn",
      "filter": "agNumberColumnFilter", "sortingOrder": ["desc", "asc", None],
      "valueFormatter": {"function": "flowerbedDuration(params.value)"},
      "headerTooltip": "Runtime; its filter takes seconds",

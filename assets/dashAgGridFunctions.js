@@ -3,11 +3,28 @@ var dagfuncs = (window.dashAgGridFunctions = window.dashAgGridFunctions || {});
 
 function pad(n, width) { return String(n).padStart(width || 2, "0"); }
 
-// Epoch seconds → "2026-11-24 10:30:05" in UTC, as the column headers say (the detail view and
-// the tooltip give milliseconds; the grid keeps the column narrow).
+// Times show in UTC unless the user chose this browser's time zone (the switch in the top bar,
+// assets/timezone.js; kept in this browser as the theme is).
+window.flowerbedLocalTime = function () {
+  try { return window.localStorage.getItem("flowerbed-timezone") === "local"; } catch (blocked) { return false; }
+};
+
+// "UTC", or the browser's offset from it at that moment ("UTC+05:30").
+window.flowerbedZoneName = function (date) {
+  if (!window.flowerbedLocalTime()) { return "UTC"; }
+  var offset = -(date || new Date()).getTimezoneOffset();
+  return "UTC" + (offset < 0 ? "-" : "+") + pad(Math.floor(Math.abs(offset) / 60)) + ":" + pad(Math.abs(offset) % 60);
+};
+
+// Epoch seconds → "2026-11-24 10:30:05" in the chosen zone, as the column headers say (the detail
+// view and the tooltip give milliseconds; the grid keeps the column narrow).
 window.flowerbedTime = dagfuncs.flowerbedTime = function (value) {
   if (value === null || value === undefined || value === "") { return ""; }
   var d = new Date(value * 1000);
+  if (window.flowerbedLocalTime()) {
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
   return d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
     pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
 };
@@ -17,9 +34,9 @@ window.flowerbedTimeMs = dagfuncs.flowerbedTimeMs = function (value) {
   return dagfuncs.flowerbedTime(value) + "." + pad(new Date(value * 1000).getUTCMilliseconds(), 3);
 };
 
-window.flowerbedSeconds = dagfuncs.flowerbedSeconds = function (value) {
-  if (value === null || value === undefined) { return ""; }
-  return value < 0.001 ? value.toFixed(6) : value.toFixed(3);
+// A time column's header: "Received (UTC)" or "Received (UTC+05:30)".
+window.flowerbedZonedHeader = dagfuncs.flowerbedZonedHeader = function (label) {
+  return label + " (" + window.flowerbedZoneName() + ")";
 };
 
 window.flowerbedAge = dagfuncs.flowerbedAge = function (seconds) {
@@ -44,14 +61,28 @@ window.flowerbedReplaceQuery = function (params) {
   window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : ""));
 };
 
-// Analytics grids: durations in the unit that reads best, rates as percentages, counts grouped.
+// Durations in the unit that reads best: "0.35 ms", "17 ms", "2.4 s", "3 min 12 s", "2 h 5 min",
+// "3 d 4 h". The twin of components/common.py format_duration (the detail view and the charts
+// format in Python): change both together; tests/test_durations.py holds them to the same.
+function trimmed(value, decimals) {
+  var text = value.toFixed(decimals);
+  return text.indexOf(".") < 0 ? text : text.replace(/0+$/, "").replace(/\.$/, "");
+}
+
+function twoUnits(count, per, unit, smaller) {
+  var whole = Math.floor(count / per), rest = count % per;
+  return whole + " " + unit + (rest ? " " + rest + " " + smaller : "");
+}
+
 window.flowerbedDuration = dagfuncs.flowerbedDuration = function (seconds) {
-  if (seconds === null || seconds === undefined || isNaN(seconds)) { return ""; }
-  if (seconds < 0.01) { return (seconds * 1000).toFixed(1) + " ms"; }
-  if (seconds < 1) { return (seconds * 1000).toFixed(0) + " ms"; }
-  if (seconds < 60) { return seconds.toFixed(2) + " s"; }
-  if (seconds < 3600) { return (seconds / 60).toFixed(1) + " min"; }
-  return (seconds / 3600).toFixed(1) + " h";
+  if (seconds === null || seconds === undefined || typeof seconds !== "number" || isNaN(seconds)) { return ""; }
+  if (seconds < 0) { return "-" + dagfuncs.flowerbedDuration(-seconds); }
+  var ms = seconds * 1000;
+  if (ms < 999.5) { return trimmed(ms, ms < 1 ? 2 : ms < 10 ? 1 : 0) + " ms"; }
+  if (seconds < 59.5) { return trimmed(seconds, seconds < 9.95 ? 1 : 0) + " s"; }
+  if (seconds < 3599.5) { return twoUnits(Math.round(seconds), 60, "min", "s"); }
+  if (seconds < 86370) { return twoUnits(Math.round(seconds / 60), 60, "h", "min"); }
+  return twoUnits(Math.round(seconds / 3600), 24, "d", "h");
 };
 
 window.flowerbedPercent = dagfuncs.flowerbedPercent = function (fraction) {
@@ -77,18 +108,34 @@ window.flowerbedOpenTasks = function (base, target, values) {
   window.flowerbedNavigate(base + "tasks?" + params.toString());
 };
 
-// CSV export (every Analytics table, csvExportParams.processCellCallback): text starting with
-// = + - @ tab or carriage return is a formula to Excel, LibreOffice and Google Sheets, so a task
-// named =HYPERLINK(...) or an exception =cmd|... would run when the file is opened. Such text gets
-// a leading ' (OWASP's advice). A cell exports as the grid shows it (its valueFormatter); a number's
-// text is our own formatting, never a formula, so a negative one keeps its minus sign.
+// CSV export (every Analytics table, csvExportParams.processCellCallback): raw values, as the API's
+// CSVs give them (monitor/serving/csv_export.py): numbers as they are (seconds, fractions), times
+// (a column whose context.csv is "time") in ISO 8601 UTC. Text starting with = + - @ tab or
+// carriage return is a formula to Excel, LibreOffice and Google Sheets, so a task named
+// =HYPERLINK(...) or an exception =cmd|... would run when the file is opened. Such text gets a
+// leading ' (OWASP's advice); a number is never a formula, so a negative one keeps its minus sign.
 var CSV_FORMULA_START = /^[=+\-@\t\r]/;
+var CSV_UNITS = {seconds: " (s)", fraction: " (fraction)", time: " (UTC)"};
 
 window.flowerbedCsvText = dagfuncs.flowerbedCsvText = function (value, shown) {
   if (typeof value === "number" || typeof shown !== "string") { return shown; }
   return CSV_FORMULA_START.test(shown) ? "'" + shown : shown;
 };
 
+function csvKind(column) { return (column.getColDef().context || {}).csv; }
+
 dagfuncs.flowerbedCsvCell = function (params) {
-  return dagfuncs.flowerbedCsvText(params.value, params.formatValue(params.value));
+  var value = params.value;
+  if (value === null || value === undefined) { return ""; }
+  if (csvKind(params.column) === "time") { return new Date(value * 1000).toISOString(); }
+  return dagfuncs.flowerbedCsvText(value, typeof value === "number" ? value : String(value));
+};
+
+// One header row: a column's group and name, and the unit of its raw values ("Run time p95 (s)").
+dagfuncs.flowerbedCsvHeader = function (params) {
+  var parent = params.column.getParent && params.column.getParent();
+  var group = parent && parent.getColGroupDef && parent.getColGroupDef() ? parent.getColGroupDef().headerName : "";
+  var name = (group ? group + " " : "") + params.column.getColDef().headerName;
+  var unit = CSV_UNITS[csvKind(params.column)] || "";
+  return name.indexOf(unit.trim()) >= 0 ? name : name + unit;
 };

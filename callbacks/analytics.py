@@ -17,6 +17,7 @@ from plotly.io.json import to_json_plotly
 from components import analytics as view
 from monitor.query import analytics
 from monitor.query.search import format_moment, parse_moment
+from monitor.serving.csv_export import file_name
 
 GRIDS = ("analytics-stats", "analytics-exceptions", "analytics-slowest", "analytics-stuck")
 # The figures travel in one store; a clientside callback hands them to the graphs, keeping a zoom.
@@ -338,3 +339,13 @@ def register(app, services) -> None:
     for grid in view.CSV_GRIDS:
         app.clientside_callback("function(clicks) { return clicks > 0; }", Output(grid, "exportDataAsCsv"),
                                 Input(f"{grid}-csv", "n_clicks"), prevent_initial_call=True)
+
+    @app.callback([Output(grid, "csvExportParams") for grid in view.CSV_GRIDS], SCOPE_INPUTS)
+    def name_csv_files(range_key, custom_from, custom_to, names, workers, queues, brokers):
+        """Each table's CSV file name says the range and the filters it was made with."""
+        def joined(values):
+            return "+".join(value for value in values if isinstance(value, str)) if isinstance(values, list) else ""
+        span = (f"{custom_from}--{custom_to}" if range_key == "custom" else range_key) if isinstance(range_key, str) else ""
+        filters = [("range", span if isinstance(span, str) else ""), ("name", joined(names)),
+                   ("worker", joined(workers)), ("queue", joined(queues)), ("broker", joined(brokers))]
+        return [view.csv_export_params(file_name(view.CSV_FILES[grid], filters)) for grid in view.CSV_GRIDS]

@@ -11,8 +11,8 @@ from components import shell as shell_components
 from components.audit import audit_layout
 from monitor.query import analytics
 from components.analytics import analytics_layout
-from callbacks.tasks import search_message
-from components.tasks import task_detail, tasks_layout
+from callbacks.tasks import detail_page, search_message
+from components.tasks import tasks_layout
 from components.broker import broker_layout
 from components.worker import worker_controls, worker_layout
 from components.workers import dashboard_layout, worker_rows
@@ -86,8 +86,7 @@ def route(app, services, pathname: str | None, search: str | None):
         if task is None:
             return shell_components.not_found(f"No task with UUID {path.split('/', 1)[1]} is in the store.",
                                               app.get_relative_path)
-        return task_detail(task, app.get_relative_path, services.store.task_links(task["uuid"]),
-                           can_act=auth.can_act(), can_abort=bool(services.settings.result_backend))
+        return detail_page(app, services, task)
     if path == "audit":
         if not auth.can_act():
             return shell_components.not_found("The audit log is for admins.", app.get_relative_path)

@@ -3,15 +3,20 @@ re-run; the task detail view's actions."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 
 from dash import Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 import auth
-from components.tasks import GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview
+from components.tasks import (GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview,
+                              task_detail, task_detail_body)
 from monitor.control import ControlError
 from monitor.query import search
-from monitor.query.tasks import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
+from monitor.query.tasks import QueryError, TaskQuery, child_tasks, fetch_tasks, grid_request_query, shown
+from monitor.store.schema import TERMINAL_STATES
+
+CHILDREN_SHOWN = 50
 
 CHIP_STATES = tuple(value for _label, value in STATE_CHIPS)
 
@@ -33,12 +38,24 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
 
 
 def search_message(text: str | None) -> str:
-    """What the Tasks page says under the search box: why the search cannot be understood, or ''."""
+    """What the Tasks page says under the search box: why the search cannot be understood and at
+    which character (counted from 1, as a person counts), or ''."""
     try:
         search.compile_search(text)
     except search.SearchError as exc:
-        return f"Search not understood: {exc}"
+        where = "" if exc.position is None else f" at character {exc.position + 1}"
+        return f"Search not understood{where}: {exc}"
     return ""
+
+
+def carried(text) -> bool:
+    """Whether a search can go into the page's query (and the address) even when malformed: text
+    the store could look for; else it stays out, and the grid keeps the last query."""
+    try:
+        search.check_text("" if text is None else text, "the search")
+    except search.SearchError:
+        return False
+    return True
 
 
 def describe_query(query: dict) -> str:
@@ -51,8 +68,38 @@ def describe_query(query: dict) -> str:
     return " and ".join(parts)
 
 
+def detail_parts(services, task: dict) -> dict:
+    """What the task detail view shows besides the task: its links, children and the user's rights."""
+    children = child_tasks(services.store, task["uuid"], CHILDREN_SHOWN + 1).rows
+    return {"links": services.store.task_links(task["uuid"]), "children": children[:CHILDREN_SHOWN],
+            "more_children": len(children) > CHILDREN_SHOWN, "can_act": auth.can_act(),
+            "can_abort": bool(services.settings.result_backend)}
+
+
+def detail_page(app, services, task: dict):
+    return task_detail(task, app.get_relative_path, **detail_parts(services, task))
+
+
 def register(app, services) -> None:
     register_actions(app, services)
+
+    @app.callback(
+        Output("task-detail-body", "children"),
+        Output("task-detail-finished", "data"),
+        Input("store-version", "data"),
+        State("task-detail-uuid", "data"),
+        State("task-detail-finished", "data"),
+        prevent_initial_call=True,
+    )
+    def refresh_task_detail(_version, uuid, finished):
+        """While the task has not finished, each store change redraws its page (once more when it does)."""
+        if finished or not isinstance(uuid, str):
+            raise PreventUpdate
+        task = services.store.get_task(uuid)
+        if task is None:
+            raise PreventUpdate
+        body = task_detail_body(task, app.get_relative_path, **detail_parts(services, task))
+        return body, task.get("state") in TERMINAL_STATES
     @app.callback(
         Output("tasks-query", "data"),
         Output("tasks-search-message", "children"),
@@ -62,12 +109,13 @@ def register(app, services) -> None:
         prevent_initial_call=True,
     )
     def update_query(text, state, broker):
-        message = search_message(text) or ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}")
-        if not message and not isinstance(broker, (str, type(None))):
-            message = f"Unknown broker {shown(broker)}"
-        if message:
-            return no_update, message
-        return {"search": text or "", "state": state or "", "broker": broker or ""}, ""
+        malformed = search_message(text)
+        refused = ("" if state in (None, *CHIP_STATES) else f"Unknown state {shown(state)}") or (
+            "" if isinstance(broker, (str, type(None))) else f"Unknown broker {shown(broker)}")
+        if refused or malformed and not carried(text):
+            return no_update, malformed or refused
+        # A malformed search is still the query: the grid empties rather than show the last one's rows.
+        return {"search": text or "", "state": state or "", "broker": broker or ""}, malformed
 
     @app.callback(
         Output("tasks-grid", "getRowsResponse"),
@@ -83,13 +131,24 @@ def register(app, services) -> None:
             wanted = grid_query(request, query or {})
             page = fetch_tasks(services.store, wanted, GRID_FIELDS)
         except QueryError as exc:
-            return {"rowData": [], "rowCount": 0}, f"Filter not understood: {exc}"
+            # A malformed search is explained under the search box; the count stays empty.
+            malformed_search = isinstance(query, dict) and carried(query.get("search")) and search_message(query.get("search"))
+            return {"rowData": [], "rowCount": 0}, "" if malformed_search else f"Filter not understood: {exc}"
         count = f"{page.total:,}{'' if page.total_is_exact else '+'} task{'' if page.total == 1 else 's'}"
         # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
         row_count = page.total if page.total_is_exact else None
         if row_count is None and len(page.rows) < wanted.limit:
             row_count = wanted.offset + len(page.rows)
         return {"rowData": page.rows, "rowCount": row_count}, count
+
+    @app.callback(Output("tasks-csv", "href"), Input("tasks-query", "data"))
+    def csv_link(query):
+        """The tasks CSV of what the page's query matches (/api/tasks.csv takes the API's parameters)."""
+        query = query if isinstance(query, dict) else {}
+        params = {"search": query.get("search"), "broker": query.get("broker"),
+                  "state": "" if query.get("state") == "ALL" else query.get("state")}
+        return app.get_relative_path("/api/tasks.csv") + "?" + urllib.parse.urlencode(
+            {key: value for key, value in params.items() if isinstance(value, str) and value})
 
     # A new query empties the grid's cache; the interval re-reads the visible blocks in place,
     # so sort, filters and scroll position stay where the user left them.
@@ -112,6 +171,20 @@ def register(app, services) -> None:
         Output("tasks-grid", "style"),
         Input("store-version", "data"),
         prevent_initial_call=True,
+    )
+
+    app.clientside_callback(  # the grid may not be ready when a kept choice is applied at load
+        """function(shown, choosable) {
+            dash_ag_grid.getApiAsync('tasks-grid').then(function (api) {
+                var all = choosable.map(function (option) { return option.value; });
+                api.setColumnsVisible(all.filter(function (column) { return shown.indexOf(column) < 0; }), false);
+                api.setColumnsVisible(shown, true);
+            });
+            return window.dash_clientside.no_update;
+        }""",
+        Output("tasks-columns", "className"),
+        Input("tasks-columns", "value"),
+        State("tasks-columns", "options"),
     )
 
     app.clientside_callback(

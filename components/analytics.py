@@ -21,7 +21,7 @@ from dash import dcc, html
 from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
-from .common import broker_filter, page_header, stat_card
+from .common import broker_filter, format_duration, page_header, stat_card
 
 RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
                  ("Custom", "custom"))
@@ -240,8 +240,8 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
             upperfence=[q["p99"]], mean=[q["mean"]], orientation="h", name=row["name"], showlegend=False,
             marker=dict(color=METRIC_COLORS[metric]), line=dict(width=1.5), fillcolor=_transparent(METRIC_COLORS[metric]),
             hoverinfo="skip"))
-        spans.append((row["name"], q, f"{row['name']} p50 {_seconds(q['p50'])} · p95 {_seconds(q['p95'])} · "
-                                      f"p99 {_seconds(q['p99'])} · n {int(q['count']):,}"))
+        spans.append((row["name"], q, f"{row['name']} p50 {format_duration(q['p50'])} · p95 {format_duration(q['p95'])} · "
+                                      f"p99 {format_duration(q['p99'])} · n {int(q['count']):,}"))
     # One invisible bar per name over its whiskers takes the hover (one line) and the click.
     traces.append(dict(
         type="bar", orientation="h", y=[name for name, _q, _text in spans], base=[q["p5"] for _n, q, _t in spans],
@@ -250,7 +250,7 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
         meta=target, hovertemplate="%{customdata[1]}<extra></extra>"))
     height = height or max(180, 34 * len(names) + 60)
     return _figure(traces, _layout(
-        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[_seconds(t) for t in LOG_TICKS],
+        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[format_duration(t) for t in LOG_TICKS],
                                        title=None if compact else METRIC_AXES[metric]),
         yaxis=dict(categoryorder="array", categoryarray=names, showgrid=False, tickfont=dict(size=11 if compact else 12))))
 
@@ -348,14 +348,6 @@ def _css_safe(text: str) -> str:
 def _transparent(hex_color: str, alpha: float = 0.25) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
-
-
-def _seconds(value) -> str:
-    if value is None or value != value:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
-    return f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min"
 
 
 def step_label(step: int) -> str:
@@ -462,9 +454,10 @@ def attention_links(attention: dict) -> list:
 
 
 # -- grids ----------------------------------------------------------------------------------------
+# `context.csv`: the unit a column's raw value exports in (assets/dashAgGridFunctions.js flowerbedCsvCell).
 def _duration(field, header, **extra) -> dict:
     return {"field": field, "headerName": header, "type": "numericColumn", "width": 84,
-            "valueFormatter": {"function": "flowerbedDuration(params.value)"}, **extra}
+            "valueFormatter": {"function": "flowerbedDuration(params.value)"}, "context": {"csv": "seconds"}, **extra}
 
 
 def _count(field, header, **extra) -> dict:
@@ -474,7 +467,7 @@ def _count(field, header, **extra) -> dict:
 
 def _percent(field, header, **extra) -> dict:
     return {"field": field, "headerName": header, "type": "numericColumn", "width": 84,
-            "valueFormatter": {"function": "flowerbedPercent(params.value)"}, **extra}
+            "valueFormatter": {"function": "flowerbedPercent(params.value)"}, "context": {"csv": "fraction"}, **extra}
 
 
 def _ratio(field, header) -> dict:
@@ -483,9 +476,9 @@ def _ratio(field, header) -> dict:
             "cellClassRules": {"cell-failure": "params.value >= 1.2", "cell-success": "params.value <= 0.83"}}
 
 
-_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "width": 190}
+_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "width": 190, "context": {"csv": "time"}}
 _SHORT_TIME = {"valueFormatter": {"function": "flowerbedTime(params.value).slice(5, 19)"}, "width": 128,
-               "headerTooltip": "UTC"}
+               "headerTooltip": "UTC", "context": {"csv": "time"}}
 _NAME = {"field": "name", "headerName": "Task name", "minWidth": 160, "flex": 1, "cellClass": "mono"}
 
 STATS_COLUMNS = [
@@ -554,19 +547,33 @@ COMPARE_COLUMNS = [
         _in_window(_percent("failure_rate_before", "Before"), "before"),
         _in_window(_percent("failure_rate_after", "After"), "after"),
         _in_window({"field": "failure_rate_change", "headerName": "Change", "type": "numericColumn", "width": 90,
+                    "context": {"csv": "fraction"},
                     "valueFormatter": {"function": "flowerbedPercentChange(params.value)"},
                     "cellClassRules": {"cell-failure": "params.value > 0.005", "cell-success": "params.value < -0.005"}},
                    "change")]},
 ]
 
 
-def grid(grid_id: str, columns, file_name: str, empty: str, height: int | None = None, **options) -> dag.AgGrid:
+def csv_export_params(file_name: str) -> dict:
+    """A grid's CSV: raw values (seconds, fractions, ISO 8601 UTC times) under one header row naming
+    each column with its group and unit, text a spreadsheet would run as a formula escaped
+    (assets/dashAgGridFunctions.js)."""
+    return {"fileName": file_name, "skipColumnGroupHeaders": True,
+            "processCellCallback": {"function": "flowerbedCsvCell(params)"},
+            "processHeaderCallback": {"function": "flowerbedCsvHeader(params)"}}
+
+
+# What each table's CSV holds: its file name's start (the callbacks add the range and filters).
+CSV_FILES = {"analytics-stats": "task-runtimes", "analytics-exceptions": "exceptions",
+             "analytics-slowest": "slowest-tasks", "analytics-stuck": "stuck-tasks", "analytics-compare": "compare"}
+
+
+def grid(grid_id: str, columns, empty: str, height: int | None = None, **options) -> dag.AgGrid:
     """A client-side grid whose rows open their drill-down target and export as CSV (as sorted/filtered)."""
     return dag.AgGrid(
         id=grid_id, rowData=[], columnDefs=columns,
         defaultColDef={"sortable": True, "resizable": True, "suppressHeaderMenuButton": True},
-        # Cells as shown, text that a spreadsheet would run as a formula escaped (assets/dashAgGridFunctions.js).
-        csvExportParams={"fileName": file_name, "processCellCallback": {"function": "flowerbedCsvCell(params)"}},
+        csvExportParams=csv_export_params(f"flowerbed-{CSV_FILES[grid_id]}.csv"),
         dashGridOptions={"rowHeight": 32, "headerHeight": 36, "animateRows": False, "tooltipShowDelay": 250,
                          "tooltipInteraction": True, "enableCellTextSelection": True,
                          "localeText": {"noRowsToShow": empty},
@@ -594,7 +601,7 @@ def _csv_button(grid_id: str) -> html.Button:
                        title="Download this table as CSV, as sorted and filtered")
 
 
-CSV_GRIDS = ("analytics-stats", "analytics-exceptions", "analytics-slowest", "analytics-stuck", "analytics-compare")
+CSV_GRIDS = tuple(CSV_FILES)
 DASHBOARD_GRAPHS = ("dashboard-throughput", "dashboard-runtime")
 GRAPHS = ("analytics-throughput", "analytics-failure-rate", "analytics-runtime", "analytics-wait",
           "analytics-failures-by-name", "analytics-worker-active", "analytics-worker-load")
@@ -639,13 +646,13 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
             _panel("Queue wait by task name", _graph("analytics-wait", 300),
                    help_text="sent → started when task-sent events arrive, else received → started"),
         ], className="chart-grid two"),
-        _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS, "task-runtimes.csv",
+        _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS,
                                                       "No finished task in this range."),
                help_text="quantiles from log histograms (±4.4 %); worker/queue filters narrow counts, means "
                          "and max", actions=[_csv_button("analytics-stats")]),
         html.Div([
             _panel("Failures by task name", _graph("analytics-failures-by-name", 300)),
-            _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS, "exceptions.csv",
+            _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS,
                                                  "No failures in this range.", height=300),
                    help_text="hover for a sample traceback", actions=[_csv_button("analytics-exceptions")]),
         ], className="chart-grid failures"),
@@ -655,10 +662,10 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
             _panel("Load average (1 min) per worker", _graph("analytics-worker-load", 240)),
         ], className="chart-grid two"),
         html.Div([
-            _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS, "slowest-tasks.csv",
+            _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS,
                                                       "No finished task in this range.", height=330),
                    actions=[_csv_button("analytics-slowest")]),
-            _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS, "stuck-tasks.csv",
+            _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS,
                                        "Nothing running past its limit.", height=330),
                    help_text="running now far past what is normal for their name",
                    actions=[_csv_button("analytics-stuck")]),
@@ -677,7 +684,7 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                           className="search-input time-input", style={"display": "none"}),
                 html.Span(id="compare-windows", className="muted small"),
             ], className="compare-controls"),
-            grid("analytics-compare", COMPARE_COLUMNS, "compare.csv", "No finished task in either window."),
+            grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
         ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
             actions=[_csv_button("analytics-compare")]),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
@@ -699,7 +706,7 @@ def summary_cards(stats, scope, attention: dict) -> list:
     per_minute = finished / (scope.span / 60)
     waits = stats[stats["wait_count"] > 0] if not stats.empty else stats
     worst_wait = waits.nlargest(1, "wait_p95") if not waits.empty else waits
-    wait_text = (f"{_seconds(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
+    wait_text = (f"{format_duration(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
     span = span_label(scope.span)
 
     def linked(kind, label):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Sequence
 
 from dash import dcc, html
@@ -28,6 +30,42 @@ def format_time(epoch: float | None) -> str:
     if epoch is None:
         return "—"
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def format_duration(seconds) -> str:
+    """Seconds as a person reads them: '0.35 ms', '17 ms', '2.4 s', '3 min 12 s', '2 h 5 min', '3 d 4 h';
+    '—' for none. assets/dashAgGridFunctions.js flowerbedDuration is its twin in the browser (the
+    grids format there): change both together (tests/test_durations.py holds them to the same)."""
+    if not isinstance(seconds, (int, float)) or seconds != seconds:
+        return "—"
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    ms = seconds * 1000
+    if ms < 999.5:
+        return f"{_trimmed(ms, 2 if ms < 1 else 1 if ms < 10 else 0)} ms"
+    if seconds < 59.5:
+        return f"{_trimmed(seconds, 1 if seconds < 9.95 else 0)} s"
+    if seconds < 3599.5:
+        return _two_units(_round_half_up(seconds), 60, "min", "s")
+    if seconds < 86370:
+        return _two_units(_round_half_up(seconds / 60), 60, "h", "min")
+    return _two_units(_round_half_up(seconds / 3600), 24, "d", "h")
+
+
+def _two_units(count: int, per: int, unit: str, smaller: str) -> str:
+    whole, rest = divmod(count, per)
+    return f"{whole} {unit}" + (f" {rest} {smaller}" if rest else "")
+
+
+def _trimmed(value: float, decimals: int) -> str:
+    """`value` to `decimals` places without trailing zeros: 2.0 → '2', 0.50 → '0.5'. An exact half
+    rounds up, as JavaScript's toFixed does (Python's format rounds it to even)."""
+    text = str(Decimal(value).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP))
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)  # JavaScript's Math.round
 
 
 def format_clock(epoch: float | None) -> str:

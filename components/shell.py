@@ -23,6 +23,8 @@ def shell(relative_path, refresh_ms: int, admin: bool = False) -> html.Div:
                      + ([dcc.Link("Audit", href=relative_path("/audit"), className="nav-link", id="nav-audit")]
                         if admin else []), className="nav"),
             html.Div(id="collector-status", className="collector-status"),
+            html.Button("UTC", id="timezone-toggle", className="theme-toggle timezone-toggle",
+                        title="Times in UTC; click for this browser's time zone"),
             html.Button("◐", id="theme-toggle", className="theme-toggle", title="Switch light / dark theme",
                         **{"aria-label": "Switch light or dark theme"}),
         ], className="topbar"),

@@ -7,7 +7,7 @@ from dash import dcc, html
 from monitor.control import BULK_RERUN_CAP
 from monitor.store.schema import TERMINAL_STATES
 
-from .common import broker_columns, broker_filter, format_time, page_header, state_badge
+from .common import broker_columns, broker_filter, format_duration, format_time, page_header, state_badge
 
 STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
                ("Retried", "RETRY"), ("Received", "RECEIVED"))
@@ -15,12 +15,21 @@ STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"),
 _TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "filter": "agDateColumnFilter",
          "tooltipValueGetter": {"function": "flowerbedTimeMs(params.value)"}, "width": 160}
 _TEXT = {"filter": "agTextColumnFilter"}
+
+
+def _zoned(label: str) -> dict:
+    """A time column's header names the zone its times are shown in (UTC unless the user chose theirs)."""
+    return {"headerValueGetter": {"function": f"flowerbedZonedHeader('{label}')"}}
+
+
 _FREE_FORM = {"minWidth": 100, "flex": 1, "cellClass": "mono", **_TEXT}
+_ID = {"width": 225, "cellClass": "mono", **_TEXT}
 # Fixed widths for the columns whose content has a known length; name and the free-form columns
-# share what is left, so that Runtime and Worker stay on screen at common laptop widths.
+# share what is left, so that Runtime and Worker stay on screen at common laptop widths. A cell
+# too narrow for its text shows it whole in a tooltip.
 TASK_COLUMNS = [
-    {"field": "name", "headerName": "Name", "minWidth": 140, "flex": 1.4, **_TEXT},
-    {"field": "uuid", "headerName": "UUID", "width": 225, "cellClass": "mono", "tooltipField": "uuid", **_TEXT},
+    {"field": "name", "headerName": "Name", "minWidth": 140, "flex": 1.4, "tooltipField": "name", **_TEXT},
+    {"field": "uuid", "headerName": "UUID", "tooltipField": "uuid", **_ID},
     {"field": "state", "headerName": "State", "width": 108, **_TEXT,
      "cellClassRules": {f"cell-{css}": f"params.value == '{state}'" for state, css in (
          ("SUCCESS", "success"), ("FAILURE", "failure"), ("RETRY", "retry"), ("STARTED", "started"),
@@ -28,17 +37,35 @@ TASK_COLUMNS = [
     {"field": "args", "headerName": "args", "tooltipField": "args", **_FREE_FORM},
     {"field": "kwargs", "headerName": "kwargs", "tooltipField": "kwargs", **_FREE_FORM},
     {"field": "result", "headerName": "Result", "tooltipField": "result", **_FREE_FORM},
-    {"field": "received", "headerName": "Received (UTC)", **_TIME},
-    {"field": "started", "headerName": "Started (UTC)", **_TIME},
-    {"field": "runtime", "headerName": "Runtime (s)", "width": 128, "type": "numericColumn",
-     "filter": "agNumberColumnFilter", "valueFormatter": {"function": "flowerbedSeconds(params.value)"}},
-    {"field": "worker", "headerName": "Worker", "width": 180, **_TEXT},
+    {"field": "sent", "headerName": "Sent (UTC)", **_zoned("Sent"), "hide": True, **_TIME},
+    {"field": "received", "headerName": "Received (UTC)", **_zoned("Received"), **_TIME},
+    {"field": "started", "headerName": "Started (UTC)", **_zoned("Started"), **_TIME},
+    # When the task finished, whichever way; the store has no such column to sort or filter by.
+    {"colId": "finished", "headerName": "Finished (UTC)", **_zoned("Finished"), "hide": True, "sortable": False, "filter": False,
+     "valueGetter": {"function": "params.data ? (params.data.succeeded || params.data.failed || params.data.revoked) : null"},
+     **{key: value for key, value in _TIME.items() if key != "filter"}},
+    # The first click sorts slowest first: the question people ask of runtimes.
+    {"field": "runtime", "headerName": "Runtime", "width": 124, "type": "numericColumn",
+     "filter": "agNumberColumnFilter", "sortingOrder": ["desc", "asc", None],
+     "valueFormatter": {"function": "flowerbedDuration(params.value)"},
+     "headerTooltip": "Runtime; its filter takes seconds",
+     "tooltipValueGetter": {"function": "params.value == null ? '' : params.value + ' s'"}},
+    {"field": "worker", "headerName": "Worker", "width": 180, "tooltipField": "worker", **_TEXT},
     {"field": "broker", "headerName": "Broker", "width": 130, "hide": True, **_TEXT},  # shown with several brokers
+    {"field": "routing_key", "headerName": "Queue", "width": 130, "hide": True, "tooltipField": "routing_key", **_TEXT},
     {"field": "retries", "headerName": "Retries", "width": 100, "type": "numericColumn", "hide": True,
      "filter": "agNumberColumnFilter"},
-    {"field": "exception", "headerName": "Exception", "width": 240, "hide": True, **_TEXT},
+    {"field": "eta", "headerName": "ETA", "width": 200, "hide": True, "tooltipField": "eta", **_TEXT},
+    {"field": "exception", "headerName": "Exception", "minWidth": 200, "flex": 1, "hide": True,
+     "tooltipField": "exception", **_TEXT},
+    {"field": "parent_id", "headerName": "Parent", "hide": True, "tooltipField": "parent_id", **_ID},
+    {"field": "root_id", "headerName": "Root", "hide": True, "tooltipField": "root_id", **_ID},
 ]
-GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS)
+# What the grid reads: its columns' fields, and the times its Finished column is made of.
+GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS if "field" in column) + ("succeeded", "failed", "revoked")
+# The column chooser offers every column but the two a row is read by.
+CHOOSABLE_COLUMNS = tuple((column["headerName"].removesuffix(" (UTC)"), column.get("field") or column["colId"]) for column in TASK_COLUMNS
+                          if column.get("field") not in ("name", "state"))
 SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: exception:, "
                "combined with AND, OR, NOT/-term, parentheses and \"quotes\". "
                "Example: name:tasks.add state:FAILURE OR kwargs:user_id=42\n"
@@ -52,7 +79,7 @@ BROKER_HELP = "\nThe broker a task was recorded from: broker:NAME."
 def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
                  broker: str = "", can_act: bool = False) -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
-    lists every task, as it does while a search typed in the box is malformed. `brokers`: the names of
+    lists no task, as while a search typed in the box is malformed. `brokers`: the names of
     the brokers workers were recorded from; with several, a filter (set to `broker`) and a column.
     `can_act`: the user may re-run the tasks the search matches."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
@@ -66,13 +93,16 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                       spellCheck=False, autoComplete="off"),
             broker_filter("tasks-broker", brokers, broker or None),
             html.Span("?", className="help", title=SEARCH_HELP + (BROKER_HELP if len(brokers) > 1 else "")),
+            column_chooser(brokers),
+            html.A("Download CSV", id="tasks-csv", className="button ghost", download="",
+                   title="Every task the search, state and broker match (up to 100,000), raw values"),
             bulk_rerun_controls() if can_act else None,
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
         html.Div(id="act-bulk-panel", className="action-panel", role="status") if can_act else None,
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
-        dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state,
+        dcc.Store(id="tasks-query", data={"search": search, "state": state,
                                           "broker": broker}),
         dag.AgGrid(
             id="tasks-grid",
@@ -89,6 +119,17 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
             className="grid",
         ),
     ])
+
+
+def column_chooser(brokers) -> html.Details:
+    """A drop-down list of the grid's columns to tick; the choice is kept in this browser."""
+    shown = [column.get("field") or column["colId"] for column in broker_columns(TASK_COLUMNS, brokers)
+             if not column.get("hide") and column.get("field") not in ("name", "state")]
+    return html.Details([
+        html.Summary("Columns", className="button ghost"),
+        dcc.Checklist(id="tasks-columns", options=[{"label": label, "value": column} for label, column in CHOOSABLE_COLUMNS],
+                      value=shown, persistence="tasks-columns", persistence_type="local", className="column-list"),
+    ], className="column-chooser")
 
 
 _DETAIL_TIMES = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
@@ -181,14 +222,41 @@ def task_actions(task: dict, can_abort: bool) -> html.Div:
                       "the task has finished" if finished else "aborting needs the workers' result backend "
                                                                "(--result-backend)"),
         ], className="action-buttons"),
-        html.Div(id="act-task-result", role="status"),
     ], className="panel actions-panel")
 
 
 def task_detail(task: dict, relative_path, links: dict | None = None, can_act: bool = False,
-                can_abort: bool = False) -> html.Div:
-    """`links`: the task's re-run links (store.task_links); `can_act`: show the admin's actions;
-    `can_abort`: a result backend is configured, through which a task can be aborted."""
+                can_abort: bool = False, children: list[dict] | None = None, more_children: bool = False) -> html.Div:
+    """The task's page: `task_detail_body` and what stays across its refreshes (the task's id, whether
+    it has finished, an action's outcome). The body refreshes while the task has not finished."""
+    return html.Div([
+        dcc.Store(id="task-detail-uuid", data=task["uuid"]),
+        dcc.Store(id="task-detail-finished", data=task.get("state") in TERMINAL_STATES),
+        html.Div(task_detail_body(task, relative_path, links, can_act, can_abort, children, more_children),
+                 id="task-detail-body"),
+        html.Div(id="act-task-result", role="status"),
+    ], id="task-detail")
+
+
+def stamp(epoch: float | None) -> html.Time | str:
+    """A moment to the millisecond, in UTC; assets/timezone.js shows it in the browser's zone when
+    the user chose so (it reads the moment from data-epoch)."""
+    if epoch is None:
+        return "—"
+    return html.Time(format_time(epoch), className="stamp", **{"data-epoch": epoch})
+
+
+def _copyable(text, element_id: str, what: str) -> list:
+    return [html.Span(text, id=element_id),
+            dcc.Clipboard(target_id=element_id, title=f"Copy the {what}", className="copy-button")]
+
+
+def task_detail_body(task: dict, relative_path, links: dict | None = None, can_act: bool = False,
+                     can_abort: bool = False, children: list[dict] | None = None,
+                     more_children: bool = False) -> list:
+    """`links`: the task's re-run links (store.task_links); `children`: the tasks it started
+    (query.tasks.child_tasks), `more_children` when there are more than those; `can_act`: show the
+    admin's actions; `can_abort`: a result backend is configured, through which a task can be aborted."""
     def link_or_text(value):
         if value and value != task["uuid"]:
             return dcc.Link(value, href=relative_path(f"/task/{value}"), className="mono")
@@ -202,7 +270,11 @@ def task_detail(task: dict, relative_path, links: dict | None = None, can_act: b
         elif field == "state":
             value = state_badge(value)
         elif field == "runtime" and value is not None:
-            value = f"{value:.6f} s"
+            value = html.Span(format_duration(value), title=f"{value} s", id="task-runtime")
+        elif field == "uuid":
+            value = _copyable(value, "task-uuid-text", "task id")
+        elif field == "args" and value not in (None, ""):
+            value = _copyable(value, "task-args-text", "arguments")
         rows.append(html.Tr([html.Th(field), html.Td(value if value not in (None, "") else "—")]))
     if links and links["rerun_of"]:
         rows.append(html.Tr([html.Th("re-run of"), html.Td(link_or_text(links["rerun_of"]))], id="task-rerun-of"))
@@ -210,10 +282,10 @@ def task_detail(task: dict, relative_path, links: dict | None = None, can_act: b
         rows.append(html.Tr([html.Th("re-runs"), html.Td([html.Div(link_or_text(rerun)) for rerun in links["reruns"]])],
                             id="task-reruns"))
     stamps = sorted((task[field], field) for field in _DETAIL_TIMES if task.get(field) is not None)
-    times = [html.Tr([html.Th(field), html.Td(format_time(at))]) for at, field in stamps]  # in the order they happened
+    times = [html.Tr([html.Th(field), html.Td(stamp(at))]) for at, field in stamps]  # in the order they happened
     wait = (task["started"] - task["received"]) if task.get("started") and task.get("received") else None
     if wait is not None:
-        times.append(html.Tr([html.Th("queue wait"), html.Td(f"{wait:.6f} s")]))
+        times.append(html.Tr([html.Th("queue wait"), html.Td(format_duration(wait), title=f"{wait} s")]))
     failure = []
     # A task that succeeded after a retry still carries the exception of the attempt that failed.
     earlier = "" if task.get("state") in ("FAILURE", "RETRY") else " of an earlier attempt"
@@ -223,15 +295,28 @@ def task_detail(task: dict, relative_path, links: dict | None = None, can_act: b
     if task.get("traceback"):
         failure.append(html.H2(f"Traceback{earlier}"))
         failure.append(html.Pre(task["traceback"], className="code"))
-    return html.Div([
+    return [
         page_header(task.get("name") or "Unknown task", state_badge(task.get("state")),
                     dcc.Link("← All tasks", href=relative_path("/tasks"), className="button ghost"),
                     subtitle=task["uuid"]),
-        dcc.Store(id="task-detail-uuid", data=task["uuid"]),
         html.Div([
             html.Div([html.H2("Task"), html.Table(html.Tbody(rows), className="kv")], className="panel"),
             html.Div([html.H2("Timeline"), html.Table(html.Tbody(times), className="kv")], className="panel"),
         ], className="detail-grid"),
+        task_children(children, more_children, relative_path) if children else None,
         task_actions(task, can_abort) if can_act else None,
         html.Div(failure, className="panel") if failure else None,
-    ], id="task-detail")
+    ]
+
+
+def task_children(children: list[dict], more: bool, relative_path) -> html.Div:
+    """The tasks this one started, each a link, with its state and runtime."""
+    rows = [html.Tr([html.Td(dcc.Link(child["uuid"], href=relative_path(f"/task/{child['uuid']}"), className="mono")),
+                     html.Td(child["name"] or "—"), html.Td(state_badge(child["state"])),
+                     html.Td(format_duration(child["runtime"]) if child["runtime"] is not None else "—")])
+            for child in children]
+    return html.Div([
+        html.H2("Children"),
+        html.Table(html.Tbody(rows), className="kv children"),
+        html.P(f"The first {len(children)}; it started more.", className="muted small") if more else None,
+    ], className="panel", id="task-children")

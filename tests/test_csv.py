@@ -1,10 +1,12 @@
 """The Analytics tables' CSV downloads in Debian's chromium: text a spreadsheet would run as a formula
 (first character = + - @ tab or carriage return: a task named =HYPERLINK(...), an exception
-=cmd|...) gets a leading ', while ordinary text and numbers, negative ones included, export as the
-table shows them. Then the escaping rule on its own, from the asset that holds it."""
+=cmd|...) gets a leading ', while ordinary text and numbers, negative ones included, export raw
+(seconds, fractions, ISO 8601 UTC times) under one header row, in a file named by the range. Then
+the escaping rule on its own, from the asset that holds it."""
 from __future__ import annotations
 
 import csv
+import re
 import time
 
 import pytest
@@ -44,43 +46,44 @@ def server(tmp_path_factory):
 
 
 
-def download(page, grid: str) -> list[list[str]]:
-    """The rows of the CSV the grid's button downloads."""
+def download(page, grid: str) -> tuple[str, list[list[str]]]:
+    """The file name and the rows of the CSV the grid's button downloads."""
     with page.expect_download() as info:
         page.click(f"#{grid}-csv")
     with open(info.value.path(), encoding="utf-8-sig", newline="") as file:
-        return list(csv.reader(file))
+        return info.value.suggested_filename, list(csv.reader(file))
 
 
-def by_name(lines: list[list[str]], header_line: int) -> dict[str, dict[str, str]]:
-    """Rows keyed by their task name cell, each as {column header: cell}; column groups above
-    `header_line` repeat headers such as Before/After, so the last of a name wins."""
-    header = lines[header_line]
-    rows = [dict(zip(header, line)) for line in lines[header_line + 1:]]
-    return {row["Task name"]: row for row in rows}
+def by_name(lines: list[list[str]]) -> dict[str, dict[str, str]]:
+    """Rows keyed by their task name cell, each as {column header: cell}."""
+    return {row["Task name"]: row for row in (dict(zip(lines[0], line)) for line in lines[1:])}
 
 
-def test_formula_cells_are_escaped_and_the_others_are_as_shown(server, page):
+def test_formula_cells_are_escaped_and_the_values_are_raw_under_one_header(server, page):
     page.goto(f"{server}/analytics")
     for grid, count in (("analytics-stats", 7), ("analytics-exceptions", 1), ("analytics-compare", 7)):
         page.wait_for_function(f"document.querySelectorAll('#{grid} .ag-row').length >= {count}")
     escaped = {"'" + name for name in FORMULA_NAMES}
 
-    stats = by_name(download(page, "analytics-stats"), header_line=1)
+    name, lines = download(page, "analytics-stats")
+    assert name == "flowerbed-task-runtimes_range-1h.csv"  # the range (and filters) it was made with
+    stats = by_name(lines)
     assert set(stats) == escaped | {ORDINARY}
-    assert stats[ORDINARY]["Finished"] == "1" and stats[ORDINARY]["p50"].endswith(" ms")
-    assert stats["'" + FAILED]["Fail %"] == "100.00 %"
+    assert stats[ORDINARY]["Finished"] == "1" and stats[ORDINARY]["Run time p50 (s)"] == "0.5"  # seconds
+    assert stats["'" + FAILED]["Fail % (fraction)"] == "1"
 
-    [header, exception] = download(page, "analytics-exceptions")
+    name, [header, exception] = download(page, "analytics-exceptions")
     row = dict(zip(header, exception))
     assert row["Exception"] == "'" + FORMULA_EXCEPTION
     assert row["Message (numbers, ids as #)"] == "'=cmd|' /C calc'!A#"
     assert row["Task names"] == "'" + FAILED
     assert row["Count"] == "1"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", row["Last seen (UTC)"])
 
-    compare = by_name(download(page, "analytics-compare"), header_line=1)
+    _name, lines = download(page, "analytics-compare")
+    compare = by_name(lines)
     assert set(compare) == escaped | {ORDINARY}
-    assert compare[ORDINARY]["Change"] == "-100.00 pt"  # a negative number stays as shown, unescaped
+    assert compare[ORDINARY]["Failure rate Change (fraction)"] == "-1"  # a negative number stays, unescaped
 
 
 @pytest.mark.parametrize("value, shown, exported", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import task_row
-from monitor.query.tasks import (COUNT_CAP, MAX_ROW, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
+from monitor.query.tasks import (COUNT_CAP, MAX_ROW, NULLS_LAST, QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort,
                              parse_time, stream_tasks)
 from monitor.store.schema import TASK_FIELDS
 
@@ -79,13 +79,14 @@ def test_every_column_sorts(store, column, descending):
     values = [row[column] for row in rows]
     present = [value for value in values if value is not None]
     assert present == sorted(present, reverse=descending)
-    # SQLite's NULL order: first ascending, last descending.
+    # SQLite's NULL order (first ascending, last descending); runtime's NULLs last both ways.
     nulls = [value is None for value in values]
-    assert nulls == sorted(nulls, reverse=not descending)
+    assert nulls == sorted(nulls, reverse=not descending and column not in NULLS_LAST)
 
 
 def test_runtime_descending_puts_the_slowest_first_and_ties_follow_arrival(store):
     assert keys(store, sort=(("runtime", True),)) == ["slow", "add", "fail", "queued"]
+    assert keys(store, sort=(("runtime", False),)) == ["fail", "add", "slow", "queued"]  # not yet run: last
     assert keys(store, sort=(("name", False),)) == ["fail", "slow", "add", "queued"]
     assert keys(store) == ["queued", "fail", "slow", "add"]  # newest first by default
 

@@ -59,29 +59,31 @@ def test_query_parses_to_tree(query, tree):
     assert search.parse(query) == tree
 
 
-@pytest.mark.parametrize("query, message", [
-    ("(name:a", "missing ')'"),
-    ("name:a)", "unmatched ')'"),
-    ("()", "empty parentheses"),
-    ("a AND", "expected a search term after AND, found the end of the query"),
-    ("OR a", "expected a search term here, found 'OR'"),
-    ("a AND OR b", "expected a search term after AND, found 'OR'"),
-    ("NOT", "expected a search term after NOT"),
-    ('"unclosed', "unclosed quote"),
-    ('name:"unclosed', "unclosed quote"),
-    ("colour:red", "unknown field 'colour:'"),
-    ("name:", "'name:' needs a value, e.g. name:tasks.add"),
-    ("state:NOPE", "unknown state NOPE"),
-    ("state:SUCCESS,nope", "unknown state NOPE"),
-    ("(" * 30 + "a" + ")" * 30, "nests too deeply"),
-    ("NOT " * 30 + "a", "nests too deeply"),
-    ("a " * 300, "too long"),
+@pytest.mark.parametrize("query, message, position", [
+    ("(name:a", "missing ')'", 7),  # the end of the query
+    ("name:a)", "unmatched ')'", 6),
+    ("()", "empty parentheses", 1),
+    ("a AND", "expected a search term after AND, found the end of the query", 5),
+    ("OR a", "expected a search term here, found 'OR'", 0),
+    ("a AND OR b", "expected a search term after AND, found 'OR'", 6),
+    ("NOT", "expected a search term after NOT", 3),
+    ('"unclosed', "unclosed quote", 0),
+    ('a  name:"unclosed', "unclosed quote", 3),
+    ("name:x colour:red", "unknown field 'colour:'", 7),
+    ("name:", "'name:' needs a value, e.g. name:tasks.add", 0),
+    ("a (state:NOPE)", "unknown state NOPE", 3),
+    ("state:SUCCESS,nope", "unknown state NOPE", 0),
+    ("runtime>2 received>=soon", "received: expected", 10),
+    ("(" * 30 + "a" + ")" * 30, "nests too deeply", 20),
+    ("NOT " * 30 + "a", "nests too deeply", 80),
+    ("a " * 300, "too long", None),
 ])
-def test_malformed_query_raises_search_error_with_message(query, message):
+def test_malformed_query_raises_search_error_with_message(query, message, position):
     with pytest.raises(SearchError) as raised:
         search.compile_search(query)
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)  # shown as one line next to the search box
+    assert raised.value.position == position  # what the page points at under the search text
 
 
 @pytest.mark.parametrize("query, expected", [

@@ -42,7 +42,12 @@ _TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*"?)|((?:[^\s()"]|"(?:[^"\
 
 
 class SearchError(ValueError):
-    """A query that cannot be understood; the message says what is wrong and where."""
+    """A query that cannot be understood; the message says what is wrong, `position` where (the
+    0-based index of the character in the query it points at, None when no one place is wrong)."""
+
+    def __init__(self, message: str, position: int | None = None):
+        super().__init__(message)
+        self.position = position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,22 +80,28 @@ def _unquote(text: str) -> str:
     return re.sub(r'\\(.)', r'\1', text[1:-1])
 
 
-def _tokens(query: str) -> list[tuple[str, str]]:
+def _tokens(query: str) -> list[tuple[str, object, int]]:
+    """(kind, value, where the token starts in `query`); an error in a token points at its start."""
     tokens, position = [], 0
     while position < len(query):
         match = _TOKEN.match(query, position)
         if not match or match.end() == position:
             break
         position = match.end()
+        start = match.start(match.lastindex)
         open_paren, close_paren, quoted, word = match.groups()
-        if open_paren:
-            tokens.append(("(", "("))
-        elif close_paren:
-            tokens.append((")", ")"))
-        elif quoted is not None:
-            tokens.append(("TERM", Term(None, _unquote(quoted))))
-        elif word is not None:
-            tokens.append(_word(word))
+        try:
+            if open_paren:
+                kind, value = "(", "("
+            elif close_paren:
+                kind, value = ")", ")"
+            elif quoted is not None:
+                kind, value = "TERM", Term(None, _unquote(quoted))
+            else:
+                kind, value = _word(word)
+        except SearchError as exc:
+            raise SearchError(str(exc), start) from None
+        tokens.append((kind, value, start))
     return tokens
 
 
@@ -121,10 +132,20 @@ def _word(word: str) -> tuple[str, object]:
             value = _unquote(value)
         if not value:
             raise SearchError(f"'{field}:' needs a value, e.g. {field}:{_EXAMPLES[field]}")
+        if field == "state":
+            _states(value)  # an unknown state is an error here, where its position is known
         term = Term(field, value)
     else:
         term = Term(None, _unquote(word) if word.startswith('"') else word)
     return ("NEG", term) if negate else ("TERM", term)
+
+
+def _states(value: str) -> list[str]:
+    wanted = [s.strip().upper() for s in value.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in KNOWN_STATES]
+    if unknown:
+        raise SearchError(f"unknown state {unknown[0]} (known: {', '.join(KNOWN_STATES)})")
+    return wanted
 
 
 def parse_moment(text: str, local: bool = False) -> float:
@@ -172,13 +193,19 @@ _EXAMPLES = {"name": "tasks.add", "uuid": "3f2a", "state": "FAILURE", "worker": 
 
 
 class _Parser:
-    def __init__(self, tokens):
-        self.tokens, self.position, self.depth = tokens, 0, 0
+    def __init__(self, tokens, length: int):
+        self.tokens, self.position, self.depth, self.length = tokens, 0, 0, length
+
+    def error(self, message: str, back: int = 0) -> SearchError:
+        """An error pointing at the next token (or the end of the query), or `back` tokens before it."""
+        index = self.position - back
+        at = self.tokens[index][2] if index < len(self.tokens) else self.length
+        return SearchError(message, at)
 
     def nested(self, parse_inner):
         self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise SearchError(f"the search nests too deeply: at most {MAX_DEPTH} levels of parentheses and NOT")
+        if self.depth > MAX_DEPTH:  # points at the '(' or NOT one level too deep
+            raise self.error(back=1, message=f"the search nests too deeply: at most {MAX_DEPTH} levels of parentheses and NOT")
         node = parse_inner()
         self.depth -= 1
         return node
@@ -195,7 +222,7 @@ class _Parser:
         node = self.or_expr()
         if self.peek() is not None:
             kind = self.peek()
-            raise SearchError("unmatched ')'" if kind == ")" else f"unexpected {kind}")
+            raise self.error("unmatched ')'" if kind == ")" else f"unexpected {kind}")
         return node
 
     def or_expr(self):
@@ -227,15 +254,15 @@ class _Parser:
         if kind == "(":
             self.take()
             if self.peek() == ")":
-                raise SearchError("empty parentheses")
+                raise self.error("empty parentheses")
             node = self.nested(self.or_expr)
             if self.peek() != ")":
-                raise SearchError("missing ')'")
+                raise self.error("missing ')'")
             self.take()
             return node
         where = f"after {after}" if after else "here"
         found = "the end of the query" if kind is None else f"'{kind}'"
-        raise SearchError(f"expected a search term {where}, found {found}")
+        raise self.error(f"expected a search term {where}, found {found}")
 
 
 # The parser and SQLite both recurse per nesting level and SQLite caps a statement's size; past
@@ -259,7 +286,8 @@ def check_text(text, what: str) -> str:
     bad = _UNSEARCHABLE.search(text)
     if bad:
         kind = "a NUL character" if bad.group() == "\0" else "a lone surrogate (not valid Unicode)"
-        raise SearchError(f"{what} contains {kind} at position {bad.start() + 1}, which cannot be searched for")
+        raise SearchError(f"{what} contains {kind} at position {bad.start() + 1}, which cannot be searched for",
+                          bad.start())
     return text
 
 
@@ -268,7 +296,7 @@ def parse(query: str):
     tokens = _tokens(check_text("" if query is None else query, "the search"))
     if len(tokens) > MAX_TOKENS:
         raise SearchError(f"the search is too long: at most {MAX_TOKENS} terms, operators and parentheses")
-    return _Parser(tokens).parse() if tokens else None
+    return _Parser(tokens, len(query)).parse() if tokens else None
 
 
 def _like(value: str) -> str:
@@ -282,10 +310,7 @@ def _term_sql(term: Term, dialect: Dialect) -> tuple[str, list]:
         return dialect.narrowed("(" + " OR ".join(f"{c} {like} ? ESCAPE '\\'" for c in FREE_TEXT_COLUMNS) + ")",
                                 [pattern] * len(FREE_TEXT_COLUMNS), [value])
     if field == "state":
-        wanted = [s.strip().upper() for s in value.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in KNOWN_STATES]
-        if unknown:
-            raise SearchError(f"unknown state {unknown[0]} (known: {', '.join(KNOWN_STATES)})")
+        wanted = _states(value)
         return f"state IN ({', '.join('?' * len(wanted))})", wanted
     if field == "broker":
         return "broker = ?", [value]

@@ -21,6 +21,9 @@ FLOWER_ORDER = (("timestamp", True), ("uuid", True))
 # Counting every match of a slow (unindexed) filter would scan the whole table on every scroll;
 # past this many the page says "more than".
 COUNT_CAP = 10_000
+# Sorted with their NULLs last both ways: a task without a runtime (still queued or running) is
+# never the answer to "which were fastest?". Ascending, the store sorts instead of walking the index.
+NULLS_LAST = frozenset({"runtime"})
 
 
 class QueryError(ValueError):
@@ -78,7 +81,7 @@ class TaskQuery:
         for column, descending in self.sort:
             if column not in SORTABLE:
                 raise QueryError(f"cannot sort by {column!r}; sortable: {', '.join(sorted(SORTABLE))}")
-            parts.append(dialect.order(column, descending))
+            parts.append(dialect.order(column, descending, nulls_last=column in NULLS_LAST))
         if not any(column == "seq" for column, _ in self.sort):
             parts.append(dialect.order("seq", not self.sort or self.sort[-1][1]))
         return ", ".join(parts)
@@ -126,6 +129,13 @@ def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FI
     """The query's page with its rows in a list."""
     page = stream_tasks(store, query, columns)
     return dataclasses.replace(page, rows=list(page.rows))
+
+
+def child_tasks(store: Store, uuid: str, limit: int = 50) -> TaskPage:
+    """The tasks `uuid` started (their parent_id), oldest first: the detail view's children."""
+    return fetch_tasks(store, TaskQuery(
+        column_filters={"parent_id": {"filterType": "text", "type": "equals", "filter": uuid}},
+        sort=(("seq", False),), limit=limit), ("uuid", "name", "state", "runtime"))
 
 
 # SQLite's largest integer: a LIMIT or OFFSET past it cannot be bound.

@@ -6,14 +6,9 @@ Where Flower's behaviour is matched, the Flower 2.2 source it follows is named (
 """
 from __future__ import annotations
 
-import csv
-import datetime
 import functools
-import io
 import itertools
-import json
 import math
-import re
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -22,8 +17,12 @@ from flask import Blueprint, current_app, jsonify, request
 from monitor.control import BULK_RERUN_CAP, ActionResult, ControlError
 from monitor.query.tasks import (FLOWER_ORDER, MAX_ROW, QueryError, TaskQuery, parse_sort, parse_time, shown,
                                  spelled_as_stored, stream_tasks)
-from monitor.store.schema import TASK_FIELDS
+from monitor.serving.csv_export import csv_lines, file_name, iso_utc
+from monitor.store.schema import TASK_FIELDS, TIME_FIELDS
 from monitor.user_app import MAX_RESULT_WAIT, NoResultBackend
+
+# The filters of /api/tasks, in the order a CSV's file name names them.
+TASK_FILTER_ARGS = ("state", "search", "taskname", "workername", "broker", "received_start", "received_end", "sort_by")
 
 # Audit entries per page of /api/audit.
 MAX_AUDIT_PAGE = 10_000
@@ -161,38 +160,26 @@ def _action_answer(result: ActionResult, failure: str | None = None):
 
 AUDIT_CSV_COLUMNS = ("at", "actor", "action", "target", "outcome", "message", "arguments", "confirmed", "errors",
                      "silent", "task_ids")
-# Text a spreadsheet would run as a formula (OWASP's advice: a leading quote), as the grids' CSV does.
-_FORMULA_START = re.compile(r"^[=+\-@\t\r]")
-
-
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return "'" + text if _FORMULA_START.match(text) else text
+# The tasks CSV: what a task is, its times (ISO 8601 UTC) and runtime (seconds), as stored.
+TASKS_CSV_COLUMNS = ("uuid", "name", "state", "worker", "args", "kwargs", "result", "exception", "retries", "sent",
+                     "received", "started", "succeeded", "failed", "revoked", "runtime", "eta", "routing_key",
+                     "parent_id", "root_id", "broker")
+# The most rows one tasks CSV holds (streamed: memory stays flat); a wider search is cut there.
+MAX_CSV_ROWS = 100_000
 
 
 def audit_csv_lines(rows: Iterable[dict]) -> Iterator[str]:
-    """The audit rows as CSV, a line at a time: times in ISO 8601 UTC, arguments and replies as JSON,
-    cells a spreadsheet would run as a formula made safe."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    """The audit rows as CSV, a line at a time: arguments and replies as JSON."""
+    return csv_lines(AUDIT_CSV_COLUMNS, (
+        [iso_utc(row["at"]), *(row.get(field) for field in ("actor", "action", "target", "outcome", "message",
+                                                             "arguments")),
+         *((row.get("replies") or {}).get(field) for field in ("confirmed", "errors", "silent", "task_ids"))]
+        for row in rows))
 
-    def line(cells) -> str:
-        writer.writerow(cells)
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
 
-    yield line(AUDIT_CSV_COLUMNS)
-    for row in rows:
-        replies = row.get("replies") or {}
-        at = datetime.datetime.fromtimestamp(row["at"], datetime.timezone.utc).isoformat(timespec="milliseconds")
-        at = at.replace("+00:00", "Z")
-        yield line([at, *(_csv_cell(row.get(field)) for field in ("actor", "action", "target", "outcome", "message",
-                                                                   "arguments")),
-                    *(_csv_cell(replies.get(field)) for field in ("confirmed", "errors", "silent", "task_ids"))])
+def tasks_csv_lines(rows: Iterable[dict]) -> Iterator[str]:
+    return csv_lines(TASKS_CSV_COLUMNS, ([iso_utc(row[field]) if field in TIME_FIELDS else row[field]
+                                          for field in TASKS_CSV_COLUMNS] for row in rows))
 
 
 def _json_body() -> dict:
@@ -390,15 +377,15 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
             return jsonify({worker["hostname"]: worker["online"] for worker in listed})
         return jsonify({worker["hostname"]: _flower_worker(worker) for worker in listed})
 
-    @api.get("/api/tasks")
-    def tasks():
+    def task_query(default_limit: int, max_limit: int) -> TaskQuery:
+        """The TaskQuery of /api/tasks's parameters (Flower's, plus search and broker)."""
         args = request.args
         # Flower (flower/api/tasks.py ListTasks.get, flower/utils/search.py TaskSearchEngine.search):
         # no limit is every task; taskname and workername match whatever their case; received_start
         # and received_end are 'YYYY-MM-DD HH:MM' in the server's time zone, both ends included; the
         # most recent event first, ties by task id (both descending).
         name, worker = _filter_arg("taskname"), _filter_arg("workername")
-        query = TaskQuery(
+        return TaskQuery(
             search=args.get("search", ""),
             states=_states_arg(),
             names=spelled_as_stored(store, "name", name) if name else (),
@@ -408,14 +395,28 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
             received_to=parse_time(args.get("received_end"), "received_end", local=True),
             sort=parse_sort(args.get("sort_by"), default=FLOWER_ORDER),
             offset=_int_arg("offset", 0),
-            limit=_int_arg("limit", MAX_ROW),  # none: every task, streamed
+            limit=min(_int_arg("limit", default_limit), max_limit),
         )
-        page = stream_tasks(store, query)
+
+    @api.get("/api/tasks")
+    def tasks():
+        page = stream_tasks(store, task_query(MAX_ROW, MAX_ROW))  # no limit: every task, streamed
         # Flask's jsonify sorts keys, which would undo `sort_by`: keep the rows in query order.
         dumps = functools.partial(current_app.json.dumps, sort_keys=False)
         body = _json_object(((row["uuid"], _flower_task(row, children))
                              for row, children in _with_children(store, page.rows)), dumps)
         response = current_app.response_class(body, mimetype="application/json")
+        response.headers["X-Total-Count"] = str(page.total) + ("" if page.total_is_exact else "+")
+        return response
+
+    @api.get("/api/tasks.csv")
+    def tasks_csv():
+        """What /api/tasks?search=&state=&broker=&sort_by= (and its other filters) match, as CSV, up to
+        MAX_CSV_ROWS rows (?limit= fewer), read from the store as the download goes."""
+        page = stream_tasks(store, task_query(MAX_CSV_ROWS, MAX_CSV_ROWS), TASKS_CSV_COLUMNS)
+        response = current_app.response_class(tasks_csv_lines(page.rows), mimetype="text/csv")
+        name = file_name("tasks", [(key, request.args.get(key, "")) for key in TASK_FILTER_ARGS])
+        response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
         response.headers["X-Total-Count"] = str(page.total) + ("" if page.total_is_exact else "+")
         return response
 

@@ -50,8 +50,10 @@ class Dialect:
         """A hint naming the index a query should read (SQLite's planner picks badly there)."""
         return f"INDEXED BY {index}"
 
-    def order(self, column: str, descending: bool) -> str:
-        # SQLite's own NULL order: first ascending, last descending.
+    def order(self, column: str, descending: bool, nulls_last: bool = False) -> str:
+        """SQLite's own NULL order (first ascending, last descending), or NULLs last both ways."""
+        if nulls_last and not descending:
+            return f"{column} ASC NULLS LAST"
         return f"{column} {'DESC' if descending else 'ASC'}"
 
     def prefix(self, column: str, prefix: str) -> tuple[str, list]:
@@ -105,10 +107,10 @@ class PostgresDialect(Dialect):
     def indexed_by(self, index: str) -> str:
         return ""
 
-    def order(self, column: str, descending: bool) -> str:
+    def order(self, column: str, descending: bool, nulls_last: bool = False) -> str:
         if column == "seq":  # never NULL; a NULLS clause would keep the planner off the indexes' seq order
             return f"seq {'DESC' if descending else 'ASC'}"
-        return f"{column} {'DESC NULLS LAST' if descending else 'ASC NULLS FIRST'}"
+        return f"{column} {'DESC NULLS LAST' if descending else 'ASC NULLS LAST' if nulls_last else 'ASC NULLS FIRST'}"
 
     def prefix(self, column: str, prefix: str) -> tuple[str, list]:
         return f"{column} LIKE ?", [like_escaped(prefix) + "%"]

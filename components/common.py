@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Sequence
 
 from dash import dcc, html
@@ -12,12 +13,23 @@ STATE_CLASSES = {
 }
 
 
-def stat_card(label: str, value, card_id: str | None = None, tone: str = "") -> html.Div:
+def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None) -> html.Div:
+    """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone)."""
     value_props = {"id": card_id} if card_id else {}
     return html.Div([
         html.Div(label, className="stat-label"),
         html.Div(value, className="stat-value", **value_props),
-    ], className=f"stat-card {tone}".strip())
+    ], className=f"stat-card {tone}".strip(), **({"id": box_id} if box_id else {}))
+
+
+def grid_keyboard_and_width(open_path: str) -> dict:
+    """A grid's event listeners (assets/dashAgGridFunctions.js): Enter on a focused row opens
+    `open_path` + the row's id, and the columns of its context's columnPriority follow its width
+    (on a resize, and whenever the grid shows other columns or rows: its first sizing comes before
+    the listeners are added)."""
+    fit = ["flowerbedFitColumns(params)"]
+    return {"cellKeyDown": [f"flowerbedOpenOnEnter(params, {json.dumps(open_path)})"],
+            "gridSizeChanged": fit, "displayedColumnsChanged": fit, "modelUpdated": fit}
 
 
 def state_badge(state: str | None) -> html.Span:

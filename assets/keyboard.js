@@ -1,5 +1,6 @@
 // Keyboard and phone helpers for every page: "/" jumps to the page's search box (unless the user is
-// typing somewhere), and the menu button folds the navigation open and shut on a narrow screen.
+// typing somewhere), Escape closes what opened, and the menu button folds the navigation open and
+// shut on a narrow screen.
 (function () {
   function typing(target) {
     return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
@@ -12,7 +13,11 @@
     button.setAttribute("aria-expanded", open ? "true" : "false");
   }
   document.addEventListener("keydown", function (event) {
-    if (event.key === "Escape") { setMenu(false); return; }
+    if (event.key === "Escape") {  // folds the menu and the search help away
+      setMenu(false);
+      document.querySelectorAll("details.search-help[open]").forEach(function (help) { help.open = false; });
+      return;
+    }
     if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) { return; }
     var search = document.querySelector("#page input[type=search]");
     if (search) {

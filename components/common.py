@@ -22,14 +22,23 @@ def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box
     ], className=f"stat-card {tone}".strip(), **({"id": box_id} if box_id else {}))
 
 
-def grid_keyboard_and_width(open_path: str) -> dict:
-    """A grid's event listeners (assets/dashAgGridFunctions.js): Enter on a focused row opens
-    `open_path` + the row's id, and the columns of its context's columnPriority follow its width
-    (on a resize, and whenever the grid shows other columns or rows: its first sizing comes before
-    the listeners are added)."""
+def fitting_columns(priority: Sequence[str]) -> dict:
+    """AgGrid arguments by which the columns named in `priority` (most useful first) follow the grid's
+    width (assets/dashAgGridFunctions.js): as many as fit are shown, never fewer than three. It runs
+    on a resize and whenever the grid shows other columns or rows: its first sizing comes before the
+    listeners are added. Spread the result into AgGrid and merge `context` into its dashGridOptions."""
     fit = ["flowerbedFitColumns(params)"]
-    return {"cellKeyDown": [f"flowerbedOpenOnEnter(params, {json.dumps(open_path)})"],
-            "gridSizeChanged": fit, "displayedColumnsChanged": fit, "modelUpdated": fit}
+    return {"eventListeners": {"gridSizeChanged": fit, "displayedColumnsChanged": fit, "modelUpdated": fit},
+            "context": {"columnPriority": list(priority)}}
+
+
+def openable_fitting_grid(open_path: str, priority: Sequence[str], grid_options: dict) -> dict:
+    """AgGrid arguments for a grid whose columns follow its width (fitting_columns) and whose focused
+    row Enter opens, at `open_path` + the row's id, as a click does."""
+    fitting = fitting_columns(priority)
+    return {"eventListeners": {**fitting["eventListeners"],
+                               "cellKeyDown": [f"flowerbedOpenOnEnter(params, {json.dumps(open_path)})"]},
+            "dashGridOptions": {"context": fitting["context"], **grid_options}}
 
 
 def state_badge(state: str | None) -> html.Span:

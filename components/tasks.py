@@ -8,7 +8,7 @@ from monitor.control import BULK_RERUN_CAP
 from monitor.query.search import EXAMPLES as SEARCH_EXAMPLES
 from monitor.store.schema import TERMINAL_STATES
 
-from .common import broker_columns, broker_filter, format_time, grid_keyboard_and_width, page_header, state_badge
+from .common import broker_columns, broker_filter, format_time, openable_fitting_grid, page_header, state_badge
 
 STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
                ("Retried", "RETRY"), ("Received", "RECEIVED"))
@@ -95,10 +95,9 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                            "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
                                             "maxNumConditions": 2}},
             getRowId="params.data.uuid",
-            eventListeners=grid_keyboard_and_width(task_base),
-            dashGridOptions={"context": {"columnPriority": TASK_COLUMN_PRIORITY}, "rowHeight": 34, "headerHeight": 38, "cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
-                             "infiniteInitialRowCount": 1, "tooltipShowDelay": 300,
-                             "localeText": {"noRowsToShow": "No tasks match."}},
+            **openable_fitting_grid(task_base, TASK_COLUMN_PRIORITY, {
+                "rowHeight": 34, "headerHeight": 38, "cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
+                "infiniteInitialRowCount": 1, "tooltipShowDelay": 300, "localeText": {"noRowsToShow": "No tasks match."}}),
             style={"height": "calc(100vh - 290px)", "minHeight": "420px", "width": "100%"},
             className="grid",
         ),

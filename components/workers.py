@@ -5,7 +5,7 @@ import dash_ag_grid as dag
 from dash import dcc, html
 
 from .analytics import compact_row
-from .common import broker_columns, broker_filter, grid_keyboard_and_width, page_header, stat_card
+from .common import broker_columns, broker_filter, openable_fitting_grid, page_header, stat_card
 
 WORKER_COLUMNS = [
     {"field": "hostname", "headerName": "Worker", "minWidth": 130, "flex": 2,
@@ -130,9 +130,9 @@ def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = ()
             columnDefs=broker_columns(WORKER_COLUMNS, brokers),
             defaultColDef={"sortable": True, "resizable": True, "filter": True},
             getRowId="params.data.hostname",
-            eventListeners=grid_keyboard_and_width(worker_base),
-            dashGridOptions={"context": {"columnPriority": WORKER_COLUMN_PRIORITY}, "rowHeight": 38, "headerHeight": 38, "animateRows": False, "domLayout": "autoHeight",
-                             "localeText": {"noRowsToShow": "No workers seen yet: start a worker with events enabled (-E)."}},
+            **openable_fitting_grid(worker_base, WORKER_COLUMN_PRIORITY, {
+                "rowHeight": 38, "headerHeight": 38, "animateRows": False, "domLayout": "autoHeight",
+                "localeText": {"noRowsToShow": "No workers seen yet: start a worker with events enabled (-E)."}}),
             style={"width": "100%"},
             className="grid",
         ),

@@ -104,8 +104,10 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = (), worker_base: str = "/worker/") -> html.Div:
-    """`worker_base`: the path a worker's name is appended to for its page (with the URL prefix). `brokers`: the names of the brokers workers were recorded from; with several, a filter and a column."""
+def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = (),
+                     worker_base: str = "/worker/") -> html.Div:
+    """`brokers`: the names of the brokers workers were recorded from; with several, a filter and a
+    column. `worker_base`: the path a worker's name is appended to for its page (with the URL prefix)."""
     totals = summary(rows)
     return html.Div([
         page_header("Workers", subtitle="Every worker seen through events or inspect; status from heartbeats."),

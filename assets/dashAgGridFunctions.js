@@ -139,3 +139,54 @@ dagfuncs.flowerbedCsvHeader = function (params) {
   var unit = CSV_UNITS[csvKind(params.column)] || "";
   return name.indexOf(unit.trim()) >= 0 ? name : name + unit;
 };
+
+// The Dashboard's utilisation: active / pool size, marked when the worker stayed busy for minutes.
+dagfuncs.flowerbedUtilisation = function (params) {
+  if (params.value === null || params.value === undefined) { return "—"; }
+  return (params.value * 100).toFixed(0) + " %" + (params.data && params.data.busy ? " · busy" : "");
+};
+
+// Enter on a focused row opens it, as a click does: the grids work from the keyboard.
+dagfuncs.flowerbedOpenOnEnter = function (params, base) {
+  var event = params.event;
+  if (event && event.key === "Enter" && !event.ctrlKey && !event.altKey && params.node && params.node.id) {
+    window.flowerbedNavigate(base + encodeURIComponent(params.node.id));
+  }
+};
+
+// A grid whose context names a columnPriority shows, in that order, the columns that fit its width
+// and hides the rest (never fewer than three): a phone gets the three that matter, a laptop keeps
+// the ones that answer questions on screen instead of behind a horizontal scroll. Columns the user
+// chose to see outside that list take their room first; those the user hid stay hidden.
+var MIN_SHOWN_COLUMNS = 3;
+dagfuncs.flowerbedFitColumns = function (params) {
+  var api = params.api;
+  var context = api.getGridOption("context") || {};
+  var priority = context.columnPriority;
+  var unwanted = context.hiddenByUser || [];  // the column chooser's (Tasks): never shown here
+  // A size change says the new width; other events leave it to the visible part of the grid.
+  var range = params.clientWidth ? null : api.getHorizontalPixelRange();
+  var room = params.clientWidth || (range && range.right - range.left);
+  if (!priority || !room) { return; }
+  api.getAllDisplayedColumns().forEach(function (column) {
+    if (priority.indexOf(column.getColId()) < 0) { room -= column.getActualWidth(); }
+  });
+  var show = [], hide = [], full = false;
+  priority.forEach(function (id) {
+    var column = api.getColumn(id);
+    if (!column) { return; }
+    if (unwanted.indexOf(id) >= 0) { hide.push(id); return; }
+    var def = column.getColDef();
+    var width = def.width || def.minWidth || 100;
+    full = full || (show.length >= MIN_SHOWN_COLUMNS && width > room);
+    if (full) { hide.push(id); return; }
+    show.push(id);
+    room -= width;
+  });
+  var changed = show.some(function (id) { return !api.getColumn(id).isVisible(); }) ||
+    hide.some(function (id) { return api.getColumn(id).isVisible(); });
+  if (changed) {
+    api.setColumnsVisible(show, true);
+    api.setColumnsVisible(hide, false);
+  }
+};

@@ -15,7 +15,7 @@ from callbacks.tasks import detail_page, search_message
 from components.tasks import tasks_layout
 from components.broker import broker_layout
 from components.worker import worker_controls, worker_layout
-from components.workers import dashboard_layout, worker_rows
+from components.workers import busy_window_start, dashboard_layout, worker_rows
 
 
 def register(app, services) -> None:
@@ -74,13 +74,16 @@ def route(app, services, pathname: str | None, search: str | None):
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
-        return dashboard_layout(worker_rows(services.workers(), time.time()), services.store.brokers())
+        now = time.time()
+        rows = worker_rows(services.workers(now), now, services.store.busy_floors(busy_window_start(now)))
+        return dashboard_layout(rows, services.store.brokers(), app.get_relative_path("/worker/"))
     if path == "analytics":
         return analytics_layout(analytics.filter_options(services.store), params.get("range", ["1h"])[0])
     if path == "tasks":
         text = params.get("q", [""])[0]
         return tasks_layout(text, params.get("state", [""])[0], search_message(text), services.store.brokers(),
-                            params.get("broker", [""])[0], can_act=auth.can_act())
+                            params.get("broker", [""])[0], can_act=auth.can_act(),
+                            task_base=app.get_relative_path("/task/"))
     if path.startswith("task/"):
         task = stored_task(services, path)
         if task is None:

@@ -177,7 +177,10 @@ def register(app, services) -> None:
         """function(shown, choosable) {
             dash_ag_grid.getApiAsync('tasks-grid').then(function (api) {
                 var all = choosable.map(function (option) { return option.value; });
-                api.setColumnsVisible(all.filter(function (column) { return shown.indexOf(column) < 0; }), false);
+                var hidden = all.filter(function (column) { return shown.indexOf(column) < 0; });
+                // The width fitting (flowerbedFitColumns) reads it: a hidden column never comes back.
+                api.setGridOption('context', Object.assign({}, api.getGridOption('context'), {hiddenByUser: hidden}));
+                api.setColumnsVisible(hidden, false);
                 api.setColumnsVisible(shown, true);
             });
             return window.dash_clientside.no_update;

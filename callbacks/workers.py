@@ -7,13 +7,14 @@ import time
 from dash import Input, Output, Patch, ctx
 
 import auth
-from components.workers import summary, worker_rows
+from components.workers import busy_window_start, online_tone, summary, worker_rows
 
 
 def register(app, services) -> None:
     @app.callback(
         Output("workers-grid", "rowData"),
         Output("stat-online", "children"),
+        Output("stat-online-card", "className"),
         Output("stat-active", "children"),
         Output("stat-succeeded", "children"),
         Output("stat-failed", "children"),
@@ -28,7 +29,7 @@ def register(app, services) -> None:
         if allowed:
             services.request_inspect()  # runs in the background; the next tick shows it
         now = time.time()
-        rows = worker_rows(services.workers(now), now)
+        rows = worker_rows(services.workers(now), now, services.store.busy_floors(busy_window_start(now)))
         if broker:  # the cards count the chosen broker's workers too
             rows = [row for row in rows if row["broker"] == broker]
         totals = summary(rows)
@@ -36,7 +37,7 @@ def register(app, services) -> None:
         inspected = f"inspected {now - last:.0f} s ago" if last else "not inspected yet"
         if refresh_clicked:
             inspected = "inspect requested…" if allowed else "read-only users cannot trigger an inspect"
-        return rows, totals["online"], totals["active"], totals["succeeded"], totals["failed"], inspected
+        return rows, totals["online"], f"stat-card {online_tone(rows)}", totals["active"], totals["succeeded"], totals["failed"], inspected
 
     @app.callback(Output("workers-grid", "dashGridOptions"), Input("workers-search", "value"),
                   prevent_initial_call=True)

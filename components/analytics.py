@@ -21,7 +21,7 @@ from dash import dcc, html
 from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
-from .common import broker_filter, format_duration, page_header, stat_card
+from .common import broker_filter, fitting_columns, format_duration, page_header, stat_card
 
 RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
                  ("Custom", "custom"))
@@ -517,6 +517,13 @@ STUCK_COLUMNS = [
     {"field": "worker", "headerName": "Worker", "width": 170},
     {"field": "started", "headerName": "Started (UTC)", **_TIME},
 ]
+# The columns a narrow screen keeps longest, most useful first (components/common.py fitting_columns).
+# The comparison keeps all of its columns: a Before without its After says nothing.
+STATS_PRIORITY = ("name", "runtime_p95", "failure_rate", "finished", "runtime_p50", "wait_p95", "failed", "runtime_p99",
+                  "runtime_max", "runtime_mean", "runtime_p90", "wait_p50", "wait_max", "sent_wait_p50", "sent_wait_p95")
+EXCEPTION_PRIORITY = ("type", "count", "message", "last", "names", "first")
+SLOWEST_PRIORITY = ("name", "runtime", "state", "worker", "received")
+STUCK_PRIORITY = ("name", "running", "over", "worker", "started", "limit")
 # A value a window cannot give reads as why: no task of the name in that window, or none finished
 # with a runtime ("—"); a change needs both windows ("new", "gone").
 _NO_TASKS = {"before": "(params.data.finished_before == null ? 'no tasks' : '—')",
@@ -558,7 +565,7 @@ def csv_export_params(file_name: str) -> dict:
     """A grid's CSV: raw values (seconds, fractions, ISO 8601 UTC times) under one header row naming
     each column with its group and unit, text a spreadsheet would run as a formula escaped
     (assets/dashAgGridFunctions.js)."""
-    return {"fileName": file_name, "skipColumnGroupHeaders": True,
+    return {"fileName": file_name, "skipColumnGroupHeaders": True, "allColumns": True,
             "processCellCallback": {"function": "flowerbedCsvCell(params)"},
             "processHeaderCallback": {"function": "flowerbedCsvHeader(params)"}}
 
@@ -568,10 +575,15 @@ CSV_FILES = {"analytics-stats": "task-runtimes", "analytics-exceptions": "except
              "analytics-slowest": "slowest-tasks", "analytics-stuck": "stuck-tasks", "analytics-compare": "compare"}
 
 
-def grid(grid_id: str, columns, empty: str, height: int | None = None, **options) -> dag.AgGrid:
-    """A client-side grid whose rows open their drill-down target and export as CSV (as sorted/filtered)."""
+def grid(grid_id: str, columns, empty: str, height: int | None = None, priority: tuple = (), **options) -> dag.AgGrid:
+    """A client-side grid whose rows open their drill-down target and export as CSV (as sorted/filtered,
+    every column even where a narrow screen hides some); `priority`: the columns a narrow screen keeps
+    longest, most useful first (components/common.py fitting_columns)."""
+    fitting = fitting_columns(priority) if priority else {}
+    if fitting:
+        options = {"context": fitting["context"], **options}
     return dag.AgGrid(
-        id=grid_id, rowData=[], columnDefs=columns,
+        id=grid_id, rowData=[], columnDefs=columns, eventListeners=fitting.get("eventListeners"),
         defaultColDef={"sortable": True, "resizable": True, "suppressHeaderMenuButton": True},
         csvExportParams=csv_export_params(f"flowerbed-{CSV_FILES[grid_id]}.csv"),
         dashGridOptions={"rowHeight": 32, "headerHeight": 36, "animateRows": False, "tooltipShowDelay": 250,
@@ -647,13 +659,14 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                    help_text="sent → started when task-sent events arrive, else received → started"),
         ], className="chart-grid two"),
         _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS,
-                                                      "No finished task in this range."),
+                                                      "No finished task in this range.", priority=STATS_PRIORITY),
                help_text="quantiles from log histograms (±4.4 %); worker/queue filters narrow counts, means "
                          "and max", actions=[_csv_button("analytics-stats")]),
         html.Div([
             _panel("Failures by task name", _graph("analytics-failures-by-name", 300)),
             _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS,
-                                                 "No failures in this range.", height=300),
+                                                 "No failures in this range.", height=300,
+                                                 priority=EXCEPTION_PRIORITY),
                    help_text="hover for a sample traceback", actions=[_csv_button("analytics-exceptions")]),
         ], className="chart-grid failures"),
         html.Div([
@@ -663,10 +676,12 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
         ], className="chart-grid two"),
         html.Div([
             _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS,
-                                                      "No finished task in this range.", height=330),
+                                                      "No finished task in this range.", height=330,
+                                                      priority=SLOWEST_PRIORITY),
                    actions=[_csv_button("analytics-slowest")]),
             _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS,
-                                       "Nothing running past its limit.", height=330),
+                                       "Nothing running past its limit.", height=330,
+                                       priority=STUCK_PRIORITY),
                    help_text="running now far past what is normal for their name",
                    actions=[_csv_button("analytics-stuck")]),
         ], className="chart-grid two"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Sequence
@@ -14,12 +15,32 @@ STATE_CLASSES = {
 }
 
 
-def stat_card(label: str, value, card_id: str | None = None, tone: str = "") -> html.Div:
+def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None) -> html.Div:
+    """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone)."""
     value_props = {"id": card_id} if card_id else {}
     return html.Div([
         html.Div(label, className="stat-label"),
         html.Div(value, className="stat-value", **value_props),
-    ], className=f"stat-card {tone}".strip())
+    ], className=f"stat-card {tone}".strip(), **({"id": box_id} if box_id else {}))
+
+
+def fitting_columns(priority: Sequence[str]) -> dict:
+    """AgGrid arguments by which the columns named in `priority` (most useful first) follow the grid's
+    width (assets/dashAgGridFunctions.js): as many as fit are shown, never fewer than three. It runs
+    on a resize and whenever the grid shows other columns or rows: its first sizing comes before the
+    listeners are added. Spread the result into AgGrid and merge `context` into its dashGridOptions."""
+    fit = ["flowerbedFitColumns(params)"]
+    return {"eventListeners": {"gridSizeChanged": fit, "displayedColumnsChanged": fit, "modelUpdated": fit},
+            "context": {"columnPriority": list(priority)}}
+
+
+def openable_fitting_grid(open_path: str, priority: Sequence[str], grid_options: dict) -> dict:
+    """AgGrid arguments for a grid whose columns follow its width (fitting_columns) and whose focused
+    row Enter opens, at `open_path` + the row's id, as a click does."""
+    fitting = fitting_columns(priority)
+    return {"eventListeners": {**fitting["eventListeners"],
+                               "cellKeyDown": [f"flowerbedOpenOnEnter(params, {json.dumps(open_path)})"]},
+            "dashGridOptions": {"context": fitting["context"], **grid_options}}
 
 
 def state_badge(state: str | None) -> html.Span:

@@ -18,10 +18,13 @@ def shell(relative_path, refresh_ms: int, admin: bool = False) -> html.Div:
         dcc.Store(id="store-version"),
         html.Header([
             dcc.Link([html.Span("✿", className="brand-mark"), "Flowerbed"], href=relative_path("/"), className="brand"),
+            # On a phone the navigation folds behind this button (assets/keyboard.js opens it).
+            html.Button("☰", id="nav-toggle", className="nav-toggle", title="Menu",
+                        **{"aria-label": "Menu", "aria-expanded": "false", "aria-controls": "nav"}),
             html.Nav([dcc.Link(label, href=relative_path(f"/{path}"), className="nav-link", id=f"nav-{path or 'dashboard'}")
                       for label, path in NAV_ITEMS]
                      + ([dcc.Link("Audit", href=relative_path("/audit"), className="nav-link", id="nav-audit")]
-                        if admin else []), className="nav"),
+                        if admin else []), className="nav", id="nav"),
             html.Div(id="collector-status", className="collector-status"),
             html.Button("UTC", id="timezone-toggle", className="theme-toggle timezone-toggle",
                         title="Times in UTC; click for this browser's time zone"),

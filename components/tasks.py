@@ -5,9 +5,11 @@ import dash_ag_grid as dag
 from dash import dcc, html
 
 from monitor.control import BULK_RERUN_CAP
+from monitor.query.search import EXAMPLES as SEARCH_EXAMPLES
 from monitor.store.schema import TERMINAL_STATES
 
-from .common import broker_columns, broker_filter, format_duration, format_time, page_header, state_badge
+from .common import (broker_columns, broker_filter, format_duration, format_time, openable_fitting_grid, page_header,
+                     state_badge)
 
 STATE_CHIPS = (("All", "ALL"), ("Started", "STARTED"), ("Succeeded", "SUCCESS"), ("Failed", "FAILURE"),
                ("Retried", "RETRY"), ("Received", "RECEIVED"))
@@ -66,22 +68,34 @@ GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS if "field" in col
 # The column chooser offers every column but the two a row is read by.
 CHOOSABLE_COLUMNS = tuple((column["headerName"].removesuffix(" (UTC)"), column.get("field") or column["colId"]) for column in TASK_COLUMNS
                           if column.get("field") not in ("name", "state"))
-SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: exception:, "
-               "combined with AND, OR, NOT/-term, parentheses and \"quotes\". "
-               "Example: name:tasks.add state:FAILURE OR kwargs:user_id=42\n"
-               "Exact name or worker: name=shop.checkout worker=celery@host. "
-               "Times (UTC) and runtime (seconds) compare with >= > <= <: received started sent finished runtime, "
-               "e.g. finished>=2026-11-25T10:00 finished<2026-11-25T10:15 runtime>2.5 "
-               "(what a click on the Analytics page fills in).")
-BROKER_HELP = "\nThe broker a task was recorded from: broker:NAME."
+# The columns in the order a narrower screen gives them up last (assets/dashAgGridFunctions.js).
+TASK_COLUMN_PRIORITY = ("name", "state", "runtime", "worker", "uuid", "received", "result", "args", "kwargs",
+                        "started")
+
+
+def search_help(with_brokers: bool) -> html.Details:
+    """The search language by example, in a panel that the "?" button (or Enter on it) opens."""
+    examples = [(typed, meaning) for typed, meaning in SEARCH_EXAMPLES if with_brokers or not typed.startswith("broker")]
+    return html.Details([
+        html.Summary("?", className="help", title="Search help", id="search-help-button",
+                     **{"aria-label": "Search help"}),
+        html.Div([
+            html.H2("Search help"),
+            html.Table(html.Tbody([html.Tr([html.Td(html.Code(typed)), html.Td(meaning)]) for typed, meaning in examples]),
+                       className="help-table"),
+            html.P(["Press ", html.Kbd("/"), " to jump to the search box; Enter on a row opens the task."],
+                   className="muted small"),
+        ], className="search-help-panel", id="search-help-panel"),
+    ], className="search-help")
 
 
 def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
-                 broker: str = "", can_act: bool = False) -> html.Div:
+                 broker: str = "", can_act: bool = False, task_base: str = "/task/") -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
     lists no task, as while a search typed in the box is malformed. `brokers`: the names of
     the brokers workers were recorded from; with several, a filter (set to `broker`) and a column.
-    `can_act`: the user may re-run the tasks the search matches."""
+    `can_act`: the user may re-run the tasks the search matches. `task_base`: the path a task's id is
+    appended to for its page (with the URL prefix)."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
@@ -92,7 +106,7 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                       placeholder="Search tasks: name:tasks.add state:FAILURE, a UUID, or any text…",
                       spellCheck=False, autoComplete="off"),
             broker_filter("tasks-broker", brokers, broker or None),
-            html.Span("?", className="help", title=SEARCH_HELP + (BROKER_HELP if len(brokers) > 1 else "")),
+            search_help(len(brokers) > 1),
             column_chooser(brokers),
             html.A("Download CSV", id="tasks-csv", className="button ghost", download="",
                    title="Every task the search, state and broker match (up to 100,000), raw values"),
@@ -112,9 +126,9 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                            "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
                                             "maxNumConditions": 2}},
             getRowId="params.data.uuid",
-            dashGridOptions={"rowHeight": 34, "headerHeight": 38, "cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
-                             "infiniteInitialRowCount": 1, "tooltipShowDelay": 300,
-                             "localeText": {"noRowsToShow": "No tasks match."}},
+            **openable_fitting_grid(task_base, TASK_COLUMN_PRIORITY, {
+                "rowHeight": 34, "headerHeight": 38, "cacheBlockSize": 100, "maxBlocksInCache": 20, "rowBuffer": 10,
+                "infiniteInitialRowCount": 1, "tooltipShowDelay": 300, "localeText": {"noRowsToShow": "No tasks match."}}),
             style={"height": "calc(100vh - 290px)", "minHeight": "420px", "width": "100%"},
             className="grid",
         ),

@@ -236,3 +236,12 @@ def test_meta_values_are_read_by_key_prefix(store):
     store.set_meta("collector", {"stored": 3})  # what version 1 wrote: not under the prefix
     store.set_meta("lease:collector:eu", {"owner": "x"})
     assert store.get_meta_prefixed("collector:") == {"eu": {"stored": 1}, "us": {"stored": 2}}
+
+
+def test_busy_floors_give_each_workers_fewest_active_and_first_heartbeat_since_a_time(make_store):
+    store = make_store("floors")
+    store.write_batch(samples=[("w@a", T0 - 400, 0, 0.1, 0.1, 0.1),  # before the window: not counted
+                               ("w@a", T0 - 180, 3, 0.1, 0.1, 0.1), ("w@a", T0 - 90, 2, 0.1, 0.1, 0.1),
+                               ("w@a", T0, 3, 0.1, 0.1, 0.1),
+                               ("w@b", T0 - 10, 4, 0.1, 0.1, 0.1), ("w@c", T0 - 20, None, None, None, None)])
+    assert store.busy_floors(T0 - 200) == {"w@a": (2, T0 - 180), "w@b": (4, T0 - 10)}

@@ -27,6 +27,22 @@ from monitor.store.dialect import SQLITE, Dialect, like_escaped
 from monitor.store.rollup import FINAL_STATES, finished_sql
 from monitor.store.schema import TEXT_COLUMNS
 
+# The language by example, as the Tasks page's search help lists it: (what to type, what it finds).
+EXAMPLES = (
+    ("failed", "free text, in name, uuid, worker, args, kwargs, result and exception"),
+    ("name:tasks.add state:FAILURE", "a field (name uuid state worker args kwargs result exception); "
+                                     "several terms must all match"),
+    ("name=shop.checkout", "exactly this name (worker=celery@host too), where name: matches a part"),
+    ("kwargs:user_id=42", "a keyword argument's value"),
+    ("state:FAILURE OR state:RETRY", "either; AND, NOT or a leading -, and (parentheses) combine terms"),
+    ("-state:SUCCESS", "every task that did not succeed"),
+    ('"connection reset"', "quotes keep spaces and colons in one term"),
+    ("received>=2026-11-25T10:00", "times compared with >= > <= < (UTC, or epoch seconds): received, started, "
+                                   "sent, finished"),
+    ("runtime>2.5", "runtime in seconds"),
+    ("broker:eu", "recorded from the broker named eu"),
+)
+
 FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception", "broker")
 FREE_TEXT_COLUMNS = TEXT_COLUMNS  # name uuid worker args kwargs result exception, indexed by trigrams
 KNOWN_STATES = tuple(sorted(states.ALL_STATES))

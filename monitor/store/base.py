@@ -326,6 +326,13 @@ class Store:
         now = time.time() if now is None else now
         return [_worker(row, now) for row in self.query("SELECT * FROM workers ORDER BY hostname")]
 
+    def busy_floors(self, since: float) -> dict[str, tuple[int, float]]:
+        """Each worker's fewest active tasks over its heartbeats since `since`, with its first such
+        heartbeat's time: a floor near the pool size means it was busy all along, not in a spike."""
+        return {row[0]: (row[1], row[2]) for row in self.query(
+            "SELECT hostname, min(active), min(at) FROM worker_samples WHERE at >= ? AND active IS NOT NULL "
+            "GROUP BY hostname", (since,))}
+
     def worker(self, hostname: str, now: float | None = None) -> dict | None:
         """One worker as workers() gives it, None when unknown."""
         rows = self.query("SELECT * FROM workers WHERE hostname = ?", (hostname,))

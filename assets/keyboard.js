@@ -1,0 +1,37 @@
+// Keyboard and phone helpers for every page: "/" jumps to the page's search box (unless the user is
+// typing somewhere), Escape closes what opened, and the menu button folds the navigation open and
+// shut on a narrow screen.
+(function () {
+  function typing(target) {
+    return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  }
+  function setMenu(open) {
+    var bar = document.querySelector(".topbar");
+    var button = document.getElementById("nav-toggle");
+    if (!bar || !button) { return; }
+    bar.classList.toggle("nav-open", open);
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") {  // folds the menu and the search help away
+      setMenu(false);
+      document.querySelectorAll("details.search-help[open]").forEach(function (help) { help.open = false; });
+      return;
+    }
+    if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) { return; }
+    var search = document.querySelector("#page input[type=search]");
+    if (search) {
+      event.preventDefault();
+      search.focus();
+      search.select();
+    }
+  });
+  document.addEventListener("click", function (event) {
+    if (!event.target.closest) { return; }
+    if (event.target.closest("#nav-toggle")) {
+      setMenu(!document.querySelector(".topbar").classList.contains("nav-open"));
+    } else if (!event.target.closest("#nav") || event.target.closest(".nav-link")) {
+      setMenu(false);  // a choice made, or a click elsewhere: fold it away
+    }
+  });
+})();

@@ -1,0 +1,152 @@
+"""Every width and the keyboard, in Debian's chromium, on a private Redis with a real prefork celery
+worker (pool of 2) and a worker that went offline, behind basic auth so the admin pages show: no
+page overflows a phone and its menu button opens the navigation, the Tasks grid keeps the columns
+that matter on a laptop, Tab, Enter and "/" work, and the Dashboard shows pool size, utilisation
+and, through its online card's colour, the offline worker."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from helpers import CeleryWorker, FlowerbedServer, RedisServer, Stack, wait_for, wait_for_tasks, worker_status
+
+pytestmark = pytest.mark.browser
+
+ADMIN = ("ada", "admin-pass")
+WAIT_SECONDS = 20
+POOL_SIZE = 2
+TASK_ROWS = "#tasks-grid .ag-center-cols-container .ag-row"
+
+
+@dataclasses.dataclass
+class Cluster:
+    server: FlowerbedServer
+    worker: CeleryWorker  # prefork, POOL_SIZE processes
+    gone: str  # the hostname of a worker that stopped
+    task: str  # a finished task's UUID
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("widths")
+    stack = Stack()
+    try:
+        redis = stack.add(RedisServer(tmp))
+        server = stack.add(FlowerbedServer.start(redis.url, tmp / "flowerbed.db", tmp / "flowerbed.log",
+                                                 "--inspect-seconds", "1", "--basic-auth", ":".join(ADMIN)))
+        gone = stack.add(CeleryWorker(redis.url, "gone@widths", tmp, concurrency=1))
+        wait_for(lambda: worker_status(server, gone.hostname, ADMIN), WAIT_SECONDS, "the second worker online")
+        gone.stop()
+        wait_for(lambda: worker_status(server, gone.hostname, ADMIN) is False, WAIT_SECONDS, "the second worker offline")
+        worker = stack.add(CeleryWorker(redis.url, "pool@widths", tmp, concurrency=POOL_SIZE, pool="prefork"))
+        wait_for(lambda: worker_status(server, worker.hostname, ADMIN), WAIT_SECONDS, "the prefork worker online")
+        task = worker.send("sample.add", 2, 3)
+        wait_for_tasks(server, {task: "SUCCESS"}, credentials=ADMIN)
+        yield Cluster(server, worker, gone.hostname, task)
+    finally:
+        stack.stop_all()
+
+
+def worker_cells(page, hostname: str) -> dict[str, str]:
+    """The Dashboard's row of a worker: column id → text shown."""
+    row = page.locator(f"#workers-grid .ag-center-cols-container .ag-row[row-id='{hostname}']")
+    return {cell.get_attribute("col-id"): cell.inner_text() for cell in row.locator(".ag-cell").all()}
+
+
+def test_the_dashboard_shows_pool_size_and_utilisation_and_the_offline_worker(open_page, cluster):
+    page = open_page(ADMIN)
+    page.goto(f"{cluster.server}/")
+    page.wait_for_selector(f"#workers-grid .ag-row[row-id='{cluster.worker.hostname}']")
+    wait_for(lambda: worker_cells(page, cluster.worker.hostname).get("concurrency") == str(POOL_SIZE), WAIT_SECONDS,
+             f"the pool size from inspect; row {worker_cells(page, cluster.worker.hostname)}")
+    assert worker_cells(page, cluster.worker.hostname)["utilisation"] == "0 %"
+    running = [cluster.worker.send("sample.sleep", 8) for _ in range(POOL_SIZE)]
+    wait_for(lambda: worker_cells(page, cluster.worker.hostname)["utilisation"] == "100 %", WAIT_SECONDS,
+             f"both processes busy; row {worker_cells(page, cluster.worker.hostname)}")
+    assert worker_cells(page, cluster.gone)["status"] == "Offline"
+    assert worker_cells(page, cluster.gone)["utilisation"] == "—"  # an offline worker uses nothing
+    assert page.inner_text("#stat-online") == "1 / 2"
+    assert "tone-warn" in page.get_attribute("#stat-online-card", "class")
+    wait_for_tasks(cluster.server, {uuid: "SUCCESS" for uuid in running}, credentials=ADMIN)
+
+
+def test_at_390_px_no_page_is_wider_than_the_screen(open_page, cluster):
+    page = open_page(ADMIN, width=390, height=800)
+    pages = {"/": "#workers-grid .ag-row", "/tasks": f"{TASK_ROWS} [col-id=name]", f"/task/{cluster.task}": "#task-detail",
+             "/analytics": "#analytics-throughput .main-svg", f"/worker/{cluster.worker.hostname}": "#worker-pool",
+             "/broker": "#broker-page", "/audit": "#audit-search"}
+    widths = {}
+    for path, shown in pages.items():
+        page.goto(f"{cluster.server}{path}")
+        page.wait_for_selector(shown)
+        widths[path] = page.evaluate("document.documentElement.scrollWidth")
+    assert widths == {path: 390 for path in pages}
+
+
+def test_at_390_px_the_menu_button_opens_the_navigation(open_page, cluster):
+    page = open_page(ADMIN, width=390, height=800)
+    page.goto(f"{cluster.server}/")
+    page.wait_for_selector("#workers-grid .ag-row")
+    assert not page.is_visible("#nav-tasks")
+    page.click("#nav-toggle")
+    assert page.get_attribute("#nav-toggle", "aria-expanded") == "true"
+    assert page.locator("#nav .nav-link").all_inner_texts() == ["Dashboard", "Tasks", "Analytics", "Broker", "Audit"]
+    page.click("#nav-tasks")
+    page.wait_for_selector(f"{TASK_ROWS} [col-id=name]")
+    assert page.url.endswith("/tasks")
+    assert not page.is_visible("#nav-tasks")  # folded again once a page was chosen
+
+
+def test_at_1024_px_the_tasks_grid_shows_name_state_runtime_and_worker(open_page, cluster):
+    page = open_page(ADMIN, width=1024, height=800)
+    page.goto(f"{cluster.server}/tasks")
+    page.wait_for_selector(f"{TASK_ROWS} [col-id=name]")
+
+    def right_edges():
+        return {column: page.evaluate(
+            f"document.querySelector('#tasks-grid .ag-header-cell[col-id={column}]')?.getBoundingClientRect().right")
+            for column in ("name", "state", "runtime", "worker")}
+    edges = wait_for(lambda: (lambda found: found if all(e is not None and e <= 1024 for e in found.values()) else None)(
+        right_edges()), WAIT_SECONDS, f"the four columns within the window; right edges {right_edges()}")
+    assert all(0 < edge <= 1024 for edge in edges.values())
+
+
+def test_slash_focuses_the_search_and_tab_reaches_the_help_and_the_chips(open_page, cluster):
+    page = open_page(ADMIN)
+    page.goto(f"{cluster.server}/tasks")
+    page.wait_for_selector(f"{TASK_ROWS} [col-id=name]")
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "tasks-search"
+    assert page.input_value("#tasks-search") == ""  # the slash was not typed into it
+    reached = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("(e => e.id || e.value || e.className)(document.activeElement)"))
+    assert "search-help-button" in reached and "ALL" in reached, reached  # the help, then the checked chip
+    page.focus("#search-help-button")
+    page.keyboard.press("Enter")
+    panel = page.locator("#search-help-panel")
+    assert panel.is_visible()
+    assert "state:FAILURE OR state:RETRY" in panel.inner_text()
+    page.focus("#tasks-state input[value=ALL]")
+    page.keyboard.press("ArrowRight")  # the chips are one radio group: the arrows move along it and choose
+    assert page.evaluate("document.activeElement.value") == "STARTED"
+    chosen = "#tasks-state label[aria-selected=true] input"
+    wait_for(lambda: page.get_attribute(chosen, "value") == "STARTED", WAIT_SECONDS,
+             f"the Started chip chosen; chosen {page.get_attribute(chosen, 'value')}, at {page.url}")
+
+
+def test_enter_on_a_focused_row_opens_the_task(open_page, cluster):
+    page = open_page(ADMIN)
+    page.goto(f"{cluster.server}/tasks?q={cluster.task}")
+    page.wait_for_selector(f"{TASK_ROWS}[row-id='{cluster.task}'] [col-id=name]")
+    page.focus("#tasks-search")
+    for _ in range(30):  # Tab through the toolbar, chips and headers into the first row
+        page.keyboard.press("Tab")
+        if page.evaluate("!!document.activeElement.closest('.ag-cell')"):
+            break
+    assert page.evaluate("document.activeElement.closest('.ag-row')?.getAttribute('row-id')") == cluster.task
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#task-detail")
+    assert page.url.endswith(f"/task/{cluster.task}")

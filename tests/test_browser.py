@@ -255,6 +255,10 @@ def test_the_column_chooser_adds_and_removes_a_column(page, cluster):
              == "ValueError('boom')", WAIT_SECONDS, "the failed task's exception in its new column")
     page.locator("#tasks-columns label", has_text="Worker").click()
     page.wait_for_selector(f"{headers}[col-id=worker]", state="detached")
+    # A wider window shows more columns (the width fitting), never one the user hid.
+    page.set_viewport_size({"width": 2200, "height": 900})
+    page.wait_for_selector(f"{headers}[col-id=started]")
+    assert page.locator(f"{headers}[col-id=worker]").count() == 0
     page.reload()  # the choice is kept in this browser
     page.wait_for_selector(f"{TASK_ROWS} [col-id=uuid]")
     page.wait_for_selector(f"{headers}[col-id=exception]")

@@ -68,7 +68,7 @@ class MergeState:
             if task is None:
                 if len(tasks) >= limit:
                     del tasks[next(iter(tasks))]
-                task = tasks[uuid] = {"uuid": uuid, "state": PENDING}
+                task = tasks[uuid] = {"uuid": uuid, "state": PENDING, "clock": 0}  # celery's Task.clock until set
             if subject == "sent":  # sent by the client, not by a worker
                 task["client"] = hostname
                 worker = None

@@ -350,9 +350,12 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     if command != "web" and args.workers is None:
         values.pop("workers", None)
     if values.get("app") and not values.get("demo"):
-        from monitor.user_app import broker_url, load_user_app  # imports the user's code: only when asked
+        from monitor.user_app import AppNotLoaded, broker_url, load_user_app  # the user's code: only when asked
 
-        user_app = load_user_app(values["app"])  # here, so that an app that cannot load stops the start
+        try:
+            user_app = load_user_app(values["app"])  # here, so that an app that cannot load stops the start
+        except AppNotLoaded as exc:
+            raise SettingsError(str(exc)) from None
         if "brokers" not in values:  # the app's own broker, unless one is given
             url = broker_url(user_app)
             values["brokers"] = parse_brokers([url], f"--app {values['app']}")

@@ -9,13 +9,15 @@ import sys
 from celery import Celery
 from celery.backends.base import DisabledBackend
 
-from monitor.settings import SettingsError
+
+class AppNotLoaded(Exception):
+    """The app --app names cannot be loaded; the message says why, in one line."""
 
 
 def load_user_app(spec: str) -> Celery:
     """The app `spec` names, found as celery's `-A` finds it (a module holding `app` or `celery`, or
     module:attribute), with the modules it lists (`include`, `imports`) imported so that its tasks
-    are registered. SettingsError, in one line, when it cannot be loaded."""
+    are registered. AppNotLoaded when it cannot be loaded."""
     from celery.app.utils import find_app
 
     if os.getcwd() not in sys.path:  # as `celery -A` does: the project is where the command runs
@@ -27,7 +29,7 @@ def load_user_app(spec: str) -> Celery:
         app.loader.import_default_modules()
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything while it loads
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise SettingsError(f"--app {spec}: cannot load it: {type(exc).__name__}: {first_line}") from None
+        raise AppNotLoaded(f"--app {spec}: cannot load it: {type(exc).__name__}: {first_line}") from None
     return app
 
 

@@ -36,12 +36,36 @@ window.flowerbedNavigate = function (path) {
   window.dispatchEvent(new CustomEvent("_dashprivate_pushstate"));
 };
 
-// Keep the Tasks page's query in the address bar (shareable, restored by Back) without a re-render.
-window.flowerbedReplaceQuery = function (params) {
-  var query = new URLSearchParams();
-  Object.keys(params).forEach(function (key) { if (params[key]) { query.set(key, params[key]); } });
+// Keep what the user set on a page in the address bar (shareable; Back comes back to it) without a
+// re-render: replaceState tells no router. `params` sets its keys (a list repeats the key; empty
+// removes it) and keeps the others. `page` is the path the params belong to: a callback answered
+// after the user left it writes nothing.
+window.flowerbedReplaceQuery = function (params, page) {
+  if (page && window.location.pathname !== page) { return; }
+  var query = new URLSearchParams(window.location.search);
+  Object.keys(params).forEach(function (key) {
+    query.delete(key);
+    [].concat(params[key] === null || params[key] === undefined ? [] : params[key]).forEach(function (value) {
+      if (value !== "" && value !== null && value !== undefined) { query.append(key, value); }
+    });
+  });
   var text = query.toString();
+  if (text === window.location.search.replace(/^\?/, "")) { return; }
   window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : ""));
+};
+
+// The Tasks grid's sort and visible columns as the address keeps them: sort=state,-received (a
+// leading - for descending, as /api/tasks?sort_by= reads it) and cols=name,state,... when they differ from
+// `defaultColumns`.
+window.flowerbedGridView = function (columnState, defaultColumns) {
+  var sorted = (columnState || []).filter(function (column) { return column.sort; });
+  sorted.sort(function (a, b) { return (a.sortIndex || 0) - (b.sortIndex || 0); });
+  var visible = (columnState || []).filter(function (column) { return !column.hide; })
+    .map(function (column) { return column.colId; });
+  return {
+    sort: sorted.map(function (column) { return (column.sort === "desc" ? "-" : "") + column.colId; }).join(","),
+    cols: visible.join(",") === defaultColumns.join(",") ? "" : visible.join(","),
+  };
 };
 
 // Analytics grids: durations in the unit that reads best, rates as percentages, counts grouped.

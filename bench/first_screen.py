@@ -42,14 +42,20 @@ CHARTS_DRAWN = """() => { const plots = [...document.querySelectorAll('.js-plotl
 }"""
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-"
 WORKER = "demo-(alpha|beta|gamma)@"
+ONE_WORKER = "demo-alpha@flowerbed"
+QUEUE = r"\bcelery\b"  # the demo's queue, in a worker's queue table and the broker's
 
 # (system, page, path, row selector, row pattern, has charts)
 PAGES = (
     ("Flowerbed", "workers", "/", "#workers-grid .ag-row", WORKER, True),
     ("Flowerbed", "tasks", "/tasks", "#tasks-grid .ag-center-cols-container .ag-row", UUID, False),
     ("Flowerbed", "analytics", "/analytics", "#analytics-stats .ag-row", r"\w+\.\w+", True),
+    ("Flowerbed", "worker", f"/worker/{ONE_WORKER}", "#worker-live tr", QUEUE, True),
+    ("Flowerbed", "broker", "/broker", "#broker-live tr", QUEUE, False),
     ("Flower", "workers", "/workers", "#workers-table tbody tr", WORKER, False),
     ("Flower", "tasks", "/tasks", "#tasks-table tbody tr", UUID, False),
+    ("Flower", "worker", f"/worker/{ONE_WORKER}", "table tr", QUEUE, False),
+    ("Flower", "broker", "/broker", "table tr", QUEUE, False),
 )
 
 CLUSTER = """

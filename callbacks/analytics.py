@@ -154,23 +154,27 @@ def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = an
     return outputs
 
 
-def dashboard_outputs(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
-                      now: float | None = None) -> tuple:
-    """The Dashboard's compact charts (the last hour) and its stuck and waiting counts (now, by
-    `limits`), each count a link to its tasks."""
+def dashboard_figures(store, broker: str | None, now: float | None = None) -> dict:
+    """The Dashboard's compact charts: throughput and run times of the last hour."""
     now = time.time() if now is None else now
     scope = analytics.last("1h", now, brokers=[broker] if broker else None)
-    stats = analytics.task_stats(store, scope, now)
     history = analytics.history_start(store, now)
-    figures = {
+    return {
         "dashboard-throughput": view.throughput_figure(analytics.throughput(store, scope, now), scope, "dashboard",
                                                        height=170, compact=True, history=history),
-        "dashboard-runtime": view.distribution_figure(stats, "runtime", scope, "dashboard", height=170,
-                                                      limit=8, compact=True),
+        "dashboard-runtime": view.distribution_figure(analytics.task_stats(store, scope, now), "runtime", scope,
+                                                      "dashboard", height=170, limit=8, compact=True),
     }
+
+
+def dashboard_attention(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
+                        now: float | None = None) -> list:
+    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks."""
+    now = time.time() if now is None else now
+    scope = analytics.last("1h", now, brokers=[broker] if broker else None)
     attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
                                        analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
-    return figures, view.attention_links(attention)
+    return view.attention_links(attention)
 
 
 def response_body(outputs: dict) -> str:
@@ -260,6 +264,35 @@ def compare_outputs(store, scope: analytics.Scope, mode: str, split_text: str | 
     return view.compare_rows(frame, before, after), view.compare_caption(frame, before, after)
 
 
+# What the address keeps of the page (?range=6h&name=a&name=b&compare=week): its key, and whether it repeats.
+VIEW_KEYS = {"range": ("range", False), "from": ("from", False), "to": ("to", False), "names": ("name", True),
+             "workers": ("worker", True), "queues": ("queue", True), "brokers": ("broker", True),
+             "compare": ("compare", False), "split": ("split", False)}
+
+
+def analytics_view(params: dict[str, list[str]]) -> dict:
+    """The page's controls as the address (parse_qs) sets them; analytics_layout checks the choices."""
+    return {key: params.get(name, []) if repeats else params.get(name, [""])[0]
+            for key, (name, repeats) in VIEW_KEYS.items()}
+
+
+def first_outputs(store, view: dict, limits: analytics.Limits, base: str) -> dict:
+    """What the refresh callbacks would fill in first, for the page's layout (components.common.filled):
+    the page opens with its data instead of asking for it."""
+    now = time.time()
+    try:
+        scope = scope_from_controls(view.get("range") or "1h", view.get("from"), view.get("to"), view.get("names"),
+                                    view.get("workers"), view.get("queues"), now, view.get("brokers"))
+        outputs = refresh_outputs(store, scope, limits, now, base=base)
+        compare = compare_outputs(store, scope, view.get("compare") or "day", view.get("split"), now)
+    except analytics.AnalyticsError as exc:
+        outputs, compare = error_outputs(str(exc)), ([], "")
+    figures = outputs.pop(FIGURES)
+    outputs.update({(graph, "figure"): figure for graph, figure in figures.items()})
+    outputs[("analytics-compare", "rowData")], outputs[("compare-windows", "children")] = compare
+    return outputs
+
+
 # The controls scope_from_controls reads: its arguments before `now`, then `brokers`.
 SCOPE_INPUTS = [Input(control, "value") for control in (
     "analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers", "analytics-queues",
@@ -279,6 +312,7 @@ def register(app, services) -> None:
         Input("refresh-tick", "n_intervals"),
         *SCOPE_INPUTS,
         *LIMIT_INPUTS,
+        prevent_initial_call=True,  # the page came with its first data (first_outputs)
     )
     def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, *controls):
         try:
@@ -295,6 +329,7 @@ def register(app, services) -> None:
         Input("compare-mode", "value"),
         Input("compare-split", "value"),
         *SCOPE_INPUTS,
+        prevent_initial_call=True,
     )
     def refresh_compare(_tick, mode, split_text, range_key, custom_from, custom_to, names, workers, queues, brokers):
         now = time.time()
@@ -304,18 +339,45 @@ def register(app, services) -> None:
             return [], str(exc)
         return compare_outputs(store, scope, mode, split_text, now)
 
-    @app.callback(Output("analytics-custom", "style"), Input("analytics-range", "value"))
+    @app.callback(Output("analytics-custom", "style"), Input("analytics-range", "value"), prevent_initial_call=True)
     def show_custom_range(range_key):
         return {"display": "flex"} if range_key == "custom" else {"display": "none"}
 
-    @app.callback(Output("compare-split", "style"), Input("compare-mode", "value"))
+    @app.callback(Output("compare-split", "style"), Input("compare-mode", "value"), prevent_initial_call=True)
     def show_split(mode):
         return {} if mode == "split" else {"display": "none"}
 
-    @app.callback(Output("dashboard-figures", "data"), Output("dashboard-attention", "children"),
-                  Input("refresh-tick", "n_intervals"), Input("workers-broker", "value"))
-    def refresh_dashboard_charts(_tick, broker):
-        return dashboard_outputs(store, broker, limits, base)
+    # What the user set goes to the address (Back and a shared link open the same view).
+    view_controls = ["analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers",
+                     "analytics-queues", "analytics-brokers", "compare-mode", "compare-split"]
+    app.clientside_callback(
+        """function() {
+            var values = Array.prototype.slice.call(arguments), names = %s, params = {};
+            names.forEach(function(name, index) { params[name] = values[index]; });
+            if (params.range !== 'custom') { params.from = ''; params.to = ''; }
+            if (params.compare !== 'split') { params.split = ''; }
+            if (params.range === '1h') { params.range = ''; }
+            if (params.compare === 'day') { params.compare = ''; }
+            window.flowerbedReplaceQuery(params, '%s');
+            return window.dash_clientside.no_update;
+        }""" % (json.dumps([name for name, _repeats in VIEW_KEYS.values()]), app.get_relative_path("/analytics")),
+        Output("analytics-view-sink", "data"),
+        [Input(control, "value") for control in view_controls],
+        prevent_initial_call=True,
+    )
+
+    # The charts change only when tasks were stored (or another broker is picked): an idle cluster
+    # costs them no request. The page came with its first figures (callbacks/workers.py).
+    @app.callback(Output("dashboard-figures", "data"), Input("store-version", "data"), Input("workers-broker", "value"),
+                  prevent_initial_call=True)
+    def refresh_dashboard_charts(_version, broker):
+        return dashboard_figures(store, broker)
+
+    # A running task becomes stuck as time passes, stored or not: these counts follow the tick.
+    @app.callback(Output("dashboard-attention", "children"), Input("refresh-tick", "n_intervals"),
+                  Input("workers-broker", "value"), prevent_initial_call=True)
+    def refresh_dashboard_attention(_tick, broker):
+        return dashboard_attention(store, broker, limits, base)
 
     @app.callback([Output(control.component_id, "placeholder") for control in LIMIT_INPUTS],
                   Input("analytics-range", "id"))

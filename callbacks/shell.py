@@ -11,7 +11,10 @@ from components import shell as shell_components
 from components.audit import audit_layout
 from monitor.query import analytics
 from components.analytics import analytics_layout
-from callbacks.tasks import search_message
+from callbacks.analytics import analytics_view, configured_limits, first_outputs as analytics_first_outputs
+from components.common import filled
+from callbacks.tasks import grid_view, search_message
+from callbacks.workers import first_outputs as dashboard_first_outputs
 from components.tasks import task_detail, tasks_layout
 from components.broker import broker_layout
 from components.worker import worker_controls, worker_layout
@@ -74,13 +77,19 @@ def route(app, services, pathname: str | None, search: str | None):
         return shell_components.not_found(f"There is no page at {pathname}.", app.get_relative_path)
     params = urllib.parse.parse_qs((search or "").lstrip("?"))
     if path == "":
-        return dashboard_layout(worker_rows(services.store.workers(), time.time()), services.store.brokers())
+        return filled(dashboard_layout(worker_rows(services.store.workers(), time.time()), services.store.brokers()),
+                      dashboard_first_outputs(services, app.get_relative_path("/")))
     if path == "analytics":
-        return analytics_layout(analytics.filter_options(services.store), params.get("range", ["1h"])[0])
+        view = analytics_view(params)
+        return filled(analytics_layout(analytics.filter_options(services.store), view),
+                      analytics_first_outputs(services.store, view, configured_limits(services.settings),
+                                    app.get_relative_path("/")))
     if path == "tasks":
-        text = params.get("q", [""])[0]
-        return tasks_layout(text, params.get("state", [""])[0], search_message(text), services.store.brokers(),
-                            params.get("broker", [""])[0], can_act=auth.can_act())
+        text, brokers = params.get("q", [""])[0], services.store.brokers()
+        columns, view_message = grid_view(params, brokers)
+        return tasks_layout(text, params.get("state", [""])[0], search_message(text), brokers,
+                            params.get("broker", [""])[0], can_act=auth.can_act(), columns=columns,
+                            view_message=view_message)
     if path.startswith("task/"):
         task = stored_task(services, path)
         if task is None:

@@ -8,10 +8,11 @@ from dash import Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 import auth
-from components.tasks import GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview
+from components.tasks import (GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview,
+                              grid_columns)
 from monitor.control import ControlError
 from monitor.query import search
-from monitor.query.tasks import QueryError, TaskQuery, fetch_tasks, grid_request_query, shown
+from monitor.query.tasks import QueryError, TaskQuery, fetch_tasks, grid_request_query, parse_sort, shown
 
 CHIP_STATES = tuple(value for _label, value in STATE_CHIPS)
 
@@ -30,6 +31,27 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
         raise QueryError(str(exc)) from None
     wanted = grid_request_query(request, query.get("search") or "", () if state == "ALL" else (state,))
     return dataclasses.replace(wanted, brokers=(broker,) if broker else ())
+
+
+def grid_view(params: dict[str, list[str]], brokers) -> tuple[list[dict], str]:
+    """The grid's columns with the sort (sort=state,-received) and the visible columns
+    (cols=name,state,...) the address asks for, and what in the address was ignored, or ''."""
+    problems, sort, visible = [], (), None
+    try:
+        sort = parse_sort(params.get("sort", [""])[0])
+        if any(field not in GRID_FIELDS for field, _descending in sort):
+            raise QueryError(f"the table has no column {shown(next(f for f, _d in sort if f not in GRID_FIELDS))}")
+    except QueryError as exc:
+        sort = ()
+        problems.append(f"sort ignored: {exc}")
+    if params.get("cols", [""])[0]:
+        fields = params["cols"][0].split(",")
+        unknown = [field for field in fields if field not in GRID_FIELDS]
+        if unknown:
+            problems.append(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))} ignored")
+        visible = tuple(dict.fromkeys(field for field in fields if field in GRID_FIELDS)) or None
+    message = f"From the address: {'; '.join(problems)}." if problems else ""
+    return grid_columns(brokers, sort if params.get("sort") else (), visible), message
 
 
 def search_message(text: str | None) -> str:
@@ -53,6 +75,8 @@ def describe_query(query: dict) -> str:
 
 def register(app, services) -> None:
     register_actions(app, services)
+    tasks_path = app.get_relative_path("/tasks")
+
     @app.callback(
         Output("tasks-query", "data"),
         Output("tasks-search-message", "children"),
@@ -97,11 +121,22 @@ def register(app, services) -> None:
         """function(query) {
             try { dash_ag_grid.getApi('tasks-grid').purgeInfiniteCache(); } catch (notReady) {}
             window.flowerbedReplaceQuery({q: query.search, state: query.state === 'ALL' ? '' : query.state,
-                                          broker: query.broker});
+                                          broker: query.broker}, '%s');
             return window.dash_clientside.no_update;
-        }""",
+        }""" % tasks_path,
         Output("tasks-grid", "className"),
         Input("tasks-query", "data"),
+        prevent_initial_call=True,
+    )
+    # The sort and the visible columns go to the address too, as the grid reports them.
+    app.clientside_callback(
+        """function(columnState, defaultColumns) {
+            if (columnState) { window.flowerbedReplaceQuery(window.flowerbedGridView(columnState, defaultColumns), '%s'); }
+            return window.dash_clientside.no_update;
+        }""" % tasks_path,
+        Output("tasks-default-columns", "data"),
+        Input("tasks-grid", "columnState"),
+        State("tasks-default-columns", "data"),
         prevent_initial_call=True,
     )
     app.clientside_callback(  # only when something was stored: an idle cluster costs no reload

@@ -49,12 +49,32 @@ SEARCH_HELP = ("Free text, or name: state: uuid: worker: args: kwargs: result: e
 BROKER_HELP = "\nThe broker a task was recorded from: broker:NAME."
 
 
+def grid_columns(brokers: tuple[str, ...] | list[str] = (), sort: tuple[tuple[str, bool], ...] = (),
+                 visible: tuple[str, ...] | None = None) -> list[dict]:
+    """TASK_COLUMNS sorted by `sort` ((field, descending) pairs) and showing `visible` (None: the
+    default columns), as the address asked (see callbacks/tasks.py grid_view)."""
+    columns = []
+    for column in broker_columns(TASK_COLUMNS, brokers):
+        column = dict(column)
+        if visible is not None:
+            column["hide"] = column["field"] not in visible
+        for index, (field, descending) in enumerate(sort):
+            if field == column["field"]:
+                column.update(sort="desc" if descending else "asc", sortIndex=index)
+        columns.append(column)
+    if visible is not None:  # in the order the address lists them; the hidden ones after
+        columns.sort(key=lambda column: visible.index(column["field"]) if column["field"] in visible else len(visible))
+    return columns
+
+
 def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
-                 broker: str = "", can_act: bool = False) -> html.Div:
+                 broker: str = "", can_act: bool = False, columns: list[dict] | None = None,
+                 view_message: str = "") -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
     lists every task, as it does while a search typed in the box is malformed. `brokers`: the names of
     the brokers workers were recorded from; with several, a filter (set to `broker`) and a column.
-    `can_act`: the user may re-run the tasks the search matches."""
+    `can_act`: the user may re-run the tasks the search matches. `columns`: the grid's, sorted and
+    shown as the address asks (grid_columns); `view_message` says what of that was ignored."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
@@ -69,15 +89,19 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
             bulk_rerun_controls() if can_act else None,
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
+        html.Div(view_message, className="inline-message", role="alert") if view_message else None,
         html.Div(id="act-bulk-panel", className="action-panel", role="status") if can_act else None,
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
         dcc.Store(id="tasks-query", data={"search": "" if search_message else search, "state": state,
                                           "broker": broker}),
+        # The columns shown when the address names none: those the address leaves out.
+        dcc.Store(id="tasks-default-columns", data=[column["field"] for column in grid_columns(brokers)
+                                                    if not column.get("hide")]),
         dag.AgGrid(
             id="tasks-grid",
             rowModelType="infinite",
-            columnDefs=broker_columns(TASK_COLUMNS, brokers),
+            columnDefs=columns or grid_columns(brokers),
             defaultColDef={"sortable": True, "resizable": True,
                            "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
                                             "maxNumConditions": 2}},

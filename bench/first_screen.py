@@ -43,7 +43,7 @@ CHARTS_DRAWN = """() => { const plots = [...document.querySelectorAll('.js-plotl
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-"
 WORKER = "demo-(alpha|beta|gamma)@"
 ONE_WORKER = "demo-alpha@flowerbed"
-QUEUE = r"\bcelery\b"  # the demo's queue, in a worker's queue table and the broker's
+QUEUE = r"^\s*celery"  # the demo's queue, first in a row of a worker's queue table and of the broker's
 
 # (system, page, path, row selector, row pattern, has charts)
 PAGES = (

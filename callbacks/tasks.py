@@ -37,13 +37,15 @@ def grid_view(params: dict[str, list[str]], brokers) -> tuple[list[dict], str]:
     """The grid's columns with the sort (sort=state,-received) and the visible columns
     (cols=name,state,...) the address asks for, and what in the address was ignored, or ''."""
     problems, sort, visible = [], (), None
-    try:
-        sort = parse_sort(params.get("sort", [""])[0])
-        if any(field not in GRID_FIELDS for field, _descending in sort):
-            raise QueryError(f"the table has no column {shown(next(f for f, _d in sort if f not in GRID_FIELDS))}")
-    except QueryError as exc:
-        sort = ()
-        problems.append(f"sort ignored: {exc}")
+    if params.get("sort", [""])[0]:
+        try:
+            sort = parse_sort(params["sort"][0])
+            outside = [field for field, _descending in sort if field not in GRID_FIELDS]
+            if outside:
+                raise QueryError(f"the table has no column {shown(outside[0])}")
+        except QueryError as exc:
+            sort = ()
+            problems.append(f"sort ignored: {exc}")
     if params.get("cols", [""])[0]:
         fields = params["cols"][0].split(",")
         unknown = [field for field in fields if field not in GRID_FIELDS]
@@ -51,7 +53,7 @@ def grid_view(params: dict[str, list[str]], brokers) -> tuple[list[dict], str]:
             problems.append(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))} ignored")
         visible = tuple(dict.fromkeys(field for field in fields if field in GRID_FIELDS)) or None
     message = f"From the address: {'; '.join(problems)}." if problems else ""
-    return grid_columns(brokers, sort if params.get("sort") else (), visible), message
+    return grid_columns(brokers, sort, visible), message
 
 
 def search_message(text: str | None) -> str:

@@ -14,6 +14,8 @@ from components.analytics import analytics_layout
 from callbacks.analytics import analytics_view, configured_limits, first_outputs as analytics_first_outputs
 from components.common import filled
 from callbacks.tasks import grid_view, search_message
+from callbacks.broker import broker_outputs
+from callbacks.worker import worker_figures
 from callbacks.workers import first_outputs as dashboard_first_outputs
 from components.tasks import task_detail, tasks_layout
 from components.broker import broker_layout
@@ -102,13 +104,14 @@ def route(app, services, pathname: str | None, search: str | None):
             return shell_components.not_found("The audit log is for admins.", app.get_relative_path)
         return audit_layout(params.get("q", [""])[0])
     if path == "broker":
-        return broker_layout()
+        return filled(broker_layout(), broker_outputs(services.store, app.get_relative_path))
     if path.startswith("worker/"):
         worker = stored_worker(services, path)
         if worker is None:
             return shell_components.not_found(f"No worker named {worker_name(path)} is known at /{path}.",
                                               app.get_relative_path)
-        return worker_layout(worker, app.get_relative_path, controls=worker_controls(worker) if auth.can_act() else None)
+        return filled(worker_layout(worker, app.get_relative_path, controls=worker_controls(worker) if auth.can_act() else None),
+                      worker_figures(services.store, worker["hostname"], time.time()))
     return shell_components.not_found(f"There is no page at /{path}.", app.get_relative_path)
 
 

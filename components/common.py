@@ -65,8 +65,8 @@ def page_header(title: str, *extra, subtitle: str | None = None) -> html.Div:
 def filled(layout, values: dict[tuple[str, str], object]):
     """`layout` with each (component id, property) of `values` set: a page's first data goes out with
     its layout, instead of waiting for its refresh callbacks' round trip."""
-    by_id = {getattr(component, "id", None): component
-             for component in [layout, *(child for _path, child in layout._traverse_with_paths())]}
+    by_id = {component.id: component for component in [layout, *(child for _path, child in layout._traverse_with_paths())]
+             if isinstance(getattr(component, "id", None), str)}  # a pattern-matching id is a dict
     for (component_id, prop), value in values.items():
         setattr(by_id[component_id], prop, value)
     return layout

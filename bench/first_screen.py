@@ -6,7 +6,8 @@ Flowerbed's pages and Flower's, watching the same cluster in the same run.
 
 A private redis-server carries a cluster of three workers (the demo's workers and traffic, in a process
 of their own); Flowerbed (`flowerbed --broker ...`, its own SQLite file) and Flower 2.2 (`celery flower`)
-both watch it. Once both list the tasks sent, Debian's chromium loads each page:
+both watch it. Once both list the tasks sent, Debian's chromium loads each page (Dashboard, Tasks,
+Analytics, a worker's page and the Broker page; Flower's pages of the same kind):
   cold  a new browser context (empty cache) per load, as a first visit
   warm  a second load in the same context (the browser's cache filled by the first)
 and reports the median over --repeats of:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import time
 
-from dash import Input, Output, State
+from dash import Input, Output, State, no_update
 from plotly.io.json import to_json_plotly
 
 from components import analytics as view
@@ -264,6 +265,26 @@ def compare_outputs(store, scope: analytics.Scope, mode: str, split_text: str | 
     return view.compare_rows(frame, before, after), view.compare_caption(frame, before, after)
 
 
+def digests(outputs: dict) -> dict[str, str]:
+    """A short digest of each output's JSON (each figure its own), as the page keeps them between refreshes."""
+    parts = {f"{component}.{prop}": value for (component, prop), value in outputs.items() if (component, prop) != FIGURES}
+    parts.update({f"{graph}.figure": figure for graph, figure in outputs.get(FIGURES, {}).items()})
+    return {key: hashlib.blake2b(to_json_plotly(value).encode(), digest_size=8).hexdigest()
+            for key, value in parts.items()}
+
+
+def changed_only(outputs: dict, shown: dict | None) -> tuple[list, dict]:
+    """The REFRESH_OUTPUTS values with no_update for what the page shows already (`shown`: its
+    digests), then the new digests: a refresh sends only what changed."""
+    now_digests, shown = digests(outputs), shown if isinstance(shown, dict) else {}
+    values = [no_update if now_digests[f"{component}.{prop}"] == shown.get(f"{component}.{prop}")
+              else outputs[(component, prop)] for component, prop in REFRESH_OUTPUTS if (component, prop) != FIGURES]
+    figures = {graph: figure for graph, figure in outputs[FIGURES].items()
+               if now_digests[f"{graph}.figure"] != shown.get(f"{graph}.figure")}
+    values.insert(REFRESH_OUTPUTS.index(FIGURES), figures or no_update)
+    return values, now_digests
+
+
 # What the address keeps of the page (?range=6h&name=a&name=b&compare=week): its key, and whether it repeats.
 VIEW_KEYS = {"range": ("range", False), "from": ("from", False), "to": ("to", False), "names": ("name", True),
              "workers": ("worker", True), "queues": ("queue", True), "brokers": ("broker", True),
@@ -287,6 +308,7 @@ def first_outputs(store, view: dict, limits: analytics.Limits, base: str) -> dic
         compare = compare_outputs(store, scope, view.get("compare") or "day", view.get("split"), now)
     except analytics.AnalyticsError as exc:
         outputs, compare = error_outputs(str(exc)), ([], "")
+    outputs[("analytics-digests", "data")] = digests(outputs)
     figures = outputs.pop(FIGURES)
     outputs.update({(graph, "figure"): figure for graph, figure in figures.items()})
     outputs[("analytics-compare", "rowData")], outputs[("compare-windows", "children")] = compare
@@ -309,18 +331,22 @@ def register(app, services) -> None:
 
     @app.callback(
         [Output(component, prop) for component, prop in REFRESH_OUTPUTS],
+        Output("analytics-digests", "data"),
         Input("refresh-tick", "n_intervals"),
         *SCOPE_INPUTS,
         *LIMIT_INPUTS,
+        State("analytics-digests", "data"),
         prevent_initial_call=True,  # the page came with its first data (first_outputs)
     )
-    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, *controls):
+    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, *controls_and_shown):
+        *controls, shown = controls_and_shown
         try:
             scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, brokers=brokers)
             outputs = refresh_outputs(store, scope, limits_from_controls(*controls, defaults=limits), base=base)
         except analytics.AnalyticsError as exc:
             outputs = error_outputs(str(exc))
-        return [outputs[key] for key in REFRESH_OUTPUTS]
+        values, now_digests = changed_only(outputs, shown)
+        return [*values, now_digests]
 
     @app.callback(
         Output("analytics-compare", "rowData"),

@@ -689,6 +689,7 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
             actions=[_csv_button("analytics-compare")]),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
         dcc.Store(id="analytics-view-sink"),  # the output of the callback that keeps the address in step
+        dcc.Store(id="analytics-digests"),  # what the page shows, digested: a refresh sends only what changed
     ], className="analytics")
 
 

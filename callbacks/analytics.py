@@ -298,20 +298,19 @@ def analytics_view(params: dict[str, list[str]]) -> dict:
 
 
 def first_outputs(store, view: dict, limits: analytics.Limits, base: str) -> dict:
-    """What the refresh callbacks would fill in first, for the page's layout (components.common.filled):
-    the page opens with its data instead of asking for it."""
+    """What refresh_analytics would fill in first, for the page's layout (components.common.filled):
+    the page opens with its data instead of asking for it. The comparison, at the foot of the page
+    and the costliest query, is left to its own callback: the first screen does not wait for it."""
     now = time.time()
     try:
         scope = scope_from_controls(view.get("range") or "1h", view.get("from"), view.get("to"), view.get("names"),
                                     view.get("workers"), view.get("queues"), now, view.get("brokers"))
         outputs = refresh_outputs(store, scope, limits, now, base=base)
-        compare = compare_outputs(store, scope, view.get("compare") or "day", view.get("split"), now)
     except analytics.AnalyticsError as exc:
-        outputs, compare = error_outputs(str(exc)), ([], "")
+        outputs = error_outputs(str(exc))
     outputs[("analytics-digests", "data")] = digests(outputs)
     figures = outputs.pop(FIGURES)
     outputs.update({(graph, "figure"): figure for graph, figure in figures.items()})
-    outputs[("analytics-compare", "rowData")], outputs[("compare-windows", "children")] = compare
     return outputs
 
 
@@ -355,7 +354,6 @@ def register(app, services) -> None:
         Input("compare-mode", "value"),
         Input("compare-split", "value"),
         *SCOPE_INPUTS,
-        prevent_initial_call=True,
     )
     def refresh_compare(_tick, mode, split_text, range_key, custom_from, custom_to, names, workers, queues, brokers):
         now = time.time()

@@ -85,7 +85,7 @@ def route(app, services, pathname: str | None, search: str | None):
         view = analytics_view(params)
         return filled(analytics_layout(analytics.filter_options(services.store), view),
                       analytics_first_outputs(services.store, view, configured_limits(services.settings),
-                                    app.get_relative_path("/")))
+                                              app.get_relative_path("/")))
     if path == "tasks":
         text, brokers = params.get("q", [""])[0], services.store.brokers()
         columns, view_message = grid_view(params, brokers)

@@ -38,14 +38,12 @@ def grid_view(params: dict[str, list[str]], brokers) -> tuple[list[dict], str]:
     (cols=name,state,...) the address asks for, and what in the address was ignored, or ''."""
     problems, sort, visible = [], (), None
     if params.get("sort", [""])[0]:
-        try:
+        outside = [part.strip().lstrip("-") for part in params["sort"][0].split(",")
+                   if part.strip().lstrip("-") not in GRID_FIELDS]
+        if outside:
+            problems.append(f"sort ignored: the table has no column {shown(outside[0])}")
+        else:
             sort = parse_sort(params["sort"][0])
-            outside = [field for field, _descending in sort if field not in GRID_FIELDS]
-            if outside:
-                raise QueryError(f"the table has no column {shown(outside[0])}")
-        except QueryError as exc:
-            sort = ()
-            problems.append(f"sort ignored: {exc}")
     if params.get("cols", [""])[0]:
         fields = params["cols"][0].split(",")
         unknown = [field for field in fields if field not in GRID_FIELDS]

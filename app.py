@@ -49,7 +49,8 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         serve_locally=True,
         compress=True,  # plotly.js and AG Grid are ~6 MB as sent uncompressed, ~1.8 MB compressed
     )
-    app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000), admin=auth.can_act())
+    app.layout = lambda: shell(app.get_relative_path, int(settings.refresh_seconds * 1000), admin=auth.can_act(),
+                               store_version=shell_callbacks.store_version(services.broker_stats()))
     for module in (shell_callbacks, workers_callbacks, worker_callbacks, tasks_callbacks, analytics_callbacks,
                    broker_callbacks, audit_callbacks):
         module.register(app, services)

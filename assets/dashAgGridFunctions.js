@@ -53,14 +53,38 @@ window.flowerbedNavigate = function (path) {
   window.dispatchEvent(new CustomEvent("_dashprivate_pushstate"));
 };
 
-// Keep the Tasks page's query in the address bar (shareable, restored by Back) without a re-render.
-window.flowerbedReplaceQuery = function (params) {
-  var query = new URLSearchParams();
-  Object.keys(params).forEach(function (key) { if (params[key]) { query.set(key, params[key]); } });
+// Keep what the user set on a page in the address bar (shareable; Back comes back to it) without a
+// re-render: replaceState tells no router. `params` sets its keys (a list repeats the key; empty
+// removes it) and keeps the others. `page` is the path the params belong to: a callback answered
+// after the user left it writes nothing.
+window.flowerbedReplaceQuery = function (params, page) {
+  if (page && window.location.pathname !== page) { return; }
+  var query = new URLSearchParams(window.location.search);
+  Object.keys(params).forEach(function (key) {
+    query.delete(key);
+    [].concat(params[key] === null || params[key] === undefined ? [] : params[key]).forEach(function (value) {
+      if (value !== "" && value !== null && value !== undefined) { query.append(key, value); }
+    });
+  });
   var text = query.toString();
+  if (text === window.location.search.replace(/^\?/, "")) { return; }
   window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : ""));
 };
 
+// The Tasks grid's sort and chosen columns as the address keeps them: sort=state,-received (a leading
+// - for descending, as /api/tasks?sort_by= reads it) and cols=name,state,... when the column
+// chooser's ticks differ from `defaultChosen`.
+window.flowerbedGridView = function (columnState, chosen, defaultChosen) {
+  var sorted = (columnState || []).filter(function (column) { return column.sort; });
+  sorted.sort(function (a, b) { return (a.sortIndex || 0) - (b.sortIndex || 0); });
+  var differs = (chosen || []).join(",") !== (defaultChosen || []).join(",");
+  return {
+    sort: sorted.map(function (column) { return (column.sort === "desc" ? "-" : "") + column.colId; }).join(","),
+    cols: differs ? ["name", "state"].concat(chosen || []).join(",") : "",
+  };
+};
+
+// Analytics grids: durations in the unit that reads best, rates as percentages, counts grouped.
 // Durations in the unit that reads best: "0.35 ms", "17 ms", "2.4 s", "3 min 12 s", "2 h 5 min",
 // "3 d 4 h". The twin of components/common.py format_duration (the detail view and the charts
 // format in Python): change both together; tests/test_durations.py holds them to the same.

@@ -6,7 +6,8 @@ Flowerbed's pages and Flower's, watching the same cluster in the same run.
 
 A private redis-server carries a cluster of three workers (the demo's workers and traffic, in a process
 of their own); Flowerbed (`flowerbed --broker ...`, its own SQLite file) and Flower 2.2 (`celery flower`)
-both watch it. Once both list the tasks sent, Debian's chromium loads each page:
+both watch it. Once both list the tasks sent, Debian's chromium loads each page (Dashboard, Tasks,
+Analytics, a worker's page and the Broker page; Flower's pages of the same kind):
   cold  a new browser context (empty cache) per load, as a first visit
   warm  a second load in the same context (the browser's cache filled by the first)
 and reports the median over --repeats of:
@@ -42,14 +43,20 @@ CHARTS_DRAWN = """() => { const plots = [...document.querySelectorAll('.js-plotl
 }"""
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-"
 WORKER = "demo-(alpha|beta|gamma)@"
+ONE_WORKER = "demo-alpha@flowerbed"
+QUEUE = r"^\s*celery"  # the demo's queue, first in a row of a worker's queue table and of the broker's
 
 # (system, page, path, row selector, row pattern, has charts)
 PAGES = (
     ("Flowerbed", "workers", "/", "#workers-grid .ag-row", WORKER, True),
     ("Flowerbed", "tasks", "/tasks", "#tasks-grid .ag-center-cols-container .ag-row", UUID, False),
     ("Flowerbed", "analytics", "/analytics", "#analytics-stats .ag-row", r"\w+\.\w+", True),
+    ("Flowerbed", "worker", f"/worker/{ONE_WORKER}", "#worker-live tr", QUEUE, True),
+    ("Flowerbed", "broker", "/broker", "#broker-live tr", QUEUE, False),
     ("Flower", "workers", "/workers", "#workers-table tbody tr", WORKER, False),
     ("Flower", "tasks", "/tasks", "#tasks-table tbody tr", UUID, False),
+    ("Flower", "worker", f"/worker/{ONE_WORKER}", "table tr", QUEUE, False),
+    ("Flower", "broker", "/broker", "table tr", QUEUE, False),
 )
 
 CLUSTER = """

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import time
 
-from dash import Input, Output, State
+from dash import Input, Output, State, no_update
 from plotly.io.json import to_json_plotly
 
 from components import analytics as view
@@ -155,23 +156,27 @@ def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = an
     return outputs
 
 
-def dashboard_outputs(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
-                      now: float | None = None) -> tuple:
-    """The Dashboard's compact charts (the last hour) and its stuck and waiting counts (now, by
-    `limits`), each count a link to its tasks."""
+def dashboard_figures(store, broker: str | None, now: float | None = None) -> dict:
+    """The Dashboard's compact charts: throughput and run times of the last hour."""
     now = time.time() if now is None else now
     scope = analytics.last("1h", now, brokers=[broker] if broker else None)
-    stats = analytics.task_stats(store, scope, now)
     history = analytics.history_start(store, now)
-    figures = {
+    return {
         "dashboard-throughput": view.throughput_figure(analytics.throughput(store, scope, now), scope, "dashboard",
                                                        height=170, compact=True, history=history),
-        "dashboard-runtime": view.distribution_figure(stats, "runtime", scope, "dashboard", height=170,
-                                                      limit=8, compact=True),
+        "dashboard-runtime": view.distribution_figure(analytics.task_stats(store, scope, now), "runtime", scope,
+                                                      "dashboard", height=170, limit=8, compact=True),
     }
+
+
+def dashboard_attention(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
+                        now: float | None = None) -> list:
+    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks."""
+    now = time.time() if now is None else now
+    scope = analytics.last("1h", now, brokers=[broker] if broker else None)
     attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
                                        analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
-    return figures, view.attention_links(attention)
+    return view.attention_links(attention)
 
 
 def response_body(outputs: dict) -> str:
@@ -261,6 +266,55 @@ def compare_outputs(store, scope: analytics.Scope, mode: str, split_text: str | 
     return view.compare_rows(frame, before, after), view.compare_caption(frame, before, after)
 
 
+def digests(outputs: dict) -> dict[str, str]:
+    """A short digest of each output's JSON (each figure its own), as the page keeps them between refreshes."""
+    parts = {f"{component}.{prop}": value for (component, prop), value in outputs.items() if (component, prop) != FIGURES}
+    parts.update({f"{graph}.figure": figure for graph, figure in outputs.get(FIGURES, {}).items()})
+    return {key: hashlib.blake2b(to_json_plotly(value).encode(), digest_size=8).hexdigest()
+            for key, value in parts.items()}
+
+
+def changed_only(outputs: dict, shown: dict | None) -> tuple[list, dict]:
+    """The REFRESH_OUTPUTS values with no_update for what the page shows already (`shown`: its
+    digests), then the new digests: a refresh sends only what changed."""
+    now_digests, shown = digests(outputs), shown if isinstance(shown, dict) else {}
+    values = [no_update if now_digests[f"{component}.{prop}"] == shown.get(f"{component}.{prop}")
+              else outputs[(component, prop)] for component, prop in REFRESH_OUTPUTS if (component, prop) != FIGURES]
+    figures = {graph: figure for graph, figure in outputs[FIGURES].items()
+               if now_digests[f"{graph}.figure"] != shown.get(f"{graph}.figure")}
+    values.insert(REFRESH_OUTPUTS.index(FIGURES), figures or no_update)
+    return values, now_digests
+
+
+# What the address keeps of the page (?range=6h&name=a&name=b&compare=week): its key, and whether it repeats.
+VIEW_KEYS = {"range": ("range", False), "from": ("from", False), "to": ("to", False), "names": ("name", True),
+             "workers": ("worker", True), "queues": ("queue", True), "brokers": ("broker", True),
+             "compare": ("compare", False), "split": ("split", False)}
+
+
+def analytics_view(params: dict[str, list[str]]) -> dict:
+    """The page's controls as the address (parse_qs) sets them; analytics_layout checks the choices."""
+    return {key: params.get(name, []) if repeats else params.get(name, [""])[0]
+            for key, (name, repeats) in VIEW_KEYS.items()}
+
+
+def first_outputs(store, view: dict, limits: analytics.Limits, base: str) -> dict:
+    """What refresh_analytics would fill in first, for the page's layout (components.common.filled):
+    the page opens with its data instead of asking for it. The comparison, at the foot of the page
+    and the costliest query, is left to its own callback: the first screen does not wait for it."""
+    now = time.time()
+    try:
+        scope = scope_from_controls(view.get("range") or "1h", view.get("from"), view.get("to"), view.get("names"),
+                                    view.get("workers"), view.get("queues"), now, view.get("brokers"))
+        outputs = refresh_outputs(store, scope, limits, now, base=base)
+    except analytics.AnalyticsError as exc:
+        outputs = error_outputs(str(exc))
+    outputs[("analytics-digests", "data")] = digests(outputs)
+    figures = outputs.pop(FIGURES)
+    outputs.update({(graph, "figure"): figure for graph, figure in figures.items()})
+    return outputs
+
+
 # The controls scope_from_controls reads: its arguments before `now`, then `brokers`.
 SCOPE_INPUTS = [Input(control, "value") for control in (
     "analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers", "analytics-queues",
@@ -277,17 +331,22 @@ def register(app, services) -> None:
 
     @app.callback(
         [Output(component, prop) for component, prop in REFRESH_OUTPUTS],
+        Output("analytics-digests", "data"),
         Input("refresh-tick", "n_intervals"),
         *SCOPE_INPUTS,
         *LIMIT_INPUTS,
+        State("analytics-digests", "data"),
+        prevent_initial_call=True,  # the page came with its first data (first_outputs)
     )
-    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, *controls):
+    def refresh_analytics(_tick, range_key, custom_from, custom_to, names, workers, queues, brokers, *controls_and_shown):
+        *controls, shown = controls_and_shown
         try:
             scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, brokers=brokers)
             outputs = refresh_outputs(store, scope, limits_from_controls(*controls, defaults=limits), base=base)
         except analytics.AnalyticsError as exc:
             outputs = error_outputs(str(exc))
-        return [outputs[key] for key in REFRESH_OUTPUTS]
+        values, now_digests = changed_only(outputs, shown)
+        return [*values, now_digests]
 
     @app.callback(
         Output("analytics-compare", "rowData"),
@@ -305,18 +364,45 @@ def register(app, services) -> None:
             return [], str(exc)
         return compare_outputs(store, scope, mode, split_text, now)
 
-    @app.callback(Output("analytics-custom", "style"), Input("analytics-range", "value"))
+    @app.callback(Output("analytics-custom", "style"), Input("analytics-range", "value"), prevent_initial_call=True)
     def show_custom_range(range_key):
         return {"display": "flex"} if range_key == "custom" else {"display": "none"}
 
-    @app.callback(Output("compare-split", "style"), Input("compare-mode", "value"))
+    @app.callback(Output("compare-split", "style"), Input("compare-mode", "value"), prevent_initial_call=True)
     def show_split(mode):
         return {} if mode == "split" else {"display": "none"}
 
-    @app.callback(Output("dashboard-figures", "data"), Output("dashboard-attention", "children"),
-                  Input("refresh-tick", "n_intervals"), Input("workers-broker", "value"))
-    def refresh_dashboard_charts(_tick, broker):
-        return dashboard_outputs(store, broker, limits, base)
+    # What the user set goes to the address (Back and a shared link open the same view).
+    view_controls = ["analytics-range", "analytics-from", "analytics-to", "analytics-names", "analytics-workers",
+                     "analytics-queues", "analytics-brokers", "compare-mode", "compare-split"]
+    app.clientside_callback(
+        """function() {
+            var values = Array.prototype.slice.call(arguments), names = %s, params = {};
+            names.forEach(function(name, index) { params[name] = values[index]; });
+            if (params.range !== 'custom') { params.from = ''; params.to = ''; }
+            if (params.compare !== 'split') { params.split = ''; }
+            if (params.range === '1h') { params.range = ''; }
+            if (params.compare === 'day') { params.compare = ''; }
+            window.flowerbedReplaceQuery(params, '%s');
+            return window.dash_clientside.no_update;
+        }""" % (json.dumps([name for name, _repeats in VIEW_KEYS.values()]), app.get_relative_path("/analytics")),
+        Output("analytics-view-sink", "data"),
+        [Input(control, "value") for control in view_controls],
+        prevent_initial_call=True,
+    )
+
+    # The charts change only when tasks were stored (or another broker is picked): an idle cluster
+    # costs them no request. The page came with its first figures (callbacks/workers.py).
+    @app.callback(Output("dashboard-figures", "data"), Input("store-version", "data"), Input("workers-broker", "value"),
+                  prevent_initial_call=True)
+    def refresh_dashboard_charts(_version, broker):
+        return dashboard_figures(store, broker)
+
+    # A running task becomes stuck as time passes, stored or not: these counts follow the tick.
+    @app.callback(Output("dashboard-attention", "children"), Input("refresh-tick", "n_intervals"),
+                  Input("workers-broker", "value"), prevent_initial_call=True)
+    def refresh_dashboard_attention(_tick, broker):
+        return dashboard_attention(store, broker, limits, base)
 
     @app.callback([Output(control.component_id, "placeholder") for control in LIMIT_INPUTS],
                   Input("analytics-range", "id"))

@@ -11,7 +11,12 @@ from components import shell as shell_components
 from components.audit import audit_layout
 from monitor.query import analytics
 from components.analytics import analytics_layout
-from callbacks.tasks import detail_page, search_message
+from callbacks.analytics import analytics_view, configured_limits, first_outputs as analytics_first_outputs
+from components.common import filled
+from callbacks.tasks import detail_page, grid_view, search_message
+from callbacks.broker import broker_outputs
+from callbacks.worker import worker_figures
+from callbacks.workers import first_outputs as dashboard_first_outputs
 from components.tasks import tasks_layout
 from components.broker import broker_layout
 from components.worker import worker_controls, worker_layout
@@ -76,13 +81,19 @@ def route(app, services, pathname: str | None, search: str | None):
     if path == "":
         now = time.time()
         rows = worker_rows(services.workers(now), now, services.store.busy_floors(busy_window_start(now)))
-        return dashboard_layout(rows, services.store.brokers(), app.get_relative_path("/worker/"))
+        return filled(dashboard_layout(rows, services.store.brokers(), app.get_relative_path("/worker/")),
+                      dashboard_first_outputs(services, app.get_relative_path("/")))
     if path == "analytics":
-        return analytics_layout(analytics.filter_options(services.store), params.get("range", ["1h"])[0])
+        view = analytics_view(params)
+        return filled(analytics_layout(analytics.filter_options(services.store), view),
+                      analytics_first_outputs(services.store, view, configured_limits(services.settings),
+                                              app.get_relative_path("/")))
     if path == "tasks":
-        text = params.get("q", [""])[0]
-        return tasks_layout(text, params.get("state", [""])[0], search_message(text), services.store.brokers(),
-                            params.get("broker", [""])[0], can_act=auth.can_act(),
+        text, brokers = params.get("q", [""])[0], services.store.brokers()
+        columns, view_message = grid_view(params, brokers)
+        return tasks_layout(text, params.get("state", [""])[0], search_message(text), brokers,
+                            params.get("broker", [""])[0], can_act=auth.can_act(), columns=columns,
+                            view_message=view_message,
                             task_base=app.get_relative_path("/task/"))
     if path.startswith("task/"):
         task = stored_task(services, path)
@@ -95,13 +106,14 @@ def route(app, services, pathname: str | None, search: str | None):
             return shell_components.not_found("The audit log is for admins.", app.get_relative_path)
         return audit_layout(params.get("q", [""])[0])
     if path == "broker":
-        return broker_layout()
+        return filled(broker_layout(), broker_outputs(services.store, app.get_relative_path))
     if path.startswith("worker/"):
         worker = stored_worker(services, path)
         if worker is None:
             return shell_components.not_found(f"No worker named {worker_name(path)} is known at /{path}.",
                                               app.get_relative_path)
-        return worker_layout(worker, app.get_relative_path, controls=worker_controls(worker) if auth.can_act() else None)
+        return filled(worker_layout(worker, app.get_relative_path, controls=worker_controls(worker) if auth.can_act() else None),
+                      worker_figures(services.store, worker["hostname"], time.time()))
     return shell_components.not_found(f"There is no page at /{path}.", app.get_relative_path)
 
 

@@ -9,11 +9,12 @@ from dash import Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 import auth
-from components.tasks import (GRID_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview,
-                              task_detail, task_detail_body)
+from components.tasks import (COLUMN_IDS, GRID_FIELDS, SORTABLE_FIELDS, STATE_CHIPS, action_outcome, action_refused, bulk_rerun_preview,
+                              grid_columns, task_detail, task_detail_body)
 from monitor.control import ControlError
 from monitor.query import search
-from monitor.query.tasks import QueryError, TaskQuery, child_tasks, fetch_tasks, grid_request_query, shown
+from monitor.query.tasks import (QueryError, TaskQuery, child_tasks, fetch_tasks, grid_request_query, parse_sort,
+                                 shown)
 from monitor.store.schema import TERMINAL_STATES
 
 CHILDREN_SHOWN = 50
@@ -35,6 +36,27 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
         raise QueryError(str(exc)) from None
     wanted = grid_request_query(request, query.get("search") or "", () if state == "ALL" else (state,))
     return dataclasses.replace(wanted, brokers=(broker,) if broker else ())
+
+
+def grid_view(params: dict[str, list[str]], brokers) -> tuple[list[dict], str]:
+    """The grid's columns with the sort (sort=state,-received) and the visible columns
+    (cols=name,state,...) the address asks for, and what in the address was ignored, or ''."""
+    problems, sort, visible = [], (), None
+    if params.get("sort", [""])[0]:
+        outside = [part.strip().lstrip("-") for part in params["sort"][0].split(",")
+                   if part.strip().lstrip("-") not in SORTABLE_FIELDS]
+        if outside:
+            problems.append(f"sort ignored: the table has no column {shown(outside[0])}")
+        else:
+            sort = parse_sort(params["sort"][0])
+    if params.get("cols", [""])[0]:
+        fields = params["cols"][0].split(",")
+        unknown = [field for field in fields if field not in COLUMN_IDS]
+        if unknown:
+            problems.append(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(shown, unknown))} ignored")
+        visible = tuple(dict.fromkeys(field for field in fields if field in COLUMN_IDS)) or None
+    message = f"From the address: {'; '.join(problems)}." if problems else ""
+    return grid_columns(brokers, sort, visible), message
 
 
 def search_message(text: str | None) -> str:
@@ -100,6 +122,9 @@ def register(app, services) -> None:
             raise PreventUpdate
         body = task_detail_body(task, app.get_relative_path, **detail_parts(services, task))
         return body, task.get("state") in TERMINAL_STATES
+
+    tasks_path = app.get_relative_path("/tasks")
+
     @app.callback(
         Output("tasks-query", "data"),
         Output("tasks-search-message", "children"),
@@ -156,11 +181,26 @@ def register(app, services) -> None:
         """function(query) {
             try { dash_ag_grid.getApi('tasks-grid').purgeInfiniteCache(); } catch (notReady) {}
             window.flowerbedReplaceQuery({q: query.search, state: query.state === 'ALL' ? '' : query.state,
-                                          broker: query.broker});
+                                          broker: query.broker}, '%s');
             return window.dash_clientside.no_update;
-        }""",
+        }""" % tasks_path,
         Output("tasks-grid", "className"),
         Input("tasks-query", "data"),
+        prevent_initial_call=True,
+    )
+    # The sort (as the grid reports it) and the chosen columns go to the address too; not the columns
+    # the width hides (flowerbedFitColumns), which depend on the screen, not on the user.
+    app.clientside_callback(
+        """function(columnState, chosen, defaultChosen) {
+            if (columnState) {
+                window.flowerbedReplaceQuery(window.flowerbedGridView(columnState, chosen, defaultChosen), '%s');
+            }
+            return window.dash_clientside.no_update;
+        }""" % tasks_path,
+        Output("tasks-default-columns", "data"),
+        Input("tasks-grid", "columnState"),
+        Input("tasks-columns", "value"),
+        State("tasks-default-columns", "data"),
         prevent_initial_call=True,
     )
     app.clientside_callback(  # only when something was stored: an idle cluster costs no reload

@@ -49,6 +49,17 @@ def run_action(controller, user: str, worker: str, pending: dict):
     return calls[action]()
 
 
+def worker_figures(store, hostname: str, now: float) -> dict:
+    """The worker's charts of the last hour, by graph id: the router puts them in the page's layout
+    (components.common.filled), the refresh replaces them."""
+    scope = analytics.last("1h", now, workers=(hostname,))
+    activity = analytics.worker_activity(store, scope, now)
+    return {("worker-active-chart", "figure"): last_hour(charts.worker_figure(
+                activity, "active_mean", "active tasks", scope, "worker", height=220), now),
+            ("worker-load-chart", "figure"): last_hour(charts.worker_figure(
+                activity, "load1", "load", scope, "worker", height=220), now)}
+
+
 def register(app, services) -> None:
     @app.callback(
         Output("worker-live", "children"),
@@ -56,17 +67,14 @@ def register(app, services) -> None:
         Output("worker-load-chart", "figure"),
         Input("refresh-tick", "n_intervals"),
         State("worker-name", "data"),
+        prevent_initial_call=True,  # the page came with its data (worker_figures)
     )
     def refresh_worker(_tick, hostname):
         now = time.time()
         worker = services.store.worker(hostname, now) if isinstance(hostname, str) else None
         if worker is None:
             return no_update, no_update, no_update
-        scope = analytics.last("1h", now, workers=(hostname,))
-        activity = analytics.worker_activity(services.store, scope, now)
-        return (worker_live(worker, now, app.get_relative_path),
-                last_hour(charts.worker_figure(activity, "active_mean", "active tasks", scope, "worker", height=220), now),
-                last_hour(charts.worker_figure(activity, "load1", "load", scope, "worker", height=220), now))
+        return (worker_live(worker, now, app.get_relative_path), *worker_figures(services.store, hostname, now).values())
 
     @app.callback(
         Output("worker-task", "options"),

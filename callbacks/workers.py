@@ -7,7 +7,23 @@ import time
 from dash import Input, Output, Patch, ctx
 
 import auth
+from callbacks.analytics import configured_limits, dashboard_attention, dashboard_figures
 from components.workers import busy_window_start, online_tone, summary, worker_rows
+
+
+def inspected_text(last: float | None, now: float) -> str:
+    return f"inspected {now - last:.0f} s ago" if last else "not inspected yet"
+
+
+def first_outputs(services, base: str) -> dict:
+    """The Dashboard's charts, stuck and waiting counts and inspect age, for its layout
+    (components.common.filled): the page opens with them instead of asking for them."""
+    now = time.time()
+    limits = configured_limits(services.settings)
+    figures = dashboard_figures(services.store, None, now)
+    return {**{(graph, "figure"): figure for graph, figure in figures.items()},
+            ("dashboard-attention", "children"): dashboard_attention(services.store, None, limits, base, now),
+            ("workers-inspected", "children"): inspected_text(services.store.last_inspected(), now)}
 
 
 def register(app, services) -> None:
@@ -22,6 +38,7 @@ def register(app, services) -> None:
         Input("refresh-tick", "n_intervals"),
         Input("workers-refresh", "n_clicks"),
         Input("workers-broker", "value"),
+        prevent_initial_call=True,  # the page came with its rows (first_outputs)
     )
     def refresh_workers(_tick, _clicks, broker):
         refresh_clicked = ctx.triggered_id == "workers-refresh"
@@ -33,8 +50,7 @@ def register(app, services) -> None:
         if broker:  # the cards count the chosen broker's workers too
             rows = [row for row in rows if row["broker"] == broker]
         totals = summary(rows)
-        last = services.store.last_inspected()
-        inspected = f"inspected {now - last:.0f} s ago" if last else "not inspected yet"
+        inspected = inspected_text(services.store.last_inspected(), now)
         if refresh_clicked:
             inspected = "inspect requested…" if allowed else "read-only users cannot trigger an inspect"
         return rows, totals["online"], f"stat-card {online_tone(rows)}", totals["active"], totals["succeeded"], totals["failed"], inspected

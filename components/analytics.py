@@ -619,13 +619,17 @@ GRAPHS = ("analytics-throughput", "analytics-failure-rate", "analytics-runtime",
           "analytics-failures-by-name", "analytics-worker-active", "analytics-worker-load")
 
 
-def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
+def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
     """The Analytics page; `options` lists the names, workers, queues and brokers the filters offer (a
-    broker filter shows with several brokers); `range_key` (from ?range=) picks the range it opens with."""
-    range_key = range_key if range_key in {value for _label, value in RANGE_CHOICES[:-1]} else "1h"
-    def dropdown(dropdown_id, placeholder, values):
+    broker filter shows with several brokers); `view` (from the address, see callbacks/analytics.py
+    analytics_view) sets the controls: range, from, to, names, workers, queues, brokers, compare, split."""
+    view = view or {}
+    range_key = view.get("range") if view.get("range") in {value for _label, value in RANGE_CHOICES} else "1h"
+    compare_mode = view.get("compare") if view.get("compare") in {value for _label, value in COMPARE_CHOICES} else "day"
+
+    def dropdown(dropdown_id, placeholder, values, key):
         return dcc.Dropdown(id=dropdown_id, options=values, multi=True, placeholder=placeholder,
-                            className="filter-dropdown")
+                            className="filter-dropdown", value=list(view.get(key) or []))
 
     return html.Div([
         page_header("Analytics", html.Span(id="analytics-updated", className="muted"),
@@ -635,15 +639,17 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
                            value=range_key, inline=True, className="chips", labelClassName="chip"),
             html.Div([
                 dcc.Input(id="analytics-from", type="text", placeholder="from 2026-11-25 09:00", debounce=True,
-                          className="search-input time-input"),
+                          className="search-input time-input", value=view.get("from") or None),
                 html.Span("→", className="muted"),
                 dcc.Input(id="analytics-to", type="text", placeholder="to 2026-11-25 10:00", debounce=True,
-                          className="search-input time-input"),
-            ], id="analytics-custom", className="custom-range", style={"display": "none"}),
-            dropdown("analytics-names", "All task names", options.get("name", [])),
-            dropdown("analytics-workers", "All workers", options.get("worker", [])),
-            dropdown("analytics-queues", "All queues", options.get("queue", [])),
-            broker_filter("analytics-brokers", options.get("broker", []), multi=True),
+                          className="search-input time-input", value=view.get("to") or None),
+            ], id="analytics-custom", className="custom-range",
+                style={"display": "flex" if range_key == "custom" else "none"}),
+            dropdown("analytics-names", "All task names", options.get("name", []), "names"),
+            dropdown("analytics-workers", "All workers", options.get("worker", []), "workers"),
+            dropdown("analytics-queues", "All queues", options.get("queue", []), "queues"),
+            broker_filter("analytics-brokers", options.get("broker", []), list(view.get("brokers") or []) or None,
+                          multi=True),
         ], className="analytics-controls"),
         html.Div(id="analytics-message", className="inline-message", role="alert"),
         html.Div(id="analytics-cards", className="stat-row compact-stats"),
@@ -694,15 +700,18 @@ def analytics_layout(options: dict, range_key: str = "1h") -> html.Div:
         _panel("Compare two windows", html.Div([
             html.Div([
                 dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
-                               value="day", inline=True, className="chips", labelClassName="chip"),
+                               value=compare_mode, inline=True, className="chips", labelClassName="chip"),
                 dcc.Input(id="compare-split", type="text", placeholder="split at 2026-11-25 10:00", debounce=True,
-                          className="search-input time-input", style={"display": "none"}),
+                          className="search-input time-input", value=view.get("split") or None,
+                          style={} if compare_mode == "split" else {"display": "none"}),
                 html.Span(id="compare-windows", className="muted small"),
             ], className="compare-controls"),
             grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
         ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
             actions=[_csv_button("analytics-compare")]),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
+        dcc.Store(id="analytics-view-sink"),  # the output of the callback that keeps the address in step
+        dcc.Store(id="analytics-digests"),  # what the page shows, digested: a refresh sends only what changed
     ], className="analytics")
 
 
@@ -754,7 +763,8 @@ def span_label(seconds: float) -> str:
 # -- the Dashboard's compact row ------------------------------------------------------------------
 def compact_row() -> html.Div:
     """Throughput and run times of the last hour, above the workers table, and the stuck and waiting
-    counts of now (filled by refresh_dashboard_charts); a click opens the tasks."""
+    counts of now (first filled with the layout, then by refresh_dashboard_charts and
+    refresh_dashboard_attention); a click opens the tasks."""
     return html.Div([
         html.Div(id="dashboard-attention", className="attention-row"),
         html.Div([

@@ -119,3 +119,13 @@ def page_header(title: str, *extra, subtitle: str | None = None) -> html.Div:
         html.Div([html.H1(title), html.P(subtitle, className="subtitle") if subtitle else None]),
         html.Div(list(extra), className="page-actions"),
     ], className="page-header")
+
+
+def filled(layout, values: dict[tuple[str, str], object]):
+    """`layout` with each (component id, property) of `values` set: a page's first data goes out with
+    its layout, instead of waiting for its refresh callbacks' round trip."""
+    by_id = {component.id: component for component in [layout, *(child for _path, child in layout._traverse_with_paths())]
+             if isinstance(getattr(component, "id", None), str)}  # a pattern-matching id is a dict
+    for (component_id, prop), value in values.items():
+        setattr(by_id[component_id], prop, value)
+    return layout

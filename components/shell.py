@@ -8,14 +8,15 @@ from .common import format_clock
 NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"), ("Broker", "broker"))
 
 
-def shell(relative_path, refresh_ms: int, admin: bool = False) -> html.Div:
+def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=None) -> html.Div:
     """`relative_path` turns an app path into a link that honours the URL prefix; an `admin` also
-    gets the Audit page in the navigation."""
+    gets the Audit page in the navigation. `store_version`: callbacks/shell.py store_version now,
+    so that the first tick does not count as news."""
     return html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
         dcc.Interval(id="refresh-tick", interval=refresh_ms),
         # When the collectors last stored tasks: the Tasks grid reloads only when it moves.
-        dcc.Store(id="store-version"),
+        dcc.Store(id="store-version", data=store_version),
         html.Header([
             dcc.Link([html.Span("✿", className="brand-mark"), "Flowerbed"], href=relative_path("/"), className="brand"),
             # On a phone the navigation folds behind this button (assets/keyboard.js opens it).

@@ -63,11 +63,22 @@ TASK_COLUMNS = [
     {"field": "parent_id", "headerName": "Parent", "hide": True, "tooltipField": "parent_id", **_ID},
     {"field": "root_id", "headerName": "Root", "hide": True, "tooltipField": "root_id", **_ID},
 ]
+
+
+def column_id(column: dict) -> str:
+    """The id AG Grid knows a column by: its field, or its colId when it has none (Finished)."""
+    return column.get("field") or column["colId"]
+
+
+# The columns the address (cols=) and the chooser may name; those the store can sort by (sort=).
+COLUMN_IDS = tuple(map(column_id, TASK_COLUMNS))
+SORTABLE_FIELDS = tuple(column["field"] for column in TASK_COLUMNS if "field" in column)
 # What the grid reads: its columns' fields, and the times its Finished column is made of.
-GRID_FIELDS = tuple(column["field"] for column in TASK_COLUMNS if "field" in column) + ("succeeded", "failed", "revoked")
-# The column chooser offers every column but the two a row is read by.
-CHOOSABLE_COLUMNS = tuple((column["headerName"].removesuffix(" (UTC)"), column.get("field") or column["colId"]) for column in TASK_COLUMNS
-                          if column.get("field") not in ("name", "state"))
+GRID_FIELDS = SORTABLE_FIELDS + ("succeeded", "failed", "revoked")
+# Always shown: a row is read by them. The column chooser offers every other column.
+FIXED_COLUMNS = ("name", "state")
+CHOOSABLE_COLUMNS = tuple((column["headerName"].removesuffix(" (UTC)"), column_id(column)) for column in TASK_COLUMNS
+                          if column_id(column) not in FIXED_COLUMNS)
 # The columns in the order a narrower screen gives them up last (assets/dashAgGridFunctions.js).
 TASK_COLUMN_PRIORITY = ("name", "state", "runtime", "worker", "uuid", "received", "result", "args", "kwargs",
                         "started")
@@ -89,13 +100,36 @@ def search_help(with_brokers: bool) -> html.Details:
     ], className="search-help")
 
 
+def grid_columns(brokers: tuple[str, ...] | list[str] = (), sort: tuple[tuple[str, bool], ...] = (),
+                 visible: tuple[str, ...] | None = None) -> list[dict]:
+    """TASK_COLUMNS, in their order, sorted by `sort` ((field, descending) pairs) and showing `visible`
+    and the fixed two (None: the default columns), as the address asked (see callbacks/tasks.py grid_view)."""
+    columns = []
+    for column in broker_columns(TASK_COLUMNS, brokers):
+        column = dict(column)
+        if visible is not None:
+            column["hide"] = column_id(column) not in (*FIXED_COLUMNS, *visible)
+        for index, (field, descending) in enumerate(sort):
+            if field == column.get("field"):
+                column.update(sort="desc" if descending else "asc", sortIndex=index)
+        columns.append(column)
+    return columns
+
+
+def chosen_columns(columns: list[dict]) -> list[str]:
+    """The chooser's ticks for these columns: every shown one but the fixed two."""
+    return [column_id(column) for column in columns if not column.get("hide") and column_id(column) not in FIXED_COLUMNS]
+
+
 def tasks_layout(search: str, state: str, search_message: str = "", brokers: tuple[str, ...] | list[str] = (),
-                 broker: str = "", can_act: bool = False, task_base: str = "/task/") -> html.Div:
+                 broker: str = "", can_act: bool = False, task_base: str = "/task/", columns: list[dict] | None = None,
+                 view_message: str = "") -> html.Div:
     """`search_message` says why `search` (from the address) cannot be understood; the grid then
     lists no task, as while a search typed in the box is malformed. `brokers`: the names of
     the brokers workers were recorded from; with several, a filter (set to `broker`) and a column.
     `can_act`: the user may re-run the tasks the search matches. `task_base`: the path a task's id is
-    appended to for its page (with the URL prefix)."""
+    appended to for its page (with the URL prefix). `columns`: the grid's, sorted and shown as the
+    address asks (grid_columns); `view_message` says what of that was ignored."""
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
@@ -107,21 +141,24 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
                       spellCheck=False, autoComplete="off"),
             broker_filter("tasks-broker", brokers, broker or None),
             search_help(len(brokers) > 1),
-            column_chooser(brokers),
+            column_chooser(chosen_columns(columns or grid_columns(brokers))),
             html.A("Download CSV", id="tasks-csv", className="button ghost", download="",
                    title="Every task the search, state and broker match (up to 100,000), raw values"),
             bulk_rerun_controls() if can_act else None,
         ], className="toolbar"),
         html.Div(search_message, id="tasks-search-message", className="inline-message", role="alert"),
+        html.Div(view_message, className="inline-message", role="alert") if view_message else None,
         html.Div(id="act-bulk-panel", className="action-panel", role="status") if can_act else None,
         dcc.RadioItems(id="tasks-state", options=[{"label": label, "value": value} for label, value in STATE_CHIPS],
                        value=state, inline=True, className="chips", labelClassName="chip"),
         dcc.Store(id="tasks-query", data={"search": search, "state": state,
                                           "broker": broker}),
+        # The chooser's ticks when the address names no columns: cols= is written only when they differ.
+        dcc.Store(id="tasks-default-columns", data=chosen_columns(grid_columns(brokers))),
         dag.AgGrid(
             id="tasks-grid",
             rowModelType="infinite",
-            columnDefs=broker_columns(TASK_COLUMNS, brokers),
+            columnDefs=columns or grid_columns(brokers),
             defaultColDef={"sortable": True, "resizable": True,
                            "filterParams": {"buttons": ["apply", "reset"], "closeOnApply": True,
                                             "maxNumConditions": 2}},
@@ -135,10 +172,9 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
     ])
 
 
-def column_chooser(brokers) -> html.Details:
-    """A drop-down list of the grid's columns to tick; the choice is kept in this browser."""
-    shown = [column.get("field") or column["colId"] for column in broker_columns(TASK_COLUMNS, brokers)
-             if not column.get("hide") and column.get("field") not in ("name", "state")]
+def column_chooser(shown: list[str]) -> html.Details:
+    """A drop-down list of the grid's columns to tick, `shown` ticked (as the address asks); the
+    choice is kept in this browser and written to the address (cols=)."""
     return html.Details([
         html.Summary("Columns", className="button ghost"),
         dcc.Checklist(id="tasks-columns", options=[{"label": label, "value": column} for label, column in CHOOSABLE_COLUMNS],

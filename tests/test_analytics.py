@@ -11,8 +11,10 @@ import signal
 import numpy as np
 import pytest
 
-from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, compare_windows, limits_from_controls, refresh_outputs,
-                                 response_body, scope_from_controls)
+from dash import no_update
+
+from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, changed_only, compare_windows, digests, error_outputs,
+                                 limits_from_controls, refresh_outputs, response_body, scope_from_controls)
 from components import analytics as view
 from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, wait_for, wait_for_tasks,
                      worker_status)
@@ -682,3 +684,18 @@ def test_the_dashboard_counts_stuck_and_waiting_tasks_and_links_to_them(cluster,
         assert page.inner_text("#analytics-waiting-count") == "1"
     finally:
         worker.stop(signal.SIGKILL)
+
+
+def test_a_refresh_sends_only_the_outputs_and_figures_that_changed():
+    first = error_outputs("no data yet")
+    values, shown = changed_only(first, None)
+    assert values == [first[key] for key in REFRESH_OUTPUTS] and shown == digests(first)
+    same, _ = changed_only(error_outputs("no data yet"), shown)
+    assert all(value is no_update for value in same)
+    later = error_outputs("no data yet")
+    later[FIGURES] = {**later[FIGURES], "analytics-runtime": view.empty_figure("something else")}
+    later[("analytics-updated", "children")] = "updated 10:00:03 UTC"
+    values, _ = changed_only(later, shown)
+    changed = {key: value for key, value in zip(REFRESH_OUTPUTS, values) if value is not no_update}
+    assert changed == {("analytics-updated", "children"): "updated 10:00:03 UTC",
+                       FIGURES: {"analytics-runtime": later[FIGURES]["analytics-runtime"]}}

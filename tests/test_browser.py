@@ -255,7 +255,10 @@ def test_the_column_chooser_adds_and_removes_a_column(page, cluster):
              == "ValueError('boom')", WAIT_SECONDS, "the failed task's exception in its new column")
     page.locator("#tasks-columns label", has_text="Worker").click()
     page.wait_for_selector(f"{headers}[col-id=worker]", state="detached")
-    # A wider window shows more columns (the width fitting), never one the user hid.
+    # The choice is in the address (a shared link shows the same columns) ...
+    wait_for(lambda: page.wait_for_timeout(100) or "exception" in page.url and "worker" not in page.url.split("cols=")[-1],
+             WAIT_SECONDS, f"the chosen columns in the address; it is {page.url}")
+    # ... and a wider window shows more columns (the width fitting), never one the user hid.
     page.set_viewport_size({"width": 2200, "height": 900})
     page.wait_for_selector(f"{headers}[col-id=started]")
     assert page.locator(f"{headers}[col-id=worker]").count() == 0

@@ -227,11 +227,13 @@ def post(url: str, credentials, body: bytes | None = None, headers=None) -> tupl
 def guarded_cluster(redis_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guarded")
     stack = Stack()
+    # Its own Redis database: the other modules' workers and monitors stay out of its actions.
+    broker = redis_url.rsplit("/", 1)[0] + "/7"
     try:
         server = stack.add(FlowerbedServer.start(
-            redis_url, tmp / "flowerbed.db", tmp / "flowerbed.log", "--inspect-timeout", "3",
+            broker, tmp / "flowerbed.db", tmp / "flowerbed.log", "--inspect-timeout", "3",
             "--basic-auth", f"{ADMIN[0]}:{ADMIN[1]}", "--basic-auth-readonly", f"{VIEWER[0]}:{VIEWER[1]}"))
-        worker = stack.add(CeleryWorker(redis_url, "beta@guarded", tmp))
+        worker = stack.add(CeleryWorker(broker, "beta@guarded", tmp))
         wait_for(lambda: worker_status(server, worker.hostname, ADMIN), 20, "the worker online in the monitor")
         yield server, worker
     finally:

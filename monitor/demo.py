@@ -100,6 +100,9 @@ class DemoCluster:
         for name in ("celery", "kombu"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("celery.app.trace").setLevel(logging.CRITICAL)
+        # A retry sends through kombu's producer pool, whose copy of the in-memory connection warns
+        # "No hostname was supplied": the in-memory broker needs none, and the warning alarms users.
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         for hostname in WORKER_NAMES:
             worker = self.app.WorkController(
                 hostname=hostname, pool_cls="threads", concurrency=4, loglevel="WARNING",

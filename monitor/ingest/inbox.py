@@ -21,8 +21,8 @@ class Inbox:
     """`events`: the events taken out of their batch, which the writer pops from the left; batches
     are added by one thread (the relay) and unpacked by another (the writer)."""
 
-    def __init__(self, memory_bytes: int = MEMORY_BYTES):
-        self.memory_bytes = memory_bytes
+    def __init__(self, memory_bytes: int | None = None):
+        self.memory_bytes = MEMORY_BYTES if memory_bytes is None else memory_bytes
         self.events: collections.deque = collections.deque()
         # (pickle, or None when spooled; spool offset; length; events; when the first was received)
         self._batches: collections.deque = collections.deque()

@@ -453,6 +453,28 @@ def attention_links(attention: dict) -> list:
             for kind, (count, href, label, meaning) in attention.items()]
 
 
+COMPARE_ANCHOR = "compare"  # the compare panel's id: /analytics#compare scrolls to it (assets/keyboard.js)
+SLOWER_RATIO = 1.2  # a run time this many times the earlier one is marked, as the compare grid's Change cells
+
+
+def slower_link(frame, href: str) -> dcc.Link:
+    """The Dashboard's answer to "which task got slower than yesterday?": the name whose run time p50 or
+    p95 grew most against the same hour of yesterday (`frame`: analytics.compare), a link to the
+    compare table that says more."""
+    ratios = frame[["runtime_p50_ratio", "runtime_p95_ratio"]].astype(float) if not frame.empty else None
+    if ratios is None or ratios.isna().all().all():
+        text, slower = ["Slower than yesterday: ", html.Strong("no runs to compare")], False
+    else:
+        row, column = ratios.stack().idxmax()
+        ratio = ratios.loc[row, column]
+        slower = ratio >= SLOWER_RATIO
+        text = (["Slower than yesterday: ", html.Strong(frame.loc[row, "name"]),
+                 f" {column.split('_')[1]} ×{ratio:.2f}"] if slower else
+                ["Slower than yesterday: ", html.Strong("none")])
+    return dcc.Link(text, href=href, id="dashboard-slower", className=f"attention {'attention-bad' if slower else 'attention-ok'}",
+                    title="run time p50 or p95 of the last hour against the same hour yesterday: the compare table")
+
+
 # -- grids ----------------------------------------------------------------------------------------
 # `context.csv`: the unit a column's raw value exports in (assets/dashAgGridFunctions.js flowerbedCsvCell).
 def _duration(field, header, **extra) -> dict:
@@ -595,12 +617,13 @@ def grid(grid_id: str, columns, empty: str, height: int | None = None, priority:
     )
 
 
-def _panel(title: str, body, *, help_text: str | None = None, actions=None, class_name: str = "") -> html.Div:
+def _panel(title: str, body, *, help_text: str | None = None, actions=None, class_name: str = "",
+           **attributes) -> html.Div:
     return html.Div([
         html.Div([html.H2(title), html.Span(help_text, className="panel-help") if help_text else None,
                   html.Div(actions or [], className="panel-actions")], className="panel-head"),
         body,
-    ], className=f"panel chart-panel {class_name}".strip())
+    ], className=f"panel chart-panel {class_name}".strip(), **attributes)
 
 
 def _graph(graph_id: str, height: int = 280) -> dcc.Graph:
@@ -708,7 +731,7 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
             ], className="compare-controls"),
             grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
         ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
-            actions=[_csv_button("analytics-compare")]),
+            actions=[_csv_button("analytics-compare")], id=COMPARE_ANCHOR),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
         dcc.Store(id="analytics-view-sink"),  # the output of the callback that keeps the address in step
         dcc.Store(id="analytics-digests"),  # what the page shows, digested: a refresh sends only what changed

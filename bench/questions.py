@@ -10,8 +10,8 @@ The cluster (bench/questions_cluster.py): the demo's three workers and traffic (
 `demo-batch@flowerbed`, a pool of two kept full by a task that sends its successor as it starts, each
 a process of its own (celery's workers) on a private redis-server;
 Flowerbed (`cli.py --broker ...`) watches it. Its store is first given two days of history
-(seed_history): the demo's task names at their demo run times, except images.resize, three times
-faster before the last hour; reports.build failing with a TimeoutError since 30 hours ago; one
+(seed_history): the demo's task names at their demo run times and failures, except images.resize,
+three times faster before the last hour, and reports.build, failing with a TimeoutError since 30 hours ago; one
 email.send running for 10 minutes (stuck) and one reports.build received 5 minutes ago and not
 started (waiting). Debian's chromium then starts each question on the Dashboard and clicks what a
 newcomer would pick by its words (ask_all: the steps are the code, tests/test_questions.py runs the
@@ -45,6 +45,7 @@ NAMES = (("shop.checkout", 0.25), ("email.send", 0.06), ("reports.build", 1.2), 
 SLOWED_NAME, SLOWED_SINCE, SLOWED_FACTOR = "images.resize", 3600, 3.0
 FAILING_NAME, FAILING_SINCE, FAILING_SHARE = "reports.build", 30 * 3600, 0.5
 FAILURE = "TimeoutError('upstream timed out after {n} ms')"
+DECLINED, DECLINED_SHARE = "ValueError('card declined for customer {n}')", 0.08  # payments.charge, as in the demo
 WORKERS = ("demo-alpha@flowerbed", "demo-beta@flowerbed", "demo-gamma@flowerbed")
 BATCH_WORKER, BATCH_CONCURRENCY = "demo-batch@flowerbed", 2
 STUCK = ("email.send", 600)  # (name, running for s): far past its limit (max(3 × p99, 60 s))
@@ -65,8 +66,10 @@ def history_rows(now: float, rng: random.Random) -> list[tuple]:
             runtime = min(rng.lognormvariate(0, 0.4) * median, median * 12)
             started = at + rng.uniform(0, EVERY_SECONDS) + rng.expovariate(1 / 0.02)
             finished = started + runtime
-            failed = name == FAILING_NAME and at >= now - FAILING_SINCE and rng.random() < FAILING_SHARE
-            exception = FAILURE.format(n=rng.randint(1000, 30000)) if failed else None
+            failing = ((FAILURE, FAILING_SHARE) if name == FAILING_NAME and at >= now - FAILING_SINCE else
+                       (DECLINED, DECLINED_SHARE) if name == "payments.charge" else (None, 0))
+            failed = rng.random() < failing[1]
+            exception = failing[0].format(n=rng.randint(1000, 30000)) if failed else None
             rows.append(_row(uuid=f"seed-{name}-{at}", name=name, state="FAILURE" if failed else "SUCCESS",
                              worker=rng.choice(WORKERS), args="()", kwargs="{}", routing_key="celery",
                              sent=started - 0.03, received=started - 0.02, started=started, runtime=runtime,

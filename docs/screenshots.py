@@ -1,0 +1,133 @@
+"""The screenshots in docs/screenshots/: every page at 1440, 1024 and 390 px wide, light and dark.
+
+    python docs/screenshots.py                 # needs the bench extras: pip install -e '.[bench]'
+    python docs/screenshots.py --only analytics --widths 390
+
+Runs the cluster of bench/questions.py (the demo's workers and traffic plus a full batch worker, on a
+private redis-server, with two days of seeded history: a task slower than yesterday, a failure since
+yesterday, a stuck and a waiting task), revokes one task so that the Audit page has an entry, and
+saves each page as <page>-<width>-<light|dark>.png with Debian's chromium: the page's top, at most
+MAX_HEIGHT px tall (the theme is the browser's colour scheme, as a first visit sees it). Pages are
+shot once their data is on screen; the long pages are scrolled through first, since their lower
+parts load when they come into view. Files are optimised with optipng when it is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import questions  # noqa: E402
+from stream import PrivateRedis, free_port  # noqa: E402
+
+OUT = ROOT / "docs" / "screenshots"
+WIDTHS = {1440: 900, 1024: 768, 390: 844}  # width: viewport height
+MAX_HEIGHT = 2400
+WORKER = questions.BATCH_WORKER
+# (file name, path, what on the page means its data is there); {task} is a failed task's uuid.
+PAGES = (
+    ("dashboard", "/", "#workers-grid .ag-row .ag-cell[col-id='hostname']"),
+    ("tasks", "/tasks", "#tasks-grid .ag-center-cols-container .ag-row"),
+    ("task", "/task/{task}", "text=Traceback"),
+    ("analytics", "/analytics", "#analytics-compare .ag-row"),
+    ("worker", f"/worker/{WORKER}", "#worker-live tr"),
+    ("broker", "/broker", "#broker-live tr"),
+    ("audit", "/audit", "#audit-grid .ag-row"),
+)
+CHARTS_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot')].every(
+    p => p.layout && !(p.layout.annotations || []).some(a => a.text === 'Loading…'))"""
+
+
+def failed_task(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/api/tasks?state=FAILURE&taskname={questions.FAILING_NAME}&limit=1"
+                                "&sort_by=-received", timeout=10) as response:
+        return next(iter(json.loads(response.read())))
+
+
+def revoke(base: str, uuid: str) -> None:
+    request = urllib.request.Request(f"{base}/api/task/revoke/{uuid}", data=b"", method="POST")
+    urllib.request.urlopen(request, timeout=30).close()
+
+
+def shoot(browser, base: str, pages, widths, task: str) -> list[Path]:
+    saved = []
+    for theme in ("light", "dark"):
+        for width in widths:
+            context = browser.new_context(viewport={"width": width, "height": WIDTHS[width]}, color_scheme=theme)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            for name, path, ready in pages:
+                page.goto(base + path.format(task=task))
+                page.wait_for_selector(ready, state="attached")
+                scroll_through(page)
+                page.wait_for_function(CHARTS_DRAWN)
+                page.wait_for_load_state("networkidle")
+                height = min(page.evaluate("document.documentElement.scrollHeight"), MAX_HEIGHT)
+                target = OUT / f"{name}-{width}-{theme}.png"
+                page.screenshot(path=target, full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
+                saved.append(target)
+            context.close()
+    return saved
+
+
+def scroll_through(page) -> None:
+    """Bring every part into view once (the lower charts and grids load when seen), then back to the top."""
+    step = page.viewport_size["height"]
+    for top in range(0, min(page.evaluate("document.documentElement.scrollHeight"), MAX_HEIGHT), step):
+        page.evaluate(f"window.scrollTo(0, {top})")
+        page.wait_for_timeout(150)  # let an IntersectionObserver see this part before moving on
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="page names (default: all)")
+    parser.add_argument("--widths", nargs="*", type=int, default=list(WIDTHS), choices=list(WIDTHS))
+    args = parser.parse_args()
+    pages = [page for page in PAGES if not args.only or page[0] in args.only]
+    OUT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="flowerbed-screenshots-") as folder, PrivateRedis() as redis_server:
+        folder = Path(folder)
+        db = str(folder / "flowerbed.db")
+        questions.seed_history(db)
+        port = free_port()
+        processes = [*questions.start_cluster(redis_server.url, folder),
+                     subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--broker", redis_server.url,
+                                       "--port", str(port), "--db", db], cwd=folder,
+                                      stdout=open(folder / "flowerbed.log", "wb"), stderr=subprocess.STDOUT)]
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while not questions.cluster_ready(base):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the cluster was not ready within 2 minutes; logs in {folder}")
+                time.sleep(1)
+            revoke(base, questions.WAITING_UUID)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=questions.CHROMIUM,
+                                                     args=["--no-sandbox", "--disable-gpu"])
+                saved = shoot(browser, base, pages, args.widths, failed_task(base))
+                browser.close()
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(20)
+    if shutil.which("optipng"):
+        subprocess.run(["optipng", "-quiet", "-o2", *map(str, saved)], check=True)
+    print("\n".join(str(path.relative_to(ROOT)) for path in saved))
+
+
+if __name__ == "__main__":
+    main()

@@ -50,6 +50,7 @@ WORKERS = ("demo-alpha@flowerbed", "demo-beta@flowerbed", "demo-gamma@flowerbed"
 BATCH_WORKER, BATCH_CONCURRENCY = "demo-batch@flowerbed", 2
 STUCK = ("email.send", 600)  # (name, running for s): far past its limit (max(3 × p99, 60 s))
 WAITING = ("reports.build", 300)  # (name, received s ago, not started)
+WAITING_UUID = "seed-waiting"
 
 def _row(**fields) -> tuple:
     return tuple(fields.get(field) for field in TASK_FIELDS)
@@ -79,7 +80,7 @@ def history_rows(now: float, rng: random.Random) -> list[tuple]:
     rows.append(_row(uuid="seed-stuck", name=stuck_name, state="STARTED", worker=WORKERS[0], args="()", kwargs="{}",
                      routing_key="celery", sent=now - running - 0.1, received=now - running - 0.05,
                      started=now - running, timestamp=now - running))
-    rows.append(_row(uuid="seed-waiting", name=waiting_name, state="RECEIVED", worker=WORKERS[1], args="()",
+    rows.append(_row(uuid=WAITING_UUID, name=waiting_name, state="RECEIVED", worker=WORKERS[1], args="()",
                      kwargs="{}", routing_key="celery", sent=now - waited - 0.05, received=now - waited,
                      timestamp=now - waited))
     return rows
@@ -116,6 +117,18 @@ def start_cluster(broker: str, folder: Path) -> list[subprocess.Popen]:
     commands["traffic"] = [sys.executable, str(ROOT / "bench" / "questions_cluster.py"), "6", str(BATCH_CONCURRENCY)]
     return [subprocess.Popen(command, env=env, cwd=folder, stdout=open(folder / f"{name}.log", "wb"),
                              stderr=subprocess.STDOUT) for name, command in commands.items()]
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each (a worker finishes its tasks: up to CRUNCH_SECONDS), then SIGKILL to those still up."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def cluster_ready(base: str) -> bool:
@@ -266,13 +279,7 @@ def main() -> None:
                 answers = ask_all(browser, base)
                 browser.close()
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop(processes)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"{seeded:,} tasks of history seeded; chromium at 1440 × 900, a fresh page per question; {load}\n")
     for number, answer in enumerate(answers, 1):

@@ -39,7 +39,7 @@ UNKNOWN_NAME = "(name unknown)"
 TASKS_PAGE_STATES = ("STARTED", "SUCCESS", "FAILURE", "RETRY", "RECEIVED")
 METRIC_AXES = {"runtime": "run time (log scale)", "wait": "received → started (log scale)",
                "sent_wait": "sent → started (log scale)"}
-LOG_TICKS = [m * 10.0 ** e for e in range(-3, 5) for m in (1, 2, 5)]
+WIDE_LOG_SPAN = 300  # p99 / p5 beyond this (2.5 decades): 1, 2, 5 per decade crowd the axis, 1 alone does not
 # No mode bar: it covered the bars it floats over. Drag zooms, a double click resets.
 GRAPH_CONFIG = {"displayModeBar": False}
 # The Analytics table of stuck tasks lists this many (the count is of all of them).
@@ -217,6 +217,11 @@ def failure_rate_figure(rates, scope, uirevision: str, height: int = 280, histor
                **_history_marks(scope, history)))
 
 
+def log_ticks(steps=(1, 2, 5)) -> list[float]:
+    """Duration ticks from 1 ms to 50,000 s, `steps` per decade."""
+    return [m * 10.0 ** e for e in range(-3, 5) for m in steps]
+
+
 def distribution_figure(stats, metric: str, scope, uirevision: str, height: int | None = None,
                         limit: int = 20, compact: bool = False) -> dict:
     """A box per task name from the quantiles: box p25–p75, line at p50, whiskers p5–p99, ◆ the mean;
@@ -249,8 +254,10 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
         name=metric, marker=dict(color="rgba(0,0,0,0)"), customdata=[[_quoted(name), text] for name, _q, text in spans],
         meta=target, hovertemplate="%{customdata[1]}<extra></extra>"))
     height = height or max(180, 34 * len(names) + 60)
+    wide = max(q["p99"] for _n, q, _t in spans) > WIDE_LOG_SPAN * max(min(q["p5"] for _n, q, _t in spans), 1e-6)
+    ticks = log_ticks((1,) if wide else (1, 2, 5))
     return _figure(traces, _layout(
-        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[format_duration(t) for t in LOG_TICKS],
+        uirevision, height, xaxis=dict(type="log", tickvals=ticks, ticktext=[format_duration(t) for t in ticks],
                                        title=None if compact else METRIC_AXES[metric]),
         yaxis=dict(categoryorder="array", categoryarray=names, showgrid=False, tickfont=dict(size=11 if compact else 12))))
 

@@ -7,9 +7,8 @@ Runs the cluster of bench/questions.py (the demo's workers and traffic plus a fu
 private redis-server, with two days of seeded history: a task slower than yesterday, a failure since
 yesterday, a stuck and a waiting task), revokes one task so that the Audit page has an entry, and
 saves each page as <page>-<width>-<light|dark>.png with Debian's chromium: the page's top, at most
-MAX_HEIGHT px tall (the theme is the browser's colour scheme, as a first visit sees it). Pages are
-shot once their data is on screen; the long pages are scrolled through first, since their lower
-parts load when they come into view. Files are optimised with optipng when it is installed.
+MAX_HEIGHT px tall (the theme is the browser's colour scheme, as a first visit sees it), once their
+data, charts and grids are drawn. Files are optimised with optipng when it is installed.
 """
 from __future__ import annotations
 
@@ -41,16 +40,21 @@ PAGES = (
     ("analytics", "/analytics", "#analytics-compare .ag-row"),
     ("worker", f"/worker/{WORKER}", "#worker-live tr"),
     ("broker", "/broker", "#broker-live tr"),
-    ("audit", "/audit", "#audit-grid .ag-row"),
+    ("audit", "/audit", "#audit-table tbody tr"),
 )
+# Every grid with rows to show has drawn some in its visible part.
+GRIDS_DRAWN = """() => [...document.querySelectorAll('.ag-root-wrapper')].every(
+    grid => grid.querySelector('.ag-overlay-no-rows-center') || grid.querySelector('.ag-row .ag-cell'))"""
 CHARTS_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot')].every(
     p => p.layout && !(p.layout.annotations || []).some(a => a.text === 'Loading…'))"""
 
 
-def failed_task(base: str) -> str:
-    with urllib.request.urlopen(f"{base}/api/tasks?state=FAILURE&taskname={questions.FAILING_NAME}&limit=1"
+def live_failure(base: str) -> str | None:
+    """The latest failure of the live traffic (it carries a real traceback), None before the first."""
+    with urllib.request.urlopen(f"{base}/api/tasks?state=FAILURE&taskname=payments.charge&limit=1"
                                 "&sort_by=-received", timeout=10) as response:
-        return next(iter(json.loads(response.read())))
+        latest = next(iter(json.loads(response.read())), None)
+    return None if latest is None or latest.startswith("seed-") else latest
 
 
 def revoke(base: str, uuid: str) -> None:
@@ -68,24 +72,19 @@ def shoot(browser, base: str, pages, widths, task: str) -> list[Path]:
             for name, path, ready in pages:
                 page.goto(base + path.format(task=task))
                 page.wait_for_selector(ready, state="attached")
-                scroll_through(page)
                 page.wait_for_function(CHARTS_DRAWN)
+                # A viewport as tall as the page (up to MAX_HEIGHT): a full-page capture stretches the
+                # window while shooting, and the grids had no time to draw their rows in it.
+                page.set_viewport_size({"width": width,
+                                        "height": min(page.evaluate("document.body.scrollHeight"), MAX_HEIGHT)})
+                page.wait_for_function(GRIDS_DRAWN)
                 page.wait_for_load_state("networkidle")
-                height = min(page.evaluate("document.documentElement.scrollHeight"), MAX_HEIGHT)
                 target = OUT / f"{name}-{width}-{theme}.png"
-                page.screenshot(path=target, full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
+                page.screenshot(path=target)
                 saved.append(target)
+                page.set_viewport_size({"width": width, "height": WIDTHS[width]})
             context.close()
     return saved
-
-
-def scroll_through(page) -> None:
-    """Bring every part into view once (the lower charts and grids load when seen), then back to the top."""
-    step = page.viewport_size["height"]
-    for top in range(0, min(page.evaluate("document.documentElement.scrollHeight"), MAX_HEIGHT), step):
-        page.evaluate(f"window.scrollTo(0, {top})")
-        page.wait_for_timeout(150)  # let an IntersectionObserver see this part before moving on
-    page.evaluate("window.scrollTo(0, 0)")
 
 
 def main() -> None:
@@ -114,16 +113,18 @@ def main() -> None:
                     raise SystemExit(f"the cluster was not ready within 2 minutes; logs in {folder}")
                 time.sleep(1)
             revoke(base, questions.WAITING_UUID)
+            deadline = time.monotonic() + 180
+            while (task := live_failure(base)) is None:
+                if time.monotonic() > deadline:
+                    raise SystemExit("no task of the live traffic failed within 3 minutes")
+                time.sleep(1)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=questions.CHROMIUM,
                                                      args=["--no-sandbox", "--disable-gpu"])
-                saved = shoot(browser, base, pages, args.widths, failed_task(base))
+                saved = shoot(browser, base, pages, args.widths, task)
                 browser.close()
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(20)
+            questions.stop(processes)
     if shutil.which("optipng"):
         subprocess.run(["optipng", "-quiet", "-o2", *map(str, saved)], check=True)
     print("\n".join(str(path.relative_to(ROOT)) for path in saved))

@@ -30,10 +30,7 @@ def scenario(restartable_redis, tmp_path):
     finally:
         if server is not None:
             server.stop()
-        for process in cluster:
-            process.terminate()
-        for process in cluster:
-            process.wait(20)
+        questions.stop(cluster)
 
 
 def test_each_question_is_answered_as_the_store_says(scenario, browser):

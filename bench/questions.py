@@ -38,7 +38,8 @@ from monitor.store.schema import TASK_FIELDS  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HISTORY_SECONDS = 2 * 86400
-EVERY_SECONDS = 20  # one seeded task of each name per this many seconds
+TRAFFIC_RATE = 1.0  # tasks/s the live traffic sends
+EVERY_SECONDS = 6  # one seeded task of each name per this many seconds: 1 task/s, as the live traffic (TRAFFIC_RATE)
 # (name, median run time in s, as monitor/demo.py's tasks sleep); images.resize ran at a third before the last hour.
 NAMES = (("shop.checkout", 0.25), ("email.send", 0.06), ("reports.build", 1.2), ("images.resize", 0.15),
          ("payments.charge", 0.18), ("inventory.sync", 0.1))
@@ -114,7 +115,8 @@ def start_cluster(broker: str, folder: Path) -> list[subprocess.Popen]:
               "--without-mingle", "--without-gossip", "-l", "WARNING"]
     commands = {name: [*worker, "-n", name, "-c", "4"] for name in WORKERS}
     commands[BATCH_WORKER] = [*worker, "-n", BATCH_WORKER, "-c", str(BATCH_CONCURRENCY), "-Q", "batch"]
-    commands["traffic"] = [sys.executable, str(ROOT / "bench" / "questions_cluster.py"), "6", str(BATCH_CONCURRENCY)]
+    commands["traffic"] = [sys.executable, str(ROOT / "bench" / "questions_cluster.py"), str(TRAFFIC_RATE),
+                           str(BATCH_CONCURRENCY)]
     return [subprocess.Popen(command, env=env, cwd=folder, stdout=open(folder / f"{name}.log", "wb"),
                              stderr=subprocess.STDOUT) for name, command in commands.items()]
 

@@ -32,9 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from monitor.store import open_store  # noqa: E402
 from monitor.store.schema import TASK_FIELDS  # noqa: E402
+from stream import PrivateRedis, free_port, stop_processes  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HISTORY_SECONDS = 2 * 86400
@@ -122,15 +124,8 @@ def start_cluster(broker: str, folder: Path) -> list[subprocess.Popen]:
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
-    """SIGTERM to each (a worker finishes its tasks: up to CRUNCH_SECONDS), then SIGKILL to those still up."""
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop the cluster and Flowerbed: a worker finishes its tasks first (a batch.crunch: 20 s)."""
+    stop_processes(processes, timeout=30)
 
 
 def cluster_ready(base: str) -> bool:
@@ -258,7 +253,6 @@ def ask_all(browser, base: str) -> list[Answer]:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from stream import PrivateRedis, free_port
 
     with tempfile.TemporaryDirectory(prefix="flowerbed-questions-") as folder, PrivateRedis() as redis_server:
         folder = Path(folder)

@@ -19,6 +19,7 @@ same and checks the answers against the store).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -29,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -143,10 +145,21 @@ def cluster_ready(base: str) -> bool:
 
 
 # -- the questions, as a newcomer answers them ------------------------------------------------------
+class Steps(list):
+    """What was done, each step with the seconds since the question began: (seconds, text)."""
+
+    def __init__(self):
+        super().__init__()
+        self.began = time.perf_counter()
+
+    def append(self, text: str) -> None:
+        super().append((time.perf_counter() - self.began, text))
+
+
 @dataclasses.dataclass
 class Answer:
     question: str
-    steps: list[str]
+    steps: Steps
     found: dict
     seconds: float
 
@@ -167,12 +180,12 @@ def _first_row(page, grid: str, wanted: str) -> dict:
     return _cells(page, grid)
 
 
-def _open_dashboard(page, base: str, steps: list[str]) -> None:
+def _open_dashboard(page, base: str, steps: Steps) -> None:
     page.goto(f"{base}/")
     steps.append("open the Dashboard")
 
 
-def slower_than_yesterday(page, base: str, steps: list[str]) -> dict:
+def slower_than_yesterday(page, base: str, steps: Steps) -> dict:
     _open_dashboard(page, base, steps)
     chip = page.locator("#dashboard-slower")
     page.wait_for_function("() => /Slower than yesterday: \\S+ p\\d+ ×/.test("
@@ -186,7 +199,7 @@ def slower_than_yesterday(page, base: str, steps: list[str]) -> dict:
             "p50 change": row["runtime_p50_ratio"], "p95 change": row["runtime_p95_ratio"]}
 
 
-def fails_most(page, base: str, steps: list[str]) -> dict:
+def fails_most(page, base: str, steps: Steps) -> dict:
     _open_dashboard(page, base, steps)
     page.get_by_role("link", name="Analytics", exact=True).click()
     steps.append("click “Analytics” in the top bar")
@@ -199,7 +212,7 @@ def fails_most(page, base: str, steps: list[str]) -> dict:
             "first seen": row["first"]}
 
 
-def overloaded_worker(page, base: str, steps: list[str]) -> dict:
+def overloaded_worker(page, base: str, steps: Steps) -> dict:
     _open_dashboard(page, base, steps)
     page.wait_for_function("() => [...document.querySelectorAll('#workers-grid .ag-cell[col-id=\"utilisation\"]')]"
                            ".filter(c => c.textContent.includes('%')).length >= 4")
@@ -214,7 +227,7 @@ def overloaded_worker(page, base: str, steps: list[str]) -> dict:
             "concurrency": row["concurrency"], "marked busy": busy}
 
 
-def anything_stuck(page, base: str, steps: list[str]) -> dict:
+def anything_stuck(page, base: str, steps: Steps) -> dict:
     _open_dashboard(page, base, steps)
     stuck, waiting = page.locator("#dashboard-stuck"), page.locator("#dashboard-waiting")
     page.wait_for_function("() => document.querySelector('#dashboard-stuck strong')")
@@ -242,27 +255,27 @@ def ask_all(browser, base: str) -> list[Answer]:
         context = browser.new_context(viewport={"width": 1440, "height": 900})
         page = context.new_page()
         page.set_default_timeout(30_000)
-        steps: list[str] = []
-        began = time.perf_counter()
+        steps = Steps()
         found = ask(page, base, steps)
-        answers.append(Answer(question, steps, found, time.perf_counter() - began))
+        answers.append(Answer(question, steps, found, time.perf_counter() - steps.began))
         context.close()
     return answers
 
 
-def main() -> None:
-    from playwright.sync_api import sync_playwright
-
-
-    with tempfile.TemporaryDirectory(prefix="flowerbed-questions-") as folder, PrivateRedis() as redis_server:
+@contextlib.contextmanager
+def running_scenario(prefix: str) -> Iterator[str]:
+    """A private redis-server, a store seeded with the history, the cluster and Flowerbed watching it
+    (`cli.py`, in a temporary folder named with `prefix` that keeps the logs): yields Flowerbed's base
+    URL once every worker is online and inspected; stops them all at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder, PrivateRedis() as redis_server:
         folder = Path(folder)
         db = str(folder / "flowerbed.db")
-        seeded = seed_history(db)
+        seed_history(db)
         port = free_port()
         processes = [*start_cluster(redis_server.url, folder),
                      subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--broker", redis_server.url, "--port",
                                        str(port), "--db", db], cwd=folder, stdout=open(folder / "flowerbed.log", "wb"),
-                                      stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})]
+                                      stderr=subprocess.STDOUT)]
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
@@ -270,18 +283,25 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the cluster was not ready within 2 minutes; logs in {folder}")
                 time.sleep(1)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-                answers = ask_all(browser, base)
-                browser.close()
+            yield base
         finally:
             stop(processes)
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"{seeded:,} tasks of history seeded; chromium at 1440 × 900, a fresh page per question; {load}\n")
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    with running_scenario("flowerbed-questions-") as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        answers = ask_all(browser, base)
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        browser.close()
+    print(f"A fresh 1440 × 900 chromium page per question, on {HISTORY_SECONDS // 86400} days of seeded history "
+          f"and a live cluster; {load}\n")
     for number, answer in enumerate(answers, 1):
         print(f"{number}. {answer.question}  {answer.seconds:.1f} s")
-        for step in answer.steps:
-            print(f"     - {step}")
+        for seconds, step in answer.steps:
+            print(f"     {seconds:5.1f} s  {step}")
         print("     answer: " + "; ".join(f"{key} {value}" for key, value in answer.found.items()) + "\n")
 
 

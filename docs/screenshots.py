@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import questions  # noqa: E402
-from stream import PrivateRedis, free_port  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 WIDTHS = {1440: 900, 1024: 768, 390: 844}  # width: viewport height
@@ -96,35 +94,18 @@ def main() -> None:
     args = parser.parse_args()
     pages = [page for page in PAGES if not args.only or page[0] in args.only]
     OUT.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="flowerbed-screenshots-") as folder, PrivateRedis() as redis_server:
-        folder = Path(folder)
-        db = str(folder / "flowerbed.db")
-        questions.seed_history(db)
-        port = free_port()
-        processes = [*questions.start_cluster(redis_server.url, folder),
-                     subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--broker", redis_server.url,
-                                       "--port", str(port), "--db", db], cwd=folder,
-                                      stdout=open(folder / "flowerbed.log", "wb"), stderr=subprocess.STDOUT)]
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while not questions.cluster_ready(base):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the cluster was not ready within 2 minutes; logs in {folder}")
-                time.sleep(1)
-            revoke(base, questions.WAITING_UUID)
-            deadline = time.monotonic() + 180
-            while (task := live_failure(base)) is None:
-                if time.monotonic() > deadline:
-                    raise SystemExit("no task of the live traffic failed within 3 minutes")
-                time.sleep(1)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=questions.CHROMIUM,
-                                                     args=["--no-sandbox", "--disable-gpu"])
-                saved = shoot(browser, base, pages, args.widths, task)
-                browser.close()
-        finally:
-            questions.stop(processes)
+    with questions.running_scenario("flowerbed-screenshots-") as base:
+        revoke(base, questions.WAITING_UUID)
+        deadline = time.monotonic() + 180
+        while (task := live_failure(base)) is None:
+            if time.monotonic() > deadline:
+                raise SystemExit("no task of the live traffic failed within 3 minutes")
+            time.sleep(1)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=questions.CHROMIUM,
+                                                 args=["--no-sandbox", "--disable-gpu"])
+            saved = shoot(browser, base, pages, args.widths, task)
+            browser.close()
     if shutil.which("optipng"):
         subprocess.run(["optipng", "-quiet", "-o2", *map(str, saved)], check=True)
     print("\n".join(str(path.relative_to(ROOT)) for path in saved))

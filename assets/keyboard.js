@@ -1,6 +1,6 @@
 // Keyboard and phone helpers for every page: "/" jumps to the page's search box (unless the user is
 // typing somewhere), Escape closes what opened, and the menu button folds the navigation open and
-// shut on a narrow screen.
+// shut on a narrow screen; an address with #id scrolls to that part once the page has drawn it.
 (function () {
   function typing(target) {
     return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
@@ -34,4 +34,16 @@
       setMenu(false);  // a choice made, or a click elsewhere: fold it away
     }
   });
+  // The pages are drawn after the address changes (a dcc.Link, or the first load), so the browser's own
+  // jump to the #id finds nothing: jump once the element appears, once per address.
+  var jumped = null;
+  new MutationObserver(function () {
+    var address = location.pathname + location.hash;
+    if (!location.hash || jumped === address) { return; }
+    var target = document.getElementById(decodeURIComponent(location.hash.slice(1)));
+    if (target) {
+      jumped = address;
+      target.scrollIntoView({block: "start"});
+    }
+  }).observe(document.documentElement, {childList: true, subtree: true});
 })();

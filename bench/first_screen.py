@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stream import PrivateRedis, free_port, print_table
+from stream import PrivateRedis, free_port, print_table, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -82,13 +82,7 @@ def main() -> None:
             wait_for_tasks(bases, args.tasks)
             rows = measure(bases, args.repeats)
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_processes(processes, timeout=10)
     print_results(rows, args)
 
 

@@ -171,12 +171,15 @@ def dashboard_figures(store, broker: str | None, now: float | None = None) -> di
 
 def dashboard_attention(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
                         now: float | None = None) -> list:
-    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks."""
+    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks, and the task
+    that got slowest against the same hour yesterday, a link to the Analytics page's compare table."""
     now = time.time() if now is None else now
     scope = analytics.last("1h", now, brokers=[broker] if broker else None)
     attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
                                        analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
-    return view.attention_links(attention)
+    before, after = compare_windows(scope, "day", None, now)
+    compared = view.slower_link(analytics.compare(store, before, after, now), f"{base}analytics#{view.COMPARE_ANCHOR}")
+    return [*view.attention_links(attention), compared]
 
 
 def response_body(outputs: dict) -> str:

@@ -39,7 +39,7 @@ UNKNOWN_NAME = "(name unknown)"
 TASKS_PAGE_STATES = ("STARTED", "SUCCESS", "FAILURE", "RETRY", "RECEIVED")
 METRIC_AXES = {"runtime": "run time (log scale)", "wait": "received → started (log scale)",
                "sent_wait": "sent → started (log scale)"}
-LOG_TICKS = [m * 10.0 ** e for e in range(-3, 5) for m in (1, 2, 5)]
+WIDE_LOG_SPAN = 300  # p99 / p5 beyond this (2.5 decades): 1, 2, 5 per decade crowd the axis, 1 alone does not
 # No mode bar: it covered the bars it floats over. Drag zooms, a double click resets.
 GRAPH_CONFIG = {"displayModeBar": False}
 # The Analytics table of stuck tasks lists this many (the count is of all of them).
@@ -217,6 +217,11 @@ def failure_rate_figure(rates, scope, uirevision: str, height: int = 280, histor
                **_history_marks(scope, history)))
 
 
+def log_ticks(steps=(1, 2, 5)) -> list[float]:
+    """Duration ticks from 1 ms to 50,000 s, `steps` per decade."""
+    return [m * 10.0 ** e for e in range(-3, 5) for m in steps]
+
+
 def distribution_figure(stats, metric: str, scope, uirevision: str, height: int | None = None,
                         limit: int = 20, compact: bool = False) -> dict:
     """A box per task name from the quantiles: box p25–p75, line at p50, whiskers p5–p99, ◆ the mean;
@@ -249,8 +254,10 @@ def distribution_figure(stats, metric: str, scope, uirevision: str, height: int 
         name=metric, marker=dict(color="rgba(0,0,0,0)"), customdata=[[_quoted(name), text] for name, _q, text in spans],
         meta=target, hovertemplate="%{customdata[1]}<extra></extra>"))
     height = height or max(180, 34 * len(names) + 60)
+    wide = max(q["p99"] for _n, q, _t in spans) > WIDE_LOG_SPAN * max(min(q["p5"] for _n, q, _t in spans), 1e-6)
+    ticks = log_ticks((1,) if wide else (1, 2, 5))
     return _figure(traces, _layout(
-        uirevision, height, xaxis=dict(type="log", tickvals=LOG_TICKS, ticktext=[format_duration(t) for t in LOG_TICKS],
+        uirevision, height, xaxis=dict(type="log", tickvals=ticks, ticktext=[format_duration(t) for t in ticks],
                                        title=None if compact else METRIC_AXES[metric]),
         yaxis=dict(categoryorder="array", categoryarray=names, showgrid=False, tickfont=dict(size=11 if compact else 12))))
 
@@ -453,6 +460,28 @@ def attention_links(attention: dict) -> list:
             for kind, (count, href, label, meaning) in attention.items()]
 
 
+COMPARE_ANCHOR = "compare"  # the compare panel's id: /analytics#compare scrolls to it (assets/keyboard.js)
+SLOWER_RATIO = 1.2  # a run time this many times the earlier one is marked, as the compare grid's Change cells
+
+
+def slower_link(frame, href: str) -> dcc.Link:
+    """The Dashboard's answer to "which task got slower than yesterday?": the name whose run time p50 or
+    p95 grew most against the same hour of yesterday (`frame`: analytics.compare), a link to the
+    compare table that says more."""
+    ratios = frame[["runtime_p50_ratio", "runtime_p95_ratio"]].astype(float) if not frame.empty else None
+    if ratios is None or ratios.isna().all().all():
+        text, slower = ["Slower than yesterday: ", html.Strong("no runs to compare")], False
+    else:
+        row, column = ratios.stack().idxmax()
+        ratio = ratios.loc[row, column]
+        slower = ratio >= SLOWER_RATIO
+        text = (["Slower than yesterday: ", html.Strong(frame.loc[row, "name"]),
+                 f" {column.split('_')[1]} ×{ratio:.2f}"] if slower else
+                ["Slower than yesterday: ", html.Strong("none")])
+    return dcc.Link(text, href=href, id="dashboard-slower", className=f"attention {'attention-bad' if slower else 'attention-ok'}",
+                    title="run time p50 or p95 of the last hour against the same hour yesterday: the compare table")
+
+
 # -- grids ----------------------------------------------------------------------------------------
 # `context.csv`: the unit a column's raw value exports in (assets/dashAgGridFunctions.js flowerbedCsvCell).
 def _duration(field, header, **extra) -> dict:
@@ -595,12 +624,13 @@ def grid(grid_id: str, columns, empty: str, height: int | None = None, priority:
     )
 
 
-def _panel(title: str, body, *, help_text: str | None = None, actions=None, class_name: str = "") -> html.Div:
+def _panel(title: str, body, *, help_text: str | None = None, actions=None, class_name: str = "",
+           **attributes) -> html.Div:
     return html.Div([
         html.Div([html.H2(title), html.Span(help_text, className="panel-help") if help_text else None,
                   html.Div(actions or [], className="panel-actions")], className="panel-head"),
         body,
-    ], className=f"panel chart-panel {class_name}".strip())
+    ], className=f"panel chart-panel {class_name}".strip(), **attributes)
 
 
 def _graph(graph_id: str, height: int = 280) -> dcc.Graph:
@@ -708,7 +738,7 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
             ], className="compare-controls"),
             grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
         ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
-            actions=[_csv_button("analytics-compare")]),
+            actions=[_csv_button("analytics-compare")], id=COMPARE_ANCHOR),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
         dcc.Store(id="analytics-view-sink"),  # the output of the callback that keeps the address in step
         dcc.Store(id="analytics-digests"),  # what the page shows, digested: a refresh sends only what changed

@@ -17,7 +17,8 @@ WORKER_COLUMNS = [
      "valueFormatter": {"function": "flowerbedUtilisation(params)"},
      "tooltipValueGetter": {"function": "params.data.busy ? 'Over ' + params.data.busy_share + ' % busy for "
                                         "the last ' + params.data.busy_minutes + ' min' : null"},
-     "cellClassRules": {"cell-busy": "params.data.busy"}},
+     "cellClassRules": {"cell-busy": "params.data.busy"},
+     "sortingOrder": ["desc", "asc", None]},  # a click asks "who is busiest?": highest first
     {"field": "active", "headerName": "Active", "type": "numericColumn", "width": 90},
     {"field": "concurrency", "headerName": "Concurrency", "type": "numericColumn", "width": 124,
      "headerTooltip": "Pool size, from the last inspect"},

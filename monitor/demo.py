@@ -121,14 +121,19 @@ class DemoCluster:
             worker.stop(in_sighandler=False)
 
     def _send_traffic(self) -> None:
-        weights = [weight for weight, _task, _args in self.app.demo_traffic]
-        number = 0
-        while not self._stop.is_set():
-            _weight, task, make_args = random.choices(self.app.demo_traffic, weights)[0]
-            args, kwargs = make_args(number)
-            try:
-                task.apply_async(args, kwargs)
-            except Exception:  # keep generating even if one send fails
-                log.exception("demo could not send %s", task.name)
-            number += 1
-            self._stop.wait(random.expovariate(self.tasks_per_second))
+        send_traffic(self.app, self.tasks_per_second, self._stop)
+
+
+def send_traffic(app: Celery, tasks_per_second: float, stop: threading.Event) -> None:
+    """Send the demo app's tasks (make_demo_app) at random, `tasks_per_second` on average, until `stop`."""
+    weights = [weight for weight, _task, _args in app.demo_traffic]
+    number = 0
+    while not stop.is_set():
+        _weight, task, make_args = random.choices(app.demo_traffic, weights)[0]
+        args, kwargs = make_args(number)
+        try:
+            task.apply_async(args, kwargs)
+        except Exception:  # keep generating even if one send fails
+            log.exception("demo could not send %s", task.name)
+        number += 1
+        stop.wait(random.expovariate(tasks_per_second))

@@ -277,6 +277,28 @@ def test_compare_two_windows_per_name(store):
         compare_windows(scope, "split", "2030-01-01", NOW)
 
 
+def test_dashboard_names_the_task_slower_than_yesterday_by_run_time(store):
+    for name, before, after in (("steady", 0.2, 0.2), ("slowed", 0.1, 0.25)):
+        write(store, [finished(f"{name}{window}{i}", name, runtime, window - 60 * (i + 1))
+                      for window, runtime in ((NOW - 86400, before), (NOW, after)) for i in range(40)])
+    scope = analytics.last("1h", NOW)
+    frame = analytics.compare(store, *compare_windows(scope, "day", None, NOW), NOW)
+    link = view.slower_link(frame, "/analytics#compare")
+    assert re.fullmatch(r"Slower than yesterday: slowed p(50|95) ×2\.[3-6]\d", _text(link)), _text(link)
+    assert "attention-bad" in link.className
+    assert link.href == "/analytics#compare"
+    unchanged = view.slower_link(frame[frame["name"] == "steady"], "/analytics#compare")
+    assert _text(unchanged) == "Slower than yesterday: none" and "attention-ok" in unchanged.className
+    assert _text(view.slower_link(frame.iloc[0:0], "/")) == "Slower than yesterday: no runs to compare"
+
+
+def _text(component) -> str:
+    children = component.children if hasattr(component, "children") else component
+    if isinstance(children, (list, tuple)):
+        return "".join(_text(child) for child in children)
+    return str(children) if children is not None else ""
+
+
 def test_compare_windows_never_overlap_in_any_mode():
     for range_key in analytics.RANGES:
         for mode in ("previous", "day", "week", "split"):

@@ -406,7 +406,10 @@ def _tail(text: str, lines: int = 14, chars: int = 1500) -> str:
 
 def task_rows(frame, columns) -> list[dict]:
     """Rows of single tasks: a click opens the task (its `uuid`)."""
-    return _records(frame, columns)
+    rows = _records(frame, columns)
+    for row in rows:
+        row["name"] = row.get("name") or UNKNOWN_NAME
+    return rows
 
 
 def compare_rows(frame, before_scope, after_scope) -> list[dict]:

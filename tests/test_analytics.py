@@ -721,3 +721,12 @@ def test_a_refresh_sends_only_the_outputs_and_figures_that_changed():
     changed = {key: value for key, value in zip(REFRESH_OUTPUTS, values) if value is not no_update}
     assert changed == {("analytics-updated", "children"): "updated 10:00:03 UTC",
                        FIGURES: {"analytics-runtime": later[FIGURES]["analytics-runtime"]}}
+
+
+def test_single_task_rows_without_a_name_say_so():
+    import pandas as pd
+
+    frame = pd.DataFrame([{"uuid": "a", "name": None, "runtime": 20.0, "state": "SUCCESS", "worker": "w",
+                           "received": 1.0}, {"uuid": "b", "name": "email.send", "runtime": 1.0,
+                                              "state": "SUCCESS", "worker": "w", "received": 2.0}])
+    assert [row["name"] for row in view.task_rows(frame, analytics.SLOWEST_COLUMNS)] == [view.UNKNOWN_NAME, "email.send"]

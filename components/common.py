@@ -15,13 +15,16 @@ STATE_CLASSES = {
 }
 
 
-def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None) -> html.Div:
-    """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone)."""
+def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None,
+              wide: bool = False) -> html.Div:
+    """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone);
+    a `wide` card takes two columns of its row."""
     value_props = {"id": card_id} if card_id else {}
     return html.Div([
         html.Div(label, className="stat-label"),
         html.Div(value, className="stat-value", **value_props),
-    ], className=f"stat-card {tone}".strip(), **({"id": box_id} if box_id else {}))
+    ], className=" ".join(filter(None, ("stat-card", tone, "stat-wide" if wide else ""))),
+        **({"id": box_id} if box_id else {}))
 
 
 def fitting_columns(priority: Sequence[str]) -> dict:

@@ -160,7 +160,7 @@ def worker_cards(worker: dict, now: float) -> list:
         stat_card("Succeeded", format_number(worker.get("succeeded") or 0), tone="tone-ok"),
         stat_card("Failed", format_number(worker.get("failed") or 0), tone="tone-bad"),
         stat_card("Retried", format_number(worker.get("retried") or 0)),
-        stat_card("Load average", ", ".join(f"{x:.2f}" for x in load) if load else "—"),
+        stat_card("Load average", ", ".join(f"{x:.2f}" for x in load) if load else "—", wide=True),
     ]
 
 

@@ -11,9 +11,11 @@ def batch(first: int, count: int) -> tuple[bytes, int, float]:
 
 
 def drain(inbox: Inbox) -> list[str]:
+    """Take everything, as the writer does (another thread may be unpacking meanwhile)."""
     taken = []
-    while inbox.events or inbox.unpack():
-        taken.append(inbox.events.popleft()["uuid"])
+    while len(inbox):
+        if inbox.events or inbox.unpack():
+            taken.append(inbox.events.popleft()["uuid"])
     return taken
 
 
@@ -52,3 +54,25 @@ def test_events_handed_over_one_by_one_and_clear():
     assert len(inbox) == 4 and inbox.oldest() == 5.0
     assert inbox.clear() == 4
     assert len(inbox) == 0 and not inbox.unpack() and inbox.oldest() is None
+
+
+def test_a_thread_topping_up_while_the_writer_takes_keeps_the_order():
+    import threading
+
+    inbox = Inbox(memory_bytes=0)
+    for first in range(0, 20_000, 500):
+        inbox.add_batch(*batch(first, 500))
+    done = threading.Event()
+
+    def top_up():
+        while not done.is_set():
+            inbox.top_up(1_000)
+
+    relay = threading.Thread(target=top_up)
+    relay.start()
+    try:
+        taken = drain(inbox)
+    finally:
+        done.set()
+        relay.join()
+    assert taken == [f"u{n}" for n in range(20_000)]

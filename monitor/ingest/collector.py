@@ -57,6 +57,9 @@ TRUNCATED = "…[truncated {:,} characters]"
 DEFAULT_FIELD_LIMIT = 65_536
 # How often the lease is renewed and the counters published to the store, for the web processes.
 REPORT_SECONDS = 1.0
+# Events the relaying thread keeps unpickled ahead of the writer (see inbox.py): two of the
+# receiving process's batches.
+READY_EVENTS = 2 * receiving.BATCH_EVENTS
 # The meta key a collector publishes its counters under is this followed by its broker's name.
 REPORT_PREFIX = "collector:"
 
@@ -287,6 +290,7 @@ class Collector:
             if self.events_queue is not None and len(inbox) >= limit:
                 time.sleep(0.05)  # the queue keeps what waits: nothing is dropped
                 continue
+            inbox.top_up(READY_EVENTS)
             if not pipe.poll(0.1):
                 continue
             try:

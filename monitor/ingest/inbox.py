@@ -1,10 +1,12 @@
 """The collector's inbox: what was received and waits to be merged, oldest first.
 
 Events come one at a time from a receiver in the collector's process (an in-memory broker), or in
-batches from the receiving process. A batch stays the pickle it came as until the writer takes it: a
-pickled event takes about 210 bytes, a live one about 800. Past `memory_bytes` of waiting batches,
+batches from the receiving process. A batch stays the pickle it came as until it is nearly its turn:
+a pickled event takes about 210 bytes, a live one about 800. Past `memory_bytes` of waiting batches,
 further batches wait in a temporary file, so that a collector that falls far behind (a burst faster
-than the store takes it) keeps its memory flat and still loses nothing.
+than the store takes it) keeps its memory flat and still loses nothing. The relaying thread keeps a
+few batches unpickled ahead of the writer (`top_up`): unpickling then runs while the writer waits on
+the store, which releases the GIL (on the writer's own thread it cost a third of the SQLite rate).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class Inbox:
         self._spool_end = 0
         self._spooled = 0  # batches in the spool
         self._lock = threading.Lock()
+        self._unpacking = threading.Lock()  # one batch at a time, so that batches enter `events` in order
 
     def __len__(self) -> int:
         return len(self.events) + self._waiting
@@ -53,23 +56,29 @@ class Inbox:
 
     def unpack(self) -> bool:
         """Move the oldest waiting batch into `events`; False when no batch waits."""
-        with self._lock:
-            if not self._batches:
-                return False
-            payload, offset, length, count, _oldest = self._batches.popleft()
-            if payload is None:
-                payload = os.pread(self._spool.fileno(), length, offset)
-                self._spooled -= 1
-                if not self._spooled:  # the spool is read: start it again from its beginning
-                    self._spool_end = 0
-                    os.ftruncate(self._spool.fileno(), 0)
-            else:
-                self._held -= length
-        # Unpickling is the slow part: out of the lock, and counted as waiting until it is done.
-        self.events.extend(pickle.loads(payload))
-        with self._lock:
-            self._waiting -= count
+        with self._unpacking:
+            with self._lock:
+                if not self._batches:
+                    return False
+                payload, offset, length, count, _oldest = self._batches.popleft()
+                if payload is None:
+                    payload = os.pread(self._spool.fileno(), length, offset)
+                    self._spooled -= 1
+                    if not self._spooled:  # the spool is read: start it again from its beginning
+                        self._spool_end = 0
+                        os.ftruncate(self._spool.fileno(), 0)
+                else:
+                    self._held -= length
+            # Unpickling is the slow part: out of the lock, and counted as waiting until it is done.
+            self.events.extend(pickle.loads(payload))
+            with self._lock:
+                self._waiting -= count
         return True
+
+    def top_up(self, ready: int) -> None:
+        """Unpack batches until at least `ready` events are unpacked, or none waits."""
+        while len(self.events) < ready and self.unpack():
+            pass
 
     def oldest(self) -> float | None:
         """When the oldest waiting event was received, when it says."""
@@ -84,7 +93,7 @@ class Inbox:
 
     def clear(self) -> int:
         """Forget what waits; returns how many events that was."""
-        with self._lock:
+        with self._unpacking, self._lock:
             forgotten = len(self)
             self.events.clear()
             self._batches.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 
+import flask
 from dash import Input, Output, State, no_update
 
 import auth
@@ -24,9 +25,15 @@ from components.workers import busy_window_start, dashboard_layout, worker_rows
 
 
 def register(app, services) -> None:
-    @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
-    def render_page(pathname, search):
-        return route(app, services, pathname, search)
+    @app.callback(Output("page", "children"), Output("page-address", "data"), Input("url", "pathname"),
+                  State("url", "search"), State("page-address", "data"))
+    def render_page(pathname, search, first_address):
+        """The page at the browser's address; not again the one the first layout came with (first_page):
+        that address is forgotten once the page is shown, so that coming back to it renders it anew."""
+        forget = None if first_address is not None else no_update
+        if first_address is not None and first_address == page_address(pathname, search):
+            return no_update, forget
+        return route(app, services, pathname, search), forget
 
     nav_ids = [f"nav-{path or 'dashboard'}" for _label, path in shell_components.NAV_ITEMS]
 
@@ -67,6 +74,28 @@ def safe_strip(app, pathname: str | None) -> str | None:
 def encodable(text: str | None) -> str | None:
     """The text with lone surrogates replaced: the browser can send them, JSON cannot carry them back."""
     return text if text is None else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def page_address(pathname, search) -> str:
+    """The address a page is rendered for, as the browser's location gives it: path and query."""
+    return f"{pathname}{search or ''}"
+
+
+def first_page(app, services) -> tuple[object, str | None]:
+    """The page the first layout (Dash's _dash-layout request) comes with, and its address: the one
+    the browser asks from (the request's Referer), so that the page opens without the router's round
+    trip. (None, None) when the browser did not say or the store cannot be read now: the router
+    renders it then (and says why it cannot)."""
+    referrer = urllib.parse.urlsplit(flask.request.referrer or "")
+    if not referrer.path:
+        return None, None
+    search = f"?{referrer.query}" if referrer.query else ""
+    try:
+        return route(app, services, referrer.path, search), page_address(referrer.path, search)
+    except Exception as exc:
+        if not services.store.is_transient(exc):
+            raise
+        return None, None
 
 
 def route(app, services, pathname: str | None, search: str | None):
@@ -118,6 +147,12 @@ def route(app, services, pathname: str | None, search: str | None):
 
 
 PAGES = ("", "tasks", "analytics", "audit", "broker")
+
+
+def has_charts(app, pathname: str) -> bool:
+    """Whether the page at `pathname` (with the URL prefix) opens with charts."""
+    path = safe_strip(app, pathname)
+    return path in ("", "analytics", "broker") or path is not None and path.startswith("worker/")
 
 
 def worker_name(path: str) -> str:

@@ -25,7 +25,7 @@ from components.shell import shell
 from monitor.serving import admission, crosssite
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint
-from monitor.services import Services, build_services
+from monitor.services import Services, build_services, store_version
 from monitor.settings import Settings, normalized_prefix, without_password
 from monitor.store import store_error_text
 
@@ -114,7 +114,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
 
 def _layout(app: dash.Dash, services: Services, refresh_ms: int):
     # The version before the page's data: a write in between then shows at the next tick.
-    version = shell_callbacks.store_version(services.broker_stats())
+    version = store_version(services.broker_stats())
     page, address = shell_callbacks.first_page(app, services)
     return shell(app.get_relative_path, refresh_ms, admin=auth.can_act(), store_version=version, page=page,
                  page_address=address)

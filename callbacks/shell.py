@@ -11,6 +11,7 @@ import auth
 from components import shell as shell_components
 from components.audit import audit_layout
 from monitor.query import analytics
+from monitor.services import store_version
 from components.analytics import analytics_layout
 from callbacks.analytics import analytics_view, configured_limits, first_outputs as analytics_first_outputs
 from components.common import filled
@@ -54,12 +55,6 @@ def register(app, services) -> None:
         status = shell_components.brokers_status(reports, time.time(), services.settings.stall_seconds)
         version = store_version(reports)
         return status, no_update if version == version_shown else version
-
-
-def store_version(reports: dict[str, dict]) -> list:
-    """What changes whenever a collector stores tasks (heartbeats alone do not count): each broker's
-    last write of task rows."""
-    return sorted([name, report.get("tasks_stored_at")] for name, report in reports.items())  # as JSON brings it back
 
 
 def safe_strip(app, pathname: str | None) -> str | None:

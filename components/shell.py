@@ -11,7 +11,7 @@ NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"), 
 def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=None, page=None,
           page_address: str | None = None) -> html.Div:
     """`relative_path` turns an app path into a link that honours the URL prefix; an `admin` also
-    gets the Audit page in the navigation. `store_version`: callbacks/shell.py store_version now,
+    gets the Audit page in the navigation. `store_version`: monitor.services.store_version now,
     so that the first tick does not count as news. `page`: the page at `page_address` (path and
     query), when the layout comes with it (callbacks/shell.py first_page)."""
     return html.Div([

@@ -37,9 +37,10 @@ log = logging.getLogger("flowerbed")
 PLOTLY_BUNDLE = "vendor/plotly-cartesian-4.1.1.min.js"
 # The code Dash loads when a grid or a dropdown first shows, fetched with the page's scripts instead of after them.
 EARLY_CHUNKS = ("dash_ag_grid/async-community.js", "dash/dcc/async-dropdown.js")
-# A page with charts starts plotly.js (half a second of the browser's time on a 2-core machine) as soon as its
-# layout is asked for, while the server builds it, instead of after it arrives. dcc's Graph loads plotly.js
-# unless window.Plotly is there, and waits for it when it is a promise (Promise.resolve adopts it).
+# A page with charts on its first screen starts plotly.js (half a second of the browser's time on a 2-core
+# machine) as soon as its layout is asked for, while the server builds it, instead of after it arrives. dcc's
+# Graph loads plotly.js unless window.Plotly is there, and waits for it when it is a promise (Promise.resolve
+# adopts it).
 EARLY_PLOTLY = """<script>window.flowerbedEarlyPlotly = function () {
     if (window.Plotly) { return; }
     window.Plotly = new Promise(function (resolve, reject) {
@@ -63,7 +64,7 @@ class _Dash(dash.Dash):
         prefix = self.config.requests_pathname_prefix
         plotly = self.get_asset_url(PLOTLY_BUNDLE)
         early = [f"{prefix}_dash-component-suites/{chunk}" for chunk in EARLY_CHUNKS]
-        charts = shell_callbacks.has_charts(self, flask.request.path)
+        charts = shell_callbacks.charts_first(self, flask.request.path)
         if charts:
             early += [f"{prefix}_dash-component-suites/dash/dcc/async-graph.js", plotly]
         # dcc's Graph loads plotly.js from window._dashPlotlyJSURL, which the renderer sets to the full bundle.

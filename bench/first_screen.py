@@ -81,13 +81,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300, help="tasks both monitors must list before measuring")
     parser.add_argument("--rate", type=float, default=20.0, help="tasks per second the cluster is sent")
     parser.add_argument("--breakdown", action="store_true", help="print where each Flowerbed page's time goes")
+    parser.add_argument("--page", action="append", choices=sorted({page for _s, page, *_rest in PAGES}),
+                        help="measure only this page (repeat for several; default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flowerbed-first-screen-") as folder, PrivateRedis() as redis_server:
         processes = []
         try:
             bases = start_systems(redis_server.url, Path(folder), args.rate, processes)
             wait_for_tasks(bases, args.tasks)
-            rows, timelines = measure(bases, args.repeats)
+            rows, timelines = measure(bases, args.repeats, args.page)
         finally:
             for process in processes:
                 process.terminate()
@@ -134,13 +136,15 @@ def wait_for_tasks(bases: dict[str, str], tasks: int, timeout: float = 600) -> N
         time.sleep(1)
 
 
-def measure(bases: dict[str, str], repeats: int) -> list[dict]:
+def measure(bases: dict[str, str], repeats: int, pages: list[str] | None) -> tuple[list[dict], dict]:
     from playwright.sync_api import sync_playwright
 
     results, timelines = [], {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         for system, page_name, path, selector, pattern, charts in PAGES:
+            if pages and page_name not in pages:
+                continue
             samples = {"cold": [], "warm": []}
             for _ in range(repeats):
                 context = browser.new_context(viewport={"width": 1440, "height": 900})

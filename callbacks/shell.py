@@ -144,10 +144,10 @@ def route(app, services, pathname: str | None, search: str | None):
 PAGES = ("", "tasks", "analytics", "audit", "broker")
 
 
-def has_charts(app, pathname: str) -> bool:
-    """Whether the page at `pathname` (with the URL prefix) opens with charts."""
-    path = safe_strip(app, pathname)
-    return path in ("", "analytics", "broker") or path is not None and path.startswith("worker/")
+def charts_first(app, pathname: str) -> bool:
+    """Whether the page at `pathname` (with the URL prefix) opens with charts on its first screen (a
+    worker's come below its tables: those tables come first)."""
+    return safe_strip(app, pathname) in ("", "analytics", "broker")
 
 
 def worker_name(path: str) -> str:

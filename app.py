@@ -20,13 +20,13 @@ from callbacks import shell as shell_callbacks
 from callbacks import tasks as tasks_callbacks
 from callbacks import worker as worker_callbacks
 from callbacks import workers as workers_callbacks
-from cli import brokers_shown, or_exit, settings_or_exit
 from components.shell import shell
 from monitor.serving import admission, crosssite
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint
 from monitor.services import Services, build_services, store_version
 from monitor.settings import Settings, normalized_prefix, without_password
+from monitor.startup import brokers_shown, or_exit, settings_or_exit
 from monitor.store import store_error_text
 
 HERE = Path(__file__).resolve().parent
@@ -219,9 +219,3 @@ def serve(settings: Settings) -> None:
              "s" if settings.tls else "", settings.address, settings.web_port, normalized_prefix(settings.url_prefix),
              brokers_shown(settings) if not settings.demo else "embedded demo", without_password(settings.db))
     _Gunicorn().run()
-
-
-if __name__ == "__main__":
-    from cli import main
-
-    main()

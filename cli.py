@@ -4,35 +4,16 @@ web server of app.py (`flowerbed`, `flowerbed web`)."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sqlite3
 import sys
 import threading
 
 from monitor.serving.health import serve_collector_status
 from monitor.services import build_services
-from monitor.settings import Settings, SettingsError, ignored_settings_text, load_settings, without_password
-from monitor.store.schema import StoreError
+from monitor.settings import Settings, ignored_settings_text, without_password
+from monitor.startup import brokers_shown, or_exit, settings_or_exit
 
 log = logging.getLogger("flowerbed")
-
-
-def settings_or_exit(argv) -> Settings:
-    try:
-        return load_settings(argv, os.environ)
-    except SettingsError as exc:
-        print(f"flowerbed: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def or_exit(build, settings: Settings):
-    """build(settings), or a one-line error and exit status 2 when the store cannot be used."""
-    try:
-        return build(settings)
-    except (sqlite3.Error, OSError, StoreError) as exc:
-        print(f"flowerbed: error: cannot use --db {without_password(settings.db)!r}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main(argv=None) -> None:
@@ -64,14 +45,6 @@ def collect(settings: Settings) -> None:
     services.stop()
     if status is not None:
         status.shutdown()
-
-
-def brokers_shown(settings: Settings) -> str:
-    """The broker's URL without its password; with several, each one's name and URL."""
-    brokers = settings.named_brokers
-    if len(brokers) == 1:
-        return without_password(brokers[0][1])
-    return ", ".join(f"{name} = {without_password(url)}" for name, url in brokers)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def receiving_cpu(tasks: int, workers: int) -> tuple[int, float]:
                 if process.events.poll(0.5):
                     message = process.events.recv()
                     if message[0] == "events":
-                        received += len(message[1])
+                        received += message[2]
             seconds = sum(child.cpu_times()[:2]) - began
             publisher.join(10)
         finally:

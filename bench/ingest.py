@@ -5,7 +5,7 @@
     python bench/ingest.py --systems receiver,collector-sqlite,flower --phases fastest
 
 Three phases on the same stream, each run against celery's bare receiver (the baseline), Flowerbed's
-collector service on SQLite and on PostgreSQL (`python app.py collect`, as users run it; a private
+collector service on SQLite and on PostgreSQL (`python cli.py collect`, as users run it; a private
 database on --pg-server, skipped with the reason when that server cannot be reached), Flower, and on
 request Flowerbed in-process (`--systems flowerbed`), each consumer in a fresh process of its own
 (and a fresh store), on a private redis-server:
@@ -16,7 +16,7 @@ request Flowerbed in-process (`--systems flowerbed`), each consumer in a fresh p
   burst    the stream paced at --burst-rate (16k events/s), default limit, while the Tasks page and
            /api/tasks are requested every --use-pause seconds: events lost, tasks that reached their
            final state, page latency meanwhile. For the collector services the pages are a web tier
-           of their own (`python app.py web --workers 4` on the same store) asked over HTTP from
+           of their own (`python cli.py web --workers 4` on the same store) asked over HTTP from
            --use-threads threads, and its RSS is printed
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ directly (its own ingest path, without the broker). The queries are what each Ta
 first page: Flowerbed's `fetch_tasks` with the TaskQuery the page's grid callback builds, Flower's
 `TasksDataTable` work (`search_tasks` and a dict per row).
 
-Then, unless --no-web, `python app.py web --db <the filled store>` (one gunicorn worker) is asked
+Then, unless --no-web, `python cli.py web --db <the filled store>` (one gunicorn worker) is asked
 over HTTP --web-rounds times for the Tasks page's grid callback (the three queries in turn) and
 /api/tasks?limit=100&sort_by=-received; printed: the RSS of its worker and its master, and the
 latencies over HTTP.
@@ -78,7 +78,7 @@ def p50_ms(run, repeats: int, max_seconds: float) -> tuple[float, int]:
 
 
 def measure_web(db: str, rounds: int) -> dict:
-    """`python app.py web --db DB` (one worker) asked `rounds` times for the Tasks page's grid callback
+    """`python cli.py web --db DB` (one worker) asked `rounds` times for the Tasks page's grid callback
     and /api/tasks over HTTP; RSS of its worker and master (at the end, and the worker's peak)."""
     with tempfile.TemporaryDirectory(prefix="flowerbed-bench-logs-") as directory:
         return _measure_web(db, rounds, f"{directory}/web.log")
@@ -193,7 +193,7 @@ def main() -> None:
                 ("tasks", "query", *(f"{name} ms" for name in names), "Flower ms",
                  *(f"{name} vs Flower" for name in names), f"matches ({' / '.join(names + ['Flower'])})"), rows)
     if web_rows:
-        print_table(f"Web process (python app.py web, 1 worker) serving the Tasks page's three queries and "
+        print_table(f"Web process (python cli.py web, 1 worker) serving the Tasks page's three queries and "
                     f"/api/tasks over HTTP, {args.web_rounds} rounds: RSS MB and ms",
                     ("tasks", "store", "worker RSS at start", "worker RSS at end", "worker RSS peak", "master RSS",
                      "page p50 ms", "page max ms", "API p50 ms", "API max ms", "requests", "failed"), web_rows)

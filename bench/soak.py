@@ -7,7 +7,7 @@ Everything runs on loopback in a temporary directory removed at the end: a priva
 broker), a real `celery worker` running tests/sample_tasks.py, a producer sending a steady mix of
 tasks (successes, failures, retries) and recording each uuid with its expected final state, an
 independent subscriber to the event bus (the witness: what was published, and when), and Flowerbed
-itself (`python app.py`), its store on a small tmpfs so that the disk can be filled.
+itself (`python cli.py`), its store on a small tmpfs so that the disk can be filled.
 
 Faults, in turn: broker restart, `kill -9` of Flowerbed (its whole process group, then started again
 on the same db and port), an exclusive lock held on the store, disk full, a burst of poison events.
@@ -73,13 +73,13 @@ POISON_PAUSE = 0.3
 
 # -- the processes -------------------------------------------------------------------------------
 class Flowerbed:
-    """`python app.py` on a fixed port and db, which may be killed and started again (one life each)."""
+    """`python cli.py` on a fixed port and db, which may be killed and started again (one life each)."""
 
     def __init__(self, broker: str, db: Path, log_path: Path, max_tasks: int, directory: Path):
         self.port = free_port()
         self.directory = directory
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "app.py", "--broker", broker, "--db", str(db), "--port", str(self.port),
+        self.command = [sys.executable, "cli.py", "--broker", broker, "--db", str(db), "--port", str(self.port),
                         "--max-tasks", str(max_tasks)]
         self.log_path = log_path
         self.process: Process | None = None
@@ -136,7 +136,7 @@ class Flowerbed:
                 continue
             if "monitor.ingest.receiving" in command:
                 role = "receiving"
-            elif parent == processes[0].pid and "app.py" in command:
+            elif parent == processes[0].pid and "cli.py" in command:
                 role = "worker"
             else:
                 role = "other"  # gunicorn's master
@@ -801,7 +801,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker-concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--flowerbed-dir", type=Path, default=ROOT,
-                        help="the Flowerbed tree to run app.py from (default this checkout), e.g. a `git archive` of a commit")
+                        help="the Flowerbed tree to run cli.py from (default this checkout), e.g. a `git archive` of a commit")
     parser.add_argument("--logs", type=Path, help="copy the logs (Flowerbed, worker, Redis) into this directory at the end")
     args = parser.parse_args(argv)
     unknown = set(args.faults) - set(FAULTS)

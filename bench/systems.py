@@ -2,9 +2,9 @@
 
 - `celery receiver`: celery's own bare `app.events.Receiver` counting what it receives (the baseline).
 - `collector SQLite` / `collector PostgreSQL`: the collector service as users run it,
-  `python app.py collect --broker ... --db ... --port ...` in a subprocess (its receiving process a
+  `python cli.py collect --broker ... --db ... --port ...` in a subprocess (its receiving process a
   child of it), counted through its `/api/collector`; "in use" means a web tier beside it,
-  `python app.py web --db <the same store> --workers 4`, asked over HTTP for the Tasks page's grid
+  `python cli.py web --db <the same store> --workers 4`, asked over HTTP for the Tasks page's grid
   callback and `/api/tasks` from a few threads while events arrive.
 - `Flowerbed in-process`: the real services (collector with its receiving process and its relaying and writing
   threads, SQLite store, inspector) in the benchmark's process; "in use" means the real Dash app answering the Tasks page's grid callback and the
@@ -355,7 +355,7 @@ _EXPECTED = re.compile(r"Substantial drift from celery@bench-worker|basic auth i
 
 
 class ServiceProcess:
-    """`python app.py ARGS` run from the repository as users run it; its output in `log_path`; in a
+    """`python cli.py ARGS` run from the repository as users run it; its output in `log_path`; in a
     session of its own, so that stop() ends its children too (a collector's receiving process,
     gunicorn's workers)."""
 
@@ -476,7 +476,7 @@ def wait_until(check, seconds: float, service: ServiceProcess, what: str) -> Non
 
 
 class WebTier:
-    """`python app.py web --db DB --workers N`: pages and API over HTTP, and what they cost in RSS."""
+    """`python cli.py web --db DB --workers N`: pages and API over HTTP, and what they cost in RSS."""
 
     def __init__(self, db: str, workers: int, log_path: str):
         self.port = free_port()
@@ -516,7 +516,7 @@ class WebTier:
 
 
 class _CollectorService:
-    """`python app.py collect` on a private store, as users run it, counted through its /api/collector;
+    """`python cli.py collect` on a private store, as users run it, counted through its /api/collector;
     in use: a web tier on the same store, polled over HTTP from `use_threads` threads."""
     backend = "sqlite"
     ours = True

@@ -144,7 +144,7 @@ def celery_worker(tmp_path):
 
 @pytest.fixture
 def flowerbed_server(tmp_path):
-    """flowerbed_server(broker_url, *flags, db=None, env=None, scheme="http") runs `python app.py` and
+    """flowerbed_server(broker_url, *flags, db=None, env=None, scheme="http") runs `python cli.py` and
     returns its base URL (a FlowerbedServer: a str with .stop()); the same `db` again brings the
     history back."""
     stack = Stack()

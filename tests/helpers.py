@@ -312,7 +312,7 @@ class CeleryWorker:
 
 
 class FlowerbedServer(str):
-    """The base URL of a running `python app.py` (a str, so f"{server}/api/tasks" works), with
+    """The base URL of a running `python cli.py` (a str, so f"{server}/api/tasks" works), with
     `.stop()`, `.output()` and the `.db` it keeps its history in."""
 
     process: Process
@@ -324,7 +324,7 @@ class FlowerbedServer(str):
         """`env`: variables added to the server's environment; `scheme` https for a server given
         --certfile (its health check is then not verified against any authority)."""
         port = free_port()
-        process = Process([sys.executable, "app.py", "--broker", broker, "--db", str(db), "--port", str(port),
+        process = Process([sys.executable, "cli.py", "--broker", broker, "--db", str(db), "--port", str(port),
                            "--refresh-seconds", "1", *flags], log_path, env={**os.environ, **(env or {})})
         server = cls(f"{scheme}://127.0.0.1:{port}")
         server.process, server.db = process, db

@@ -1,4 +1,4 @@
-"""Several brokers in one Flowerbed: one `python app.py` watching two Redis databases (two brokers to
+"""Several brokers in one Flowerbed: one `python cli.py` watching two Redis databases (two brokers to
 celery: events, queues and inspect replies stay apart), each with a real `celery worker`. Every task
 and worker carries its broker's name, and the API, the search and the pages filter by it. Then the
 pieces without servers: what one broker shows (nothing new) and how several report their health."""

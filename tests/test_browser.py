@@ -300,7 +300,7 @@ def test_the_detail_links_children_and_root_and_copies_the_id(page, cluster):
     wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == parent, 5, "the id copied")
     assert page.locator("#task-args-text + .copy-button").count() == 1
     page.locator(links).first.click()
-    page.wait_for_selector(f"#task-detail .page-header .subtitle")
+    page.wait_for_selector("#task-detail .page-header .subtitle")
     wait_for(lambda: page.evaluate("location.pathname") in {f"/task/{child}" for child in children}, 10, "a child opened")
     for field in ("root_id", "parent_id"):
         link = page.locator("#task-detail tr", has=page.locator(f"th:text-is('{field}')")).locator("a")

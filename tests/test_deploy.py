@@ -27,7 +27,7 @@ def processes():
 
 def demo_server(processes, tmp_path, name: str, *flags) -> str:
     port = free_port()
-    processes([sys.executable, "app.py", "--demo", "--db", str(tmp_path / f"{name}.db"), "--port", str(port),
+    processes([sys.executable, "cli.py", "--demo", "--db", str(tmp_path / f"{name}.db"), "--port", str(port),
                "--basic-auth", f"{USER}:{PASSWORD}", "--refresh-seconds", "1", *flags], tmp_path / f"{name}.log")
     return f"http://127.0.0.1:{port}"
 

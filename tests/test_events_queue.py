@@ -124,7 +124,7 @@ def broker(rabbitmq_url) -> str:
 
 
 class CollectProcess:
-    """`python app.py collect --events-queue QUEUE` in a process of its own, with its status port."""
+    """`python cli.py collect --events-queue QUEUE` in a process of its own, with its status port."""
 
     def __init__(self, broker: str, db, queue: str, log_dir, name: str):
         self.port = free_port()

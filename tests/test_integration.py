@@ -1,4 +1,4 @@
-"""End to end on real brokers: `python app.py` watching a real `celery worker` subprocess that runs
+"""End to end on real brokers: `python cli.py` watching a real `celery worker` subprocess that runs
 tasks which succeed, fail with a traceback, retry and sleep; checked through the JSON API."""
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 USERS = {name: f"{name}-secret" for name in ("ann", "bob", "cid", "dan")}
 HEAVY = "/api/tasks?limit=10000"
 STATIC = "/_dash-component-suites/plotly/package_data/plotly.min.js"  # 4.8 MB: more than a socket buffers
-THREADS = 8  # gunicorn's, as app.py main() sets them
+THREADS = 8  # gunicorn's, as app.serve() sets them
 TASKS = 20_000
 RSS_MARGIN_MB = 60  # measured: ~100 MB at rest, +20 MB after 100 heavy requests (bench/health_load.py)
 

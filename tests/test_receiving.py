@@ -20,7 +20,7 @@ from celery.events.receiver import EventReceiver
 from kombu import Producer
 
 from helpers import wait_for
-from monitor.ingest import receiving
+from monitor.ingest import inbox, receiving
 from monitor.ingest.collector import Collector
 from monitor.store.sqlite import SqliteStore as Store
 
@@ -82,7 +82,11 @@ def deliver(collector: Collector, timeout: float = 20) -> str:
     return wait_for(arrived, timeout, "an event through the receiving process")
 
 
-def test_worker_events_reach_the_store_through_the_receiving_process(redis_url, collector_on, celery_worker):
+@pytest.mark.parametrize("inbox_memory", ["default", "none: every batch waits on disk"])
+def test_worker_events_reach_the_store_through_the_receiving_process(redis_url, collector_on, celery_worker,
+                                                                     inbox_memory, monkeypatch):
+    if inbox_memory != "default":
+        monkeypatch.setattr(inbox, "MEMORY_BYTES", 0)
     collector = collector_on(redis_url)
     assert collector.receive_in_process is True
     [child] = receivers(collector)

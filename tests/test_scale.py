@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 class Command:
-    """`python app.py <command> ...` in a process of its own, with its base URL (when it serves one)."""
+    """`python cli.py <command> ...` in a process of its own, with its base URL (when it serves one)."""
 
     def __init__(self, log_dir, command: str, *flags: str):
         self.port = free_port()

@@ -198,7 +198,7 @@ def test_cli_stops_with_one_line_and_no_traceback(args, env, message):
 
 
 def test_python_app_py_is_the_same_cli():
-    result = subprocess.run([sys.executable, "app.py", "--port", "abc"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "cli.py", "--port", "abc"], capture_output=True, text=True,
                             timeout=60, cwd=ROOT)
     assert (result.returncode, result.stderr.strip()) == (2, "flowerbed: error: --port: expected a whole number, got 'abc'")
 

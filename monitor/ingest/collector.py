@@ -36,6 +36,7 @@ import uuid as uuid_module
 from kombu.utils.url import maybe_sanitize_url
 
 from monitor.ingest import receiving
+from monitor.ingest.inbox import Inbox
 from monitor.ingest.incident import Incident
 from monitor.ingest.merge import MergeState
 from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, WORKER_COUNTERS
@@ -87,7 +88,7 @@ class Collector:
         if events_queue is not None and receive_in_process:
             raise ValueError("an events queue is consumed in the receiving process only")
         self.events_queue = events_queue
-        self._inbox: collections.deque = collections.deque()
+        self._inbox = Inbox()
         # Events ever put in the inbox and taken from it, and (events put in the inbox, receipt) of
         # the receiving process's batches not yet acknowledged: a batch is acknowledged once every
         # event taken up to its last one is committed.
@@ -188,6 +189,7 @@ class Collector:
             # Published while no collector subscribes, events are gone: not so in-process (the demo).
             "unheard_events_lost": self.events_queue is None and not self.app.conf.broker_url.startswith("memory://"),
             "backlog": len(self._inbox) + (self._unwritten.events if self._unwritten else 0) + self._pending.events,
+            "backlog_spooled_bytes": self._inbox.spooled_bytes(),  # the part of the backlog waiting on disk
             # While writes fail, the lag is the age of the oldest event still waiting, so it grows.
             "lag_seconds": round(max(self.lag_seconds, now - waiting) if waiting else self.lag_seconds, 3),
             "last_stored_at": self.last_stored_at,
@@ -212,11 +214,7 @@ class Collector:
             return self._unwritten.oldest
         if self._pending.oldest is not None:
             return self._pending.oldest
-        try:
-            oldest = self._inbox[0].get("local_received")
-        except (IndexError, AttributeError):  # empty, or emptied meanwhile by the writer
-            return None
-        return oldest if type(oldest) is float else None
+        return self._inbox.oldest()
 
     # -- receiving thread --------------------------------------------------------------------
     def _receive_forever(self) -> None:
@@ -296,15 +294,14 @@ class Collector:
             except EOFError:
                 return
             if message[0] == "events":
-                _kind, events, unreadable, receipt = message
-                counts["received"] += len(events)
+                _kind, payload, count, oldest, unreadable, receipt = message
+                counts["received"] += count
                 counts["unreadable"] += unreadable
-                room = max(0, limit - len(inbox))
-                if room < len(events) and self.events_queue is None:
-                    counts["dropped"] += len(events) - room
-                    events = events[:room]
-                inbox.extend(events)
-                self._appended += len(events)
+                if count > limit - len(inbox) and self.events_queue is None:
+                    counts["dropped"] += count  # a batch is kept whole or not at all
+                elif count:
+                    inbox.add_batch(payload, count, oldest)
+                    self._appended += count
                 if receipt is not None:
                     self._receipts.append((self._appended, receipt))
             elif message[0] == "connected":
@@ -317,7 +314,7 @@ class Collector:
     def _hand_over_function(self):
         # Runs once per event on the receiving thread: keep it to a length check and an append.
         inbox, counts, limit = self._inbox, self.counts, self.max_backlog
-        append, size = inbox.append, inbox.__len__
+        append, size = inbox.events.append, inbox.__len__
 
         def hand_over(event):
             counts["received"] += 1
@@ -381,8 +378,7 @@ class Collector:
 
     def _skip_waiting_events(self) -> None:
         """A standby leaves the writing to the lease holder, which receives the same events."""
-        skipped = len(self._inbox) + self._pending.events + (self._unwritten.events if self._unwritten else 0)
-        self._inbox.clear()
+        skipped = self._inbox.clear() + self._pending.events + (self._unwritten.events if self._unwritten else 0)
         self._pending, self._unwritten = _Pending(), None
         self.counts["skipped"] += skipped
 
@@ -395,7 +391,8 @@ class Collector:
         if self._unwritten is not None:
             self._write_unwritten()
             return 1
-        inbox, popleft = self._inbox, self._inbox.popleft
+        inbox, unpack = self._inbox.events, self._inbox.unpack
+        popleft = inbox.popleft
         pending = self._pending
         dirty_tasks, dirty_workers = pending.tasks, pending.workers
         samples, count = pending.samples, pending.counted.append
@@ -405,7 +402,7 @@ class Collector:
         monotonic, sleep = time.monotonic, time.sleep
         deadline = monotonic() + self.batch_seconds
         while taken < self.batch_events:
-            if not inbox:
+            if not inbox and not unpack():
                 if taken == 0 or monotonic() >= deadline:
                     break
                 sleep(0.005)

@@ -11,9 +11,11 @@ its own the receiver has a core to itself; the collector's receiving thread only
 
 The child speaks over one pipe and listens on another, in messages:
   to the parent:  ("connected", uri)        ("lost", "ErrorType: message")        ("drained",)
-                  ("events", [event, ...], unreadable, receipt)   events in the order received;
-                  unreadable: how many skipped; receipt: None, or on a queue (EventsQueue) what
-                  acknowledges the batch's messages and every earlier one
+                  ("events", pickle, count, oldest, unreadable, receipt)   the pickled list of
+                  `count` events in the order received (the collector unpickles it only when it
+                  merges it); oldest: the first one's local_received; unreadable: how many skipped;
+                  receipt: None, or on a queue (EventsQueue) what acknowledges the batch's messages
+                  and every earlier one
   to the child:   ("ack", receipt)   the store committed that batch and the ones before it
                   ("stop",)          send what you hold, then ("drained",); leave the rest to the broker
                   the pipe closed    acknowledge nothing more, close the connection, exit
@@ -388,9 +390,11 @@ class _Capture:
         batch, unreadable = self.batch, self.counts["unreadable"]
         receipt = (self.connection_id, self.receiver.last_tag) if self.events_queue else None
         try:
-            self.pipe.send(("events", batch, unreadable, receipt))
+            payload = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
         except (RecursionError, pickle.PicklingError):  # one event nested too deeply: not its neighbours
-            self.pipe.send(("events", [_picklable(event) for event in batch], unreadable, receipt))
+            payload = pickle.dumps([_picklable(event) for event in batch], pickle.HIGHEST_PROTOCOL)
+        oldest = batch[0].get("local_received") if batch else None
+        self.pipe.send(("events", payload, len(batch), oldest, unreadable, receipt))
         batch.clear()
         self.counts.clear()
 

@@ -13,12 +13,19 @@ Analytics, a worker's page and the Broker page; Flower's pages of the same kind)
 and reports the median over --repeats of:
   grid ms    navigation start to the first table row holding data
   charts ms  navigation start to every chart on the page drawn with data (pages with charts)
+  in view ms navigation start to every chart of the first screen (1440 x 900) drawn: "-" when all are below it
   kB moved   bytes over the wire (compressed, as the browser counts them: CDP's encodedDataLength)
   kB decoded the same bodies decompressed
+With --breakdown, each Flowerbed page's last cold and warm load is also printed as a timeline: every request
+(the HTML, _dash-layout, _dash-dependencies, the JS bundles, plotly.js, each callback by its outputs) with
+when it started and ended and how long the server took to answer (its time to first byte), the scripts the
+browser ran for longer than a few milliseconds (Chrome's long-animation-frame entries), and the moments the
+grid and the charts were filled.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -41,6 +48,18 @@ CHARTS_DRAWN = """() => { const plots = [...document.querySelectorAll('.js-plotl
     const placeholder = p => !p.layout || (p.layout.annotations || []).some(a => a.text === 'Loading…');
     return plots.length > 0 && !plots.some(placeholder) && plots.some(p => p.data.length > 0);
 }"""
+# Kept by the page from its start: when every chart within the window (at least one) was first drawn.
+CHARTS_IN_VIEW = """(() => {
+    const drawn = graph => { const plot = graph.querySelector('.js-plotly-plot');
+        return plot && plot.layout && !(plot.layout.annotations || []).some(a => a.text === 'Loading…'); };
+    const look = () => {
+        const shown = [...document.querySelectorAll('.dash-graph')]
+            .filter(graph => graph.getBoundingClientRect().top < innerHeight);
+        if (shown.length > 0 && shown.every(drawn)) { window.flowerbedChartsInView = performance.now(); }
+        else if (performance.now() < 60000) { requestAnimationFrame(look); }
+    };
+    requestAnimationFrame(look);
+})()"""
 UUID = "[0-9a-f]{8}-[0-9a-f]{4}-"
 WORKER = "demo-(alpha|beta|gamma)@"
 ONE_WORKER = "demo-alpha@flowerbed"
@@ -74,15 +93,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="loads per page and cache state (median shown)")
     parser.add_argument("--tasks", type=int, default=300, help="tasks both monitors must list before measuring")
     parser.add_argument("--rate", type=float, default=20.0, help="tasks per second the cluster is sent")
+    parser.add_argument("--breakdown", action="store_true", help="print where each Flowerbed page's time goes")
+    parser.add_argument("--page", action="append", choices=sorted({page for _s, page, *_rest in PAGES}),
+                        help="measure only this page (repeat for several; default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flowerbed-first-screen-") as folder, PrivateRedis() as redis_server:
         processes = []
         try:
             bases = start_systems(redis_server.url, Path(folder), args.rate, processes)
             wait_for_tasks(bases, args.tasks)
-            rows = measure(bases, args.repeats)
+            rows, timelines = measure(bases, args.repeats, args.page)
         finally:
             stop_processes(processes, timeout=10)
+    if args.breakdown:
+        print_timelines(timelines)
     print_results(rows, args)
 
 
@@ -105,7 +129,7 @@ def start_systems(broker: str, folder: Path, rate: float, processes: list) -> di
 def task_count(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            return len(__import__("json").loads(response.read()))
+            return len(json.loads(response.read()))
     except OSError:
         return 0
 
@@ -119,25 +143,31 @@ def wait_for_tasks(bases: dict[str, str], tasks: int, timeout: float = 600) -> N
         time.sleep(1)
 
 
-def measure(bases: dict[str, str], repeats: int) -> list[dict]:
+def measure(bases: dict[str, str], repeats: int, pages: list[str] | None) -> tuple[list[dict], dict]:
     from playwright.sync_api import sync_playwright
 
-    results = []
+    results, timelines = [], {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         for system, page_name, path, selector, pattern, charts in PAGES:
+            if pages and page_name not in pages:
+                continue
             samples = {"cold": [], "warm": []}
             for _ in range(repeats):
                 context = browser.new_context(viewport={"width": 1440, "height": 900})
+                context.add_init_script(CHARTS_IN_VIEW)
                 for cache in ("cold", "warm"):
-                    samples[cache].append(load(context, bases[system] + path, selector, pattern, charts))
+                    sample, timelines[system, page_name, cache] = load(context, bases[system] + path, selector,
+                                                                       pattern, charts)
+                    samples[cache].append(sample)
                 context.close()
             for cache, loads in samples.items():
                 results.append({"system": system, "page": page_name, "cache": cache, **{
-                    key: statistics.median(sample[key] for sample in loads) if loads[0][key] is not None else None
+                    key: statistics.median(values) if (values := [sample[key] for sample in loads
+                                                                  if sample[key] is not None]) else None
                     for key in loads[0]}})
         browser.close()
-    return results
+    return results, timelines
 
 
 def load(context, url: str, selector: str, pattern: str, charts: bool) -> dict:
@@ -145,8 +175,11 @@ def load(context, url: str, selector: str, pattern: str, charts: bool) -> dict:
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     moved, decoded = [0], [0]
+    requests = {}
     cdp.on("Network.loadingFinished", lambda event: moved.__setitem__(0, moved[0] + event["encodedDataLength"]))
     cdp.on("Network.dataReceived", lambda event: decoded.__setitem__(0, decoded[0] + event["dataLength"]))
+    for kind in ("requestWillBeSent", "responseReceived", "loadingFinished"):
+        cdp.on(f"Network.{kind}", lambda event, kind=kind: requests.setdefault(event["requestId"], {}).update({kind: event}))
     page.goto(url, wait_until="commit")
     # performance.now() counts from the navigation's start, in the page: no Python overhead included.
     try:
@@ -154,9 +187,12 @@ def load(context, url: str, selector: str, pattern: str, charts: bool) -> dict:
     except Exception as exc:
         raise SystemExit(f"{url}: no data on screen within a minute ({type(exc).__name__})") from None
     page.wait_for_load_state("networkidle")
-    sample = {"grid ms": grid_ms, "charts ms": charts_ms, "kB moved": moved[0] / 1000, "kB decoded": decoded[0] / 1000}
+    sample = {"grid ms": grid_ms, "charts ms": charts_ms,
+              "in view ms": page.evaluate("window.flowerbedChartsInView || null") if charts else None,
+              "kB moved": moved[0] / 1000, "kB decoded": decoded[0] / 1000}
+    timeline = {"requests": requests, "scripts": page.evaluate(LONG_SCRIPTS), "grid ms": grid_ms, "charts ms": charts_ms}
     page.close()
-    return sample
+    return sample, timeline
 
 
 def until_data(page, selector: str, pattern: str, charts: bool) -> tuple[float, float | None]:
@@ -167,17 +203,67 @@ def until_data(page, selector: str, pattern: str, charts: bool) -> tuple[float, 
     return grid_ms, charts_ms
 
 
+# The scripts of every animation frame longer than 50 ms (Chrome keeps them from the page's start).
+LONG_SCRIPTS = """() => new Promise(resolve => new PerformanceObserver((list, observer) => {
+    observer.disconnect();
+    resolve(list.getEntries().flatMap(frame => frame.scripts).map(script => ({
+        start: script.startTime, ms: script.duration, source: script.sourceURL, invoker: script.invoker})));
+}).observe({type: "long-animation-frame", buffered: true}))"""
+SHOWN_SCRIPT_MS = 5
+
+
+def print_timelines(timelines: dict) -> None:
+    for (system, page_name, cache), timeline in timelines.items():
+        if system != "Flowerbed":
+            continue
+        events = sorted(request_events(timeline["requests"]) + script_events(timeline["scripts"])
+                        + [(timeline["grid ms"], timeline["grid ms"], None, None, "grid filled")]
+                        + ([(timeline["charts ms"], timeline["charts ms"], None, None, "charts drawn")]
+                           if timeline["charts ms"] else []))
+        print_table(f"Where the time goes: {page_name}, {cache} (the last load; ms from the navigation's start; "
+                    "server = time to first byte)", ("start", "end", "server", "kB moved", "what"), events)
+
+
+def request_events(requests: dict) -> list[tuple]:
+    sent = [request["requestWillBeSent"] for request in requests.values() if "requestWillBeSent" in request]
+    origin = min(event["timestamp"] for event in sent)
+    events = []
+    for request in requests.values():
+        if not {"requestWillBeSent", "responseReceived", "loadingFinished"} <= request.keys():
+            continue
+        asked, timing = request["requestWillBeSent"], request["responseReceived"]["response"].get("timing") or {}
+        server = (timing["receiveHeadersStart"] - timing["sendEnd"]) if timing.get("sendEnd", -1) >= 0 else None
+        events.append(((asked["timestamp"] - origin) * 1000, (request["loadingFinished"]["timestamp"] - origin) * 1000,
+                       server, request["loadingFinished"]["encodedDataLength"] / 1000, request_name(asked["request"])))
+    return events
+
+
+def request_name(request: dict) -> str:
+    path = request["url"].split("?")[0].rsplit("/", 1)[-1] or "/ (the page)"
+    if path == "_dash-update-component" and request.get("postData"):
+        output = json.loads(request["postData"]).get("output", "")
+        return f"callback {output[:90]}"
+    return path
+
+
+def script_events(scripts: list[dict]) -> list[tuple]:
+    return [(script["start"], script["start"] + script["ms"], None, None,
+             f"script {script['source'].split('?')[0].rsplit('/', 1)[-1] or '(inline)'} ({script['invoker'][:60]})")
+            for script in scripts if script["ms"] >= SHOWN_SCRIPT_MS]
+
+
 def print_results(rows: list[dict], args) -> None:
     flower = {(row["page"], row["cache"]): row for row in rows if row["system"] == "Flower"}
     table = []
     for row in rows:
         baseline = flower.get((row["page"], row["cache"]))
         versus = f"{row['grid ms'] / baseline['grid ms']:.2f}x" if baseline and row["system"] != "Flower" else None
-        table.append((row["system"], row["page"], row["cache"], row["grid ms"], row["charts ms"], versus,
-                      row["kB moved"], row["kB decoded"]))
+        table.append((row["system"], row["page"], row["cache"], row["grid ms"], row["charts ms"], row["in view ms"],
+                      versus, row["kB moved"], row["kB decoded"]))
     print_table(f"First screen, median of {args.repeats} loads per page and cache state ({args.tasks}+ tasks "
                 f"listed by both; the cluster sent {args.rate:g} tasks/s meanwhile)",
-                ("system", "page", "cache", "grid ms", "charts ms", "grid vs Flower", "kB moved", "kB decoded"), table)
+                ("system", "page", "cache", "grid ms", "charts ms", "in view ms", "grid vs Flower", "kB moved",
+                 "kB decoded"), table)
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from components import analytics as view
 from monitor.query import analytics
 from monitor.query.search import format_moment, parse_moment
 from monitor.serving.csv_export import file_name
+from monitor.services import store_version
 
 GRIDS = ("analytics-stats", "analytics-exceptions", "analytics-slowest", "analytics-stuck")
 # The figures travel in one store; a clientside callback hands them to the graphs, keeping a zoom.
@@ -259,13 +260,15 @@ def limits_from_controls(factor, floor, waiting, defaults: analytics.Limits = an
         raise analytics.AnalyticsError(f"Stuck and waiting limits: expected numbers, not {given}") from None
 
 
-def compare_outputs(store, scope: analytics.Scope, mode: str, split_text: str | None, now: float) -> tuple:
-    """The compare grid's rows and the line that names the windows (and says when one had no task)."""
+def compare_outputs(store, scope: analytics.Scope, mode: str, split_text: str | None, now: float,
+                    answers: analytics.CompareCache, version) -> tuple:
+    """The compare grid's rows and the line that names the windows (and says when one had no task);
+    `answers` keeps the comparisons by the store's `version`."""
     try:
         before, after = compare_windows(scope, mode, split_text, now)
     except analytics.AnalyticsError as exc:
         return [], str(exc)
-    frame = analytics.compare(store, before, after, now)
+    frame = answers.compare(store, before, after, version, now)
     return view.compare_rows(frame, before, after), view.compare_caption(frame, before, after)
 
 
@@ -331,6 +334,7 @@ def register(app, services) -> None:
     store = services.store
     base = app.get_relative_path("/")
     limits = configured_limits(services.settings)
+    compared = analytics.CompareCache()  # each tick asks again; the answer changes when the store does
 
     @app.callback(
         [Output(component, prop) for component, prop in REFRESH_OUTPUTS],
@@ -365,7 +369,7 @@ def register(app, services) -> None:
             scope = scope_from_controls(range_key, custom_from, custom_to, names, workers, queues, now, brokers)
         except analytics.AnalyticsError as exc:
             return [], str(exc)
-        return compare_outputs(store, scope, mode, split_text, now)
+        return compare_outputs(store, scope, mode, split_text, now, compared, store_version(services.broker_stats()))
 
     @app.callback(Output("analytics-custom", "style"), Input("analytics-range", "value"), prevent_initial_call=True)
     def show_custom_range(range_key):

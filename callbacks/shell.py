@@ -4,12 +4,14 @@ from __future__ import annotations
 import time
 import urllib.parse
 
+import flask
 from dash import Input, Output, State, no_update
 
 import auth
 from components import shell as shell_components
 from components.audit import audit_layout
 from monitor.query import analytics
+from monitor.services import store_version
 from components.analytics import analytics_layout
 from callbacks.analytics import analytics_view, configured_limits, first_outputs as analytics_first_outputs
 from components.common import filled
@@ -24,9 +26,15 @@ from components.workers import busy_window_start, dashboard_layout, worker_rows
 
 
 def register(app, services) -> None:
-    @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
-    def render_page(pathname, search):
-        return route(app, services, pathname, search)
+    @app.callback(Output("page", "children"), Output("page-address", "data"), Input("url", "pathname"),
+                  State("url", "search"), State("page-address", "data"))
+    def render_page(pathname, search, first_address):
+        """The page at the browser's address; not again the one the first layout came with (first_page):
+        that address is forgotten once the page is shown, so that coming back to it renders it anew."""
+        forget = None if first_address is not None else no_update
+        if first_address is not None and first_address == page_address(pathname, search):
+            return no_update, forget
+        return route(app, services, pathname, search), forget
 
     nav_ids = [f"nav-{path or 'dashboard'}" for _label, path in shell_components.NAV_ITEMS]
 
@@ -49,12 +57,6 @@ def register(app, services) -> None:
         return status, no_update if version == version_shown else version
 
 
-def store_version(reports: dict[str, dict]) -> list:
-    """What changes whenever a collector stores tasks (heartbeats alone do not count): each broker's
-    last write of task rows."""
-    return sorted([name, report.get("tasks_stored_at")] for name, report in reports.items())  # as JSON brings it back
-
-
 def safe_strip(app, pathname: str | None) -> str | None:
     """The path without the URL prefix ('' for the home page), None when outside the prefix."""
     prefix = app.config.requests_pathname_prefix
@@ -67,6 +69,28 @@ def safe_strip(app, pathname: str | None) -> str | None:
 def encodable(text: str | None) -> str | None:
     """The text with lone surrogates replaced: the browser can send them, JSON cannot carry them back."""
     return text if text is None else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def page_address(pathname, search) -> str:
+    """The address a page is rendered for, as the browser's location gives it: path and query."""
+    return f"{pathname}{search or ''}"
+
+
+def first_page(app, services) -> tuple[object, str | None]:
+    """The page the first layout (Dash's _dash-layout request) comes with, and its address: the one
+    the browser asks from (the request's Referer), so that the page opens without the router's round
+    trip. (None, None) when the browser did not say or the store cannot be read now: the router
+    renders it then (and says why it cannot)."""
+    referrer = urllib.parse.urlsplit(flask.request.referrer or "")
+    if not referrer.path:
+        return None, None
+    search = f"?{referrer.query}" if referrer.query else ""
+    try:
+        return route(app, services, referrer.path, search), page_address(referrer.path, search)
+    except Exception as exc:
+        if not services.store.is_transient(exc):
+            raise
+        return None, None
 
 
 def route(app, services, pathname: str | None, search: str | None):
@@ -118,6 +142,12 @@ def route(app, services, pathname: str | None, search: str | None):
 
 
 PAGES = ("", "tasks", "analytics", "audit", "broker")
+
+
+def charts_first(app, pathname: str) -> bool:
+    """Whether the page at `pathname` (with the URL prefix) opens with charts on its first screen (a
+    worker's come below its tables: those tables come first)."""
+    return safe_strip(app, pathname) in ("", "analytics", "broker")
 
 
 def worker_name(path: str) -> str:

@@ -8,15 +8,18 @@ from .common import format_clock
 NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"), ("Broker", "broker"))
 
 
-def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=None) -> html.Div:
+def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=None, page=None,
+          page_address: str | None = None) -> html.Div:
     """`relative_path` turns an app path into a link that honours the URL prefix; an `admin` also
-    gets the Audit page in the navigation. `store_version`: callbacks/shell.py store_version now,
-    so that the first tick does not count as news."""
+    gets the Audit page in the navigation. `store_version`: monitor.services.store_version now,
+    so that the first tick does not count as news. `page`: the page at `page_address` (path and
+    query), when the layout comes with it (callbacks/shell.py first_page)."""
     return html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
         dcc.Interval(id="refresh-tick", interval=refresh_ms),
         # When the collectors last stored tasks: the Tasks grid reloads only when it moves.
         dcc.Store(id="store-version", data=store_version),
+        dcc.Store(id="page-address", data=page_address),
         html.Header([
             dcc.Link([html.Span("✿", className="brand-mark"), "Flowerbed"], href=relative_path("/"), className="brand"),
             # On a phone the navigation folds behind this button (assets/keyboard.js opens it).
@@ -32,7 +35,7 @@ def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=Non
             html.Button("◐", id="theme-toggle", className="theme-toggle", title="Switch light / dark theme",
                         **{"aria-label": "Switch light or dark theme"}),
         ], className="topbar"),
-        html.Main(id="page", className="page"),
+        html.Main(page, id="page", className="page"),
     ], className="app")
 
 

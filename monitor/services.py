@@ -18,6 +18,12 @@ from monitor.store import Store, open_store, store_error_text
 # How often a request waiting for a fresh inspect looks at the store.
 INSPECT_WAIT_POLL_SECONDS = 0.1
 
+def store_version(reports: dict[str, dict]) -> list:
+    """What changes whenever a collector stores tasks (heartbeats alone do not count): each broker's
+    last write of task rows, from Services.broker_stats()."""
+    return sorted([name, report.get("tasks_stored_at")] for name, report in reports.items())  # as JSON brings it back
+
+
 def make_celery_app(settings: Settings, broker: str, user_app: Celery | None = None) -> Celery:
     """The monitor's app for one broker; with the user's app, that app's broker settings (SSL,
     transport options, login) and result backend on it, so that the monitor connects as the workers do."""

@@ -428,6 +428,15 @@ def finished(uuid, name, runtime, at, state="SUCCESS", wait=0.01, worker="celery
                     sent=started - wait - 0.001, started=started, runtime=runtime, timestamp=at, **times, **extra)
 
 
+def router_body(pathname, search="", first_address=None) -> dict:
+    """The body of the router's callback (callbacks/shell.py render_page) on a navigation to `pathname`;
+    `first_address`: the address of the page the first layout came with."""
+    return callback_body("..page.children...page-address.data..",
+                         [{"id": "url", "property": "pathname", "value": pathname}],
+                         [{"id": "url", "property": "search", "value": search},
+                          {"id": "page-address", "property": "data", "value": first_address}])
+
+
 def callback_body(output: str, inputs: list, state: list = ()) -> dict:
     """The body dash-renderer posts to /_dash-update-component for a callback."""
     outputs = [dict(zip(("id", "property"), part.split("."))) for part in output.strip(".").split("...")]

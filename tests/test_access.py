@@ -9,7 +9,7 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 import app as flowerbed_app
-from helpers import callback_body
+from helpers import callback_body, router_body
 from monitor.settings import load_settings
 from monitor.store.schema import TASK_FIELDS
 
@@ -89,9 +89,7 @@ def test_malformed_authorization_is_401_never_500(dash_app):
 
 def test_callback_route_needs_credentials(dash_app):
     client = dash_app.server.test_client()
-    body = {"output": "page.children", "outputs": {"id": "page", "property": "children"},
-            "inputs": [{"id": "url", "property": "pathname", "value": "/healthcheck"}],
-            "changedPropIds": ["url.pathname"], "state": [{"id": "url", "property": "search", "value": ""}]}
+    body = router_body("/healthcheck")
     path = dash_app.config.routes_pathname_prefix + "_dash-update-component"
     assert client.post(path, json=body).status_code == 401
     assert client.post(path, json=body, headers=basic(*VIEWER)).status_code == 200
@@ -130,9 +128,7 @@ def test_viewer_cannot_trigger_actions(tmp_path):
 
 def render(client, path: str, user) -> str:
     """The page the router callback renders for `path`, as `user` sees it, as JSON text."""
-    body = callback_body("page.children", [{"id": "url", "property": "pathname", "value": path}],
-                         [{"id": "url", "property": "search", "value": ""}])
-    response = client.post("/_dash-update-component", json=body, headers=basic(*user))
+    response = client.post("/_dash-update-component", json=router_body(path), headers=basic(*user))
     assert response.status_code == 200
     return response.get_data(as_text=True)
 

@@ -346,6 +346,24 @@ def test_compare_sorts_worst_change_first_and_names_a_window_without_tasks(store
     assert before_cells and all("'no tasks'" in column["valueFormatter"]["function"] for column in before_cells)
 
 
+def test_the_compare_cache_answers_again_until_the_store_or_the_buckets_read_change(store, monkeypatch):
+    computed = []
+    monkeypatch.setattr(analytics, "compare", lambda *args: computed.append(args) or analytics.pd.DataFrame())
+    answers, version = analytics.CompareCache(size=2), [["localhost", NOW - 5]]
+
+    def ask(now, version):
+        return answers.compare(store, *compare_windows(analytics.last("1h", now), "day", None, now), version, now)
+
+    minute = NOW // 60 * 60
+    first = ask(minute + 1, version)
+    assert ask(minute + 50, version) is first and len(computed) == 1  # same store, same minute buckets
+    ask(minute + 61, version)  # the windows moved into the next minute
+    ask(minute + 62, [["localhost", NOW - 1]])  # a collector stored tasks
+    assert len(computed) == 3
+    ask(minute + 1, version)  # the oldest answer went: the cache keeps `size`
+    assert len(computed) == 4
+
+
 # -- stuck and waiting --------------------------------------------------------------------------------
 def _stream(rng, start: float, end: float, per_second: float, prefix: str):
     """Tasks of one name starting evenly in [start, end), with log-normal runtimes (median 1 s, p99 10 s)."""

@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 
 import app as flowerbed_app
-from helpers import callback_body, task_row
+from helpers import callback_body, router_body, task_row
 from monitor.settings import Settings
 
 SEED = 20261201
@@ -471,9 +471,6 @@ def test_search_box_regressions(client, text, state, broker, message):
     assert "tasks-query" not in answer
 
 
-ROUTER_OUTPUT = "page.children"
-
-
 @pytest.mark.parametrize("pathname, search, shown", [
     ("/task/a\ud800", None, "No task with UUID"),  # UnicodeEncodeError reading the store
     ("/task/" + "a" * 5000, None, "No task with UUID"),
@@ -482,9 +479,7 @@ ROUTER_OUTPUT = "page.children"
     ("/tasks", ["x"], "That address cannot be read."),
 ])
 def test_router_regressions(client, pathname, search, shown):
-    body = callback_body(ROUTER_OUTPUT, [{"id": "url", "property": "pathname", "value": pathname}],
-                         [{"id": "url", "property": "search", "value": search}])
-    response = client.post("/_dash-update-component", json=body)
+    response = client.post("/_dash-update-component", json=router_body(pathname, search))
     assert response.status_code == 200, response.get_data()[:300]
     assert shown in json.dumps(response.get_json(), ensure_ascii=False)
 

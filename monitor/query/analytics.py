@@ -14,8 +14,11 @@ narrows; raw task rows are filtered on their own broker.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import math
+import threading
 import time
 
 import numpy as np
@@ -246,13 +249,19 @@ def task_stats(store: Store, scope: Scope, now: float | None = None) -> pd.DataF
         for (name, metric), group in bins.groupby(["name", "metric"], sort=False)
     }
     totals["failure_rate"] = totals["failed"] / totals["finished"]
+    # In numpy, all quantiles of a metric at once: a pandas Series per quantile took most of the time.
+    columns, unknown = {}, [np.nan] * len(QUANTILES)
     for metric in rollup.METRICS:
-        count = totals[f"{metric}_count"]
-        totals[f"{metric}_mean"] = (totals[f"{metric}_sum"] / count).where(count > 0)
-        values = [quantiles.get((name, metric), [np.nan] * len(QUANTILES)) for name in totals["name"]]
+        count = totals[f"{metric}_count"].to_numpy(dtype=float)
+        counted = count > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            columns[f"{metric}_mean"] = np.where(counted, totals[f"{metric}_sum"].to_numpy(dtype=float) / count, np.nan)
+        estimates = np.array([quantiles.get((name, metric), unknown) for name in totals["name"]], dtype=float)
+        most = totals[f"{metric}_max"].to_numpy(dtype=float)[:, None]  # no maximum: the estimate stands
+        clamped = np.where(np.isnan(most), estimates, np.minimum(estimates, most))
         for index, q in enumerate(QUANTILES):
-            estimate = pd.Series([v[index] for v in values], index=totals.index, dtype=float)
-            totals[f"{metric}_p{round(q * 100)}"] = estimate.clip(upper=totals[f"{metric}_max"]).where(count > 0)
+            columns[f"{metric}_p{round(q * 100)}"] = np.where(counted, clamped[:, index], np.nan)
+    totals = totals.assign(**columns)
     return totals[STATS_COLUMNS].sort_values("finished", ascending=False, ignore_index=True)
 
 
@@ -277,6 +286,40 @@ def compare(store: Store, before: Scope, after: Scope, now: float | None = None)
     merged["overall"] = changes.sum(axis=1, min_count=1)
     return merged.sort_values(["change", "overall", "finished_after"], ascending=False, na_position="last",
                               ignore_index=True)
+
+
+class CompareCache:
+    """compare() answers kept by what decides them: the store's version (monitor.services.store_version:
+    when a collector last stored tasks) and, for each window, the rollup buckets it reads. A refresh that
+    finds neither changed (an idle store, or within the minute a busy store did not write) gets the kept
+    answer instead of half a second of queries. The answers are shared: callers do not change them."""
+
+    def __init__(self, size: int = 64):
+        self._answers: collections.OrderedDict = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def compare(self, store: Store, before: Scope, after: Scope, version, now: float | None = None) -> pd.DataFrame:
+        now = time.time() if now is None else now
+        key = (json.dumps(version), _buckets_read(before, now), _buckets_read(after, now))
+        with self._lock:
+            if key in self._answers:
+                self._answers.move_to_end(key)
+                return self._answers[key]
+        answer = compare(store, before, after, now)
+        with self._lock:
+            self._answers[key] = answer
+            while len(self._answers) > self._size:
+                self._answers.popitem(last=False)
+        return answer
+
+
+def _buckets_read(scope: Scope, now: float) -> tuple:
+    """What task_stats reads for `scope`: its filters and the buckets of its finest grain from the one
+    holding its start up to the last that starts before its end (_cover: coarser rows sum the same)."""
+    finest = _grain_of(bucket_seconds(scope, now))
+    return (finest, math.floor(scope.start / finest), math.ceil(scope.end / finest), scope.names, scope.workers,
+            scope.queues, scope.brokers)
 
 
 def history_start(store: Store, now: float | None = None) -> float | None:

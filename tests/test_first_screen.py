@@ -1,0 +1,80 @@
+"""What makes the first screen quick, through the Flask test client: the first layout comes with the
+page the browser is on and the router does not render it again; the page fetches early what its first
+screen needs; versioned assets are kept by the browser. (bench/first_screen.py measures the result.)"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import app as flowerbed_app
+from helpers import router_body
+from monitor.settings import load_settings
+
+
+@pytest.fixture(params=["", "/flower"], ids=["root", "prefix"])
+def dash_app(request, tmp_path):
+    flags = ("--url-prefix", request.param) if request.param else ()
+    settings = load_settings(["--broker", "memory://localhost/", "--db", str(tmp_path / "first.db"), *flags], environ={})
+    dash_app = flowerbed_app.create_app(settings)
+    yield dash_app
+    dash_app.server.config["flowerbed_services"].stop()
+
+
+def components(layout: dict) -> dict[str, dict]:
+    """Each component of a layout's JSON with a string id, by id."""
+    found, pending = {}, [layout]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict) and "props" in node:
+            if isinstance(node["props"].get("id"), str):
+                found[node["props"]["id"]] = node["props"]
+            pending.extend(value for value in node["props"].values() if isinstance(value, (dict, list)))
+    return found
+
+
+def test_the_first_layout_comes_with_the_page_the_browser_is_on(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    address = f"{prefix}tasks?q=name%3Aadd"
+    layout = components(client.get(f"{prefix}_dash-layout", headers={"Referer": f"http://localhost{address}"}).get_json())
+    assert layout["page-address"]["data"] == address
+    assert "tasks-grid" in layout and layout["tasks-search"]["value"] == "name:add"
+    # Without a Referer the router renders the page, as before.
+    bare = components(client.get(f"{prefix}_dash-layout").get_json())
+    assert bare["page-address"].get("data") is None and "tasks-grid" not in bare
+
+
+def test_the_router_shows_the_first_page_once_then_renders_each_navigation(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    first = client.post(f"{prefix}_dash-update-component",
+                        json=router_body(f"{prefix}tasks", "?q=x", first_address=f"{prefix}tasks?q=x")).get_json()
+    assert first["response"] == {"page-address": {"data": None}}  # the page stays as the layout brought it
+    elsewhere = client.post(f"{prefix}_dash-update-component",
+                            json=router_body(f"{prefix}analytics", "", first_address=f"{prefix}tasks?q=x")).get_json()
+    assert "analytics-range" in json.dumps(elsewhere["response"]["page"]) and elsewhere["response"]["page-address"] == {"data": None}
+    again = client.post(f"{prefix}_dash-update-component", json=router_body(f"{prefix}tasks", "?q=x")).get_json()
+    assert "tasks-grid" in json.dumps(again["response"]["page"]) and "page-address" not in again["response"]
+
+
+def test_a_page_with_charts_fetches_plotly_early_and_a_page_without_does_not(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    bundle = f"{prefix}assets/{flowerbed_app.PLOTLY_BUNDLE}"
+    dashboard, tasks = client.get(prefix).get_data(as_text=True), client.get(f"{prefix}tasks").get_data(as_text=True)
+    for page in (dashboard, tasks):
+        assert f'<link rel="preload" as="script" href="{prefix}_dash-component-suites/dash_ag_grid/async-community.js">' in page
+        assert f'return "{bundle}"' in page  # dcc's Graph loads the cartesian bundle, not plotly's full one
+    assert f'<link rel="preload" as="script" href="{bundle}">' in dashboard and "flowerbedEarlyPlotly = function" in dashboard
+    assert bundle not in tasks.split("_dashPlotlyJSURL")[0] and "flowerbedEarlyPlotly = function" not in tasks
+    assert client.get(bundle).status_code == 200
+
+
+def test_versioned_assets_are_kept_and_others_revalidated(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    kept = "public, max-age=31536000, immutable"
+    assert client.get(f"{prefix}assets/style.css?m=1.5").headers["Cache-Control"] == kept
+    assert client.get(f"{prefix}assets/{flowerbed_app.PLOTLY_BUNDLE}").headers["Cache-Control"] == kept
+    assert client.get(f"{prefix}assets/style.css").headers.get("Cache-Control") != kept
+    page = client.get(prefix).get_data(as_text=True)
+    assert f'src="{prefix}assets/theme.js?m=' in page  # Dash links the assets it loads with their version

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -31,47 +30,18 @@ from monitor.store import store_error_text
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
-# plotly.js with only the cartesian traces (bar, scatter, box: all the pages draw), the same version as the
-# plotly package's full bundle: a third of its size, and half the time to start in the browser. Its name
-# carries the version, so the browser may keep it; assets/vendor/ is not loaded on every page (assets_path_ignore).
-PLOTLY_BUNDLE = "vendor/plotly-cartesian-4.1.1.min.js"
 # The code Dash loads when a grid or a dropdown first shows, fetched with the page's scripts instead of after them.
 EARLY_CHUNKS = ("dash_ag_grid/async-community.js", "dash/dcc/async-dropdown.js")
-# A page with charts on its first screen starts plotly.js (half a second of the browser's time on a 2-core
-# machine) as soon as its layout is asked for, while the server builds it, instead of after it arrives. dcc's
-# Graph loads plotly.js unless window.Plotly is there, and waits for it when it is a promise (Promise.resolve
-# adopts it).
-EARLY_PLOTLY = """<script>window.flowerbedEarlyPlotly = function () {
-    if (window.Plotly) { return; }
-    window.Plotly = new Promise(function (resolve, reject) {
-        var script = document.createElement('script');
-        script.src = window._dashPlotlyJSURL;
-        script.onload = function () { resolve(window.Plotly); };
-        script.onerror = reject;
-        document.head.appendChild(script);
-    });
-};</script>"""
-# Dash's renderer with a hook run just before it asks for the layout; the timer lets the request go out first.
-RENDERER = """var renderer = new DashRenderer({layout_pre: function () {
-    if (window.flowerbedEarlyPlotly) { setTimeout(window.flowerbedEarlyPlotly); }
-}});"""
+# plotly.js is left to the first chart: fetched or started before the layout is drawn (a second of the
+# browser's time on a 2-core machine), it delayed the first grid by as much (bench/README.md, "First screen").
 
 
 class _Dash(dash.Dash):
     """Dash whose page fetches early what its first screen needs (interpolate_index, Dash's hook for it)."""
 
     def interpolate_index(self, **kwargs):
-        prefix = self.config.requests_pathname_prefix
-        plotly = self.get_asset_url(PLOTLY_BUNDLE)
-        early = [f"{prefix}_dash-component-suites/{chunk}" for chunk in EARLY_CHUNKS]
-        charts = shell_callbacks.charts_first(self, flask.request.path)
-        if charts:
-            early += [f"{prefix}_dash-component-suites/dash/dcc/async-graph.js", plotly]
-        # dcc's Graph loads plotly.js from window._dashPlotlyJSURL, which the renderer sets to the full bundle.
-        head = "".join(f'<link rel="preload" as="script" href="{url}">' for url in early) + (
-            "<script>Object.defineProperty(window, '_dashPlotlyJSURL', "
-            f"{{get: function () {{ return {json.dumps(plotly)}; }}, set: function () {{}}}});</script>"
-            + (EARLY_PLOTLY if charts else ""))
+        prefix = f"{self.config.requests_pathname_prefix}_dash-component-suites/"
+        head = "".join(f'<link rel="preload" as="script" href="{prefix}{chunk}">' for chunk in EARLY_CHUNKS)
         return super().interpolate_index(**{**kwargs, "css": kwargs.get("css", "") + head})
 
 
@@ -91,9 +61,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         suppress_callback_exceptions=True,  # pages are rendered by the router callback
         serve_locally=True,
         compress=True,  # plotly.js and AG Grid are ~6 MB as sent uncompressed, ~1.8 MB compressed
-        assets_path_ignore=["vendor"],
     )
-    app.renderer = RENDERER
     app.layout = functools.partial(_layout, app, services, int(settings.refresh_seconds * 1000))
     for module in (shell_callbacks, workers_callbacks, worker_callbacks, tasks_callbacks, analytics_callbacks,
                    broker_callbacks, audit_callbacks):
@@ -122,11 +90,10 @@ def _layout(app: dash.Dash, services: Services, refresh_ms: int):
 
 
 def _versioned_assets_are_kept(routes_prefix: str, response):
-    """An asset Dash links with its modification time (?m=) or whose name carries its version
-    (assets/vendor/) is kept by the browser for a year: a change gives it another address."""
-    path = flask.request.path
-    if (response.status_code == 200 and path.startswith(f"{routes_prefix}assets/")
-            and ("m" in flask.request.args or path.startswith(f"{routes_prefix}assets/vendor/"))):
+    """An asset Dash links with its modification time (?m=) is kept by the browser for a year: a
+    change gives it another address."""
+    if (response.status_code == 200 and flask.request.path.startswith(f"{routes_prefix}assets/")
+            and "m" in flask.request.args):
         response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     return response
 

@@ -172,15 +172,21 @@ def dashboard_figures(store, broker: str | None, now: float | None = None) -> di
 
 def dashboard_attention(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
                         now: float | None = None) -> list:
-    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks, and the task
-    that got slowest against the same hour yesterday, a link to the Analytics page's compare table."""
+    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks."""
     now = time.time() if now is None else now
     scope = analytics.last("1h", now, brokers=[broker] if broker else None)
     attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
                                        analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
-    before, after = compare_windows(scope, "day", None, now)
-    compared = view.slower_link(analytics.compare(store, before, after, now), f"{base}analytics#{view.COMPARE_ANCHOR}")
-    return [*view.attention_links(attention), compared]
+    return view.attention_links(attention)
+
+
+def dashboard_slower(store, broker: str | None, answers: analytics.CompareCache, version, base: str = "/",
+                     now: float | None = None):
+    """The Dashboard's task that got slowest against the same hour yesterday, a link to the Analytics
+    page's compare table; `answers` keeps the comparison by the store's `version`."""
+    now = time.time() if now is None else now
+    before, after = compare_windows(analytics.last("1h", now, brokers=[broker] if broker else None), "day", None, now)
+    return view.slower_link(answers.compare(store, before, after, version, now), f"{base}analytics#{view.COMPARE_ANCHOR}")
 
 
 def response_body(outputs: dict) -> str:
@@ -410,6 +416,11 @@ def register(app, services) -> None:
                   Input("workers-broker", "value"), prevent_initial_call=True)
     def refresh_dashboard_attention(_tick, broker):
         return dashboard_attention(store, broker, limits, base)
+
+    @app.callback(Output("dashboard-slower-box", "children"), Input("store-version", "data"),
+                  Input("workers-broker", "value"))
+    def refresh_dashboard_slower(version, broker):
+        return dashboard_slower(store, broker, compared, version, base)
 
     @app.callback([Output(control.component_id, "placeholder") for control in LIMIT_INPUTS],
                   Input("analytics-range", "id"))

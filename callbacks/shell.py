@@ -144,12 +144,6 @@ def route(app, services, pathname: str | None, search: str | None):
 PAGES = ("", "tasks", "analytics", "audit", "broker")
 
 
-def charts_first(app, pathname: str) -> bool:
-    """Whether the page at `pathname` (with the URL prefix) opens with charts on its first screen (a
-    worker's come below its tables: those tables come first)."""
-    return safe_strip(app, pathname) in ("", "analytics", "broker")
-
-
 def worker_name(path: str) -> str:
     """The hostname a `worker/<name>` path names."""
     return urllib.parse.unquote(path.split("/", 1)[1])

@@ -797,9 +797,12 @@ def span_label(seconds: float) -> str:
 def compact_row() -> html.Div:
     """Throughput and run times of the last hour, above the workers table, and the stuck and waiting
     counts of now (first filled with the layout, then by refresh_dashboard_charts and
-    refresh_dashboard_attention); a click opens the tasks."""
+    refresh_dashboard_attention) and the slower-than-yesterday chip (refresh_dashboard_slower); a
+    click opens the tasks."""
     return html.Div([
-        html.Div(id="dashboard-attention", className="attention-row"),
+        # The slower-than-yesterday chip has a callback of its own, after the first screen: it compares two hours.
+        html.Div([html.Div(id="dashboard-attention", className="attention-group"),
+                  html.Div(id="dashboard-slower-box", className="attention-group")], className="attention-row"),
         html.Div([
             _panel("Last hour: throughput by state", _graph("dashboard-throughput", 170),
                    help_text="tasks finished per minute"),

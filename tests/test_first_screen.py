@@ -58,23 +58,19 @@ def test_the_router_shows_the_first_page_once_then_renders_each_navigation(dash_
     assert "tasks-grid" in json.dumps(again["response"]["page"]) and "page-address" not in again["response"]
 
 
-def test_a_page_with_charts_fetches_plotly_early_and_a_page_without_does_not(dash_app):
+def test_every_page_fetches_the_grid_and_dropdown_code_with_its_scripts(dash_app):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
-    bundle = f"{prefix}assets/{flowerbed_app.PLOTLY_BUNDLE}"
-    dashboard, tasks = client.get(prefix).get_data(as_text=True), client.get(f"{prefix}tasks").get_data(as_text=True)
-    for page in (dashboard, tasks):
-        assert f'<link rel="preload" as="script" href="{prefix}_dash-component-suites/dash_ag_grid/async-community.js">' in page
-        assert f'return "{bundle}"' in page  # dcc's Graph loads the cartesian bundle, not plotly's full one
-    assert f'<link rel="preload" as="script" href="{bundle}">' in dashboard and "flowerbedEarlyPlotly = function" in dashboard
-    assert bundle not in tasks.split("_dashPlotlyJSURL")[0] and "flowerbedEarlyPlotly = function" not in tasks
-    assert client.get(bundle).status_code == 200
+    for path in ("", "tasks", "analytics"):
+        page = client.get(f"{prefix}{path}").get_data(as_text=True)
+        for chunk in flowerbed_app.EARLY_CHUNKS:
+            assert f'<link rel="preload" as="script" href="{prefix}_dash-component-suites/{chunk}">' in page
+            assert client.get(f"{prefix}_dash-component-suites/{chunk}").status_code == 200
 
 
 def test_versioned_assets_are_kept_and_others_revalidated(dash_app):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
     kept = "public, max-age=31536000, immutable"
     assert client.get(f"{prefix}assets/style.css?m=1.5").headers["Cache-Control"] == kept
-    assert client.get(f"{prefix}assets/{flowerbed_app.PLOTLY_BUNDLE}").headers["Cache-Control"] == kept
     assert client.get(f"{prefix}assets/style.css").headers.get("Cache-Control") != kept
     page = client.get(prefix).get_data(as_text=True)
     assert f'src="{prefix}assets/theme.js?m=' in page  # Dash links the assets it loads with their version

@@ -464,7 +464,7 @@ def attention_links(attention: dict) -> list:
 
 
 COMPARE_ANCHOR = "compare"  # the compare panel's id: /analytics#compare scrolls to it (assets/keyboard.js)
-SLOWER_RATIO = 1.2  # a run time this many times the earlier one is marked, as the compare grid's Change cells
+SLOWER_RATIO = 1.2  # a run time this many times the earlier one is marked, on the chip and in the compare grid
 
 
 def slower_link(frame, href: str) -> dcc.Link:
@@ -505,7 +505,8 @@ def _percent(field, header, **extra) -> dict:
 def _ratio(field, header) -> dict:
     return {"field": field, "headerName": header, "type": "numericColumn", "width": 90,
             "valueFormatter": {"function": "params.value == null ? '' : '×' + params.value.toFixed(2)"},
-            "cellClassRules": {"cell-failure": "params.value >= 1.2", "cell-success": "params.value <= 0.83"}}
+            "cellClassRules": {"cell-failure": f"params.value >= {SLOWER_RATIO}",
+                               "cell-success": f"params.value <= {1 / SLOWER_RATIO:.2f}"}}
 
 
 _TIME = {"valueFormatter": {"function": "flowerbedTime(params.value)"}, "width": 190, "context": {"csv": "time"}}

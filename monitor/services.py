@@ -18,6 +18,7 @@ from monitor.store import Store, open_store, store_error_text
 # How often a request waiting for a fresh inspect looks at the store.
 INSPECT_WAIT_POLL_SECONDS = 0.1
 
+
 def store_version(reports: dict[str, dict]) -> list:
     """What changes whenever a collector stores tasks (heartbeats alone do not count): each broker's
     last write of task rows, from Services.broker_stats()."""

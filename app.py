@@ -8,7 +8,9 @@ from pathlib import Path
 
 import dash
 import flask
+import plotly
 from dash.exceptions import DependencyException
+from dash.fingerprint import build_fingerprint
 from werkzeug.exceptions import HTTPException
 
 import auth
@@ -43,6 +45,24 @@ class _Dash(dash.Dash):
         prefix = f"{self.config.requests_pathname_prefix}_dash-component-suites/"
         head = "".join(f'<link rel="preload" as="script" href="{prefix}{chunk}">' for chunk in EARLY_CHUNKS)
         return super().interpolate_index(**{**kwargs, "css": kwargs.get("css", "") + head})
+
+    def _config(self):
+        # Served locally, plotly.js has an address without its version, which the browser asks about again on
+        # every load (a round trip, and the server hashes 4.8 MB to answer 304). The renderer takes
+        # `plotlyjs_url` when not told `serve_locally` (its only use of that flag): given the versioned
+        # address Dash gives its other scripts, plotly.js is kept for a year, with the code the browser
+        # compiled from it.
+        config = super()._config()
+        config["serve_locally"] = False
+        config["plotlyjs_url"] = self._plotly_address
+        return config
+
+    @functools.cached_property
+    def _plotly_address(self) -> str:
+        path = "package_data/plotly.min.js"
+        modified = int((Path(plotly.__file__).parent / path).stat().st_mtime)
+        return (f"{self.config.requests_pathname_prefix}_dash-component-suites/plotly/"
+                f"{build_fingerprint(path, plotly.__version__, modified)}")
 
 
 def create_app(settings: Settings, services: Services | None = None) -> dash.Dash:

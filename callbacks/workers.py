@@ -7,7 +7,7 @@ import time
 from dash import Input, Output, Patch, ctx
 
 import auth
-from callbacks.analytics import configured_limits, dashboard_attention, dashboard_figures
+from callbacks.analytics import configured_limits, dashboard_attention, dashboard_figures, first_figures
 from components.workers import busy_window_start, online_tone, summary, worker_rows
 
 
@@ -20,8 +20,7 @@ def first_outputs(services, base: str) -> dict:
     (components.common.filled): the page opens with them instead of asking for them."""
     now = time.time()
     limits = configured_limits(services.settings)
-    figures = dashboard_figures(services.store, None, now)
-    return {**{(graph, "figure"): figure for graph, figure in figures.items()},
+    return {**first_figures("dashboard-figures", dashboard_figures(services.store, None, now)),
             ("dashboard-attention", "children"): dashboard_attention(services.store, None, limits, base, now),
             ("workers-inspected", "children"): inspected_text(services.store.last_inspected(), now)}
 

@@ -1,6 +1,7 @@
 """What makes the first screen quick, through the Flask test client: the first layout comes with the
 page the browser is on and the router does not render it again; the page fetches early what its first
-screen needs; versioned assets are kept by the browser. (bench/first_screen.py measures the result.)"""
+screen needs; versioned assets, plotly.js too, are kept by the browser; the graphs below the first screen get their
+figures through a store, drawn after the first screen. (bench/first_screen.py measures the result.)"""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import json
 import pytest
 
 import app as flowerbed_app
+from components import analytics as view
 from helpers import router_body
 from monitor.settings import load_settings
 
@@ -74,3 +76,30 @@ def test_versioned_assets_are_kept_and_others_revalidated(dash_app):
     assert client.get(f"{prefix}assets/style.css").headers.get("Cache-Control") != kept
     page = client.get(prefix).get_data(as_text=True)
     assert f'src="{prefix}assets/theme.js?m=' in page  # Dash links the assets it loads with their version
+
+
+def test_plotly_js_is_named_by_its_version_and_kept_by_the_browser(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    page = client.get(prefix).get_data(as_text=True)
+    config = json.loads(page.split('<script id="_dash-config" type="application/json">')[1].split("</script>")[0])
+    address = config["plotlyjs_url"]
+    assert address.startswith(f"{prefix}_dash-component-suites/plotly/package_data/plotly.v") and not config["serve_locally"]
+    versioned = client.get(address)
+    assert versioned.status_code == 200 and versioned.headers["Cache-Control"] == "max-age=31536000"
+    assert versioned.get_data() == client.get(f"{prefix}_dash-component-suites/plotly/package_data/plotly.min.js").get_data()
+
+
+def test_first_screen_graphs_come_drawn_and_the_others_through_their_store(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+
+    def loading(figure):
+        return any(note.get("text") == "Loading…" for note in figure["layout"].get("annotations", []))
+
+    pages = (("analytics", "analytics-figures", view.GRAPHS), ("", "dashboard-figures", view.DASHBOARD_GRAPHS))
+    for path, store, graphs in pages:
+        address = f"http://localhost{prefix}{path}"
+        layout = components(client.get(f"{prefix}_dash-layout", headers={"Referer": address}).get_json())
+        later = [graph for graph in graphs if graph not in view.FIRST_SCREEN_GRAPHS]
+        assert sorted(layout[store]["data"]) == sorted(later)  # drawn once the browser is idle
+        assert all(loading(layout[graph]["figure"]) == (graph in later) for graph in graphs)
+    assert "analytics-worker-load" not in view.FIRST_SCREEN_GRAPHS  # at the page's foot

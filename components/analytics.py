@@ -393,9 +393,11 @@ def _per_name_rows(frame, columns, scope) -> list[dict]:
 def exception_rows(groups, tracebacks: dict, scope) -> list[dict]:
     rows = _records(groups, ["type", "message", "count", "names", "first", "last", "sample_uuid", "match"])
     for row in rows:
-        names = tuple(row["names"].split(", "))
+        names = row["names"].split(", ")  # "" for tasks seen finishing without their earlier events
+        row["names"] = ", ".join(name or UNKNOWN_NAME for name in names)
         row["traceback"] = _tail(tracebacks.get(row["sample_uuid"], ""))
-        row["drill"] = drill(scope, names=names if len(names) == 1 else (), state="FAILURE", exception=row.pop("match"))
+        row["drill"] = drill(scope, names=tuple(names) if names != [""] and len(names) == 1 else (), state="FAILURE",
+                             exception=row.pop("match"))
     return rows
 
 

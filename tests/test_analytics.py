@@ -162,6 +162,12 @@ def test_failures_are_grouped_by_type_and_message_without_ids(store):
     # The drill-down the group's row opens finds exactly its five tasks.
     row = view.exception_rows(groups, {}, scope)[0]
     assert _tasks_page_uuids(store, row["drill"]) == {f"d{i}" for i in range(5)}
+    # A task seen finishing without its earlier events has no name: the row says so, and opens both.
+    write(store, [finished("lost", None, 0.1, NOW - 200, state="FAILURE",
+                           exception="ValueError('card declined for customer 7')")])
+    row = view.exception_rows(analytics.exception_groups(store, scope), {}, scope)[0]
+    assert row["names"] == f"{view.UNKNOWN_NAME}, payments.charge"
+    assert _tasks_page_uuids(store, row["drill"]) == {"lost", *(f"d{i}" for i in range(5))}
 
 
 def test_exception_key_masks_numbers_and_ids_and_never_raises():

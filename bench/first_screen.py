@@ -96,7 +96,7 @@ threading.Event().wait()
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="loads per page and cache state (median shown)")
+    parser.add_argument("--repeats", type=int, default=5, help="browser profiles per page (median shown)")
     parser.add_argument("--tasks", type=int, default=300, help="tasks both monitors must list before measuring")
     parser.add_argument("--rate", type=float, default=20.0, help="tasks per second the cluster is sent")
     parser.add_argument("--breakdown", action="store_true", help="print where each Flowerbed page's time goes")
@@ -193,9 +193,9 @@ def browser_profile(playwright):
 
 
 def medians(system: str, page_name: str, samples: dict[str, list[dict]]) -> list[dict]:
-    return [{"system": system, "page": page_name, "cache": cache, **{
+    return [{"system": system, "page": page_name, "visit": visit, **{
         key: statistics.median(values) if (values := [sample[key] for sample in loads if sample[key] is not None])
-        else None for key in loads[0]}} for cache, loads in samples.items()]
+        else None for key in loads[0]}} for visit, loads in samples.items()]
 
 
 def measure_menu(playwright, bases: dict[str, str], repeats: int, pages: list[str] | None) -> list[dict]:
@@ -211,14 +211,12 @@ def measure_menu(playwright, bases: dict[str, str], repeats: int, pages: list[st
         samples = []
         for _ in range(repeats):
             with browser_profile(playwright) as context:
-                for _earlier in VISITS[1:]:  # two visits, so that the one clicked in is a returning one
-                    earlier = context.new_page()
-                    earlier.goto(bases[system] + DASHBOARD[system])
-                    earlier.wait_for_load_state("networkidle")
-                    earlier.close()
-                page = context.new_page()
-                page.goto(bases[system] + DASHBOARD[system])
-                page.wait_for_load_state("networkidle")
+                for visit in VISITS:  # the Dashboard clicked in is a returning visit's
+                    page = context.new_page()
+                    page.goto(bases[system] + DASHBOARD[system])
+                    page.wait_for_load_state("networkidle")
+                    if visit != VISITS[-1]:
+                        page.close()
                 clicked = time.perf_counter()
                 if system in FULL_LOADS:
                     with page.expect_navigation(wait_until="commit"):
@@ -284,14 +282,14 @@ SHOWN_SCRIPT_MS = 5
 
 
 def print_timelines(timelines: dict) -> None:
-    for (system, page_name, cache), timeline in timelines.items():
+    for (system, page_name, visit), timeline in timelines.items():
         if system != "Flowerbed":
             continue
         events = sorted(request_events(timeline["requests"]) + script_events(timeline["scripts"])
                         + [(timeline["grid ms"], timeline["grid ms"], None, None, "grid filled")]
                         + ([(timeline["charts ms"], timeline["charts ms"], None, None, "charts drawn")]
                            if timeline["charts ms"] else []))
-        print_table(f"Where the time goes: {page_name}, {cache} (the last load; ms from the navigation's start; "
+        print_table(f"Where the time goes: {page_name}, {visit} (the last load; ms from the navigation's start; "
                     "server = time to first byte)", ("start", "end", "server", "kB moved", "what"), events)
 
 
@@ -324,12 +322,12 @@ def script_events(scripts: list[dict]) -> list[tuple]:
 
 
 def print_results(rows: list[dict], args) -> None:
-    flower = {(row["page"], row["cache"]): row for row in rows if row["system"] == "Flower"}
+    flower = {(row["page"], row["visit"]): row for row in rows if row["system"] == "Flower"}
     table = []
     for row in rows:
-        baseline = flower.get((row["page"], row["cache"]))
+        baseline = flower.get((row["page"], row["visit"]))
         versus = f"{row['grid ms'] / baseline['grid ms']:.2f}x" if baseline and row["system"] != "Flower" else None
-        table.append((row["system"], row["page"], row["cache"], row["grid ms"], row["charts ms"], row["in view ms"],
+        table.append((row["system"], row["page"], row["visit"], row["grid ms"], row["charts ms"], row["in view ms"],
                       versus, row["kB moved"], row["kB decoded"]))
     print_table(f"First screen, median of {args.repeats} browser profiles per page and visit ({args.tasks}+ tasks "
                 f"listed by both; the cluster sent {args.rate:g} tasks/s meanwhile)",

@@ -161,10 +161,15 @@ def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = an
     return outputs
 
 
+def _dashboard_hour(broker: str | None, now: float) -> analytics.Scope:
+    """The Dashboard's range: the last hour, of one broker or all."""
+    return analytics.last("1h", now, brokers=[broker] if broker else None)
+
+
 def dashboard_figures(store, broker: str | None, now: float | None = None) -> dict:
     """The Dashboard's compact charts: throughput and run times of the last hour."""
     now = time.time() if now is None else now
-    scope = analytics.last("1h", now, brokers=[broker] if broker else None)
+    scope = _dashboard_hour(broker, now)
     history = analytics.history_start(store, now)
     return {
         "dashboard-throughput": view.throughput_figure(analytics.throughput(store, scope, now), scope, "dashboard",
@@ -178,7 +183,7 @@ def dashboard_attention(store, broker: str | None, limits: analytics.Limits = an
                         now: float | None = None) -> list:
     """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks."""
     now = time.time() if now is None else now
-    scope = analytics.last("1h", now, brokers=[broker] if broker else None)
+    scope = _dashboard_hour(broker, now)
     attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
                                        analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
     return view.attention_links(attention)
@@ -189,7 +194,7 @@ def dashboard_slower(store, broker: str | None, answers: analytics.CompareCache,
     """The Dashboard's task that got slowest against the same hour yesterday, a link to the Analytics
     page's compare table; `answers` keeps the comparison by the store's `version`."""
     now = time.time() if now is None else now
-    before, after = compare_windows(analytics.last("1h", now, brokers=[broker] if broker else None), "day", None, now)
+    before, after = compare_windows(_dashboard_hour(broker, now), "day", None, now)
     return view.slower_link(answers.compare(store, before, after, version, now), f"{base}analytics#{view.COMPARE_ANCHOR}")
 
 

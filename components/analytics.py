@@ -396,7 +396,8 @@ def exception_rows(groups, tracebacks: dict, scope) -> list[dict]:
         names = row["names"].split(", ")  # "" for tasks seen finishing without their earlier events
         row["names"] = ", ".join(name or UNKNOWN_NAME for name in names)
         row["traceback"] = _tail(tracebacks.get(row["sample_uuid"], ""))
-        row["drill"] = drill(scope, names=tuple(names) if names != [""] and len(names) == 1 else (), state="FAILURE",
+        one_known_name = len(names) == 1 and names[0]
+        row["drill"] = drill(scope, names=tuple(names) if one_known_name else (), state="FAILURE",
                              exception=row.pop("match"))
     return rows
 

@@ -16,7 +16,8 @@ browser profile kept on disk, as a real browser keeps it:
 then, in that profile, from the Dashboard each page its menu link leads to (the Tasks, Analytics and
 Broker pages; Flower's Tasks and Broker): "menu", timed from the click. It reports the median over
 --repeats of:
-  grid ms    navigation start (or the click) to the first table row holding data
+  grid ms    navigation start (or the click) to the first table row holding data (Analytics' grids are all
+             below its first screen, mounted once the browser is idle: its first data is its charts in view)
   charts ms  navigation start to every chart on the page drawn with data (pages with charts)
   in view ms navigation start to every chart of the first screen (1440 x 900) drawn: "-" when all are below it
   kB moved   bytes over the wire (compressed, as the browser counts them: CDP's encodedDataLength)

@@ -28,8 +28,7 @@ REFRESH_OUTPUTS = (
     [("analytics-message", "children"), ("analytics-updated", "children"), ("analytics-cards", "children"), FIGURES]
     + [(grid, "rowData") for grid in GRIDS]
 )
-# Give each graph its figure from the store (a blank one below the first screen draws once the browser
-# is idle: assets/charts.js), keeping the user's zoom while the data stays the same
+# Give each graph its figure from the store, keeping the user's zoom while the data stays the same
 # (same uirevision). uirevision alone does not keep it in Dash 4: its Graph writes a zoom back into
 # the figure prop and replots, so plotly forgets the zoom was the user's and the next figure resets it.
 # A time axis always carries the range's own [start, end], so a fixed range alone does not mean a
@@ -38,11 +37,8 @@ _SHOW_FIGURES = """function(figures) {
     var count = %d;
     var current = Array.prototype.slice.call(arguments, 1, 1 + count);
     var relayouts = Array.prototype.slice.call(arguments, 1 + count);
-    var firstScreen = %s;
     return %s.map(function(graph, index) {
-        var blank = !(current[index] && current[index].data && current[index].data.length);
-        var later = blank && firstScreen.indexOf(graph) < 0;
-        var next = figures && figures[graph] && window.flowerbedFigureNowOrLater(graph, figures[graph], later);
+        var next = figures && figures[graph];
         if (!next) { return window.dash_clientside.no_update; }
         var before = current[index] && current[index].layout;
         var relayout = relayouts[index] || {};
@@ -331,16 +327,14 @@ def first_outputs(store, view: dict, limits: analytics.Limits, base: str) -> dic
     except analytics.AnalyticsError as exc:
         outputs = error_outputs(str(exc))
     outputs[("analytics-digests", "data")] = digests(outputs)
-    outputs.update(first_figures(FIGURES[0], outputs.pop(FIGURES)))
+    outputs.update(first_figures(outputs.pop(FIGURES)))
     return outputs
 
 
-def first_figures(figures_store: str, figures: dict) -> dict:
-    """A page's first figures, for its layout: those of the first screen in their graphs, drawn as the page
-    mounts; the others in the figures store, drawn once the browser is idle (_SHOW_FIGURES)."""
-    later = {graph: figure for graph, figure in figures.items() if graph not in view.FIRST_SCREEN_GRAPHS}
-    return {**{(graph, "figure"): figure for graph, figure in figures.items() if graph not in later},
-            (figures_store, "data"): later}
+def first_figures(figures: dict) -> dict:
+    """A page's first figures, for its layout: in their graphs, drawn as each graph mounts (those below
+    the first screen once the browser is idle: components.common.BelowFirstScreen)."""
+    return {(graph, "figure"): figure for graph, figure in figures.items()}
 
 
 # The controls scope_from_controls reads: its arguments before `now`, then `brokers`.
@@ -445,7 +439,7 @@ def register(app, services) -> None:
         return [f"{limits.factor:g}", f"{limits.floor:g}", f"{limits.waiting:g}"]
 
     for figures_store, graphs in (("analytics-figures", view.GRAPHS), ("dashboard-figures", view.DASHBOARD_GRAPHS)):
-        show_figures = _SHOW_FIGURES % (len(graphs), json.dumps(view.FIRST_SCREEN_GRAPHS), json.dumps(graphs))
+        show_figures = _SHOW_FIGURES % (len(graphs), json.dumps(graphs))
         app.clientside_callback(show_figures,
                                 [Output(graph, "figure") for graph in graphs], Input(figures_store, "data"),
                                 [State(graph, "figure") for graph in graphs],

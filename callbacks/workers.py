@@ -20,7 +20,7 @@ def first_outputs(services, base: str) -> dict:
     (components.common.filled): the page opens with them instead of asking for them."""
     now = time.time()
     limits = configured_limits(services.settings)
-    return {**first_figures("dashboard-figures", dashboard_figures(services.store, None, now)),
+    return {**first_figures(dashboard_figures(services.store, None, now)),
             ("dashboard-attention", "children"): dashboard_attention(services.store, None, limits, base, now),
             ("workers-inspected", "children"): inspected_text(services.store.last_inspected(), now)}
 

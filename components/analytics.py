@@ -21,7 +21,7 @@ from dash import dcc, html
 from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
-from .common import broker_filter, fitting_columns, format_duration, page_header, stat_card
+from .common import BelowFirstScreen, broker_filter, fitting_columns, format_duration, page_header, stat_card
 
 RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
                  ("Custom", "custom"))
@@ -654,8 +654,6 @@ CSV_GRIDS = tuple(CSV_FILES)
 DASHBOARD_GRAPHS = ("dashboard-throughput", "dashboard-runtime")
 GRAPHS = ("analytics-throughput", "analytics-failure-rate", "analytics-runtime", "analytics-wait",
           "analytics-failures-by-name", "analytics-worker-active", "analytics-worker-load")
-# Within a 1440 x 900 window on their page: drawn at once, the others once the browser is idle.
-FIRST_SCREEN_GRAPHS = DASHBOARD_GRAPHS + GRAPHS[:4]
 
 
 def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
@@ -703,51 +701,53 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
             _panel("Queue wait by task name", _graph("analytics-wait", 300),
                    help_text="sent → started when task-sent events arrive, else received → started"),
         ], className="chart-grid two"),
-        _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS,
-                                                      "No finished task in this range.", priority=STATS_PRIORITY),
-               help_text="quantiles from log histograms (±4.4 %); worker/queue filters narrow counts, means "
-                         "and max", actions=[_csv_button("analytics-stats")]),
-        html.Div([
-            _panel("Failures by task name", _graph("analytics-failures-by-name", 300)),
-            _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS,
-                                                 "No failures in this range.", height=300,
-                                                 priority=EXCEPTION_PRIORITY),
-                   help_text="hover for a sample traceback", actions=[_csv_button("analytics-exceptions")]),
-        ], className="chart-grid failures"),
-        html.Div([
-            _panel("Active tasks per worker", _graph("analytics-worker-active", 240),
-                   help_text="mean of heartbeats per bucket"),
-            _panel("Load average (1 min) per worker", _graph("analytics-worker-load", 240)),
-        ], className="chart-grid two"),
-        html.Div([
-            _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS,
-                                                      "No finished task in this range.", height=330,
-                                                      priority=SLOWEST_PRIORITY),
-                   actions=[_csv_button("analytics-slowest")]),
-            _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS,
-                                       "Nothing running past its limit.", height=330,
-                                       priority=STUCK_PRIORITY),
-                   help_text="running now far past what is normal for their name",
-                   actions=[_csv_button("analytics-stuck")]),
-        ], className="chart-grid two"),
-        html.Div([
-            html.Span(["Stuck: running past", _number_input("analytics-stuck-factor", "×", step=0.5)]),
-            "the name's p99 of the last day,",
-            html.Span(["at least", _number_input("analytics-stuck-floor", "s")]),
-            html.Span(["· Waiting: not started after", _number_input("analytics-waiting-limit", "s")]),
-        ], className="limits-controls muted small"),
-        _panel("Compare two windows", html.Div([
+        BelowFirstScreen([
+            _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS,
+                                                          "No finished task in this range.", priority=STATS_PRIORITY),
+                   help_text="quantiles from log histograms (±4.4 %); worker/queue filters narrow counts, means "
+                             "and max", actions=[_csv_button("analytics-stats")]),
             html.Div([
-                dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
-                               value=compare_mode, inline=True, className="chips", labelClassName="chip"),
-                dcc.Input(id="compare-split", type="text", placeholder="split at 2026-11-25 10:00", debounce=True,
-                          className="search-input time-input", value=view.get("split") or None,
-                          style={} if compare_mode == "split" else {"display": "none"}),
-                html.Span(id="compare-windows", className="muted small"),
-            ], className="compare-controls"),
-            grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
-        ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
-            actions=[_csv_button("analytics-compare")], id=COMPARE_ANCHOR),
+                _panel("Failures by task name", _graph("analytics-failures-by-name", 300)),
+                _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS,
+                                                     "No failures in this range.", height=300,
+                                                     priority=EXCEPTION_PRIORITY),
+                       help_text="hover for a sample traceback", actions=[_csv_button("analytics-exceptions")]),
+            ], className="chart-grid failures"),
+            html.Div([
+                _panel("Active tasks per worker", _graph("analytics-worker-active", 240),
+                       help_text="mean of heartbeats per bucket"),
+                _panel("Load average (1 min) per worker", _graph("analytics-worker-load", 240)),
+            ], className="chart-grid two"),
+            html.Div([
+                _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS,
+                                                          "No finished task in this range.", height=330,
+                                                          priority=SLOWEST_PRIORITY),
+                       actions=[_csv_button("analytics-slowest")]),
+                _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS,
+                                           "Nothing running past its limit.", height=330,
+                                           priority=STUCK_PRIORITY),
+                       help_text="running now far past what is normal for their name",
+                       actions=[_csv_button("analytics-stuck")]),
+            ], className="chart-grid two"),
+            html.Div([
+                html.Span(["Stuck: running past", _number_input("analytics-stuck-factor", "×", step=0.5)]),
+                "the name's p99 of the last day,",
+                html.Span(["at least", _number_input("analytics-stuck-floor", "s")]),
+                html.Span(["· Waiting: not started after", _number_input("analytics-waiting-limit", "s")]),
+            ], className="limits-controls muted small"),
+            _panel("Compare two windows", html.Div([
+                html.Div([
+                    dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
+                                   value=compare_mode, inline=True, className="chips", labelClassName="chip"),
+                    dcc.Input(id="compare-split", type="text", placeholder="split at 2026-11-25 10:00", debounce=True,
+                              className="search-input time-input", value=view.get("split") or None,
+                              style={} if compare_mode == "split" else {"display": "none"}),
+                    html.Span(id="compare-windows", className="muted small"),
+                ], className="compare-controls"),
+                grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
+            ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
+                actions=[_csv_button("analytics-compare")], id=COMPARE_ANCHOR),
+        ]),
         dcc.Store(id="analytics-figures"), dcc.Store(id="analytics-drill"), dcc.Store(id="analytics-drill-rows"),
         dcc.Store(id="analytics-view-sink"),  # the output of the callback that keeps the address in step
         dcc.Store(id="analytics-digests"),  # what the page shows, digested: a refresh sends only what changed

@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Sequence
 
 from dash import dcc, html
+from dash.development.base_component import Component
 
 STATE_CLASSES = {
     "SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry", "STARTED": "started",
@@ -44,6 +45,26 @@ def openable_fitting_grid(open_path: str, priority: Sequence[str], grid_options:
     return {"eventListeners": {**fitting["eventListeners"],
                                "cellKeyDown": [f"flowerbedOpenOnEnter(params, {json.dumps(open_path)})"]},
             "dashGridOptions": {"context": fitting["context"], **grid_options}}
+
+
+class BelowFirstScreen(Component):
+    """The part of a page below its first screen: its children are mounted once the browser is next idle
+    after the page is drawn (assets/below_first_screen.js), so that the first screen does not wait for
+    the grids and charts nobody sees yet. They are in the layout all along: callbacks update them as if
+    they were mounted, and they mount with the values they were given meanwhile (the browser then sets
+    `mounted`)."""
+    _namespace = "flowerbed"
+    _type = "BelowFirstScreen"
+    _children_props: list = []
+    _base_nodes = ["children"]
+    _prop_names = ["children", "id", "className"]
+    _valid_wildcard_attributes: list = []
+    available_properties = _prop_names
+    available_wildcard_properties: list = []
+
+    def __init__(self, children=None, id=None, className=None):
+        super().__init__(children=children, **{key: value for key, value in (("id", id), ("className", className))
+                                                 if value is not None})
 
 
 def state_badge(state: str | None) -> html.Span:

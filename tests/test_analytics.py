@@ -647,6 +647,25 @@ def _grid_row_index(page, grid: str, name: str) -> int:
 
 
 @pytest.mark.browser
+def test_the_foot_of_the_page_mounts_after_the_first_screen_with_what_callbacks_gave_it_meanwhile(cluster, page):
+    server, _worker = cluster
+    # Recorded as the page is built: whether the first screen was once on the page without the foot. The
+    # foot is mounted in a later task (after a frame and an idle moment), so an observer sees it so.
+    page.add_init_script("""new MutationObserver(() => {
+        if (document.getElementById('analytics-cards')?.childElementCount && !document.getElementById('analytics-stats')) {
+            window.firstScreenAlone = true; }
+    }).observe(document, {childList: true, subtree: true});""")
+    page.goto(f"{server}/analytics")
+    page.wait_for_selector("#analytics-stats .ag-row", timeout=20_000)
+    assert page.evaluate("window.firstScreenAlone === true")
+    # The placeholders of the limits come from a callback answered before or after the foot mounted; either
+    # way they show (the cluster's monitor runs with a floor of 2 s and waiting after 2 s).
+    limits = "['analytics-stuck-factor', 'analytics-stuck-floor', 'analytics-waiting-limit']"
+    wait_for(lambda: page.evaluate(f"{limits}.map(id => document.getElementById(id).placeholder)") == ["3", "2", "2"],
+             10, "the configured limits as the placeholders of the foot's inputs")
+
+
+@pytest.mark.browser
 def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cluster, page):
     server, _worker = cluster
     page.goto(f"{server}/analytics?range=6h")

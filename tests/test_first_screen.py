@@ -1,7 +1,7 @@
 """What makes the first screen quick, through the Flask test client: the first layout comes with the
 page the browser is on and the router does not render it again; the page fetches early what its first
-screen needs; versioned assets, plotly.js too, are kept by the browser; the graphs below the first screen get their
-figures through a store, drawn after the first screen. (bench/first_screen.py measures the result.)"""
+screen needs; versioned assets, plotly.js too, are kept by the browser; every graph comes with its figure, and the
+foot of the Analytics page is mounted after its first screen. (bench/first_screen.py measures the result.)"""
 from __future__ import annotations
 
 import json
@@ -89,17 +89,31 @@ def test_plotly_js_is_named_by_its_version_and_kept_by_the_browser(dash_app):
     assert versioned.get_data() == client.get(f"{prefix}_dash-component-suites/plotly/package_data/plotly.min.js").get_data()
 
 
-def test_first_screen_graphs_come_drawn_and_the_others_through_their_store(dash_app):
+def test_every_graph_comes_drawn_and_the_analytics_foot_mounts_after_the_first_screen(dash_app):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
 
     def loading(figure):
         return any(note.get("text") == "Loading…" for note in figure["layout"].get("annotations", []))
 
-    pages = (("analytics", "analytics-figures", view.GRAPHS), ("", "dashboard-figures", view.DASHBOARD_GRAPHS))
-    for path, store, graphs in pages:
+    def below_first_screen(node) -> dict:
+        """The components inside the layout's BelowFirstScreen, by id."""
+        if isinstance(node, list):
+            return {key: value for child in node for key, value in below_first_screen(child).items()}
+        if not isinstance(node, dict) or "props" not in node:
+            return {}
+        if node["type"] == "BelowFirstScreen":
+            assert node["namespace"] == "flowerbed"
+            return components(node)
+        return below_first_screen([value for value in node["props"].values() if isinstance(value, (dict, list))])
+
+    for path, graphs in (("analytics", view.GRAPHS), ("", view.DASHBOARD_GRAPHS)):
         address = f"http://localhost{prefix}{path}"
-        layout = components(client.get(f"{prefix}_dash-layout", headers={"Referer": address}).get_json())
-        later = [graph for graph in graphs if graph not in view.FIRST_SCREEN_GRAPHS]
-        assert sorted(layout[store]["data"]) == sorted(later)  # drawn once the browser is idle
-        assert all(loading(layout[graph]["figure"]) == (graph in later) for graph in graphs)
-    assert "analytics-worker-load" not in view.FIRST_SCREEN_GRAPHS  # at the page's foot
+        layout = client.get(f"{prefix}_dash-layout", headers={"Referer": address}).get_json()
+        found = components(layout)
+        assert not any(loading(found[graph]["figure"]) for graph in graphs)
+        foot = below_first_screen(layout)
+        if path == "analytics":
+            assert sorted(graph for graph in graphs if graph in foot) == sorted(view.GRAPHS[4:])
+            assert all(grid in foot for grid in view.CSV_GRIDS)
+        else:
+            assert not foot  # the Dashboard fits its first screen

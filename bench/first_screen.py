@@ -14,8 +14,10 @@ browser profile kept on disk, as a real browser keeps it:
   returning  the third and every later visit: Chrome also keeps the code it compiled from a script it ran
              twice (a new context of Playwright's, like a private window, never keeps compiled code)
 then, in that profile, from the Dashboard each page its menu link leads to (the Tasks, Analytics and
-Broker pages; Flower's Tasks and Broker): "menu", timed from the click. It reports the median over
---repeats of:
+Broker pages; Flower's Tasks and Broker): "menu", timed from the click. The same visits of a stock Dash
+app with nothing but a one-row table ("Dash text") and with the same row and one plotly bar chart ("Dash
+chart") give the floor any Dash page starts from on this machine, in the same run. It reports the median
+over --repeats of:
   grid ms    navigation start (or the click) to the first table row holding data (Analytics' grids are all
              below its first screen, mounted once the browser is idle: its first data is its charts in view)
   charts ms  navigation start to every chart on the page drawn with data (pages with charts)
@@ -51,9 +53,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Data on screen: a table row that holds a task's uuid or a worker's name; charts past their placeholder.
 ROW_WITH_DATA = """(selector, pattern) => [...document.querySelectorAll(selector)]
     .some(row => new RegExp(pattern).test(row.textContent))"""
-CHARTS_DRAWN = """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
-    const placeholder = p => !p.layout || (p.layout.annotations || []).some(a => a.text === 'Loading…');
-    return plots.length > 0 && !plots.some(placeholder) && plots.some(p => p.data.length > 0);
+CHARTS_DRAWN = """() => { const graphs = [...document.querySelectorAll('.dash-graph')];
+    const plot = graph => graph.querySelector('.js-plotly-plot');
+    const drawn = graph => plot(graph) && plot(graph).layout
+        && !(plot(graph).layout.annotations || []).some(a => a.text === 'Loading…');
+    return graphs.length > 0 && graphs.every(drawn) && graphs.some(graph => plot(graph).data.length > 0)
+        && !document.querySelector('[data-mounted="false"]');  // a page's foot still to mount
 }"""
 # Kept by the page from its start: when every chart within the window (at least one) was first drawn.
 CHARTS_IN_VIEW = """(() => {
@@ -83,7 +88,23 @@ PAGES = (
     ("Flower", "tasks", "/tasks", "#tasks-table tbody tr", UUID, False),
     ("Flower", "worker", f"/worker/{ONE_WORKER}", "table tr", QUEUE, False),
     ("Flower", "broker", "/broker", "table tr", QUEUE, False),
+    ("Dash", "text", "/text", "#floor-table tr", WORKER, False),
+    ("Dash", "chart", "/chart", "#floor-table tr", WORKER, True),
 )
+# The floor: a stock Dash app (served by Flask's own server, compressed as Flowerbed's) whose page at /chart
+# adds one bar chart to the one-row table of /text (the page is told by the layout request's Referer).
+FLOOR = """
+import sys, flask
+from dash import Dash, dcc, html
+app = Dash(__name__, compress=True)
+def layout():
+    row = html.Table(html.Tr(html.Td("demo-alpha@flowerbed")), id="floor-table")
+    if not flask.has_request_context() or not flask.request.referrer or not flask.request.referrer.endswith("/chart"):
+        return html.Div(row)
+    return html.Div([row, dcc.Graph(figure={"data": [{"type": "bar", "x": [1, 2, 3], "y": [3, 1, 2]}]})])
+app.layout = layout
+app.run(host="127.0.0.1", port=int(sys.argv[1]))
+"""
 
 CLUSTER = """
 import sys, threading
@@ -119,8 +140,8 @@ def main() -> None:
 
 def start_systems(broker: str, folder: Path, rate: float, processes: list) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ours, theirs = free_port(), free_port()
-    logs = {name: open(folder / f"{name}.log", "wb") for name in ("cluster", "flowerbed", "flower")}
+    ours, theirs, floor = free_port(), free_port(), free_port()
+    logs = {name: open(folder / f"{name}.log", "wb") for name in ("cluster", "flowerbed", "flower", "floor")}
     processes.append(subprocess.Popen([sys.executable, "-c", CLUSTER, broker, str(rate)], env=env,
                                       stdout=logs["cluster"], stderr=subprocess.STDOUT))
     processes.append(subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--broker", broker, "--port", str(ours),
@@ -130,7 +151,10 @@ def start_systems(broker: str, folder: Path, rate: float, processes: list) -> di
                                        f"--port={theirs}", "--address=127.0.0.1"], cwd=folder,
                                       env={**env, "FLOWER_UNAUTHENTICATED_API": "1"},  # its API, for wait_for_tasks
                                       stdout=logs["flower"], stderr=subprocess.STDOUT))
-    return {"Flowerbed": f"http://127.0.0.1:{ours}", "Flower": f"http://127.0.0.1:{theirs}"}
+    processes.append(subprocess.Popen([sys.executable, "-c", FLOOR, str(floor)], cwd=folder,
+                                      stdout=logs["floor"], stderr=subprocess.STDOUT))
+    return {"Flowerbed": f"http://127.0.0.1:{ours}", "Flower": f"http://127.0.0.1:{theirs}",
+            "Dash": f"http://127.0.0.1:{floor}"}
 
 
 def task_count(url: str) -> int:
@@ -141,12 +165,21 @@ def task_count(url: str) -> int:
         return 0
 
 
+def serving(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for_tasks(bases: dict[str, str], tasks: int, timeout: float = 600) -> None:
+    """Until both monitors list `tasks` tasks and the floor's app answers."""
     deadline = time.monotonic() + timeout
     urls = [f"{bases['Flowerbed']}/api/tasks?limit={tasks}", f"{bases['Flower']}/api/tasks?limit={tasks}"]
-    while min(task_count(url) for url in urls) < tasks:
+    while min(task_count(url) for url in urls) < tasks or not serving(bases["Dash"]):
         if time.monotonic() > deadline:
-            raise SystemExit(f"the monitors did not list {tasks} tasks within {timeout:.0f} s")
+            raise SystemExit(f"the monitors did not list {tasks} tasks, or the floor's app did not answer, within {timeout:.0f} s")
         time.sleep(1)
 
 

@@ -48,9 +48,9 @@ def openable_fitting_grid(open_path: str, priority: Sequence[str], grid_options:
 
 
 class BelowFirstScreen(Component):
-    """The part of a page below its first screen: its children are mounted once the browser is next idle
-    after the page is drawn (assets/below_first_screen.js), so that the first screen does not wait for
-    the grids and charts nobody sees yet. They are in the layout all along: callbacks update them as if
+    """The part of a page below its first screen: its children are mounted once the charts above it are
+    drawn (3 s at most) and the browser is next idle (assets/below_first_screen.js), so that the first
+    screen does not wait for the grids and charts nobody sees yet. They are in the layout all along: callbacks update them as if
     they were mounted, and they mount with the values they were given meanwhile (the browser then sets
     `mounted`)."""
     _namespace = "flowerbed"

@@ -15,8 +15,9 @@ browser profile kept on disk, as a real browser keeps it:
              twice (a new context of Playwright's, like a private window, never keeps compiled code)
 then, in that profile, from the Dashboard each page its menu link leads to (the Tasks, Analytics and
 Broker pages; Flower's Tasks and Broker): "menu", timed from the click. The same visits of a stock Dash
-app with nothing but a one-row table ("Dash text") and with the same row and one plotly bar chart ("Dash
-chart") give the floor any Dash page starts from on this machine, in the same run. It reports the median
+app with nothing but a one-row table ("Dash text"), with the row in an AG Grid instead ("Dash grid") and
+with the table and one plotly bar chart ("Dash chart") give the floor a Dash page starts from on this
+machine, in the same run. It reports the median
 over --repeats of:
   grid ms    navigation start (or the click) to the first table row holding data (Analytics' grids are all
              below its first screen, mounted once the browser is idle: its first data is its charts in view)
@@ -89,19 +90,26 @@ PAGES = (
     ("Flower", "worker", f"/worker/{ONE_WORKER}", "table tr", QUEUE, False),
     ("Flower", "broker", "/broker", "table tr", QUEUE, False),
     ("Dash", "text", "/text", "#floor-table tr", WORKER, False),
+    ("Dash", "grid", "/grid", "#floor-grid .ag-row", WORKER, False),
     ("Dash", "chart", "/chart", "#floor-table tr", WORKER, True),
 )
-# The floor: a stock Dash app (served by Flask's own server, compressed as Flowerbed's) whose page at /chart
-# adds one bar chart to the one-row table of /text (the page is told by the layout request's Referer).
+# The floor: a stock Dash app (served by Flask's own server, compressed as Flowerbed's) whose page at /grid
+# shows the one row of /text in an AG Grid, and /chart adds one bar chart to it (the page is told by the
+# layout request's Referer).
 FLOOR = """
 import sys, flask
+import dash_ag_grid
 from dash import Dash, dcc, html
 app = Dash(__name__, compress=True)
+WORKER = "demo-alpha@flowerbed"
 def layout():
-    row = html.Table(html.Tr(html.Td("demo-alpha@flowerbed")), id="floor-table")
-    if not flask.has_request_context() or not flask.request.referrer or not flask.request.referrer.endswith("/chart"):
-        return html.Div(row)
-    return html.Div([row, dcc.Graph(figure={"data": [{"type": "bar", "x": [1, 2, 3], "y": [3, 1, 2]}]})])
+    page = flask.request.referrer.rsplit("/", 1)[-1] if flask.has_request_context() and flask.request.referrer else ""
+    row = html.Table(html.Tr(html.Td(WORKER)), id="floor-table")
+    if page == "grid":
+        return dash_ag_grid.AgGrid(id="floor-grid", rowData=[{"worker": WORKER}], columnDefs=[{"field": "worker"}])
+    if page == "chart":
+        return html.Div([row, dcc.Graph(figure={"data": [{"type": "bar", "x": [1, 2, 3], "y": [3, 1, 2]}]})])
+    return html.Div(row)
 app.layout = layout
 app.run(host="127.0.0.1", port=int(sys.argv[1]))
 """

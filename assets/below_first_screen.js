@@ -1,5 +1,5 @@
 // components/common.py BelowFirstScreen: the part of a page below its first screen, mounted once the
-// charts above it are drawn and the browser is next idle. Creating six grids and three charts took a
+// charts above it are drawn and the browser is next idle. Creating five grids and three charts took a
 // 2-core machine a few hundred milliseconds, which the first screen's charts would otherwise wait for.
 (function () {
   var React = window.React;
@@ -12,20 +12,33 @@
     });
   }
 
-  // Run `mount` at the browser's first idle moment once the charts above `element` are drawn.
+  // An address's #id that is not on the page yet is below its first screen: the user asked for it.
+  function anchorWanted() {
+    return location.hash.length > 1 && !document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  }
+
+  // Run `mount` at the browser's first idle moment once the charts above `element` are drawn, or next
+  // when the address names an element still to come.
   function whenFirstScreenDrawn(element, mount) {
-    var started = performance.now(), frame = null, idle = null;
-    function look() {
-      if (chartsAboveDrawn(element) || performance.now() - started > LONGEST_WAIT_MS) {
+    var frame = null, idle = null, limit = null;
+    function mountWhenIdle() {
+      window.cancelAnimationFrame(frame);
+      window.clearTimeout(limit);
+      if (idle === null) {
         idle = window.requestIdleCallback ? window.requestIdleCallback(mount, {timeout: 1000})
                                           : window.setTimeout(mount, 100);
-      } else {
-        frame = window.requestAnimationFrame(look);
       }
     }
+    function look() {
+      if (chartsAboveDrawn(element)) { mountWhenIdle(); } else { frame = window.requestAnimationFrame(look); }
+    }
+    // A timer, not a frame: also in a hidden tab. Not within this effect either: Dash resets a new
+    // component's props after its children's first effects, which would undo `mounted`.
+    limit = window.setTimeout(mountWhenIdle, anchorWanted() ? 0 : LONGEST_WAIT_MS);
     frame = window.requestAnimationFrame(look);
     return function cancel() {
       window.cancelAnimationFrame(frame);
+      window.clearTimeout(limit);
       if (idle !== null) { (window.cancelIdleCallback || window.clearTimeout)(idle); }
     };
   }
@@ -37,7 +50,7 @@
     React.useEffect(function () {
       return mounted ? undefined : whenFirstScreenDrawn(container.current, function () { setProps({mounted: true}); });
     }, [mounted]);
-    // data-mounted: for a test or a measurement to tell a page that is complete from one still to come.
+    // data-mounted: for the style sheet (room kept for the part to come), a test or a measurement.
     return React.createElement("div", {id: props.id, className: props.className, ref: container,
                                        "data-mounted": String(!!mounted)},
                                mounted ? props.children : null);

@@ -35,15 +35,22 @@
     }
   });
   // The pages are drawn after the address changes (a dcc.Link, or the first load), so the browser's own
-  // jump to the #id finds nothing: jump once the element appears, once per address.
-  var jumped = null;
+  // jump to the #id finds nothing: jump once the element appears, and again while the page around it is
+  // still being drawn (its grids and charts push it down), until the user scrolls or HOLD_MS have passed.
+  var HOLD_MS = 5000;
+  var jumped = null, holdUntil = 0;
+  ["wheel", "touchstart", "keydown", "mousedown"].forEach(function (kind) {
+    window.addEventListener(kind, function () { holdUntil = 0; }, {passive: true, capture: true});
+  });
   new MutationObserver(function () {
     var address = location.pathname + location.hash;
-    if (!location.hash || jumped === address) { return; }
+    if (!location.hash || (jumped === address && performance.now() > holdUntil)) { return; }
     var target = document.getElementById(decodeURIComponent(location.hash.slice(1)));
-    if (target) {
+    if (!target) { return; }
+    if (jumped !== address) {
       jumped = address;
-      target.scrollIntoView({block: "start"});
+      holdUntil = performance.now() + HOLD_MS;
     }
+    target.scrollIntoView({block: "start"});
   }).observe(document.documentElement, {childList: true, subtree: true});
 })();

@@ -20,7 +20,7 @@ with the table and one plotly bar chart ("Dash chart") give the floor a Dash pag
 machine, in the same run. It reports the median
 over --repeats of:
   grid ms    navigation start (or the click) to the first table row holding data (Analytics' grids are all
-             below its first screen, mounted once the browser is idle: its first data is its charts in view)
+             below its first screen, mounted after the charts above them: its first data is its charts in view)
   charts ms  navigation start to every chart on the page drawn with data (pages with charts)
   in view ms navigation start to every chart of the first screen (1440 x 900) drawn: "-" when all are below it
   kB moved   bytes over the wire (compressed, as the browser counts them: CDP's encodedDataLength)

@@ -443,7 +443,8 @@ def register(app, services) -> None:
         app.clientside_callback(show_figures,
                                 [Output(graph, "figure") for graph in graphs], Input(figures_store, "data"),
                                 [State(graph, "figure") for graph in graphs],
-                                [State(graph, "relayoutData") for graph in graphs])
+                                [State(graph, "relayoutData") for graph in graphs],
+                                prevent_initial_call=True)  # the first figures come in the layout
 
     for sink, graphs in (("analytics-drill", view.GRAPHS), ("dashboard-drill", view.DASHBOARD_GRAPHS)):
         app.clientside_callback(_OPEN_CLICKED_MARK % base, Output(sink, "data"),

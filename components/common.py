@@ -49,22 +49,23 @@ def openable_fitting_grid(open_path: str, priority: Sequence[str], grid_options:
 
 class BelowFirstScreen(Component):
     """The part of a page below its first screen: its children are mounted once the charts above it are
-    drawn (3 s at most) and the browser is next idle (assets/below_first_screen.js), so that the first
-    screen does not wait for the grids and charts nobody sees yet. They are in the layout all along: callbacks update them as if
-    they were mounted, and they mount with the values they were given meanwhile (the browser then sets
-    `mounted`)."""
+    drawn (3 s at most) and the browser is next idle, or at once when the address's #id is not on the page
+    yet (assets/below_first_screen.js), so that the first screen does not wait for the grids and charts
+    nobody sees yet. They are in the layout all along: callbacks update them as if they were mounted, and
+    they mount with the values they were given meanwhile. The browser sets `mounted`; given True, the
+    children mount with the page."""
     _namespace = "flowerbed"
     _type = "BelowFirstScreen"
     _children_props: list = []
     _base_nodes = ["children"]
-    _prop_names = ["children", "id", "className"]
+    _prop_names = ["children", "id", "className", "mounted"]
     _valid_wildcard_attributes: list = []
     available_properties = _prop_names
     available_wildcard_properties: list = []
 
-    def __init__(self, children=None, id=None, className=None):
-        super().__init__(children=children, **{key: value for key, value in (("id", id), ("className", className))
-                                                 if value is not None})
+    def __init__(self, children=None, id=None, className=None, mounted=None):
+        given = {"id": id, "className": className, "mounted": mounted}
+        super().__init__(children=children, **{key: value for key, value in given.items() if value is not None})
 
 
 def state_badge(state: str | None) -> html.Span:

@@ -646,23 +646,59 @@ def _grid_row_index(page, grid: str, name: str) -> int:
     return index
 
 
+# Recorded as the page is built: whether the first screen was once drawn (its cards, its charts) without
+# the foot; the foot's CSV button is plain HTML, on the page as soon as the foot mounts. And the page's idle
+# moments, when the foot mounts, wait for the answer of the callback that gives the foot's limit inputs their
+# placeholders: the foot then surely mounts after that answer came.
+_FOOT_WATCH = """
+new MutationObserver(() => {
+    const charts = [...document.querySelectorAll('.dash-graph')];
+    if (document.getElementById('analytics-cards')?.childElementCount && charts.length
+            && charts.every(graph => graph.querySelector('.main-svg'))
+            && !document.getElementById('analytics-stats-csv')) { window.firstScreenAlone = true; }
+}).observe(document, {childList: true, subtree: true});
+const fetched = window.fetch;
+window.fetch = (...request) => fetched(...request).then(response => {
+    if (String(request[1]?.body).includes('analytics-stuck-factor.placeholder')) {
+        response.clone().json().then(() => setTimeout(() => { window.limitsAnswered = true; }));
+    }
+    return response;
+});
+const whenIdle = window.requestIdleCallback;
+window.requestIdleCallback = (run, options) => whenIdle(function held(deadline) {
+    if (window.limitsAnswered) { run(deadline); } else { whenIdle(held, options); }
+}, options);
+"""
+
+
 @pytest.mark.browser
 def test_the_foot_of_the_page_mounts_after_the_first_screen_with_what_callbacks_gave_it_meanwhile(cluster, page):
     server, _worker = cluster
-    # Recorded as the page is built: whether the first screen was once on the page without the foot. The
-    # foot is mounted in a later task (after a frame and an idle moment), so an observer sees it so.
-    page.add_init_script("""new MutationObserver(() => {
-        if (document.getElementById('analytics-cards')?.childElementCount && !document.getElementById('analytics-stats')) {
-            window.firstScreenAlone = true; }
-    }).observe(document, {childList: true, subtree: true});""")
+    page.add_init_script(_FOOT_WATCH)
     page.goto(f"{server}/analytics")
     page.wait_for_selector("#analytics-stats .ag-row", timeout=20_000)
     assert page.evaluate("window.firstScreenAlone === true")
-    # The placeholders of the limits come from a callback answered before or after the foot mounted; either
-    # way they show (the cluster's monitor runs with a floor of 2 s and waiting after 2 s).
+    # The limits' placeholders were given before the foot mounted (the cluster's monitor runs with a floor
+    # of 2 s and waiting after 2 s): they show.
     limits = "['analytics-stuck-factor', 'analytics-stuck-floor', 'analytics-waiting-limit']"
-    wait_for(lambda: page.evaluate(f"{limits}.map(id => document.getElementById(id).placeholder)") == ["3", "2", "2"],
-             10, "the configured limits as the placeholders of the foot's inputs")
+    assert page.evaluate(f"{limits}.map(id => document.getElementById(id).placeholder)") == ["3", "2", "2"]
+
+
+@pytest.mark.browser
+def test_an_address_naming_the_foot_mounts_it_at_once(cluster, page):
+    server, _worker = cluster
+    # Recorded when the compare panel first appears: how many of the first screen's charts were drawn.
+    first_screen = ", ".join(f"#{graph} .main-svg" for graph in view.GRAPHS[:4])
+    page.add_init_script("""new MutationObserver(() => {
+        if (document.getElementById('compare') && window.chartsWhenFootCame === undefined) {
+            window.chartsWhenFootCame = document.querySelectorAll('%s').length; }
+    }).observe(document, {childList: true, subtree: true});""" % first_screen)
+    page.goto(f"{server}/analytics#compare")
+    # Scrolled to it (as far as the page goes: the panel is the last on the page), and kept there while
+    # the grids and charts above it were drawn.
+    in_view = "(box => box.top >= 0 && box.top < innerHeight)(document.getElementById('compare').getBoundingClientRect())"
+    wait_for(lambda: page.evaluate("window.scrollY") > 0 and page.evaluate(in_view), 20, "the page at #compare")
+    assert page.evaluate("window.chartsWhenFootCame") == 0  # it did not wait for the charts above
 
 
 @pytest.mark.browser

@@ -332,8 +332,7 @@ def first_outputs(store, view: dict, limits: analytics.Limits, base: str) -> dic
 
 
 def first_figures(figures: dict) -> dict:
-    """A page's first figures, for its layout: in their graphs, drawn as each graph mounts (those below
-    the first screen once the browser is idle: components.common.BelowFirstScreen)."""
+    """A page's first figures as layout values (components.common.filled): each in its graph."""
     return {(graph, "figure"): figure for graph, figure in figures.items()}
 
 
@@ -439,12 +438,10 @@ def register(app, services) -> None:
         return [f"{limits.factor:g}", f"{limits.floor:g}", f"{limits.waiting:g}"]
 
     for figures_store, graphs in (("analytics-figures", view.GRAPHS), ("dashboard-figures", view.DASHBOARD_GRAPHS)):
-        show_figures = _SHOW_FIGURES % (len(graphs), json.dumps(graphs))
-        app.clientside_callback(show_figures,
+        app.clientside_callback(_SHOW_FIGURES % (len(graphs), json.dumps(graphs)),
                                 [Output(graph, "figure") for graph in graphs], Input(figures_store, "data"),
                                 [State(graph, "figure") for graph in graphs],
-                                [State(graph, "relayoutData") for graph in graphs],
-                                prevent_initial_call=True)  # the first figures come in the layout
+                                [State(graph, "relayoutData") for graph in graphs], prevent_initial_call=True)
 
     for sink, graphs in (("analytics-drill", view.GRAPHS), ("dashboard-drill", view.DASHBOARD_GRAPHS)):
         app.clientside_callback(_OPEN_CLICKED_MARK % base, Output(sink, "data"),

@@ -17,8 +17,8 @@
     return location.hash.length > 1 && !document.getElementById(decodeURIComponent(location.hash.slice(1)));
   }
 
-  // Run `mount` at the browser's first idle moment once the charts above `element` are drawn, or next
-  // when the address names an element still to come.
+  // Run `mount` at the browser's first idle moment once the charts above `element` are drawn, or a timer tick
+  // later when the address names an element still to come.
   function whenFirstScreenDrawn(element, mount) {
     var frame = null, idle = null, limit = null;
     function mountWhenIdle() {
@@ -33,9 +33,14 @@
       if (chartsAboveDrawn(element)) { mountWhenIdle(); } else { frame = window.requestAnimationFrame(look); }
     }
     // A timer, not a frame: also in a hidden tab. Not within this effect either: Dash resets a new
-    // component's props after its children's first effects, which would undo `mounted`.
-    limit = window.setTimeout(mountWhenIdle, anchorWanted() ? 0 : LONGEST_WAIT_MS);
-    frame = window.requestAnimationFrame(look);
+    // component's props after its children's first effects, which would undo `mounted`. An address that
+    // names a part of it waits for nothing else, not even an idle moment (a busy browser has none for a while).
+    if (anchorWanted()) {
+      limit = window.setTimeout(mount, 0);
+    } else {
+      limit = window.setTimeout(mountWhenIdle, LONGEST_WAIT_MS);
+      frame = window.requestAnimationFrame(look);
+    }
     return function cancel() {
       window.cancelAnimationFrame(frame);
       window.clearTimeout(limit);

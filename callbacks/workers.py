@@ -8,7 +8,7 @@ from dash import Input, Output, Patch, ctx
 
 import auth
 from callbacks.analytics import configured_limits, dashboard_attention, dashboard_figures, first_figures
-from components.workers import busy_window_start, online_tone, summary, worker_rows
+from components.workers import busy_window_start, failed_tone, online_tone, summary, worker_rows
 
 
 def inspected_text(last: float | None, now: float) -> str:
@@ -33,6 +33,7 @@ def register(app, services) -> None:
         Output("stat-active", "children"),
         Output("stat-succeeded", "children"),
         Output("stat-failed", "children"),
+        Output("stat-failed-card", "className"),
         Output("workers-inspected", "children"),
         Input("refresh-tick", "n_intervals"),
         Input("workers-refresh", "n_clicks"),
@@ -52,7 +53,8 @@ def register(app, services) -> None:
         inspected = inspected_text(services.store.last_inspected(), now)
         if refresh_clicked:
             inspected = "inspect requested…" if allowed else "read-only users cannot trigger an inspect"
-        return rows, totals["online"], f"stat-card {online_tone(rows)}", totals["active"], totals["succeeded"], totals["failed"], inspected
+        return (rows, totals["online"], f"stat-card {online_tone(rows)}", totals["active"], totals["succeeded"],
+                totals["failed"], f"stat-card {failed_tone(rows)}", inspected)
 
     @app.callback(Output("workers-grid", "dashGridOptions"), Input("workers-search", "value"),
                   prevent_initial_call=True)

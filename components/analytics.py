@@ -21,7 +21,7 @@ from dash import dcc, html
 from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
-from .common import BelowFirstScreen, broker_filter, fitting_columns, format_duration, page_header, stat_card
+from .common import BelowFirstScreen, broker_filter, fitting_columns, format_duration, page_header, stat_card, trouble_tone
 
 RANGE_CHOICES = (("15 min", "15m"), ("1 hour", "1h"), ("6 hours", "6h"), ("24 hours", "24h"), ("7 days", "7d"),
                  ("Custom", "custom"))
@@ -775,12 +775,12 @@ def summary_cards(stats, scope, attention: dict) -> list:
     def linked(kind, label):
         count, href, _label, meaning = attention[kind]
         return html.Div(stat_card(label, dcc.Link(f"{count:,}", href=href, id=f"analytics-{kind}-count", title=meaning),
-                                  tone="tone-bad" if count else "tone-ok"), title=meaning)
+                                  tone=trouble_tone(count)), title=meaning)
 
     return [
         stat_card(f"Finished in {span}", f"{finished:,}", tone="tone-ok"),
         stat_card(f"Throughput, {span} mean", f"{per_minute:,.1f} / min", tone="tone-info"),
-        stat_card("Failed", f"{failed:,} · {rate}", tone="tone-bad"),
+        stat_card("Failed", f"{failed:,} · {rate}", tone=trouble_tone(failed)),
         stat_card("Worst p95 queue wait", html.Span([wait_text, html.Small(
             f" {worst_wait['name'].iloc[0]}" if not worst_wait.empty else "", className="stat-sub")])),
         linked("stuck", "Stuck now"),

@@ -16,6 +16,11 @@ STATE_CLASSES = {
 }
 
 
+def trouble_tone(count: int) -> str:
+    """The colour of a card counting trouble (failures, stuck tasks): red when there is any, green at none."""
+    return "tone-bad" if count else "tone-ok"
+
+
 def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None,
               wide: bool = False) -> html.Div:
     """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone);

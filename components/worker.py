@@ -9,7 +9,7 @@ import urllib.parse
 from dash import dcc, html
 
 from .analytics import GRAPH_CONFIG, _panel, empty_figure
-from .common import format_clock, format_number, page_header, stat_card
+from .common import format_clock, format_number, page_header, stat_card, trouble_tone
 
 # "name [rate_limit=10/m time_limit=30]", as celery's registered() answers with task info items.
 _REGISTERED = re.compile(r"^(?P<name>\S+)(?: \[(?P<info>.*)\])?$")
@@ -152,13 +152,14 @@ def task_lists(inspect: dict, relative_path) -> list:
 def worker_cards(worker: dict, now: float) -> list:
     load = worker.get("loadavg")
     beat = worker.get("last_heartbeat")
+    failed = worker.get("failed") or 0
     return [
         stat_card(f"Status · beat {now - beat:.0f} s ago" if beat else "Status · no heartbeat yet",
                   "Online" if worker["online"] else "Offline", "worker-status", "tone-ok" if worker["online"] else "tone-bad"),
         stat_card("Active", format_number(worker.get("active") or 0), tone="tone-info"),
         stat_card("Processed", format_number(worker.get("received") or 0)),
         stat_card("Succeeded", format_number(worker.get("succeeded") or 0), tone="tone-ok"),
-        stat_card("Failed", format_number(worker.get("failed") or 0), tone="tone-bad"),
+        stat_card("Failed", format_number(failed), tone=trouble_tone(failed)),
         stat_card("Retried", format_number(worker.get("retried") or 0)),
         stat_card("Load average", ", ".join(f"{x:.2f}" for x in load) if load else "—", wide=True),
     ]

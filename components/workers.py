@@ -5,7 +5,7 @@ import dash_ag_grid as dag
 from dash import dcc, html
 
 from .analytics import compact_row
-from .common import broker_columns, broker_filter, openable_fitting_grid, page_header, stat_card
+from .common import broker_columns, broker_filter, openable_fitting_grid, page_header, stat_card, trouble_tone
 
 WORKER_COLUMNS = [
     {"field": "hostname", "headerName": "Worker", "minWidth": 130, "flex": 2,
@@ -96,6 +96,11 @@ def online_tone(rows: list[dict]) -> str:
     return "tone-bad" if rows and online == 0 else "tone-warn"
 
 
+def failed_tone(rows: list[dict]) -> str:
+    """The Failed card's colour (trouble_tone of the rows' failures)."""
+    return trouble_tone(sum(r["failed"] for r in rows))
+
+
 def summary(rows: list[dict]) -> dict:
     return {
         "online": f"{sum(r['status'] == 'Online' for r in rows)} / {len(rows)}",
@@ -116,7 +121,7 @@ def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = ()
             stat_card("Online workers", totals["online"], "stat-online", online_tone(rows), box_id="stat-online-card"),
             stat_card("Active tasks", totals["active"], "stat-active", "tone-info"),
             stat_card("Succeeded", totals["succeeded"], "stat-succeeded", "tone-ok"),
-            stat_card("Failed", totals["failed"], "stat-failed", "tone-bad"),
+            stat_card("Failed", totals["failed"], "stat-failed", failed_tone(rows), box_id="stat-failed-card"),
         ], className="stat-row"),
         compact_row(),
         html.Div([

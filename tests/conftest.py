@@ -18,6 +18,8 @@ from helpers import (CeleryWorker, FlowerbedServer, PostgresDatabase, PrivatePos
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
 
 
 @pytest.fixture(scope="session")
@@ -164,11 +166,19 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+def watch_problems(page, problems: list, allowed_statuses=()) -> None:
+    """Adds to `problems` each browser error `page` logs and each request of it that fails, except
+    the statuses in `allowed_statuses`."""
+    expected = tuple(f"the server responded with a status of {status} " for status in allowed_statuses)
+    page.on("console", lambda message: problems.append(message.text)
+            if message.type == "error" and not any(text in message.text for text in expected) else None)
+    page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+            if response.status >= 400 and response.status not in allowed_statuses else None)
 
 
 @pytest.fixture
@@ -186,11 +196,7 @@ def open_page(browser, request):
         page = context.new_page()
         page.set_default_timeout(20_000)
         problems = []
-        expected = tuple(f"the server responded with a status of {status} " for status in allowed_statuses)
-        page.on("console", lambda message: problems.append(message.text)
-                if message.type == "error" and not any(text in message.text for text in expected) else None)
-        page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
-                if response.status >= 400 and response.status not in allowed_statuses else None)
+        watch_problems(page, problems, allowed_statuses)
         opened.append((page, context, problems))
         return page
     yield open_one

@@ -1,10 +1,10 @@
 """The Dashboard's worker rows without a server: pool size and utilisation from the stored inspect
-reply, the busy mark from the heartbeat floors, and the online card's colour."""
+reply, the busy mark from the heartbeat floors, and the online and failed cards' colours."""
 from __future__ import annotations
 
 import pytest
 
-from components.workers import BUSY_MINUTES, busy_window_start, online_tone, worker_rows
+from components.workers import BUSY_MINUTES, busy_window_start, failed_tone, online_tone, worker_rows
 
 NOW = 1_800_000_000.0
 WINDOW_START = busy_window_start(NOW)
@@ -46,3 +46,11 @@ def test_the_online_card_is_green_only_when_every_worker_is_online():
     assert online_tone(rows(True, False)) == "tone-warn"
     assert online_tone(rows(False)) == "tone-bad"
     assert online_tone([]) == "tone-warn"  # no worker seen yet is not good news
+
+
+def test_the_failed_card_is_red_only_when_a_task_failed():
+    def rows(*failed):
+        return worker_rows([{**worker(f"w@{n}"), "failed": count} for n, count in enumerate(failed)], NOW)
+    assert failed_tone(rows(0, 0)) == "tone-ok"  # red at 0 read as an alarm
+    assert failed_tone(rows(0, 2)) == "tone-bad"
+    assert failed_tone([]) == "tone-ok"

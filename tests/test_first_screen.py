@@ -1,16 +1,20 @@
 """What makes the first screen quick, through the Flask test client: the first layout comes with the
 page the browser is on and the router does not render it again; the page fetches early what its first
 screen needs; versioned assets, plotly.js too, are kept by the browser; every graph comes with its figure, and the
-foot of the Analytics page is mounted after its first screen. (bench/first_screen.py measures the result.)"""
+foot of the Analytics page is mounted after its first screen. In chromium with a profile on disk: a first visit
+leaves the framework's code compiled in the browser's cache for the next. (bench/first_screen.py measures the
+result.)"""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 import app as flowerbed_app
 from components import analytics as view
-from helpers import router_body
+from conftest import CHROMIUM, CHROMIUM_ARGS, watch_problems
+from helpers import router_body, wait_for
 from monitor.settings import load_settings
 
 
@@ -117,3 +121,68 @@ def test_every_graph_comes_drawn_and_the_analytics_foot_mounts_after_the_first_s
             assert all(grid in foot for grid in view.CSV_GRIDS)
         else:
             assert not foot  # the Dashboard fits its first screen
+
+
+def compiled_code_sizes(profile: Path) -> dict[str, int]:
+    """The size of the largest entry of chromium's code cache in `profile` for each script, by its address
+    (a script can have several)."""
+    sizes = {}
+    for entry in (profile / "Default" / "Code Cache" / "js").glob("*"):
+        if entry.is_file():
+            data = entry.read_bytes()
+            start = data.find(b"http://")
+            if start >= 0:
+                address = data[start:].split(b"\n")[0].split(b" ")[0].split(b"\x00")[0]
+                address = address.decode("ascii", "replace")
+                sizes[address] = max(sizes.get(address, 0), entry.stat().st_size)
+    return sizes
+
+
+@pytest.mark.browser
+def test_a_first_visit_leaves_the_framework_code_compiled_for_the_next(browser, flowerbed_server, redis_url, tmp_path):
+    """Chrome keeps the code it compiled from a script only once it ran the script twice. Once the
+    Dashboard has settled, assets/warm_code.js has run its framework scripts again in hidden frames, so
+    after that one visit the browser's cache holds plotly.js compiled, not just the note that it was
+    seen once. The next visit warms nothing; one after a bundle changed warms the page's scripts again,
+    all of them, in their order."""
+    server = flowerbed_server(redis_url)
+    profile, problems = tmp_path / "profile", []
+
+    def plotly_compiled() -> bool:  # seen once, an entry is a note of a few hundred bytes; compiled, megabytes
+        return any("/plotly/" in address and size > 500_000 for address, size in compiled_code_sizes(profile).items())
+
+    def visit(before_leaving=lambda page: None) -> int:
+        """The hidden frames a settled visit to the Dashboard ran, in the browser kept in `profile`."""
+        context = browser.browser_type.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = context.new_page()
+            watch_problems(page, problems)
+            page.on("pageerror", lambda error: problems.append(str(error)))  # a hidden frame's too
+            page.goto(f"{server}/")
+            page.wait_for_selector(".dash-graph .main-svg", timeout=30_000)
+            page.wait_for_function(f"document.documentElement.dataset.codeWarmed === 'true' && ({WARMED})"
+                                   ".some(address => address.includes('/plotly/'))", timeout=60_000)
+            assert page.evaluate("document.querySelectorAll('iframe').length") == 0  # each frame goes once run
+            before_leaving(page)
+            return page.evaluate("performance.getEntriesByName('flowerbed-code-warm-up').length")
+        finally:
+            context.close()
+
+    assert visit(lambda page: wait_for(plotly_compiled, 30, "plotly.js compiled in the code cache")) >= 2
+    assert visit(lambda page: page.evaluate(FORGET_AG_GRID)) == 0
+    # The page's scripts run together, in their order, when one of them is not warmed: AG Grid's needs React.
+    assert visit(lambda page: page.evaluate(ANOTHER_RELEASE)) == 1
+    assert visit() >= 2  # a release starts afresh, split code too (its addresses stay the same)
+    assert not problems, problems
+
+
+WARMED = "JSON.parse(localStorage.getItem('flowerbed-warmed-scripts')).warmed"
+FORGET_AG_GRID = """(() => {
+    const kept = JSON.parse(localStorage.getItem('flowerbed-warmed-scripts'));
+    kept.warmed = kept.warmed.filter(address => !address.includes('dash_ag_grid.v'));
+    localStorage.setItem('flowerbed-warmed-scripts', JSON.stringify(kept));
+})()"""
+ANOTHER_RELEASE = """(() => {
+    const kept = JSON.parse(localStorage.getItem('flowerbed-warmed-scripts'));
+    localStorage.setItem('flowerbed-warmed-scripts', JSON.stringify({...kept, release: 'an earlier one'}));
+})()"""

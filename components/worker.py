@@ -154,8 +154,10 @@ def worker_cards(worker: dict, now: float) -> list:
     beat = worker.get("last_heartbeat")
     failed = worker.get("failed") or 0
     return [
-        stat_card(f"Status · beat {now - beat:.0f} s ago" if beat else "Status · no heartbeat yet",
-                  "Online" if worker["online"] else "Offline", "worker-status", "tone-ok" if worker["online"] else "tone-bad"),
+        stat_card("Status", ["Online" if worker["online"] else "Offline",
+                             html.Small(f"beat {now - beat:.0f} s ago" if beat else "no heartbeat yet",
+                                        className="stat-sub below")],
+                  "worker-status", "tone-ok" if worker["online"] else "tone-bad"),
         stat_card("Active", format_number(worker.get("active") or 0), tone="tone-info"),
         stat_card("Processed", format_number(worker.get("received") or 0)),
         stat_card("Succeeded", format_number(worker.get("succeeded") or 0), tone="tone-ok"),

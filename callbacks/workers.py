@@ -8,6 +8,7 @@ from dash import Input, Output, Patch, ctx
 
 import auth
 from callbacks.analytics import configured_limits, dashboard_attention, dashboard_figures, first_figures
+from components.common import stat_card_class
 from components.workers import busy_window_start, failed_tone, online_tone, summary, worker_rows
 
 
@@ -53,8 +54,8 @@ def register(app, services) -> None:
         inspected = inspected_text(services.store.last_inspected(), now)
         if refresh_clicked:
             inspected = "inspect requested…" if allowed else "read-only users cannot trigger an inspect"
-        return (rows, totals["online"], f"stat-card {online_tone(rows)}", totals["active"], totals["succeeded"],
-                totals["failed"], f"stat-card {failed_tone(rows)}", inspected)
+        return (rows, totals["online"], stat_card_class(online_tone(rows)), totals["active"], totals["succeeded"],
+                totals["failed"], stat_card_class(failed_tone(rows)), inspected)
 
     @app.callback(Output("workers-grid", "dashGridOptions"), Input("workers-search", "value"),
                   prevent_initial_call=True)

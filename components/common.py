@@ -21,6 +21,11 @@ def trouble_tone(count: int) -> str:
     return "tone-bad" if count else "tone-ok"
 
 
+def stat_card_class(tone: str = "", wide: bool = False) -> str:
+    """A stat card's className: what a callback gives a card (`box_id`) to change its tone."""
+    return " ".join(filter(None, ("stat-card", tone, "stat-wide" if wide else "")))
+
+
 def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None,
               wide: bool = False) -> html.Div:
     """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone);
@@ -29,7 +34,7 @@ def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box
     return html.Div([
         html.Div(label, className="stat-label"),
         html.Div(value, className="stat-value", **value_props),
-    ], className=" ".join(filter(None, ("stat-card", tone, "stat-wide" if wide else ""))),
+    ], className=stat_card_class(tone, wide),
         **({"id": box_id} if box_id else {}))
 
 

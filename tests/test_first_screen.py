@@ -138,6 +138,18 @@ def compiled_code_sizes(profile: Path) -> dict[str, int]:
     return sizes
 
 
+WARMED = "JSON.parse(localStorage.getItem('flowerbed-warmed-scripts')).warmed"
+FORGET_AG_GRID = """(() => {
+    const kept = JSON.parse(localStorage.getItem('flowerbed-warmed-scripts'));
+    kept.warmed = kept.warmed.filter(address => !address.includes('dash_ag_grid.v'));
+    localStorage.setItem('flowerbed-warmed-scripts', JSON.stringify(kept));
+})()"""
+ANOTHER_RELEASE = """(() => {
+    const kept = JSON.parse(localStorage.getItem('flowerbed-warmed-scripts'));
+    localStorage.setItem('flowerbed-warmed-scripts', JSON.stringify({...kept, release: 'an earlier one'}));
+})()"""
+
+
 @pytest.mark.browser
 def test_a_first_visit_leaves_the_framework_code_compiled_for_the_next(browser, flowerbed_server, redis_url, tmp_path):
     """Chrome keeps the code it compiled from a script only once it ran the script twice. Once the
@@ -175,14 +187,3 @@ def test_a_first_visit_leaves_the_framework_code_compiled_for_the_next(browser, 
     assert visit() >= 2  # a release starts afresh, split code too (its addresses stay the same)
     assert not problems, problems
 
-
-WARMED = "JSON.parse(localStorage.getItem('flowerbed-warmed-scripts')).warmed"
-FORGET_AG_GRID = """(() => {
-    const kept = JSON.parse(localStorage.getItem('flowerbed-warmed-scripts'));
-    kept.warmed = kept.warmed.filter(address => !address.includes('dash_ag_grid.v'));
-    localStorage.setItem('flowerbed-warmed-scripts', JSON.stringify(kept));
-})()"""
-ANOTHER_RELEASE = """(() => {
-    const kept = JSON.parse(localStorage.getItem('flowerbed-warmed-scripts'));
-    localStorage.setItem('flowerbed-warmed-scripts', JSON.stringify({...kept, release: 'an earlier one'}));
-})()"""

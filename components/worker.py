@@ -154,8 +154,8 @@ def worker_cards(worker: dict, now: float) -> list:
     beat = worker.get("last_heartbeat")
     failed = worker.get("failed") or 0
     return [
-        stat_card("Status", ["Online" if worker["online"] else "Offline",
-                             html.Small(f"beat {now - beat:.0f} s ago" if beat else "no heartbeat yet",
+        stat_card("Status", ["Online" if worker["online"] else "Offline",  # a narrow card breaks before the age
+                             html.Small(f"beat {now - beat:.0f}\u00a0s\u00a0ago" if beat else "no heartbeat yet",
                                         className="stat-sub below")],
                   "worker-status", "tone-ok" if worker["online"] else "tone-bad"),
         stat_card("Active", format_number(worker.get("active") or 0), tone="tone-info"),

@@ -22,7 +22,7 @@ from callbacks import tasks as tasks_callbacks
 from callbacks import worker as worker_callbacks
 from callbacks import workers as workers_callbacks
 from components.shell import shell
-from monitor.serving import admission, crosssite
+from monitor.serving import admission, compressed_once, crosssite
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint
 from monitor.services import Services, build_services, store_version
@@ -98,6 +98,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     app.server.register_error_handler(Exception, _callback_request_not_understood)
     app.server.after_request(functools.partial(_unknown_paths_are_not_found, services, routes_prefix))
     app.server.after_request(functools.partial(_versioned_assets_are_kept, routes_prefix))
+    compressed_once.install(app.server, routes_prefix)
     return app
 
 

@@ -6,7 +6,9 @@ leaves the framework's code compiled in the browser's cache for the next. (bench
 result.)"""
 from __future__ import annotations
 
+import gzip
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import app as flowerbed_app
 from components import analytics as view
 from conftest import CHROMIUM, CHROMIUM_ARGS, watch_problems
 from helpers import router_body, wait_for
+from monitor.serving import compressed_once
 from monitor.settings import load_settings
 
 
@@ -91,6 +94,27 @@ def test_plotly_js_is_named_by_its_version_and_kept_by_the_browser(dash_app):
     versioned = client.get(address)
     assert versioned.status_code == 200 and versioned.headers["Cache-Control"] == "max-age=31536000"
     assert versioned.get_data() == client.get(f"{prefix}_dash-component-suites/plotly/package_data/plotly.min.js").get_data()
+
+
+def test_the_framework_scripts_are_compressed_once_and_sent_as_flask_compress_would(dash_app, monkeypatch):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    compressions = []
+    monkeypatch.setattr(compressed_once, "gzip", types.SimpleNamespace(  # this module's gzip only, not Flask-Compress's
+        compress=lambda body, **options: compressions.append(len(body)) or gzip.compress(body, **options)))
+    grid_code = f"{prefix}_dash-component-suites/{flowerbed_app.EARLY_CHUNKS[0]}"
+    raw = client.get(grid_code).get_data()
+    assert len(raw) > compressed_once.SMALLEST_KEPT and not compressions  # not asked for gzip: sent as it is
+    first, again = (client.get(grid_code, headers={"Accept-Encoding": "gzip, br"}) for _ in range(2))
+    assert compressions == [len(raw)]  # the second request is answered from what the first compressed
+    for answer in (first, again):
+        assert answer.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in answer.headers["Vary"]
+        assert gzip.decompress(answer.get_data()) == raw and answer.headers["ETag"].endswith(':gzip"')
+    unchanged = client.get(grid_code, headers={"Accept-Encoding": "gzip", "If-None-Match": first.headers["ETag"]})
+    assert unchanged.status_code == 304
+    # A callback's answer is compressed by Flask-Compress as it leaves, never kept.
+    layout = client.get(f"{prefix}_dash-layout", headers={"Accept-Encoding": "gzip", "Referer": f"http://localhost{prefix}analytics"})
+    assert layout.headers["Content-Encoding"] == "gzip" and len(gzip.decompress(layout.get_data())) > compressed_once.SMALLEST_KEPT
+    assert compressions == [len(raw)]
 
 
 def test_every_graph_comes_drawn_and_the_analytics_foot_mounts_after_the_first_screen(dash_app):

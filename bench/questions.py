@@ -54,6 +54,9 @@ DECLINED, DECLINED_SHARE = "ValueError('card declined for customer {n}')", 0.08 
 WORKERS = ("demo-alpha@flowerbed", "demo-beta@flowerbed", "demo-gamma@flowerbed")
 BATCH_WORKER, BATCH_CONCURRENCY = "demo-batch@flowerbed", 2
 STUCK = ("email.send", 600)  # (name, running for s): far past its limit (max(3 × p99, 60 s))
+# The stuck task's worker: none of the cluster's, which start after the seed (a task started before its
+# worker's start is lost in the restart, not stuck).
+STUCK_WORKER = "demo-delta@flowerbed"
 WAITING = ("reports.build", 300)  # (name, received s ago, not started)
 WAITING_UUID = "seed-waiting"
 
@@ -82,7 +85,7 @@ def history_rows(now: float, rng: random.Random) -> list[tuple]:
                              timestamp=finished, exception=exception, traceback=exception,
                              **({"failed": finished} if failed else {"succeeded": finished, "result": "None"})))
     (stuck_name, running), (waiting_name, waited) = STUCK, WAITING
-    rows.append(_row(uuid="seed-stuck", name=stuck_name, state="STARTED", worker=WORKERS[0], args="()", kwargs="{}",
+    rows.append(_row(uuid="seed-stuck", name=stuck_name, state="STARTED", worker=STUCK_WORKER, args="()", kwargs="{}",
                      routing_key="celery", sent=now - running - 0.1, received=now - running - 0.05,
                      started=now - running, timestamp=now - running))
     rows.append(_row(uuid=WAITING_UUID, name=waiting_name, state="RECEIVED", worker=WORKERS[1], args="()",

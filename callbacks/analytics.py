@@ -126,6 +126,7 @@ def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = an
     with timed("stuck"):
         stuck = analytics.stuck_tasks(store, scope, limits, now)
         waiting = analytics.waiting_tasks(store, scope, limits, now)
+        lost = analytics.lost_tasks(store, scope)
     with timed("history"):
         history = analytics.history_start(store, now)
     with timed("exceptions"):
@@ -147,7 +148,7 @@ def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = an
             ("analytics-updated", "children"): (
                 f"updated {format_moment(now)[11:]} UTC · {view.step_label(analytics.bucket_seconds(scope, now))} buckets"),
             ("analytics-cards", "children"): view.summary_cards(
-                stats, scope, view.stuck_and_waiting(stuck, waiting, scope, limits, now, base)),
+                stats, scope, view.attention_counts(stuck, waiting, lost, scope, limits, now, base)),
             FIGURES: figures,
             ("analytics-stats", "rowData"): view.stats_rows(stats, scope),
             ("analytics-exceptions", "rowData"): view.exception_rows(groups, samples, scope),
@@ -177,11 +178,12 @@ def dashboard_figures(store, broker: str | None, now: float | None = None) -> di
 
 def dashboard_attention(store, broker: str | None, limits: analytics.Limits = analytics.Limits(), base: str = "/",
                         now: float | None = None) -> list:
-    """The Dashboard's stuck and waiting counts (now, by `limits`), each a link to its tasks."""
+    """The Dashboard's stuck, waiting and lost counts (now, by `limits`), each a link to its tasks."""
     now = time.time() if now is None else now
     scope = _dashboard_hour(broker, now)
-    attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, limits, now),
-                                       analytics.waiting_tasks(store, scope, limits, now), scope, limits, now, base)
+    attention = view.attention_counts(analytics.stuck_tasks(store, scope, limits, now),
+                                      analytics.waiting_tasks(store, scope, limits, now),
+                                      analytics.lost_tasks(store, scope), scope, limits, now, base)
     return view.attention_links(attention)
 
 

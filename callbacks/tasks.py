@@ -13,6 +13,7 @@ from components.tasks import (COLUMN_IDS, GRID_FIELDS, SORTABLE_FIELDS, STATE_CH
                               grid_columns, task_detail, task_detail_body)
 from monitor.control import ControlError
 from monitor.query import search
+from monitor.query.analytics import lost_in_restart
 from monitor.query.tasks import (QueryError, TaskQuery, child_tasks, fetch_tasks, grid_request_query, parse_sort,
                                  shown)
 from monitor.store.schema import TERMINAL_STATES
@@ -93,7 +94,9 @@ def describe_query(query: dict) -> str:
 def detail_parts(services, task: dict) -> dict:
     """What the task detail view shows besides the task: its links, children and the user's rights."""
     children = child_tasks(services.store, task["uuid"], CHILDREN_SHOWN + 1).rows
+    worker = services.store.worker(task["worker"]) if task.get("worker") else None
     return {"links": services.store.task_links(task["uuid"]), "children": children[:CHILDREN_SHOWN],
+            "lost_at": lost_in_restart(task, worker),
             "more_children": len(children) > CHILDREN_SHOWN, "can_act": auth.can_act(),
             "can_abort": bool(services.settings.result_backend)}
 
@@ -262,6 +265,10 @@ def register_actions(app, services) -> None:
         prevent_initial_call=True,
     )
     def act_on_task(_rerun, _revoke, _terminate, _abort, signal, task_id):
+        # The body's refresh (while the task runs) puts new buttons in, which Dash reports as a trigger
+        # without a click: only a confirmed click acts.
+        if not ctx.triggered or not ctx.triggered[0]["value"]:
+            raise PreventUpdate
         user = acting_user()
         action = ctx.triggered_id
         try:

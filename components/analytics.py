@@ -18,7 +18,7 @@ import dash_ag_grid as dag
 import pandas as pd
 from dash import dcc, html
 
-from monitor.query.analytics import WAITING_STATES, stuck_search, waiting_cut
+from monitor.query.analytics import WAITING_STATES, lost_since, stuck_search, waiting_cut
 from monitor.query.search import format_moment
 
 from .common import BelowFirstScreen, broker_filter, fitting_columns, format_duration, page_header, stat_card, trouble_tone
@@ -82,6 +82,12 @@ def tasks_href(base: str, target: list[str]) -> str:
     """The Tasks page's address for a drill-down target (as flowerbedOpenTasks builds it)."""
     query = {"q": target[0], **({"state": target[1]} if target[1] else {})}
     return f"{base}tasks?{urlencode(query, quote_via=quote)}"
+
+
+def precise_moment(epoch: float) -> str:
+    """format_moment to the millisecond: 2026-11-25T10:15:03.250."""
+    milliseconds = round(epoch * 1000)
+    return f"{format_moment(milliseconds // 1000)}.{milliseconds % 1000:03d}"
 
 
 def compact_moment(epoch: float) -> str:
@@ -444,26 +450,41 @@ def compare_caption(frame, before_scope, after_scope) -> str:
     return caption
 
 
-def stuck_and_waiting(stuck, waiting, scope, limits, now: float, base: str) -> dict:
-    """{"stuck": (count, Tasks page address, label, what it means), "waiting": (…)}: each address lists
-    exactly the tasks counted (stuck_search and waiting_cut give the moments the counts compared with)."""
+def attention_counts(stuck, waiting, lost, scope, limits, now: float, base: str) -> dict:
+    """{"stuck": (count, Tasks page address, label, what it means), "waiting": (…), "lost": (…)}: each
+    address lists exactly the tasks counted (stuck_search, waiting_cut, restart_cut and lost_since give
+    the moments the counts compared with). `lost`: analytics.lost_tasks, of which those started in the
+    last day count; the others are not stuck either."""
+    filters = _filter_terms(scope)
+    since = lost_since(now)
+    recent = lost[lost["started"] >= since]
+
+    def left_behind(tasks) -> list[str]:
+        return [f"(worker={_quoted(worker)} started<{precise_moment(restarted)})"
+                for worker, restarted in tasks.groupby("worker")["restarted"].max().items()]
+
     stuck_terms = [f"(name={_quoted(name)} started<{compact_moment(before)})"
                    for name, before in stuck_search(stuck, now) if name]
-    stuck_target = [" ".join([*_filter_terms(scope), *([_any_of(stuck_terms)] if stuck_terms else [])]), "STARTED"]
+    not_lost = [f"NOT {_any_of(left_behind(lost))}"] if not lost.empty else []
+    stuck_target = [" ".join([*filters, *([_any_of(stuck_terms)] if stuck_terms else []), *not_lost]), "STARTED"]
+    lost_target = [" ".join([*filters, _any_of(left_behind(recent)), f"started>={compact_moment(since)}"])
+                   if not recent.empty else "", "STARTED"]
     cut = compact_moment(waiting_cut(limits, now))
     waits = _any_of([f"(state:{state} {column}<{cut})" for state, column in WAITING_STATES.items()])
     return {"stuck": (len(stuck), tasks_href(base, stuck_target), "stuck",
                       f"running past {limits.factor:g} × their name's p99 of the last day, at least {limits.floor:g} s"),
-            "waiting": (len(waiting), tasks_href(base, [" ".join([*_filter_terms(scope), waits]), ""]),
+            "waiting": (len(waiting), tasks_href(base, [" ".join([*filters, waits]), ""]),
                         f"waiting > {limits.waiting:g} s",
-                        f"received (or sent) and not started for over {limits.waiting:g} s")}
+                        f"received (or sent) and not started for over {limits.waiting:g} s"),
+            "lost": (len(recent), tasks_href(base, lost_target), "lost in a restart",
+                     "started in the last day on a worker that has restarted since: it will not finish, nor say so")}
 
 
 def attention_links(attention: dict) -> list:
-    """The Dashboard's stuck and waiting counts, each a link to its tasks."""
+    """The Dashboard's stuck and waiting counts, and the lost ones when there are any, each a link to its tasks."""
     return [dcc.Link([html.Strong(f"{count:,}"), f" {label}"], href=href, id=f"dashboard-{kind}", title=meaning,
                      className=f"attention {'attention-bad' if count else 'attention-ok'}")
-            for kind, (count, href, label, meaning) in attention.items()]
+            for kind, (count, href, label, meaning) in attention.items() if count or kind != "lost"]
 
 
 COMPARE_ANCHOR = "compare"  # the compare panel's id: /analytics#compare scrolls to it (assets/keyboard.js)
@@ -762,7 +783,7 @@ def _number_input(input_id: str, unit: str, step: float = 1) -> html.Label:
 
 def summary_cards(stats, scope, attention: dict) -> list:
     """The range's totals, its mean throughput (saying over what), and the stuck and waiting counts
-    (now, see stuck_and_waiting), each a link to its tasks."""
+    (now, see attention_counts), each a link to its tasks; under the stuck count, the lost ones if any."""
     finished = int(stats["finished"].sum()) if not stats.empty else 0
     failed = int(stats["failed"].sum()) if not stats.empty else 0
     rate = f"{failed / finished:.2%}" if finished else "—"
@@ -772,10 +793,15 @@ def summary_cards(stats, scope, attention: dict) -> list:
     wait_text = (f"{format_duration(worst_wait['wait_p95'].iloc[0])}" if not worst_wait.empty else "—")
     span = span_label(scope.span)
 
-    def linked(kind, label):
+    def linked(kind, label, below=None):
         count, href, _label, meaning = attention[kind]
-        return html.Div(stat_card(label, dcc.Link(f"{count:,}", href=href, id=f"analytics-{kind}-count", title=meaning),
-                                  tone=trouble_tone(count)), title=meaning)
+        value = dcc.Link(f"{count:,}", href=href, id=f"analytics-{kind}-count", title=meaning)
+        return html.Div(stat_card(label, html.Span([value, below]) if below else value, tone=trouble_tone(count)),
+                        title=meaning)
+
+    lost, lost_href, lost_label, lost_meaning = attention["lost"]
+    lost_note = html.Small(dcc.Link(f"{lost:,} {lost_label}", href=lost_href, id="analytics-lost-count",
+                                    title=lost_meaning), className="stat-sub below") if lost else None
 
     return [
         stat_card(f"Finished in {span}", f"{finished:,}", tone="tone-ok"),
@@ -783,7 +809,7 @@ def summary_cards(stats, scope, attention: dict) -> list:
         stat_card("Failed", f"{failed:,} · {rate}", tone=trouble_tone(failed)),
         stat_card("Worst p95 queue wait", html.Span([wait_text, html.Small(
             f" {worst_wait['name'].iloc[0]}" if not worst_wait.empty else "", className="stat-sub")])),
-        linked("stuck", "Stuck now"),
+        linked("stuck", "Stuck now", lost_note),
         linked("waiting", "Waiting now"),
     ]
 

@@ -241,10 +241,10 @@ def action_refused(reason: str) -> html.Div:
     return html.Div([html.Strong("Not done: "), reason], className="action-outcome tone-bad")
 
 
-def task_actions(task: dict, can_abort: bool) -> html.Div:
+def task_actions(task: dict, can_abort: bool, lost: bool = False) -> html.Div:
     """An admin's actions on a task; each asks for confirmation in the browser first. A finished
-    task can be re-run; one still queued or running can be revoked, terminated or aborted (with a
-    result backend, `can_abort`)."""
+    task can be re-run, and so can one `lost` in its worker's restart; one still queued or running can
+    be revoked, terminated or aborted (with a result backend, `can_abort`)."""
     finished = task.get("state") in TERMINAL_STATES
     short = task["uuid"][:8]
 
@@ -256,8 +256,8 @@ def task_actions(task: dict, can_abort: bool) -> html.Div:
     return html.Div([
         html.H2("Actions"),
         html.Div([
-            confirmed("Re-run", "rerun", f"Re-run task {short}… with the same arguments, as a new task?", finished,
-                      "only a finished task can be re-run", tone=""),
+            confirmed("Re-run", "rerun", f"Re-run task {short}… with the same arguments, as a new task?",
+                      finished or lost, "only a finished task, or one lost in a restart, can be re-run", tone=""),
             confirmed("Revoke", "revoke", f"Revoke task {short}…? Workers will discard it.", not finished,
                       "the task has finished"),
             html.Div([
@@ -275,15 +275,13 @@ def task_actions(task: dict, can_abort: bool) -> html.Div:
     ], className="panel actions-panel")
 
 
-def task_detail(task: dict, relative_path, links: dict | None = None, can_act: bool = False,
-                can_abort: bool = False, children: list[dict] | None = None, more_children: bool = False) -> html.Div:
-    """The task's page: `task_detail_body` and what stays across its refreshes (the task's id, whether
-    it has finished, an action's outcome). The body refreshes while the task has not finished."""
+def task_detail(task: dict, relative_path, **parts) -> html.Div:
+    """The task's page: `task_detail_body` (given `parts`) and what stays across its refreshes (the task's
+    id, whether it has finished, an action's outcome). The body refreshes while the task has not finished."""
     return html.Div([
         dcc.Store(id="task-detail-uuid", data=task["uuid"]),
         dcc.Store(id="task-detail-finished", data=task.get("state") in TERMINAL_STATES),
-        html.Div(task_detail_body(task, relative_path, links, can_act, can_abort, children, more_children),
-                 id="task-detail-body"),
+        html.Div(task_detail_body(task, relative_path, **parts), id="task-detail-body"),
         html.Div(id="act-task-result", role="status"),
     ], id="task-detail")
 
@@ -303,10 +301,11 @@ def _copyable(text, element_id: str, what: str) -> list:
 
 def task_detail_body(task: dict, relative_path, links: dict | None = None, can_act: bool = False,
                      can_abort: bool = False, children: list[dict] | None = None,
-                     more_children: bool = False) -> list:
+                     more_children: bool = False, lost_at: float | None = None) -> list:
     """`links`: the task's re-run links (store.task_links); `children`: the tasks it started
     (query.tasks.child_tasks), `more_children` when there are more than those; `can_act`: show the
-    admin's actions; `can_abort`: a result backend is configured, through which a task can be aborted."""
+    admin's actions; `can_abort`: a result backend is configured, through which a task can be aborted;
+    `lost_at`: when its worker restarted, leaving it behind (analytics.lost_in_restart)."""
     def link_or_text(value):
         if value and value != task["uuid"]:
             return dcc.Link(value, href=relative_path(f"/task/{value}"), className="mono")
@@ -333,6 +332,10 @@ def task_detail_body(task: dict, relative_path, links: dict | None = None, can_a
                             id="task-reruns"))
     stamps = sorted((task[field], field) for field in _DETAIL_TIMES if task.get(field) is not None)
     times = [html.Tr([html.Th(field), html.Td(stamp(at))]) for at, field in stamps]  # in the order they happened
+    if lost_at is not None:
+        times.append(html.Tr([html.Th("worker last started"), html.Td([
+            stamp(lost_at), html.Div("after this task: lost, it will not finish nor say so", className="muted small")])],
+            id="task-lost"))
     wait = (task["started"] - task["received"]) if task.get("started") and task.get("received") else None
     if wait is not None:
         times.append(html.Tr([html.Th("queue wait"), html.Td(format_duration(wait), title=f"{wait} s")]))
@@ -354,7 +357,7 @@ def task_detail_body(task: dict, relative_path, links: dict | None = None, can_a
             html.Div([html.H2("Timeline"), html.Table(html.Tbody(times), className="kv")], className="panel"),
         ], className="detail-grid"),
         task_children(children, more_children, relative_path) if children else None,
-        task_actions(task, can_abort) if can_act else None,
+        task_actions(task, can_abort, lost=lost_at is not None) if can_act else None,
         html.Div(failure, className="panel") if failure else None,
     ]
 

@@ -49,6 +49,7 @@ from celery.contrib.abortable import AbortableAsyncResult
 from celery.platforms import signals
 from kombu.exceptions import OperationalError
 
+from monitor.query.analytics import lost_in_restart
 from monitor.query.tasks import TaskQuery, fetch_tasks
 from monitor.store.base import Store
 from monitor.store.schema import TERMINAL_STATES
@@ -234,9 +235,10 @@ class Controller:
         task = self.store.get_task(task_id)
         if task is None:
             raise ControlError(404, f"Unknown task '{task_id}'")
-        if task["state"] not in TERMINAL_STATES:
+        if task["state"] not in TERMINAL_STATES and lost_in_restart(task, self.store.worker(task["worker"] or "")) is None:
             raise ControlError(400, f"task '{task_id}' is {task['state'] or 'of unknown state'}; only a finished "
-                                    f"task ({', '.join(TERMINAL_STATES)}) can be re-run")
+                                    f"task ({', '.join(TERMINAL_STATES)}) or one lost in its worker's restart "
+                                    f"can be re-run")
         new_id = self._resend(task)  # ControlError when its arguments cannot be read back
         result = ActionResult("rerun", task_id, {"name": task["name"]}, user, self.clock(),
                               f"Re-ran '{task_id}' as '{new_id}'", expects_replies=False, task_ids=[new_id],

@@ -381,6 +381,15 @@ def choose(page, dropdown: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def worker_row(hostname: str, **fields) -> tuple:
+    """A row for Store.write_batch(workers=...) from the fields given; the others are NULL."""
+    from monitor.store.schema import WORKER_FIELDS
+
+    unknown = set(fields) - set(WORKER_FIELDS)
+    assert not unknown, f"not worker fields: {unknown}"
+    return tuple(fields.get(field, hostname if field == "hostname" else None) for field in WORKER_FIELDS)
+
+
 def task_row(**fields) -> tuple:
     """A row for Store.write_batch(tasks=...) from the fields given; the others are NULL."""
     from monitor.store.schema import TASK_FIELDS

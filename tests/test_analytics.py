@@ -18,7 +18,7 @@ from callbacks.analytics import (FIGURES, REFRESH_OUTPUTS, changed_only, compare
                                  limits_from_controls, refresh_outputs, response_body, scope_from_controls)
 from components import analytics as view
 from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, task_row, wait_for, wait_for_tasks,
-                     worker_status)
+                     worker_row, worker_status)
 from monitor.query import analytics, search
 from monitor.store import rollup
 from monitor.query.tasks import TaskQuery, fetch_tasks
@@ -402,8 +402,8 @@ def test_the_stuck_count_holds_steady_on_a_steady_stream(store):
     assert set(counts) == {1}
     assert len(set(p99_counts)) > 1  # the stream is one where the old rule flapped
     # The Tasks search the count links to lists exactly the stuck task.
-    attention = view.stuck_and_waiting(stuck, analytics.waiting_tasks(store, scope, now=now), scope,
-                                       analytics.Limits(), now, "/")
+    attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, now=now),
+                                      analytics.lost_tasks(store, scope), scope, analytics.Limits(), now, "/")
     assert attention["stuck"][0] == 1
     assert _tasks_page_uuids(store, _target_of(attention["stuck"][1])) == {"hung"}
 
@@ -422,6 +422,32 @@ def test_a_name_without_history_is_stuck_past_the_floor_and_limits_must_be_posit
     assert list(stuck["uuid"]) == ["old"] and stuck["limit"].iloc[0] == 60
     with pytest.raises(analytics.AnalyticsError, match="factor must be a positive number"):
         analytics.Limits(factor=0)
+
+
+def test_tasks_a_restarted_worker_left_started_are_lost_not_stuck_and_each_link_lists_its_own(store):
+    restarted = NOW - 600.0004  # the worker's start, 0.8 ms after the last task it left behind
+    store.write_batch(workers=[worker_row("celery@a", online_at=restarted)])
+    write(store, [
+        task_row(uuid="long-ago", name="t", state="STARTED", worker="celery@a", started=NOW - 90_000),
+        task_row(uuid="left", name="t", state="STARTED", worker="celery@a", started=NOW - 3000),
+        task_row(uuid="just-before", name="t", state="STARTED", worker="celery@a", started=NOW - 600.0012),
+        task_row(uuid="hung", name="t", state="STARTED", worker="celery@a", started=NOW - 590),
+        task_row(uuid="elsewhere", name="t", state="STARTED", worker="celery@b", started=NOW - 3000),
+    ])
+    scope, limits = analytics.last("1h", NOW), analytics.Limits(floor=60)
+    lost = analytics.lost_tasks(store, scope)
+    stuck = analytics.stuck_tasks(store, scope, limits, NOW)
+    assert list(lost["uuid"]) == ["just-before", "left", "long-ago"] and set(stuck["uuid"]) == {"hung", "elsewhere"}
+    attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, limits, NOW), lost, scope, limits,
+                                      NOW, "/")
+    # Counted as lost when started in the last day; before, neither lost nor stuck.
+    assert attention["lost"][:3:2] == (2, "lost in a restart") and attention["stuck"][0] == 2
+    assert _tasks_page_uuids(store, _target_of(attention["lost"][1])) == {"left", "just-before"}
+    assert _tasks_page_uuids(store, _target_of(attention["stuck"][1])) == {"hung", "elsewhere"}
+    # Shown on the Dashboard only when there are some.
+    assert [link.id for link in view.attention_links(attention)] == ["dashboard-stuck", "dashboard-waiting", "dashboard-lost"]
+    none_lost = view.attention_counts(stuck, lost.iloc[0:0], lost.iloc[0:0], scope, limits, NOW, "/")
+    assert [link.id for link in view.attention_links(none_lost)] == ["dashboard-stuck", "dashboard-waiting"]
 
 
 def test_the_limit_controls_fall_back_to_the_configured_limits_and_say_what_is_wrong():
@@ -445,8 +471,8 @@ def test_tasks_received_or_sent_and_not_started_past_the_limit_are_waiting(store
     waiting = analytics.waiting_tasks(store, scope, analytics.Limits(waiting=60), NOW)
     assert list(waiting["uuid"]) == ["in-broker", "queued"]  # the longest wait first
     assert list(waiting["waiting"]) == [pytest.approx(300), pytest.approx(120)]
-    attention = view.stuck_and_waiting(analytics.stuck_tasks(store, scope, now=NOW), waiting, scope,
-                                       analytics.Limits(waiting=60), NOW, "/flower/")
+    attention = view.attention_counts(analytics.stuck_tasks(store, scope, now=NOW), waiting,
+                                      analytics.lost_tasks(store, scope), scope, analytics.Limits(waiting=60), NOW, "/flower/")
     count, href, label, _meaning = attention["waiting"]
     assert (count, label) == (2, "waiting > 60 s") and href.startswith("/flower/tasks?q=")
     assert _tasks_page_uuids(store, _target_of(href)) == {"in-broker", "queued"}
@@ -766,9 +792,15 @@ def test_compare_says_when_a_window_had_no_tasks_and_a_row_opens_each_window(clu
 
 @pytest.mark.browser
 def test_the_dashboard_counts_stuck_and_waiting_tasks_and_links_to_them(cluster, page, tmp_path):
-    # Last in the file: its worker is killed with a task running and one waiting, which stay so.
+    # Last in the file: its worker is killed with a task running and one waiting, which stay so (the one
+    # running is lost once the worker starts again under its name).
     server, running = cluster
     worker = CeleryWorker(running.broker, "stuck@tests", tmp_path, concurrency=1)
+
+    def listed() -> list[str]:
+        return page.evaluate("() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]'))"
+                             ".map(c => c.innerText)")
+
     try:
         hung = worker.send("sample.sleep", 120)  # past max(3 × p99 of sample.sleep, 2 s): stuck
         queued = worker.send("sample.add", 1, 2)  # held by the worker behind it: waiting
@@ -776,17 +808,35 @@ def test_the_dashboard_counts_stuck_and_waiting_tasks_and_links_to_them(cluster,
         wait_for(lambda: page.inner_text("#dashboard-stuck") == "1 stuck", 30, "one stuck task on the Dashboard")
         wait_for(lambda: page.inner_text("#dashboard-waiting") == "1 waiting > 2 s", 30, "one waiting task")
         page.click("#dashboard-stuck")
-        wait_for(lambda: [hung] == page.evaluate(
-            "() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]')).map(c => c.innerText)"),
-            15, "the stuck task listed, alone")
+        wait_for(lambda: [hung] == listed(), 15, "the stuck task listed, alone")
         page.go_back()
         page.click("#dashboard-waiting")
-        wait_for(lambda: [queued] == page.evaluate(
-            "() => Array.from(document.querySelectorAll('#tasks-grid .ag-row [col-id=uuid]')).map(c => c.innerText)"),
-            15, "the waiting task listed, alone")
+        wait_for(lambda: [queued] == listed(), 15, "the waiting task listed, alone")
         page.goto(f"{server}/analytics")
         wait_for(lambda: page.inner_text("#analytics-stuck-count") == "1", 20, "the stuck count on Analytics")
-        assert page.inner_text("#analytics-waiting-count") == "1"
+        assert page.inner_text("#analytics-waiting-count") == "1" and not page.locator("#analytics-lost-count").count()
+        # The worker is killed and started again under its name: the task it ran will never finish.
+        worker.stop(signal.SIGKILL)
+        (tmp_path / "again").mkdir()
+        worker = CeleryWorker(running.broker, "stuck@tests", tmp_path / "again", concurrency=1)
+        wait_for(lambda: page.locator("#analytics-lost-count").all_inner_texts() == ["1 lost in a restart"], 30,
+                 "the task lost in the restart, under the stuck count")
+        assert page.inner_text("#analytics-stuck-count") == "0"
+        page.goto(f"{server}/")
+        wait_for(lambda: page.locator("#dashboard-lost").all_inner_texts() == ["1 lost in a restart"], 20,
+                 "the lost task on the Dashboard")
+        assert page.inner_text("#dashboard-stuck") == "0 stuck" and page.inner_text("#dashboard-waiting") == "1 waiting > 2 s"
+        page.click("#dashboard-lost")
+        wait_for(lambda: [hung] == listed(), 15, "the lost task listed, alone")
+        # Its timeline says when the worker started again. Each refresh of the page (its task has not
+        # finished) puts its action buttons in anew, which acts on nothing.
+        page.goto(f"{server}/task/{hung}")
+        with page.expect_response(lambda answer: "act-task-result" in (answer.request.post_data or ""), timeout=20_000):
+            worker.send("sample.add", 2, 2)  # a change in the store
+        assert "lost, it will not finish" in page.inner_text("#task-lost") and page.inner_text("#act-task-result") == ""
+        page.on("dialog", lambda dialog: dialog.accept())  # a lost task can be re-run
+        page.click("#task-rerun-button")
+        wait_for(lambda: "Re-ran" in page.inner_text("#act-task-result"), 15, "the lost task re-run")
     finally:
         worker.stop(signal.SIGKILL)
 

@@ -145,6 +145,18 @@ def test_worker_is_online_from_heartbeats_and_offline_after_two_missed_or_a_good
     assert feed.worker(now=T0 + 10.5)["online"] is True  # back again
 
 
+def test_a_worker_keeps_when_it_last_came_online_in_its_own_clock(feed):
+    # Received 0.4 s after the worker sent it, and followed by a heartbeat in the same batch.
+    online = {**feed.event("worker-online", T0, freq=1.0), "local_received": T0 + 0.4}
+    feed.merge(online, feed.event("worker-heartbeat", T0 + 1, freq=1.0))
+    assert feed.worker(now=T0 + 1.5)["online_at"] == T0
+    feed.merge(feed.event("worker-heartbeat", T0 + 2, freq=1.0))
+    assert feed.worker(now=T0 + 2.5)["online_at"] == T0  # a heartbeat does not move it
+    feed.merge(feed.event("worker-offline", T0 + 3, freq=1.0), feed.event("worker-online", T0 + 9, freq=1.0),
+               feed.event("worker-heartbeat", T0 + 10, freq=1.0))
+    assert feed.worker(now=T0 + 10.5)["online_at"] == T0 + 9  # restarted
+
+
 def test_heartbeats_are_kept_as_samples(feed):
     feed.merge(*(feed.event("worker-heartbeat", T0 + i, freq=1.0, active=i, loadavg=[i, 0, 0]) for i in range(3)))
     samples = feed.store.query("SELECT at, active, load1 FROM worker_samples ORDER BY at")

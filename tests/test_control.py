@@ -8,7 +8,7 @@ import pytest
 from celery import Celery
 
 from helpers import (CeleryWorker, FlowerbedServer, Stack, finished, free_port, get_json, wait_for, wait_for_tasks,
-                     worker_status)
+                     worker_row, worker_status)
 from monitor.control import ControlError, Controller
 from monitor.query.tasks import TaskQuery
 from monitor.store import open_store
@@ -83,7 +83,7 @@ def offline_controller(make_store):
     (lambda c: c.rerun_preview(TaskQuery(states=("STARTED",))), 400, "state filter (STARTED) keeps none"),
 ])
 def test_bad_requests_are_refused_with_a_reason_and_leave_no_audit_row(offline_controller, call, status, words):
-    offline_controller.store.write_batch(workers=[("w@a",) + (None,) * 11])
+    offline_controller.store.write_batch(workers=[worker_row("w@a")])
     with pytest.raises(ControlError) as refused:
         call(offline_controller)
     assert refused.value.status == status and words in str(refused.value)
@@ -93,7 +93,7 @@ def test_bad_requests_are_refused_with_a_reason_and_leave_no_audit_row(offline_c
 def test_a_broker_that_cannot_be_reached_is_a_503_and_leaves_no_audit_row(make_store):
     store = make_store()
     store.write_batch(tasks=[finished("done", "sample.add", 0.1, T0, args="[1, 2]", kwargs="{}")],
-                      workers=[("w@a",) + (None,) * 11])
+                      workers=[worker_row("w@a")])
     away = Celery("away", broker=f"redis://127.0.0.1:{free_port()}/0", set_as_current=False)
     away.conf.broker_connection_max_retries = 1
     controller = Controller(store, {"default": away})

@@ -16,7 +16,8 @@ import pytest
 from plotly.utils import PlotlyJSONEncoder
 
 import app as flowerbed_app
-from helpers import TESTS, CeleryWorker, FlowerbedServer, Stack, get, get_json, task_row, wait_for, wait_for_tasks
+from helpers import (TESTS, CeleryWorker, FlowerbedServer, Stack, get, get_json, task_row, wait_for, wait_for_tasks,
+                     worker_row)
 from monitor.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -266,12 +267,10 @@ def test_purge_offline_workers_hides_them_from_the_dashboard_and_the_api(make_st
     """--purge-offline-workers N: a worker offline for N seconds or more (since its last heartbeat, or
     its last inspect reply when it sent none) leaves the Dashboard and /api/workers, on both stores."""
     from callbacks.shell import route
-    from monitor.store.schema import WORKER_FIELDS
-
     now = time.time()
 
     def worker(hostname, heartbeat):
-        return tuple({"hostname": hostname, "freq": 2.0, "last_heartbeat": heartbeat}.get(f) for f in WORKER_FIELDS)
+        return worker_row(hostname, freq=2.0, last_heartbeat=heartbeat)
     store = make_store("purge")
     store.write_batch(workers=[worker("up@a", now), worker("down-lately@a", now - 30), worker("down-long@a", now - 120)])
     store.save_inspection({"inspected-lately@a": {}}, now - 30)

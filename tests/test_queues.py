@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from helpers import CeleryWorker, FlowerbedServer, get, get_json, port_open, wait_for, worker_status
+from helpers import CeleryWorker, FlowerbedServer, get, get_json, port_open, wait_for, worker_row, worker_status
 from monitor.ingest import queues
 from monitor.ingest.inspector import Inspector
 from monitor.store import open_store
@@ -131,8 +131,8 @@ def test_inspector_samples_the_queues_a_worker_consumes_and_a_queue_nobody_does(
         orphan = f"orphan-{uuid.uuid4().hex[:6]}"
         send(client_app(redis_broker), orphan, 3)
         store.save_queue_depths("main", 1.0, [(orphan, 3, 0, set(), True)])  # watched before: a worker stopped
-        store.write_batch(workers=[(worker.hostname, None, 2.0, time.time(), None, 0, 0, None,
-                                    None, None, None, "main")])  # online, as its heartbeats would say
+        store.write_batch(workers=[worker_row(worker.hostname, freq=2.0, last_heartbeat=time.time(), active=0, processed=0,
+                                              broker="main")])  # online, as its heartbeats would say
         inspector.sample_queues()
         found = {q["name"]: (q["messages"], q["consumers"], q["workers"]) for q in store.queues("main")}
         assert found == {"celery": (0, 0, []), worker.queue: (0, 1, [worker.hostname]), orphan: (3, 0, [])}

@@ -52,6 +52,8 @@ def store(make_module_store):
     ("NAME:x", Term("name", "x")),
     ("celery@host:1", Term(None, "celery@host:1")),  # not a field name: plain text
     ("-", Term(None, "-")),
+    ("-(a OR b) c", BoolOp("AND", (Not(BoolOp("OR", (Term(None, "a"), Term(None, "b")))), Term(None, "c")))),
+    ("- (a)", BoolOp("AND", (Term(None, "-"), Term(None, "a")))),  # a '-' apart is text, as before
     ("   ", None),
     ("", None),
 ])

@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 
 from conftest import StoreMaker
-from helpers import task_row
-from monitor.store.schema import SCHEMA_VERSION, WORKER_FIELDS, StoreError, is_online
+from helpers import task_row, worker_row
+from monitor.store.schema import SCHEMA_VERSION, StoreError, is_online
 from monitor.store.sqlite import SqliteStore as Store
 
 T0 = 1_800_000_000.0
@@ -15,10 +15,6 @@ T0 = 1_800_000_000.0
 
 def uuid(number: int) -> str:
     return f"00000000-0000-4000-8000-{number:012d}"
-
-
-def worker_row(hostname, **fields):
-    return tuple(fields.get(field, hostname if field == "hostname" else None) for field in WORKER_FIELDS)
 
 
 @pytest.fixture
@@ -170,11 +166,13 @@ def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_p
     with sqlite3.connect(path) as connection:
         connection.executescript(VERSION_1)
     store = Store(str(path))
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 5
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
     assert store.count_audit() == 0 and store.task_links(uuid(1)) == {"rerun_of": None, "reruns": []}  # version 3
     assert store.queues() == [] and store.queue_history(0, 60) == []  # version 4
-    assert columns(store, "tasks")[-2:] == ["broker", "clock"] and columns(store, "workers")[-1] == "broker"  # 2, 5
-    assert columns(store, "tasks") == columns(Store(str(tmp_path / "new.db")), "tasks")  # as a new store has them
+    assert columns(store, "tasks")[-2:] == ["broker", "clock"] and columns(store, "workers")[-2:] == ["broker", "online_at"]  # 2, 5, 6
+    for table in ("tasks", "workers"):  # as a new store has them, with their types
+        assert (store.query(f"PRAGMA table_info({table})") and [tuple(row)[1:3] for row in store.query(f"PRAGMA table_info({table})")]
+                == [tuple(row)[1:3] for row in Store(str(tmp_path / "new.db")).query(f"PRAGMA table_info({table})")])
     assert store.query("SELECT 1 FROM sqlite_master WHERE name = 'tasks_broker'")
     task = store.get_task(uuid(1))
     assert (task["name"], task["state"], task["result"], task["broker"]) == ("sample.add", "SUCCESS", "5", None)
@@ -228,6 +226,22 @@ def test_worker_rows_keep_their_broker_when_an_inspect_or_a_later_row_does_not_s
     store.save_inspection({"w@b": {"stats": {}}}, at=T0, broker="us")
     assert {w["hostname"]: w["broker"] for w in store.workers(now=T0)} == {"w@a": "eu", "w@b": "us"}
     assert store.brokers() == ["eu", "us"]
+
+
+def test_a_worker_started_while_no_collector_listened_gets_its_start_from_inspect(make_store):
+    from monitor.ingest.inspector import before_start
+
+    store = make_store("online-at")
+    assert before_start({"stats": {"uptime": 42}}, T0) == T0 - 43 and before_start({"stats": "?"}, T0) is None
+    store.write_batch(workers=[worker_row("w@a", online_at=T0)])  # its worker-online event
+    store.save_inspection({"w@a": {}, "w@b": {}}, T0 + 60, online_since={"w@a": T0 - 1.5, "w@b": T0})
+    # The same start told by uptime (to a second or two) leaves the event's; a worker without one takes it.
+    assert {w["hostname"]: w["online_at"] for w in store.workers(T0 + 60)} == {"w@a": T0, "w@b": T0}
+    store.save_inspection({"w@a": {}}, T0 + 600, online_since={"w@a": T0 + 500})  # restarted, unseen
+    store.save_inspection({"w@a": {}}, T0 + 700)  # an inspect without stats changes nothing
+    assert store.worker("w@a", T0 + 700)["online_at"] == T0 + 500
+    store.write_batch(workers=[worker_row("w@a", online_at=T0 + 800)])  # the next event says exactly
+    assert store.worker("w@a", T0 + 800)["online_at"] == T0 + 800
 
 
 def test_meta_values_are_read_by_key_prefix(store):

@@ -431,14 +431,19 @@ class Collector:
                     dirty_tasks[uuid] = task
                     if worker is not None:
                         if hostname not in dirty_workers:
-                            dirty_workers[hostname] = (worker, None)
+                            dirty_workers[hostname] = (worker, None, None)
                         index = counter_index(kind)
                         if index is not None:
                             count((uuid, index, event["timestamp"], hostname))
                 elif group == "worker":
                     worker = merge_worker(event, subject)
-                    offline_at = event["local_received"] if subject == "offline" else None
-                    dirty_workers[hostname] = (worker, offline_at)
+                    # A goodbye or a start keeps its moment until written, whatever follows it in the batch.
+                    _, offline_at, online_at = dirty_workers.get(hostname, (None, None, None))
+                    if subject == "offline":
+                        offline_at = event["local_received"]
+                    elif subject == "online":  # the worker's own clock, as the task times it is compared with
+                        online_at = event["timestamp"]
+                    dirty_workers[hostname] = (worker, offline_at, online_at)
                     if subject == "heartbeat":
                         samples.append((hostname, _number(event["local_received"]), _number(worker.active),
                                         *_loadavg(worker.loadavg)))
@@ -464,8 +469,8 @@ class Collector:
         increments = self._new_counts(pending)
         self._unwritten = _Unwritten({
             "tasks": [task_row(task, limit, counts, broker) for task in pending.tasks.values()],
-            "workers": [worker_row(worker, offline_at, limit, counts, broker)
-                        for worker, offline_at in pending.workers.values()],
+            "workers": [worker_row(worker, offline_at, online_at, limit, counts, broker)
+                        for worker, offline_at, online_at in pending.workers.values()],
             "counters": [(host, *values) for host, values in increments.items()],
             "samples": pending.samples,
         }, pending.events, pending.oldest, self._taken)
@@ -714,8 +719,8 @@ def task_row(task: dict, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.C
     return tuple(values)
 
 
-def worker_row(worker, offline_at, limit: int = DEFAULT_FIELD_LIMIT, counts: collections.Counter | None = None,
-               broker: str | None = None) -> tuple:
+def worker_row(worker, offline_at, online_at=None, limit: int = DEFAULT_FIELD_LIMIT,
+               counts: collections.Counter | None = None, broker: str | None = None) -> tuple:
     counts = collections.Counter() if counts is None else counts
     load = _loadavg(worker.loadavg)
     heartbeat = worker.heartbeats[-1] if worker.heartbeats else None
@@ -724,4 +729,5 @@ def worker_row(worker, offline_at, limit: int = DEFAULT_FIELD_LIMIT, counts: col
         _number(worker.active), _number(worker.processed),
         json.dumps(load) if worker.loadavg and None not in load else None,
         *(_text(value, limit, counts) for value in (worker.sw_ident, worker.sw_ver, worker.sw_sys)), broker,
+        _number(online_at),
     )

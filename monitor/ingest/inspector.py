@@ -110,7 +110,9 @@ class Inspector:
                 replies.setdefault(hostname, {})[method] = reply
         now = time.time()
         if replies:
-            self.store.save_inspection(replies, now, self.broker_name)
+            self.store.save_inspection(replies, now, self.broker_name, {
+                hostname: start for hostname, reply in replies.items()
+                if (start := before_start(reply, started)) is not None})
         if not self._stop.is_set():  # a round cut short by stop() is no fresh inspect
             self.store.set_meta(INSPECTED_PREFIX + self.broker_name, started)
         self.last_started = started
@@ -147,3 +149,12 @@ class Inspector:
             watched = depth.name == default or bool(workers) or bool(count) or bool(depth.messages)
             rows.append((depth.name, depth.messages, count, workers, watched))
         self.store.save_queue_depths(self.broker_name, now, rows)
+
+
+def before_start(reply: dict, asked_at: float) -> float | None:
+    """A moment at or before the worker's start, from the uptime its stats reply gives: the reply came
+    after `asked_at`, and the uptime is rounded to a whole second."""
+    uptime = (reply.get("stats") if isinstance(reply.get("stats"), dict) else {}).get("uptime")
+    if type(uptime) not in (int, float) or uptime < 0:
+        return None
+    return asked_at - uptime - 1

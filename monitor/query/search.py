@@ -113,6 +113,8 @@ def _tokens(query: str) -> list[tuple[str, object, int]]:
                 kind, value = ")", ")"
             elif quoted is not None:
                 kind, value = "TERM", Term(None, _unquote(quoted))
+            elif word == "-" and query.startswith("(", position):  # -(…) negates a group, as NOT (…)
+                kind, value = "NOT", "NOT"
             else:
                 kind, value = _word(word)
         except SearchError as exc:

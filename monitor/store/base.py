@@ -61,6 +61,9 @@ _COUNTER_UPSERT = (
     "ON CONFLICT (hostname) DO UPDATE SET "
     + ", ".join(f"{c} = workers.{c} + excluded.{c}" for c in WORKER_COUNTERS)
 )
+# How far a start told by uptime (whole seconds, in the monitor's clock) may fall from the one the
+# worker-online event gave and still be the same start.
+UPTIME_SLACK_SECONDS = 2
 _AUDIT_INSERT = f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}) VALUES ({', '.join('?' * len(AUDIT_FIELDS))})"
 _AUDIT_JSON = ("arguments", "replies")
 # A broker's latest reading of its queues, in meta: {"at", "error"} (error None when all was read).
@@ -140,14 +143,20 @@ class Store:
         self._write((), then=lambda conn: folded.append(self._fold(conn, force=True)))
         return folded[0]
 
-    def save_inspection(self, replies: dict[str, dict], at: float, broker: str | None = None) -> None:
+    def save_inspection(self, replies: dict[str, dict], at: float, broker: str | None = None,
+                        online_since: dict[str, float] | None = None) -> None:
         """Inspect replies per worker, of the workers of `broker`; a worker that only answered
-        inspect still gets a row."""
-        rows = [(host, json.dumps(reply, default=str), at, broker) for host, reply in replies.items()]
+        inspect still gets a row. `online_since`: a moment at or before each worker's start, as its
+        uptime tells, which becomes its `online_at` when later than the one its worker-online event gave
+        by more than the slack: the worker restarted while no collector listened."""
+        online_since = online_since or {}
+        rows = [(host, json.dumps(reply, default=str), at, broker, online_since.get(host)) for host, reply in replies.items()]
         self._write(((
-            "INSERT INTO workers (hostname, inspect, inspected_at, broker) VALUES (?, ?, ?, ?) "
+            "INSERT INTO workers (hostname, inspect, inspected_at, broker, online_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (hostname) DO UPDATE SET inspect = excluded.inspect, inspected_at = excluded.inspected_at, "
-            "broker = coalesce(excluded.broker, workers.broker)",
+            "broker = coalesce(excluded.broker, workers.broker), "
+            f"online_at = CASE WHEN excluded.online_at > coalesce(workers.online_at, 0) + {UPTIME_SLACK_SECONDS} "
+            "THEN excluded.online_at ELSE workers.online_at END",
             rows),))
 
     def save_queue_depths(self, broker: str, at: float, depths: Sequence[tuple], error: str | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 from monitor.store import rollup
 from monitor.store.base import Statements, Store
 from monitor.store.dialect import SQLITE
-from monitor.store.schema import (ADDED_COLUMNS, NUMERIC_FIELDS, SCHEMA_VERSION, TEXT_COLUMNS, WORKER_COUNTERS,
+from monitor.store.schema import (ADDED_COLUMNS, SCHEMA_VERSION, TEXT_COLUMNS, WORKER_COUNTERS,
                                   StoreError)
 
 _SCHEMA = f"""
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS workers (
     hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
     active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in WORKER_COUNTERS)},
-    inspect TEXT, inspected_at REAL, broker TEXT
+    inspect TEXT, inspected_at REAL, broker TEXT, online_at REAL
 );
 CREATE TABLE IF NOT EXISTS worker_samples (
     hostname TEXT NOT NULL, at REAL NOT NULL, active INTEGER, load1 REAL, load5 REAL, load15 REAL
@@ -89,15 +89,14 @@ END;
 
 def _add_columns(connection: sqlite3.Connection) -> None:
     """A store written before gets the columns added since (ADDED_COLUMNS: `broker` in version 2,
-    `clock` in 5), at the end, where a new store has them too; what it holds keeps NULL there. One
+    `clock` in 5, `online_at` in 6), at the end, where a new store has them too; what it holds keeps NULL there. One
     transaction, checked inside it, so that two processes opening the store at once add them once."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         for table, added in ADDED_COLUMNS.items():
             columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-            for column in added:
+            for column, kind in added.items():
                 if columns and column not in columns:
-                    kind = "INTEGER" if column in NUMERIC_FIELDS else "TEXT"
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     except BaseException:
         connection.execute("ROLLBACK")

@@ -13,10 +13,9 @@ from components.tasks import (COLUMN_IDS, GRID_FIELDS, SORTABLE_FIELDS, STATE_CH
                               grid_columns, task_detail, task_detail_body)
 from monitor.control import ControlError
 from monitor.query import search
-from monitor.query.analytics import lost_in_restart
 from monitor.query.tasks import (QueryError, TaskQuery, child_tasks, fetch_tasks, grid_request_query, parse_sort,
                                  shown)
-from monitor.store.schema import TERMINAL_STATES
+from monitor.store.schema import TERMINAL_STATES, lost_at
 
 CHILDREN_SHOWN = 50
 
@@ -96,7 +95,7 @@ def detail_parts(services, task: dict) -> dict:
     children = child_tasks(services.store, task["uuid"], CHILDREN_SHOWN + 1).rows
     worker = services.store.worker(task["worker"]) if task.get("worker") else None
     return {"links": services.store.task_links(task["uuid"]), "children": children[:CHILDREN_SHOWN],
-            "lost_at": lost_in_restart(task, worker),
+            "lost_at": lost_at(task, worker),
             "more_children": len(children) > CHILDREN_SHOWN, "can_act": auth.can_act(),
             "can_abort": bool(services.settings.result_backend)}
 

@@ -84,12 +84,6 @@ def tasks_href(base: str, target: list[str]) -> str:
     return f"{base}tasks?{urlencode(query, quote_via=quote)}"
 
 
-def precise_moment(epoch: float) -> str:
-    """format_moment to the millisecond: 2026-11-25T10:15:03.250."""
-    milliseconds = round(epoch * 1000)
-    return f"{format_moment(milliseconds // 1000)}.{milliseconds % 1000:03d}"
-
-
 def compact_moment(epoch: float) -> str:
     """format_moment without zero seconds: 2026-11-25T10:15."""
     text = format_moment(epoch)
@@ -97,7 +91,7 @@ def compact_moment(epoch: float) -> str:
 
 
 def _quoted(value: str, always: bool = False) -> str:
-    if always or any(c in value for c in ' "()'):
+    if always or re.search(r'[\s"()]', value):  # as the search's words end
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
@@ -452,23 +446,16 @@ def compare_caption(frame, before_scope, after_scope) -> str:
 
 def attention_counts(stuck, waiting, lost, scope, limits, now: float, base: str) -> dict:
     """{"stuck": (count, Tasks page address, label, what it means), "waiting": (…), "lost": (…)}: each
-    address lists exactly the tasks counted (stuck_search, waiting_cut, restart_cut and lost_since give
-    the moments the counts compared with). `lost`: analytics.lost_tasks, of which those started in the
-    last day count; the others are not stuck either."""
+    address lists exactly the tasks counted (stuck_search, waiting_cut and lost_since give the moments
+    the counts compared with). `lost`: analytics.lost_tasks, of which those started in the last day
+    count; the others are not stuck either."""
     filters = _filter_terms(scope)
     since = lost_since(now)
-    recent = lost[lost["started"] >= since]
-
-    def left_behind(tasks) -> list[str]:
-        return [f"(worker={_quoted(worker)} started<{precise_moment(restarted)})"
-                for worker, restarted in tasks.groupby("worker")["restarted"].max().items()]
-
     stuck_terms = [f"(name={_quoted(name)} started<{compact_moment(before)})"
                    for name, before in stuck_search(stuck, now) if name]
-    not_lost = [f"NOT {_any_of(left_behind(lost))}"] if not lost.empty else []
-    stuck_target = [" ".join([*filters, *([_any_of(stuck_terms)] if stuck_terms else []), *not_lost]), "STARTED"]
-    lost_target = [" ".join([*filters, _any_of(left_behind(recent)), f"started>={compact_moment(since)}"])
-                   if not recent.empty else "", "STARTED"]
+    stuck_target = [" ".join([*filters, *([_any_of(stuck_terms)] if stuck_terms else []),
+                              *(["lost:no"] if not lost.empty else [])]), "STARTED"]
+    lost_target = [" ".join([*filters, "lost:yes", f"started>={compact_moment(since)}"]), "STARTED"]
     cut = compact_moment(waiting_cut(limits, now))
     waits = _any_of([f"(state:{state} {column}<{cut})" for state, column in WAITING_STATES.items()])
     return {"stuck": (len(stuck), tasks_href(base, stuck_target), "stuck",
@@ -476,7 +463,7 @@ def attention_counts(stuck, waiting, lost, scope, limits, now: float, base: str)
             "waiting": (len(waiting), tasks_href(base, [" ".join([*filters, waits]), ""]),
                         f"waiting > {limits.waiting:g} s",
                         f"received (or sent) and not started for over {limits.waiting:g} s"),
-            "lost": (len(recent), tasks_href(base, lost_target), "lost in a restart",
+            "lost": (int((lost["started"] >= since).sum()), tasks_href(base, lost_target), "lost in a restart",
                      "started in the last day on a worker that has restarted since: it will not finish, nor say so")}
 
 

@@ -305,7 +305,7 @@ def task_detail_body(task: dict, relative_path, links: dict | None = None, can_a
     """`links`: the task's re-run links (store.task_links); `children`: the tasks it started
     (query.tasks.child_tasks), `more_children` when there are more than those; `can_act`: show the
     admin's actions; `can_abort`: a result backend is configured, through which a task can be aborted;
-    `lost_at`: when its worker restarted, leaving it behind (analytics.lost_in_restart)."""
+    `lost_at`: when its worker started again, leaving it behind (schema.lost_at)."""
     def link_or_text(value):
         if value and value != task["uuid"]:
             return dcc.Link(value, href=relative_path(f"/task/{value}"), className="mono")

@@ -49,10 +49,9 @@ from celery.contrib.abortable import AbortableAsyncResult
 from celery.platforms import signals
 from kombu.exceptions import OperationalError
 
-from monitor.query.analytics import lost_in_restart
 from monitor.query.tasks import TaskQuery, fetch_tasks
 from monitor.store.base import Store
-from monitor.store.schema import TERMINAL_STATES
+from monitor.store.schema import TERMINAL_STATES, lost_at
 
 # The most tasks one bulk re-run sends, whatever the search matches.
 BULK_RERUN_CAP = 1_000
@@ -235,7 +234,7 @@ class Controller:
         task = self.store.get_task(task_id)
         if task is None:
             raise ControlError(404, f"Unknown task '{task_id}'")
-        if task["state"] not in TERMINAL_STATES and lost_in_restart(task, self.store.worker(task["worker"] or "")) is None:
+        if task["state"] not in TERMINAL_STATES and lost_at(task, self.store.worker(task["worker"] or "")) is None:
             raise ControlError(400, f"task '{task_id}' is {task['state'] or 'of unknown state'}; only a finished "
                                     f"task ({', '.join(TERMINAL_STATES)}) or one lost in its worker's restart "
                                     f"can be re-run")

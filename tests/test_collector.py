@@ -147,12 +147,17 @@ def test_worker_is_online_from_heartbeats_and_offline_after_two_missed_or_a_good
 
 def test_a_worker_keeps_when_it_last_came_online_in_its_own_clock(feed):
     # Received 0.4 s after the worker sent it, and followed by a heartbeat in the same batch.
-    online = {**feed.event("worker-online", T0, freq=1.0), "local_received": T0 + 0.4}
-    feed.merge(online, feed.event("worker-heartbeat", T0 + 1, freq=1.0))
+    online = {**feed.event("worker-online", T0, freq=1.0, processed=0), "local_received": T0 + 0.4}
+    feed.merge(online, feed.event("worker-heartbeat", T0 + 1, freq=1.0, processed=3))
     assert feed.worker(now=T0 + 1.5)["online_at"] == T0
-    feed.merge(feed.event("worker-heartbeat", T0 + 2, freq=1.0))
+    feed.merge(feed.event("worker-heartbeat", T0 + 2, freq=1.0, processed=5))
     assert feed.worker(now=T0 + 2.5)["online_at"] == T0  # a heartbeat does not move it
-    feed.merge(feed.event("worker-offline", T0 + 3, freq=1.0), feed.event("worker-online", T0 + 9, freq=1.0),
+    # Back on the broker after losing it, the same process says offline and online, with what it ran:
+    # its tasks go on, it did not start again.
+    feed.merge(feed.event("worker-offline", T0 + 3, freq=1.0, processed=5),
+               feed.event("worker-online", T0 + 4, freq=1.0, processed=5))
+    assert feed.worker(now=T0 + 4.5)["online_at"] == T0
+    feed.merge(feed.event("worker-offline", T0 + 5, freq=1.0), feed.event("worker-online", T0 + 9, freq=1.0, processed=0),
                feed.event("worker-heartbeat", T0 + 10, freq=1.0))
     assert feed.worker(now=T0 + 10.5)["online_at"] == T0 + 9  # restarted
 

@@ -96,7 +96,7 @@ def test_plotly_js_is_named_by_its_version_and_kept_by_the_browser(dash_app):
     assert versioned.get_data() == client.get(f"{prefix}_dash-component-suites/plotly/package_data/plotly.min.js").get_data()
 
 
-def test_the_framework_scripts_are_compressed_once_and_sent_as_flask_compress_would(dash_app, monkeypatch):
+def test_the_framework_scripts_are_gzipped_once_and_sent_with_their_own_etag(dash_app, monkeypatch):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
     compressions = []
     monkeypatch.setattr(compressed_once, "gzip", types.SimpleNamespace(  # this module's gzip only, not Flask-Compress's
@@ -111,6 +111,9 @@ def test_the_framework_scripts_are_compressed_once_and_sent_as_flask_compress_wo
         assert gzip.decompress(answer.get_data()) == raw and answer.headers["ETag"].endswith(':gzip"')
     unchanged = client.get(grid_code, headers={"Accept-Encoding": "gzip", "If-None-Match": first.headers["ETag"]})
     assert unchanged.status_code == 304
+    head = client.head(grid_code, headers={"Accept-Encoding": "gzip, br, zstd"})  # the headers a GET gets
+    assert [head.headers[h] for h in ("Content-Encoding", "ETag", "Content-Length")] == [
+        first.headers[h] for h in ("Content-Encoding", "ETag", "Content-Length")]
     # A callback's answer is compressed by Flask-Compress as it leaves, never kept.
     layout = client.get(f"{prefix}_dash-layout", headers={"Accept-Encoding": "gzip", "Referer": f"http://localhost{prefix}analytics"})
     assert layout.headers["Content-Encoding"] == "gzip" and len(gzip.decompress(layout.get_data())) > compressed_once.SMALLEST_KEPT

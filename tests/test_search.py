@@ -54,6 +54,7 @@ def store(make_module_store):
     ("-", Term(None, "-")),
     ("-(a OR b) c", BoolOp("AND", (Not(BoolOp("OR", (Term(None, "a"), Term(None, "b")))), Term(None, "c")))),
     ("- (a)", BoolOp("AND", (Term(None, "-"), Term(None, "a")))),  # a '-' apart is text, as before
+    ("lost:yes -lost:no", BoolOp("AND", (Term("lost", "yes"), Not(Term("lost", "no"))))),
     ("   ", None),
     ("", None),
 ])
@@ -74,6 +75,7 @@ def test_query_parses_to_tree(query, tree):
     ("name:x colour:red", "unknown field 'colour:'", 7),
     ("name:", "'name:' needs a value, e.g. name:tasks.add", 0),
     ("a (state:NOPE)", "unknown state NOPE", 3),
+    ("lost:maybe", "'lost:' is yes or no", 0),
     ("state:SUCCESS,nope", "unknown state NOPE", 0),
     ("runtime>2 received>=soon", "received: expected", 10),
     ("(" * 30 + "a" + ")" * 30, "nests too deeply", 20),

@@ -229,10 +229,11 @@ def test_worker_rows_keep_their_broker_when_an_inspect_or_a_later_row_does_not_s
 
 
 def test_a_worker_started_while_no_collector_listened_gets_its_start_from_inspect(make_store):
-    from monitor.ingest.inspector import before_start
+    from monitor.ingest.inspector import CLOCK_MARGIN_SECONDS, before_start
 
     store = make_store("online-at")
-    assert before_start({"stats": {"uptime": 42}}, T0) == T0 - 43 and before_start({"stats": "?"}, T0) is None
+    assert before_start({"stats": {"uptime": 42}}, T0) == T0 - 43 - CLOCK_MARGIN_SECONDS
+    assert before_start({"stats": "?"}, T0) is None and before_start({"stats": {"uptime": float("nan")}}, T0) is None
     store.write_batch(workers=[worker_row("w@a", online_at=T0)])  # its worker-online event
     store.save_inspection({"w@a": {}, "w@b": {}}, T0 + 60, online_since={"w@a": T0 - 1.5, "w@b": T0})
     # The same start told by uptime (to a second or two) leaves the event's; a worker without one takes it.

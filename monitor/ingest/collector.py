@@ -441,7 +441,9 @@ class Collector:
                     _, offline_at, online_at = dirty_workers.get(hostname, (None, None, None))
                     if subject == "offline":
                         offline_at = event["local_received"]
-                    elif subject == "online":  # the worker's own clock, as the task times it is compared with
+                    elif subject == "online" and event.get("processed") == 0:
+                        # A new process (one that reconnected to the broker says online again, with what
+                        # it ran so far: its tasks go on). The worker's own clock, as its tasks' times.
                         online_at = event["timestamp"]
                     dirty_workers[hostname] = (worker, offline_at, online_at)
                     if subject == "heartbeat":

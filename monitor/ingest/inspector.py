@@ -6,6 +6,7 @@ when the pages run in this process, or through the store (REQUEST_KEY) from `flo
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -151,10 +152,16 @@ class Inspector:
         self.store.save_queue_depths(self.broker_name, now, rows)
 
 
+# The uptime says when a worker started in this host's clock; the tasks' times are in the worker's. This
+# much earlier, a worker whose clock is behind by up to as much never has a task it ran counted as lost
+# (a task begun in the margin before a restart counts as stuck instead).
+CLOCK_MARGIN_SECONDS = 5.0
+
+
 def before_start(reply: dict, asked_at: float) -> float | None:
-    """A moment at or before the worker's start, from the uptime its stats reply gives: the reply came
-    after `asked_at`, and the uptime is rounded to a whole second."""
+    """A moment before the worker's start, from the uptime its stats reply gives: the reply came after
+    `asked_at`, the uptime is rounded to a whole second, and the clocks may differ (CLOCK_MARGIN_SECONDS)."""
     uptime = (reply.get("stats") if isinstance(reply.get("stats"), dict) else {}).get("uptime")
-    if type(uptime) not in (int, float) or uptime < 0:
+    if type(uptime) not in (int, float) or not 0 <= uptime < math.inf:
         return None
-    return asked_at - uptime - 1
+    return asked_at - uptime - 1 - CLOCK_MARGIN_SECONDS

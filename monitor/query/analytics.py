@@ -26,6 +26,7 @@ import pandas as pd
 
 from monitor.store import rollup
 from monitor.store.base import Store
+from monitor.store.schema import LOST_SQL
 
 RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 # Bucket sizes a chart may use, each a multiple of a rollup grain; the smallest that keeps a range
@@ -393,31 +394,16 @@ LOST_COLUMNS = ["uuid", "name", "worker", "started", "restarted"]
 
 
 def _started_tasks(store: Store, scope: Scope) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(running, lost): the tasks whose last word is that they started, split by whether their worker
-    has come online again since. A worker that restarts does not finish what it ran before (nor says
-    so): those tasks stay STARTED for ever, in celery's state as in Flower's, and are not running.
-    `restarted` is the worker's start in its own clock, as `started`, cut to the millisecond, as the
-    Tasks search that lists them (restart_cut)."""
+    """(running, lost): the tasks whose last word is that they started, split by LOST_SQL's rule;
+    `restarted` is when the worker of a lost one started again."""
     extra, params = _task_filters(scope)
     started = _frame(store, f"SELECT uuid, name, worker, started, "
-                            f"(SELECT online_at FROM workers WHERE workers.hostname = tasks.worker) "
-                            f"FROM tasks WHERE state = 'STARTED' AND started IS NOT NULL{extra}", params, LOST_COLUMNS)
-    started["restarted"] = restart_cut(started["restarted"].astype(float))
-    lost = started["started"] < started["restarted"]
+                            f"(SELECT online_at FROM workers WHERE workers.hostname = tasks.worker), "
+                            f"CASE WHEN {LOST_SQL} THEN 1 ELSE 0 END "
+                            f"FROM tasks WHERE state = 'STARTED' AND started IS NOT NULL{extra}", params,
+                     [*LOST_COLUMNS, "lost"])
+    lost = started.pop("lost") == 1
     return started[~lost].drop(columns="restarted"), started[lost].reset_index(drop=True)
-
-
-def restart_cut(online_at):
-    """A worker's start (a number or a column of them), down to the millisecond."""
-    return np.floor(online_at * 1000) / 1000
-
-
-def lost_in_restart(task: dict, worker: dict | None) -> float | None:
-    """When `task`'s worker came online again, if that left the task behind (the rule of _started_tasks)."""
-    online_at = (worker or {}).get("online_at")
-    if task.get("state") != "STARTED" or task.get("started") is None or online_at is None:
-        return None
-    return online_at if task["started"] < restart_cut(online_at) else None
 
 
 def lost_tasks(store: Store, scope: Scope) -> pd.DataFrame:
@@ -428,13 +414,13 @@ def lost_tasks(store: Store, scope: Scope) -> pd.DataFrame:
 
 def lost_since(now: float) -> int:
     """The lost tasks counted are those started from here on (a whole second, as the search that lists
-    them): a count of every task ever lost would only grow, and be read as an alarm for ever."""
+    them does): a count of every task ever lost would only grow, and be read as an alarm for ever."""
     return math.floor(now - BASELINE_SECONDS)
 
 
 def stuck_tasks(store: Store, scope: Scope, limits: Limits = Limits(), now: float | None = None) -> pd.DataFrame:
     """Every task started and still running past its limit (see Limits), longest overrun first; not
-    those a worker's restart left behind (lost_tasks).
+    those a worker's restart left behind (lost_tasks, of any age).
 
     `started` is compared with a whole second (now − limit, rounded down), as the Tasks search that
     lists them does (stuck_search). The scope's range plays no part: stuck is about now."""

@@ -11,6 +11,7 @@
     runtime>2.5                  what a drill-down from the Analytics page writes
     name=shop.checkout           exactly this name (or worker=celery@host), where name: matches a part
     broker:eu                    recorded from the broker named eu (broker=eu too: a name matches whole)
+    lost:yes                     left STARTED by a worker that has started again since (lost:no, the others)
 
 `compile_search` raises SearchError with a message fit to show next to the search box.
 """
@@ -25,7 +26,7 @@ from celery import states
 
 from monitor.store.dialect import SQLITE, Dialect, like_escaped
 from monitor.store.rollup import FINAL_STATES, finished_sql
-from monitor.store.schema import TEXT_COLUMNS
+from monitor.store.schema import LOST_SQL, TEXT_COLUMNS
 
 # The language by example, as the Tasks page's search help lists it: (what to type, what it finds).
 EXAMPLES = (
@@ -41,9 +42,10 @@ EXAMPLES = (
                                    "sent, finished"),
     ("runtime>2.5", "runtime in seconds"),
     ("broker:eu", "recorded from the broker named eu"),
+    ("lost:yes", "left started by a worker that has restarted since: it will not finish"),
 )
 
-FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception", "broker")
+FIELDS = ("name", "uuid", "state", "worker", "args", "kwargs", "result", "exception", "broker", "lost")
 FREE_TEXT_COLUMNS = TEXT_COLUMNS  # name uuid worker args kwargs result exception, indexed by trigrams
 KNOWN_STATES = tuple(sorted(states.ALL_STATES))
 
@@ -152,6 +154,8 @@ def _word(word: str) -> tuple[str, object]:
             raise SearchError(f"'{field}:' needs a value, e.g. {field}:{_EXAMPLES[field]}")
         if field == "state":
             _states(value)  # an unknown state is an error here, where its position is known
+        if field == "lost" and value.lower() not in ("yes", "no"):
+            raise SearchError(f"'lost:' is yes or no, not {value!r}")
         term = Term(field, value)
     else:
         term = Term(None, _unquote(word) if word.startswith('"') else word)
@@ -205,7 +209,7 @@ def _comparison_value(field: str, text: str) -> float:
 
 
 _EXAMPLES = {"name": "tasks.add", "uuid": "3f2a", "state": "FAILURE", "worker": "celery@host",
-             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError", "broker": "eu",
+             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError", "broker": "eu", "lost": "yes",
              "received": "2026-11-25T10:00", "started": "2026-11-25T10:00", "sent": "2026-11-25T10:00",
              "finished": "2026-11-25T10:00", "runtime": "2.5"}
 
@@ -332,6 +336,8 @@ def _term_sql(term: Term, dialect: Dialect) -> tuple[str, list]:
         return f"state IN ({', '.join('?' * len(wanted))})", wanted
     if field == "broker":
         return "broker = ?", [value]
+    if field == "lost":
+        return (LOST_SQL, []) if value.lower() == "yes" else (f"NOT coalesce({LOST_SQL}, false)", [])
     if field == "uuid":
         value = value.lower()
         if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):

@@ -5,7 +5,9 @@ Flask-Compress (Dash's `compress=True`) gzips every response as it leaves. For t
 server's CPU for each browser's first visit, spent while the same 2 cores run the browser's start.
 Their bodies never change while the process runs (they are files of installed packages), so each is
 gzipped the first time it is asked for and kept, by its content's digest: the cache holds at most
-one entry per script Dash is willing to serve (it refuses paths it did not register).
+one entry per script Dash is willing to serve (it refuses paths it did not register). They go out as
+gzip, which every browser takes (Flask-Compress would pick zstd or br for some: a first visit then
+moved 0.7 % fewer bytes).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import flask
 
 # Smaller bodies cost next to nothing to compress each time, and callbacks' answers are never cached.
 SMALLEST_KEPT = 16 * 1024
-# Flask-Compress's default level, so a body kept here is the one it would have sent.
+# Flask-Compress's default gzip level.
 GZIP_LEVEL = 6
 
 
@@ -52,7 +54,7 @@ def install(server: flask.Flask, routes_prefix: str) -> CompressedBodies:
 
     def send_kept(response: flask.Response) -> flask.Response:
         request = flask.request
-        if (request.method != "GET" or response.status_code != 200 or not request.path.startswith(scripts)
+        if (request.method not in ("GET", "HEAD") or response.status_code != 200 or not request.path.startswith(scripts)
                 or "Content-Encoding" in response.headers or response.is_streamed
                 or (response.content_length or 0) < SMALLEST_KEPT
                 or request.accept_encodings["gzip"] <= 0):

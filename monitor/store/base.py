@@ -61,8 +61,8 @@ _COUNTER_UPSERT = (
     "ON CONFLICT (hostname) DO UPDATE SET "
     + ", ".join(f"{c} = workers.{c} + excluded.{c}" for c in WORKER_COUNTERS)
 )
-# How far a start told by uptime (whole seconds, in the monitor's clock) may fall from the one the
-# worker-online event gave and still be the same start.
+# How much later than the worker-online event's a start told by uptime (see inspector.before_start, which
+# puts it early) must be to be another start.
 UPTIME_SLACK_SECONDS = 2
 _AUDIT_INSERT = f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)}) VALUES ({', '.join('?' * len(AUDIT_FIELDS))})"
 _AUDIT_JSON = ("arguments", "replies")
@@ -146,9 +146,9 @@ class Store:
     def save_inspection(self, replies: dict[str, dict], at: float, broker: str | None = None,
                         online_since: dict[str, float] | None = None) -> None:
         """Inspect replies per worker, of the workers of `broker`; a worker that only answered
-        inspect still gets a row. `online_since`: a moment at or before each worker's start, as its
-        uptime tells, which becomes its `online_at` when later than the one its worker-online event gave
-        by more than the slack: the worker restarted while no collector listened."""
+        inspect still gets a row. `online_since`: a moment before each worker's start, as its uptime
+        tells (inspector.before_start), which becomes its `online_at` when later than the one its
+        worker-online event gave by more than the slack: the worker restarted while no collector listened."""
         online_since = online_since or {}
         rows = [(host, json.dumps(reply, default=str), at, broker, online_since.get(host)) for host, reply in replies.items()]
         self._write(((

@@ -46,6 +46,21 @@ HEARTBEAT_EXPIRE_FACTOR = 2.0
 TEXT_COLUMNS = ("name", "uuid", "worker", "args", "kwargs", "result", "exception")
 
 
+# A task its worker left behind: still STARTED, and begun before the worker's last start (online_at, in
+# the worker's own clock, as `started`). A worker that restarts neither finishes what it ran nor says so:
+# celery and Flower show such a task as STARTED for ever.
+LOST_SQL = ("(tasks.state = 'STARTED' AND tasks.started < "
+            "(SELECT workers.online_at FROM workers WHERE workers.hostname = tasks.worker))")
+
+
+def lost_at(task: dict, worker: dict | None) -> float | None:
+    """When `task`'s worker started again, leaving it behind (LOST_SQL's rule for one task), else None."""
+    online_at = (worker or {}).get("online_at")
+    if task.get("state") != "STARTED" or task.get("started") is None or online_at is None:
+        return None
+    return online_at if task["started"] < online_at else None
+
+
 def is_online(worker: dict, now: float) -> bool:
     last = worker.get("last_heartbeat")
     if last is None:

@@ -148,8 +148,9 @@ def test_worker_is_online_from_heartbeats_and_offline_after_two_missed_or_a_good
 def test_a_worker_keeps_when_it_last_came_online_in_its_own_clock(feed):
     # Received 0.4 s after the worker sent it, and followed by a heartbeat in the same batch.
     online = {**feed.event("worker-online", T0, freq=1.0, processed=0), "local_received": T0 + 0.4}
-    feed.merge(online, feed.event("worker-heartbeat", T0 + 1, freq=1.0, processed=3))
+    feed.merge(online, {**feed.event("worker-heartbeat", T0 + 1, freq=1.0, processed=3), "local_received": T0 + 1.25})
     assert feed.worker(now=T0 + 1.5)["online_at"] == T0
+    assert feed.worker(now=T0 + 1.5)["clock_offset"] == 0.25  # this host's clock ahead, as its last event says
     feed.merge(feed.event("worker-heartbeat", T0 + 2, freq=1.0, processed=5))
     assert feed.worker(now=T0 + 2.5)["online_at"] == T0  # a heartbeat does not move it
     # Back on the broker after losing it, the same process says offline and online, with what it ran:

@@ -169,7 +169,7 @@ def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_p
     assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
     assert store.count_audit() == 0 and store.task_links(uuid(1)) == {"rerun_of": None, "reruns": []}  # version 3
     assert store.queues() == [] and store.queue_history(0, 60) == []  # version 4
-    assert columns(store, "tasks")[-2:] == ["broker", "clock"] and columns(store, "workers")[-2:] == ["broker", "online_at"]  # 2, 5, 6
+    assert columns(store, "tasks")[-2:] == ["broker", "clock"] and columns(store, "workers")[-3:] == ["broker", "online_at", "clock_offset"]  # 2, 5, 6
     for table in ("tasks", "workers"):  # as a new store has them, with their types
         assert (store.query(f"PRAGMA table_info({table})") and [tuple(row)[1:3] for row in store.query(f"PRAGMA table_info({table})")]
                 == [tuple(row)[1:3] for row in Store(str(tmp_path / "new.db")).query(f"PRAGMA table_info({table})")])
@@ -232,7 +232,8 @@ def test_a_worker_started_while_no_collector_listened_gets_its_start_from_inspec
     from monitor.ingest.inspector import CLOCK_MARGIN_SECONDS, before_start
 
     store = make_store("online-at")
-    assert before_start({"stats": {"uptime": 42}}, T0) == T0 - 43 - CLOCK_MARGIN_SECONDS
+    assert before_start({"stats": {"uptime": 42}}, T0) == T0 - 43 - CLOCK_MARGIN_SECONDS  # the worker's clock unknown
+    assert before_start({"stats": {"uptime": 42}}, T0, clock_offset=-0.25) == T0 - 43 + 0.25  # its clock 0.25 s ahead
     assert before_start({"stats": "?"}, T0) is None and before_start({"stats": {"uptime": float("nan")}}, T0) is None
     store.write_batch(workers=[worker_row("w@a", online_at=T0)])  # its worker-online event
     store.save_inspection({"w@a": {}, "w@b": {}}, T0 + 60, online_since={"w@a": T0 - 1.5, "w@b": T0})

@@ -726,10 +726,14 @@ def worker_row(worker, offline_at, online_at=None, limit: int = DEFAULT_FIELD_LI
     counts = collections.Counter() if counts is None else counts
     load = _loadavg(worker.loadavg)
     heartbeat = worker.heartbeats[-1] if worker.heartbeats else None
+    # Its last worker event's arrival here less its sending there: how far this host's clock is ahead
+    # (the transit included, which errs on the safe side for inspector.before_start).
+    received, sent = _number(getattr(worker, "local_received", None)), _number(getattr(worker, "timestamp", None))
+    clock_offset = received - sent if received is not None and sent is not None else None
     return (
         worker.hostname, _number(worker.pid), _number(worker.freq), _number(heartbeat), _number(offline_at),
         _number(worker.active), _number(worker.processed),
         json.dumps(load) if worker.loadavg and None not in load else None,
         *(_text(value, limit, counts) for value in (worker.sw_ident, worker.sw_ver, worker.sw_sys)), broker,
-        _number(online_at),
+        _number(online_at), clock_offset,
     )

@@ -98,7 +98,8 @@ class Inspector:
         started = time.time()
         if self.enable_events:
             self.app.control.enable_events()
-        known_online = sum(1 for w in self.store.workers() if w["online"] and w["broker"] == self.broker_name)
+        known = {w["hostname"]: w for w in self.store.workers()}
+        known_online = sum(1 for w in known.values() if w["online"] and w["broker"] == self.broker_name)
         # With a limit the broadcast returns as soon as every worker we know answered.
         inspect = self.app.control.inspect(timeout=self.timeout, limit=known_online or None)
         replies: dict[str, dict] = {}
@@ -113,7 +114,7 @@ class Inspector:
         if replies:
             self.store.save_inspection(replies, now, self.broker_name, {
                 hostname: start for hostname, reply in replies.items()
-                if (start := before_start(reply, started)) is not None})
+                if (start := before_start(reply, started, known.get(hostname, {}).get("clock_offset"))) is not None})
         if not self._stop.is_set():  # a round cut short by stop() is no fresh inspect
             self.store.set_meta(INSPECTED_PREFIX + self.broker_name, started)
         self.last_started = started
@@ -152,16 +153,19 @@ class Inspector:
         self.store.save_queue_depths(self.broker_name, now, rows)
 
 
-# The uptime says when a worker started in this host's clock; the tasks' times are in the worker's. This
-# much earlier, a worker whose clock is behind by up to as much never has a task it ran counted as lost
-# (a task begun in the margin before a restart counts as stuck instead).
+# The uptime says when a worker started in this host's clock; the tasks' times are in the worker's. Of a
+# worker whose clock offset is not known yet, the start is put this much earlier, so that a clock behind
+# by up to as much never has a task it ran counted as lost (one begun in the margin counts as stuck).
 CLOCK_MARGIN_SECONDS = 5.0
 
 
-def before_start(reply: dict, asked_at: float) -> float | None:
-    """A moment before the worker's start, from the uptime its stats reply gives: the reply came after
-    `asked_at`, the uptime is rounded to a whole second, and the clocks may differ (CLOCK_MARGIN_SECONDS)."""
+def before_start(reply: dict, asked_at: float, clock_offset: float | None = None) -> float | None:
+    """A moment before the worker's start in its own clock, from the uptime its stats reply gives: the
+    reply came after `asked_at`, the uptime is rounded to a whole second, and this host's clock is ahead
+    of the worker's by `clock_offset` (the worker row's; CLOCK_MARGIN_SECONDS when not known)."""
     uptime = (reply.get("stats") if isinstance(reply.get("stats"), dict) else {}).get("uptime")
     if type(uptime) not in (int, float) or not 0 <= uptime < math.inf:
         return None
-    return asked_at - uptime - 1 - CLOCK_MARGIN_SECONDS
+    known = isinstance(clock_offset, (int, float)) and math.isfinite(clock_offset)
+    offset = clock_offset if known else CLOCK_MARGIN_SECONDS
+    return asked_at - uptime - 1 - offset

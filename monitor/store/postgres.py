@@ -32,7 +32,7 @@ _INTEGER_FIELDS = ("retries", "pid", "active", "processed", "clock")
 
 def _column(field: str) -> str:
     kind = _INTEGER if field in _INTEGER_FIELDS else _REAL if field in NUMERIC_FIELDS or field in (
-        "freq", "last_heartbeat", "offline_at", "online_at", "inspected_at") else _TEXT
+        "freq", "last_heartbeat", "offline_at", "online_at", "clock_offset", "inspected_at") else _TEXT
     return f"{field} {kind}"
 
 
@@ -59,8 +59,9 @@ CREATE TABLE IF NOT EXISTS workers (
     {", ".join(f"{c} {_INTEGER} NOT NULL DEFAULT 0" for c in WORKER_COUNTERS)},
     inspect {_TEXT}, inspected_at {_REAL}
 );
--- Version 6: when a worker last came online (a store written before gets the column here).
+-- Version 6: when a worker last came online, and its clock (a store written before gets the columns here).
 ALTER TABLE workers ADD COLUMN IF NOT EXISTS online_at {_REAL};
+ALTER TABLE workers ADD COLUMN IF NOT EXISTS clock_offset {_REAL};
 CREATE TABLE IF NOT EXISTS worker_samples (
     hostname {_TEXT} NOT NULL, at {_REAL} NOT NULL, active {_INTEGER}, load1 {_REAL}, load5 {_REAL}, load15 {_REAL}
 );

@@ -9,7 +9,8 @@ from __future__ import annotations
 # 4: queues (each watched queue's latest depth) and queue_samples (depth over time).
 # 5: tasks carry the Lamport clock of their last event (NULL before); their parent_id is indexed, to
 #    list a task's children, and their timestamp, for the API's order (the most recent event first).
-# 6: workers carry when they last came online (online_at, NULL before), as the worker stamped it.
+# 6: workers carry when they last came online (online_at, NULL before), as the worker stamped it, and
+#    how far this host's clock is ahead of theirs (clock_offset).
 SCHEMA_VERSION = 6
 
 
@@ -28,12 +29,13 @@ TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", 
 NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime", "clock")
 # The columns added after version 1, by table, with their SQLite type: a store written before gets them
 # (NULL) when opened.
-ADDED_COLUMNS = {"tasks": {"broker": "TEXT", "clock": "INTEGER"}, "workers": {"broker": "TEXT", "online_at": "REAL"}}
+ADDED_COLUMNS = {"tasks": {"broker": "TEXT", "clock": "INTEGER"}, "workers": {"broker": "TEXT", "online_at": "REAL",
+                                                                                "clock_offset": "REAL"}}
 TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 WORKER_FIELDS = (
     "hostname", "pid", "freq", "last_heartbeat", "offline_at", "active", "processed", "loadavg",
-    "sw_ident", "sw_ver", "sw_sys", "broker", "online_at",
+    "sw_ident", "sw_ver", "sw_sys", "broker", "online_at", "clock_offset",
 )
 # Per-worker counts of task events, kept across restarts (the heartbeat's own `processed`
 # restarts from zero with the worker).

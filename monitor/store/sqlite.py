@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS workers (
     hostname TEXT PRIMARY KEY, pid INTEGER, freq REAL, last_heartbeat REAL, offline_at REAL,
     active INTEGER, processed INTEGER, loadavg TEXT, sw_ident TEXT, sw_ver TEXT, sw_sys TEXT,
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in WORKER_COUNTERS)},
-    inspect TEXT, inspected_at REAL, broker TEXT, online_at REAL
+    inspect TEXT, inspected_at REAL, broker TEXT, online_at REAL, clock_offset REAL
 );
 CREATE TABLE IF NOT EXISTS worker_samples (
     hostname TEXT NOT NULL, at REAL NOT NULL, active INTEGER, load1 REAL, load5 REAL, load15 REAL
@@ -89,7 +89,7 @@ END;
 
 def _add_columns(connection: sqlite3.Connection) -> None:
     """A store written before gets the columns added since (ADDED_COLUMNS: `broker` in version 2,
-    `clock` in 5, `online_at` in 6), at the end, where a new store has them too; what it holds keeps NULL there. One
+    `clock` in 5, `online_at` and `clock_offset` in 6), at the end, where a new store has them too; what it holds keeps NULL there. One
     transaction, checked inside it, so that two processes opening the store at once add them once."""
     connection.execute("BEGIN IMMEDIATE")
     try:

@@ -65,10 +65,10 @@ def drill(scope, start=None, end=None, names=None, state=None, exception=None) -
 
 
 def _filter_terms(scope, names=None) -> list[str]:
-    """Search terms for the scope's names (or `names`), workers and brokers."""
+    """Search terms for the scope's names (or `names`), workers, queues and brokers."""
     terms = []
     for field, values in (("name", scope.names if names is None else names), ("worker", scope.workers),
-                          ("broker", scope.brokers)):
+                          ("queue", scope.queues), ("broker", scope.brokers)):
         if values:
             terms.append(_any_of([f"{field}={_quoted(v)}" for v in values]))
     return terms

@@ -223,6 +223,22 @@ def test_a_broker_filter_keeps_what_the_workers_of_that_broker_did_and_opens_exa
     assert _tasks_page_uuids(store, success["meta"], bounds) == {"eu0", "eu1", "eu2"}
 
 
+def test_a_queue_filter_opens_exactly_the_tasks_of_its_queues(store):
+    write(store, [finished(f"mail{i}", "t", 0.1, NOW - 600 + i, queue="mail") for i in range(2)]
+          + [finished("other", "t", 0.1, NOW - 599, queue="celery"),
+             task_row(uuid="mail-hung", name="t", state="STARTED", routing_key="mail", started=NOW - 900),
+             task_row(uuid="other-hung", name="t", state="STARTED", routing_key="celery", started=NOW - 900)])
+    scope, limits = analytics.last("1h", NOW, queues=("mail",)), analytics.Limits(floor=60)
+    success = next(t for t in view.throughput_figure(analytics.throughput(store, scope, NOW), scope, "test")["data"])
+    bounds = next(bounds for bounds, count in zip(success["customdata"], success["y"]) if count)
+    assert "queue=mail" in success["meta"][0]
+    assert _tasks_page_uuids(store, success["meta"], bounds) == {"mail0", "mail1"}
+    stuck = analytics.stuck_tasks(store, scope, limits, NOW)
+    attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, limits, NOW),
+                                      analytics.lost_tasks(store, scope), scope, limits, NOW, "/")
+    assert attention["stuck"][0] == 1 and _tasks_page_uuids(store, _target_of(attention["stuck"][1])) == {"mail-hung"}
+
+
 def test_search_comparisons_and_exact_names():
     assert search.compile_search("finished>=2026-11-25T08:00 name=a.b") == (
         f"({search.COMPARABLE['finished']} >= ? AND name = ?)", [search.parse_moment("2026-11-25T08:00"), "a.b"])

@@ -9,7 +9,8 @@
     received>=2026-11-25T10:00   comparisons (>= > <= <) on the times received, started, sent,
     finished<2026-11-25T10:05    finished (UTC date/time or epoch seconds) and runtime (seconds):
     runtime>2.5                  what a drill-down from the Analytics page writes
-    name=shop.checkout           exactly this name (or worker=celery@host), where name: matches a part
+    name=shop.checkout           exactly this name (or worker=celery@host, queue=celery: the routing key),
+                                 where name: matches a part
     broker:eu                    recorded from the broker named eu (broker=eu too: a name matches whole)
     lost:yes                     left STARTED by a worker that has started again since (lost:no, the others)
 
@@ -33,7 +34,7 @@ EXAMPLES = (
     ("failed", "free text, in name, uuid, worker, args, kwargs, result and exception"),
     ("name:tasks.add state:FAILURE", "a field (name uuid state worker args kwargs result exception); "
                                      "several terms must all match"),
-    ("name=shop.checkout", "exactly this name (worker=celery@host too), where name: matches a part"),
+    ("name=shop.checkout", "exactly this name (worker=celery@host and queue=celery too), where name: matches a part"),
     ("kwargs:user_id=42", "a keyword argument's value"),
     ("state:FAILURE OR state:RETRY", "either; AND, NOT or a leading -, and (parentheses) combine terms"),
     ("-state:SUCCESS", "every task that did not succeed"),
@@ -54,7 +55,9 @@ COMPARABLE = {
     "received": "received", "started": "started", "sent": "sent", "runtime": "runtime",
     "finished": f"(CASE WHEN state IN ({', '.join(repr(s) for s in FINAL_STATES)}) THEN {finished_sql()} END)",
 }
-EXACT = ("name", "worker", "broker")
+EXACT = ("name", "worker", "broker", "queue")
+# The column an exact field matches, where it is not the field's name: a task's queue is its routing key.
+EXACT_COLUMNS = {"queue": "routing_key"}
 _COMPARISON = re.compile(r"([A-Za-z_]+)(>=|<=|>|<|=)(.*)", re.S)
 _TOKEN = re.compile(r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*"?)|((?:[^\s()"]|"(?:[^"\\]|\\.)*"?)+))')
 
@@ -209,7 +212,7 @@ def _comparison_value(field: str, text: str) -> float:
 
 
 _EXAMPLES = {"name": "tasks.add", "uuid": "3f2a", "state": "FAILURE", "worker": "celery@host",
-             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError", "broker": "eu", "lost": "yes",
+             "args": "42", "kwargs": "user_id=42", "result": "None", "exception": "ValueError", "broker": "eu", "lost": "yes", "queue": "celery",
              "received": "2026-11-25T10:00", "started": "2026-11-25T10:00", "sent": "2026-11-25T10:00",
              "finished": "2026-11-25T10:00", "runtime": "2.5"}
 
@@ -356,7 +359,8 @@ def to_sql(node, dialect: Dialect) -> tuple[str, list]:
     if isinstance(node, Term):
         return _term_sql(node, dialect)
     if isinstance(node, Compare):
-        return f"{COMPARABLE.get(node.field, node.field)} {node.op} ?", [node.value]
+        column = EXACT_COLUMNS.get(node.field, node.field) if node.op == "=" else COMPARABLE[node.field]
+        return f"{column} {node.op} ?", [node.value]
     if isinstance(node, Not):
         sql, params = to_sql(node.operand, dialect)
         return f"NOT coalesce({sql}, false)", params

@@ -124,9 +124,8 @@ def refresh_outputs(store, scope: analytics.Scope, limits: analytics.Limits = an
     with timed("slowest"):
         slowest = analytics.slowest_tasks(store, scope, stats)
     with timed("stuck"):
-        stuck = analytics.stuck_tasks(store, scope, limits, now)
+        stuck, lost = analytics.stuck_and_lost_tasks(store, scope, limits, now)
         waiting = analytics.waiting_tasks(store, scope, limits, now)
-        lost = analytics.lost_tasks(store, scope)
     with timed("history"):
         history = analytics.history_start(store, now)
     with timed("exceptions"):
@@ -181,9 +180,9 @@ def dashboard_attention(store, broker: str | None, limits: analytics.Limits = an
     """The Dashboard's stuck, waiting and lost counts (now, by `limits`), each a link to its tasks."""
     now = time.time() if now is None else now
     scope = _dashboard_hour(broker, now)
-    attention = view.attention_counts(analytics.stuck_tasks(store, scope, limits, now),
-                                      analytics.waiting_tasks(store, scope, limits, now),
-                                      analytics.lost_tasks(store, scope), scope, limits, now, base)
+    stuck, lost = analytics.stuck_and_lost_tasks(store, scope, limits, now)
+    attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, limits, now), lost, scope, limits,
+                                      now, base)
     return view.attention_links(attention)
 
 

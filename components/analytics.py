@@ -447,7 +447,7 @@ def compare_caption(frame, before_scope, after_scope) -> str:
 def attention_counts(stuck, waiting, lost, scope, limits, now: float, base: str) -> dict:
     """{"stuck": (count, Tasks page address, label, what it means), "waiting": (…), "lost": (…)}: each
     address lists exactly the tasks counted (stuck_search, waiting_cut and lost_since give the moments
-    the counts compared with). `lost`: analytics.lost_tasks, of which those started in the last day
+    the counts compared with). `lost`: analytics.stuck_and_lost_tasks, of which those started in the last day
     count; the others are not stuck either."""
     filters = _filter_terms(scope)
     since = lost_since(now)

@@ -233,9 +233,9 @@ def test_a_queue_filter_opens_exactly_the_tasks_of_its_queues(store):
     bounds = next(bounds for bounds, count in zip(success["customdata"], success["y"]) if count)
     assert "queue=mail" in success["meta"][0]
     assert _tasks_page_uuids(store, success["meta"], bounds) == {"mail0", "mail1"}
-    stuck = analytics.stuck_tasks(store, scope, limits, NOW)
-    attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, limits, NOW),
-                                      analytics.lost_tasks(store, scope), scope, limits, NOW, "/")
+    stuck, lost = analytics.stuck_and_lost_tasks(store, scope, limits, NOW)
+    attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, limits, NOW), lost, scope, limits,
+                                      NOW, "/")
     assert attention["stuck"][0] == 1 and _tasks_page_uuids(store, _target_of(attention["stuck"][1])) == {"mail-hung"}
 
 
@@ -410,16 +410,17 @@ def test_the_stuck_count_holds_steady_on_a_steady_stream(store):
         write(store, [task_row(uuid=u, name="t", state="STARTED", worker="celery@a", received=b, started=b)
                       for u, b, r in started if b + r > now] + [finished(u, "t", r, b + r) for u, b, r in done])
         written |= {u for u, _b, _r in started}
-        stuck = analytics.stuck_tasks(store, scope, analytics.Limits(), now)
+        stuck = analytics.stuck_and_lost_tasks(store, scope, analytics.Limits(), now)[0]
         counts.append(len(stuck))
         # The rule it replaces: past the p99 itself. One run in a hundred does that on any healthy day.
-        p99_counts.append(len(analytics.stuck_tasks(store, scope, analytics.Limits(factor=1, floor=0.001), now)))
+        p99_counts.append(len(analytics.stuck_and_lost_tasks(store, scope, analytics.Limits(factor=1, floor=0.001),
+                                                             now)[0]))
         assert list(stuck["uuid"]) == ["hung"]
     assert set(counts) == {1}
     assert len(set(p99_counts)) > 1  # the stream is one where the old rule flapped
     # The Tasks search the count links to lists exactly the stuck task.
     attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, now=now),
-                                      analytics.lost_tasks(store, scope), scope, analytics.Limits(), now, "/")
+                                      analytics.stuck_and_lost_tasks(store, scope)[1], scope, analytics.Limits(), now, "/")
     assert attention["stuck"][0] == 1
     assert _tasks_page_uuids(store, _target_of(attention["stuck"][1])) == {"hung"}
 
@@ -434,7 +435,7 @@ def _target_of(href: str) -> list[str]:
 def test_a_name_without_history_is_stuck_past_the_floor_and_limits_must_be_positive(store):
     write(store, [task_row(uuid="young", name="new.task", state="STARTED", started=NOW - 50),
                   task_row(uuid="old", name="new.task", state="STARTED", started=NOW - 70)])
-    stuck = analytics.stuck_tasks(store, analytics.last("1h", NOW), analytics.Limits(floor=60), NOW)
+    stuck = analytics.stuck_and_lost_tasks(store, analytics.last("1h", NOW), analytics.Limits(floor=60), NOW)[0]
     assert list(stuck["uuid"]) == ["old"] and stuck["limit"].iloc[0] == 60
     with pytest.raises(analytics.AnalyticsError, match="factor must be a positive number"):
         analytics.Limits(factor=0)
@@ -452,8 +453,7 @@ def test_tasks_a_restarted_worker_left_started_are_lost_not_stuck_and_each_link_
         task_row(uuid="elsewhere", name="t", state="STARTED", worker="celery@b", started=NOW - 3000),
     ])
     scope, limits = analytics.last("1h", NOW), analytics.Limits(floor=60)
-    lost = analytics.lost_tasks(store, scope)
-    stuck = analytics.stuck_tasks(store, scope, limits, NOW)
+    stuck, lost = analytics.stuck_and_lost_tasks(store, scope, limits, NOW)
     assert list(lost["uuid"]) == ["just-before", "left", "long-ago"]
     assert set(stuck["uuid"]) == {"just-after", "hung", "elsewhere"}
     attention = view.attention_counts(stuck, analytics.waiting_tasks(store, scope, limits, NOW), lost, scope, limits,
@@ -489,8 +489,8 @@ def test_tasks_received_or_sent_and_not_started_past_the_limit_are_waiting(store
     waiting = analytics.waiting_tasks(store, scope, analytics.Limits(waiting=60), NOW)
     assert list(waiting["uuid"]) == ["in-broker", "queued"]  # the longest wait first
     assert list(waiting["waiting"]) == [pytest.approx(300), pytest.approx(120)]
-    attention = view.attention_counts(analytics.stuck_tasks(store, scope, now=NOW), waiting,
-                                      analytics.lost_tasks(store, scope), scope, analytics.Limits(waiting=60), NOW, "/flower/")
+    stuck, lost = analytics.stuck_and_lost_tasks(store, scope, now=NOW)
+    attention = view.attention_counts(stuck, waiting, lost, scope, analytics.Limits(waiting=60), NOW, "/flower/")
     count, href, label, _meaning = attention["waiting"]
     assert (count, label) == (2, "waiting > 60 s") and href.startswith("/flower/tasks?q=")
     assert _tasks_page_uuids(store, _target_of(href)) == {"in-broker", "queued"}

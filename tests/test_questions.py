@@ -42,7 +42,7 @@ def test_each_question_is_answered_as_the_store_says(scenario, browser):
         compared = analytics.compare(store, last_hour.shifted(-86400), last_hour, now)
         runtime_ratios = compared[["runtime_p50_ratio", "runtime_p95_ratio"]].max(axis=1)
         groups = analytics.exception_groups(store, last_hour)
-        stuck = analytics.stuck_tasks(store, last_hour, analytics.Limits(), now)
+        stuck = analytics.stuck_and_lost_tasks(store, last_hour, analytics.Limits(), now)[0]
         waiting = analytics.waiting_tasks(store, last_hour, analytics.Limits(), now)
     finally:
         store.close()

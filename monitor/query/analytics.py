@@ -406,28 +406,26 @@ def _started_tasks(store: Store, scope: Scope) -> tuple[pd.DataFrame, pd.DataFra
     return started[~lost].drop(columns="restarted"), started[lost].reset_index(drop=True)
 
 
-def lost_tasks(store: Store, scope: Scope) -> pd.DataFrame:
-    """Tasks left STARTED by a worker that restarted since (see _started_tasks), the latest first."""
-    lost = _started_tasks(store, scope)[1]
-    return lost.sort_values(["restarted", "started"], ascending=False, ignore_index=True)
-
-
 def lost_since(now: float) -> int:
     """The lost tasks counted are those started from here on (a whole second, as the search that lists
     them does): a count of every task ever lost would only grow, and be read as an alarm for ever."""
     return math.floor(now - BASELINE_SECONDS)
 
 
-def stuck_tasks(store: Store, scope: Scope, limits: Limits = Limits(), now: float | None = None) -> pd.DataFrame:
-    """Every task started and still running past its limit (see Limits), longest overrun first; not
-    those a worker's restart left behind (lost_tasks, of any age).
+def stuck_and_lost_tasks(store: Store, scope: Scope, limits: Limits = Limits(),
+                         now: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(stuck, lost), from one read of the started tasks (_started_tasks).
 
-    `started` is compared with a whole second (now − limit, rounded down), as the Tasks search that
-    lists them does (stuck_search). The scope's range plays no part: stuck is about now."""
+    Stuck: every task started and still running past its limit (see Limits), longest overrun first; not
+    those a worker's restart left behind. `started` is compared with a whole second (now − limit, rounded
+    down), as the Tasks search that lists them does (stuck_search). The scope's range plays no part:
+    stuck is about now. Lost: the tasks left STARTED by a worker that restarted since, of any age, the
+    latest restart first."""
     now = time.time() if now is None else now
-    running = _started_tasks(store, scope)[0]
+    running, lost = _started_tasks(store, scope)
+    lost = lost.sort_values(["restarted", "started"], ascending=False, ignore_index=True)
     if running.empty:
-        return pd.DataFrame(columns=STUCK_COLUMNS)
+        return pd.DataFrame(columns=STUCK_COLUMNS), lost
     names = tuple(sorted(set(running["name"].fillna(UNKNOWN))))
     baseline = task_stats(store, Scope(now - BASELINE_SECONDS, now, names=names), now)
     typical = running["name"].fillna(UNKNOWN).map(baseline.set_index("name")["runtime_p99"]).astype(float)
@@ -435,7 +433,7 @@ def stuck_tasks(store: Store, scope: Scope, limits: Limits = Limits(), now: floa
     running["running"] = now - running["started"]
     running["over"] = running["running"] / running["limit"]
     stuck = running[running["started"] < np.floor(now - running["limit"])]
-    return stuck.sort_values("over", ascending=False)[STUCK_COLUMNS].reset_index(drop=True)
+    return stuck.sort_values("over", ascending=False)[STUCK_COLUMNS].reset_index(drop=True), lost
 
 
 def stuck_search(stuck: pd.DataFrame, now: float | None = None) -> list[tuple[str, float]]:

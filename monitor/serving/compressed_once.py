@@ -41,11 +41,8 @@ class CompressedBodies:
                 self._bodies[digest] = kept
         return kept
 
-    def __len__(self) -> int:
-        return len(self._bodies)
 
-
-def install(server: flask.Flask, routes_prefix: str) -> CompressedBodies:
+def install(server: flask.Flask, routes_prefix: str) -> None:
     """Send the scripts Dash serves from its packages gzipped from `bodies`. Registered after Dash's
     Flask-Compress, so it runs first: a response it compressed already says so, and Flask-Compress
     leaves it as it is."""
@@ -69,4 +66,3 @@ def install(server: flask.Flask, routes_prefix: str) -> CompressedBodies:
         return response
 
     server.after_request(send_kept)
-    return bodies

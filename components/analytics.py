@@ -554,7 +554,7 @@ SLOWEST_COLUMNS = [
     {"field": "received", "headerName": "Received (UTC)", **_TIME},
 ]
 STUCK_COLUMNS = [
-    _NAME, _duration("running", "Running for", sort="desc", width=116),
+    _NAME, _duration("running", "Running for", sort="desc", width=124),
     _duration("limit", "Limit", headerTooltip="k × the name's p99 runtime of the last day, at least the floor (below)"),
     {"field": "over", "headerName": "× limit", "type": "numericColumn", "width": 90,
      "valueFormatter": {"function": "params.value == null ? '' : '×' + params.value.toFixed(1)"}},

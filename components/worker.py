@@ -118,8 +118,11 @@ def _table(headers: list[str], rows: list[list], empty: str, table_id: str) -> h
                                className="data-table", id=table_id), className="table-scroll")
 
 
-def task_link(uuid: str, relative_path) -> dcc.Link:
-    return dcc.Link(uuid, href=relative_path(f"/task/{uuid}"), className="mono")
+def task_link(uuid: str, relative_path, short: bool = False) -> dcc.Link:
+    """A link to the task's page; `short` shows the id's start (the whole id on hover), so that a table of
+    tasks fits a half-width panel."""
+    return dcc.Link(uuid, href=relative_path(f"/task/{uuid}"), title=uuid if short else None,
+                    className="mono clip short-id" if short else "mono")
 
 
 def _request_rows(kind: str, items: list, relative_path) -> list[list]:
@@ -131,7 +134,7 @@ def _request_rows(kind: str, items: list, relative_path) -> list[list]:
         request = item.get("request", item) if kind == "scheduled" else item
         when = item.get("eta") if kind == "scheduled" else format_clock(request.get("time_start")) \
             if request.get("time_start") else "—"
-        rows.append([request.get("name") or "—", task_link(str(request.get("id")), relative_path),
+        rows.append([request.get("name") or "—", task_link(str(request.get("id")), relative_path, short=True),
                      html.Span(_text(request.get("args")), className="mono clip"), when])
     return rows
 

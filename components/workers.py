@@ -25,7 +25,7 @@ WORKER_COLUMNS = [
     {"field": "processed", "headerName": "Processed", "type": "numericColumn", "width": 116},
     {"field": "failed", "headerName": "Failed", "type": "numericColumn", "width": 90},
     {"field": "succeeded", "headerName": "Succeeded", "type": "numericColumn", "width": 116},
-    {"field": "retried", "headerName": "Retried", "type": "numericColumn", "width": 90},
+    {"field": "retried", "headerName": "Retried", "type": "numericColumn", "width": 96},
     {"field": "loadavg", "headerName": "Load average", "width": 140, "sortable": False},
     {"field": "heartbeat_age", "headerName": "Last heartbeat", "width": 136, "hide": False,
      "type": "numericColumn", "valueFormatter": {"function": "flowerbedAge(params.value)"}},

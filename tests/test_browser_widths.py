@@ -98,6 +98,31 @@ def test_at_390_px_the_menu_button_opens_the_navigation(open_page, cluster):
     assert not page.is_visible("#nav-tasks")  # folded again once a page was chosen
 
 
+# Per header with a name: whether the name shows whole, whether it heads a number column (named at its right
+# edge, over the numbers), and how far its filter button is from the name (px).
+HEADERS_JS = """() => [...document.querySelectorAll('.ag-header-cell')].filter(h => h.querySelector('.ag-header-cell-text')?.textContent).map(h => {
+    const text = h.querySelector('.ag-header-cell-text'), button = h.querySelector('.ag-header-cell-filter-button');
+    const t = text.getBoundingClientRect(), b = button && button.getBoundingClientRect();
+    return {name: text.textContent, whole: text.scrollWidth <= text.clientWidth,
+            number: h.classList.contains('ag-right-aligned-header'), gap: b ? Math.max(b.left - t.right, t.left - b.right) : null};
+})"""
+
+
+@pytest.mark.parametrize("width", [1440, 1024, 390])
+def test_every_grid_header_shows_its_whole_name_with_its_filter_button_beside_it(open_page, cluster, width):
+    """A number column's filter button sat at its far left, where it read as a column with no name."""
+    page = open_page(ADMIN, width=width, height=800)
+    # Each page with a number column that every width keeps.
+    pages = {"/": ("#workers-grid .ag-row", "Utilisation"), "/tasks": (f"{TASK_ROWS} [col-id=name]", "Runtime")}
+    for path, (shown, number_column) in pages.items():
+        page.goto(f"{cluster.server}{path}")
+        page.wait_for_selector(shown)
+        headers = page.evaluate(HEADERS_JS)
+        assert number_column in [h["name"] for h in headers if h["number"]], (path, headers)
+        assert [h["name"] for h in headers if not h["whole"]] == [], (path, headers)
+        assert [h for h in headers if h["number"] and h["gap"] is not None and h["gap"] > 8] == [], (path, headers)
+
+
 def test_at_1024_px_the_tasks_grid_shows_name_state_runtime_and_worker(open_page, cluster):
     page = open_page(ADMIN, width=1024, height=800)
     page.goto(f"{cluster.server}/tasks")

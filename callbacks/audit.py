@@ -29,4 +29,4 @@ def register(app, services) -> None:
                                                                   if total > SHOWN_ROWS else "")
         csv_href = app.get_relative_path("/api/audit.csv") + (
             "?" + urllib.parse.urlencode({"search": search}) if search else "")
-        return audit_table(rows, total, app.get_relative_path), count, csv_href
+        return audit_table(rows, bool(search.strip()), app.get_relative_path), count, csv_href

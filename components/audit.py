@@ -42,9 +42,10 @@ def _replies(replies: dict | None) -> list:
     return parts or ["—"]
 
 
-def audit_table(rows: list[dict], total: int, relative_path) -> html.Div | html.P:
+def audit_table(rows: list[dict], searched: bool, relative_path) -> html.Div | html.P:
     if not rows:
-        return html.P("No action matches." if total == 0 else "", className="muted")
+        return html.P("No action matches this search." if searched else
+                      "No action taken yet: each action on a worker or a task will be listed here.", className="muted")
     head = html.Thead(html.Tr([html.Th(label) for label in (
         "Time (UTC)", "User", "Action", "Target", "Outcome", "Arguments", "Replies")]))
     body = []

@@ -118,6 +118,8 @@ def test_the_audit_page_lists_the_actions_and_downloads_them_as_csv(open_page, c
     rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
     assert rows and all(row["target"] == cluster.failed and row["action"] == "rerun" for row in rows)
     assert rows[0]["actor"] == ADMIN[0] and rows[0]["at"].endswith("Z")
+    page.fill("#audit-search", "no-such-action")
+    page.wait_for_selector("#audit-table :text('No action matches this search.')")
 
 
 def test_a_read_only_user_sees_no_action(open_page, cluster):

@@ -1,9 +1,10 @@
-"""The worker and broker pages' layout builders on data shaped as the store gives it (no I/O): what
+"""The worker, broker and audit pages' layout builders on data shaped as the store gives it (no I/O): what
 the browser tests cannot set up cheaply, such as several brokers, a failed reading, limits."""
 from __future__ import annotations
 
 import json
 
+from components.audit import audit_table
 from components.broker import broker_sections
 from components.worker import pool_facts, registered_tasks
 
@@ -61,3 +62,8 @@ def test_the_status_line_warns_of_unheard_events_only_where_a_broker_loses_them(
         stats = Collector(Celery(broker=broker, set_as_current=False), store).stats()
         assert stats["unheard_events_lost"] is lost
         assert (warning in text(collector_status(stats, stats["updated_at"], 30.0))) is lost, broker
+
+
+def test_an_empty_audit_log_says_whether_nothing_was_done_or_nothing_matches():
+    assert "No action taken yet" in text(audit_table([], searched=False, relative_path=lambda path: path))
+    assert "No action matches this search." in text(audit_table([], searched=True, relative_path=lambda path: path))

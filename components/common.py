@@ -27,14 +27,14 @@ def stat_card_class(tone: str = "", wide: bool = False) -> str:
 
 
 def stat_card(label: str, value, card_id: str | None = None, tone: str = "", box_id: str | None = None,
-              wide: bool = False) -> html.Div:
+              wide: bool = False, meaning: str | None = None) -> html.Div:
     """`card_id` names the value (for a callback to update), `box_id` the card (to change its tone);
-    a `wide` card takes two columns of its row."""
+    a `wide` card takes two columns of its row; `meaning`, shown on hover, says what is counted."""
     value_props = {"id": card_id} if card_id else {}
     return html.Div([
         html.Div(label, className="stat-label"),
         html.Div(value, className="stat-value", **value_props),
-    ], className=stat_card_class(tone, wide),
+    ], className=stat_card_class(tone, wide), title=meaning,
         **({"id": box_id} if box_id else {}))
 
 

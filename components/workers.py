@@ -30,6 +30,8 @@ WORKER_COLUMNS = [
     {"field": "heartbeat_age", "headerName": "Last heartbeat", "width": 136, "hide": False,
      "type": "numericColumn", "valueFormatter": {"function": "flowerbedAge(params.value)"}},
 ]
+# What the Succeeded and Failed cards add up, which differs from Analytics' counts of a time range.
+WORKER_COUNTS = "Every task these workers finished since recording began; Analytics counts within a time range"
 # The columns in the order a narrow screen gives them up last (assets/dashAgGridFunctions.js).
 WORKER_COLUMN_PRIORITY = ("hostname", "status", "utilisation", "active", "concurrency", "heartbeat_age",
                           "processed", "failed", "succeeded", "retried", "loadavg")
@@ -120,8 +122,9 @@ def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = ()
         html.Div([
             stat_card("Online workers", totals["online"], "stat-online", online_tone(rows), box_id="stat-online-card"),
             stat_card("Active tasks", totals["active"], "stat-active", "tone-info"),
-            stat_card("Succeeded", totals["succeeded"], "stat-succeeded", "tone-ok"),
-            stat_card("Failed", totals["failed"], "stat-failed", failed_tone(rows), box_id="stat-failed-card"),
+            stat_card("Succeeded", totals["succeeded"], "stat-succeeded", "tone-ok", meaning=WORKER_COUNTS),
+            stat_card("Failed", totals["failed"], "stat-failed", failed_tone(rows), box_id="stat-failed-card",
+                      meaning=WORKER_COUNTS),
         ], className="stat-row"),
         compact_row(),
         html.Div([

@@ -1,10 +1,12 @@
 """The Dashboard's worker rows without a server: pool size and utilisation from the stored inspect
-reply, the busy mark from the heartbeat floors, and the online and failed cards' colours."""
+reply, the busy mark from the heartbeat floors, the online and failed cards' colours, and what the
+Succeeded and Failed cards count."""
 from __future__ import annotations
 
 import pytest
 
-from components.workers import BUSY_MINUTES, busy_window_start, failed_tone, online_tone, worker_rows
+from components.workers import (BUSY_MINUTES, WORKER_COUNTS, busy_window_start, dashboard_layout, failed_tone,
+                                online_tone, worker_rows)
 
 NOW = 1_800_000_000.0
 WINDOW_START = busy_window_start(NOW)
@@ -54,3 +56,23 @@ def test_the_failed_card_is_red_only_when_a_task_failed():
     assert failed_tone(rows(0, 0)) == "tone-ok"  # red at 0 read as an alarm
     assert failed_tone(rows(0, 2)) == "tone-bad"
     assert failed_tone([]) == "tone-ok"
+
+
+def test_the_succeeded_and_failed_cards_say_they_count_since_recording_began():
+    """Analytics' "Failed" counts a time range; on hover the Dashboard's says why its number differs."""
+    cards = {}
+    pending = [dashboard_layout(worker_rows([worker()], NOW)).to_plotly_json()]
+    while pending:
+        node = pending.pop()
+        if hasattr(node, "to_plotly_json"):
+            node = node.to_plotly_json()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict) and "props" in node:
+            props = node["props"]
+            if "stat-card" in (props.get("className") or ""):
+                label = props["children"][0].to_plotly_json()["props"]["children"]
+                cards[label] = props.get("title")
+            pending.append(props.get("children"))
+    assert cards["Succeeded"] == cards["Failed"] == WORKER_COUNTS
+    assert cards["Online workers"] is None

@@ -34,6 +34,8 @@ HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
 # The code Dash loads when a grid or a dropdown first shows, fetched with the page's scripts instead of after them.
 EARLY_CHUNKS = ("dash_ag_grid/async-community.js", "dash/dcc/async-dropdown.js")
+NO_METRICS = ("Flowerbed serves no Prometheus metrics (Flower does, at /metrics). /healthcheck/ready answers "
+              "whether it records; /api/workers and /api/tasks give the figures.\n")
 # plotly.js is left to the first chart: fetched or started before the layout is drawn (a second of the
 # browser's time on a 2-core machine), it delayed the first grid by as much (bench/README.md, "First screen").
 
@@ -136,6 +138,8 @@ def _unknown_paths_are_not_found(services, routes_prefix: str, response):
         return response
     if path.startswith("api/"):
         response = flask.jsonify(error=f"no API route at /{path}")
+    elif path == "metrics":  # Flower's Prometheus endpoint: a scrape moved over from Flower is told why
+        response = flask.Response(NO_METRICS, mimetype="text/plain")
     response.status_code = 404
     return response
 

@@ -45,7 +45,7 @@ def _replies(replies: dict | None) -> list:
 def audit_table(rows: list[dict], searched: bool, relative_path) -> html.Div | html.P:
     if not rows:
         return html.P("No action matches this search." if searched else
-                      "No action taken yet: each action on a worker or a task will be listed here.", className="muted")
+                      "No action taken yet: every control action, here or through the API, will be listed here.", className="muted")
     head = html.Thead(html.Tr([html.Th(label) for label in (
         "Time (UTC)", "User", "Action", "Target", "Outcome", "Arguments", "Replies")]))
     body = []

@@ -30,8 +30,9 @@ WORKER_COLUMNS = [
     {"field": "heartbeat_age", "headerName": "Last heartbeat", "width": 136, "hide": False,
      "type": "numericColumn", "valueFormatter": {"function": "flowerbedAge(params.value)"}},
 ]
-# What the Succeeded and Failed cards add up, which differs from Analytics' counts of a time range.
-WORKER_COUNTS = "Every task these workers finished since recording began; Analytics counts within a time range"
+# What the Succeeded and Failed cards add up ("Successes", "Failures"): unlike Analytics' counts, not of a time range.
+CARD_COUNT_MEANING = ("{} the workers reported since this store began recording (not of tasks run while nothing "
+                      "recorded); Analytics counts within a time range")
 # The columns in the order a narrow screen gives them up last (assets/dashAgGridFunctions.js).
 WORKER_COLUMN_PRIORITY = ("hostname", "status", "utilisation", "active", "concurrency", "heartbeat_age",
                           "processed", "failed", "succeeded", "retried", "loadavg")
@@ -122,9 +123,10 @@ def dashboard_layout(rows: list[dict], brokers: tuple[str, ...] | list[str] = ()
         html.Div([
             stat_card("Online workers", totals["online"], "stat-online", online_tone(rows), box_id="stat-online-card"),
             stat_card("Active tasks", totals["active"], "stat-active", "tone-info"),
-            stat_card("Succeeded", totals["succeeded"], "stat-succeeded", "tone-ok", meaning=WORKER_COUNTS),
+            stat_card("Succeeded", totals["succeeded"], "stat-succeeded", "tone-ok",
+                      meaning=CARD_COUNT_MEANING.format("Successes")),
             stat_card("Failed", totals["failed"], "stat-failed", failed_tone(rows), box_id="stat-failed-card",
-                      meaning=WORKER_COUNTS),
+                      meaning=CARD_COUNT_MEANING.format("Failures")),
         ], className="stat-row"),
         compact_row(),
         html.Div([

@@ -200,9 +200,13 @@ def test_a_path_that_is_no_page_answers_404_and_an_unknown_api_path_in_json(tmp_
         for page in ("/", "/tasks", "/tasks/", "/analytics", "/broker", "/task/known-task", "/worker/known@host",
                      "/worker/known%40host"):
             assert client.get(base + page, headers=auth).status_code == 200, page
-        for page in ("/task/unknown-task", "/metrics", "/worker/nope", "/tasks/extra"):
+        for page in ("/task/unknown-task", "/worker/nope", "/tasks/extra"):
             response = client.get(base + page, headers=auth)
             assert (response.status_code, response.mimetype) == (404, "text/html"), page  # the page says "not found"
+        # A Prometheus scrape moved over from Flower is told why, in its own terms.
+        metrics = client.get(base + "/metrics", headers=auth)
+        assert (metrics.status_code, metrics.mimetype) == (404, "text/plain")
+        assert "Flowerbed serves no Prometheus metrics" in metrics.get_data(as_text=True)
         for route in ("/api/task/result/", "/api/task/info/", "/api/nonsense"):
             response = client.get(base + route, headers=auth)
             assert (response.status_code, response.get_json()) == (404, {"error": f"no API route at {route}"})

@@ -80,6 +80,9 @@ def test_a_running_task_is_listed_active_and_links_to_its_page(open_page, cluste
     task_id = cluster.worker.send("sample.sleep", 8)
     link = page.locator(f"#worker-active a[href='/task/{task_id}']")
     link.wait_for()
+    # The id's start shows, so that the Started column fits; the whole id on hover.
+    assert link.get_attribute("title") == task_id and "short-id" in link.get_attribute("class")
+    assert page.evaluate("e => e.scrollWidth > e.clientWidth", link.element_handle())
     link.click()
     page.wait_for_selector("#task-detail")
     assert page.evaluate("location.pathname") == f"/task/{task_id}"

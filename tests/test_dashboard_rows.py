@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.workers import (BUSY_MINUTES, WORKER_COUNTS, busy_window_start, dashboard_layout, failed_tone,
+from components.workers import (BUSY_MINUTES, CARD_COUNT_MEANING, busy_window_start, dashboard_layout, failed_tone,
                                 online_tone, worker_rows)
 
 NOW = 1_800_000_000.0
@@ -74,5 +74,6 @@ def test_the_succeeded_and_failed_cards_say_they_count_since_recording_began():
                 label = props["children"][0].to_plotly_json()["props"]["children"]
                 cards[label] = props.get("title")
             pending.append(props.get("children"))
-    assert cards["Succeeded"] == cards["Failed"] == WORKER_COUNTS
+    assert cards["Succeeded"] == CARD_COUNT_MEANING.format("Successes")
+    assert cards["Failed"] == CARD_COUNT_MEANING.format("Failures")
     assert cards["Online workers"] is None

@@ -131,15 +131,6 @@ def test_tasks_have_flowers_keys_with_children_and_clock(cluster):
     assert api(cluster, f"/api/task/info/{spawn['uuid']}")[1]["children"] == spawn["children"]
 
 
-def test_only_a_succeeded_task_has_a_runtime_as_in_flower(cluster):
-    """celery's task-failed event carries no runtime, so Flower answers null; Flowerbed's pages show
-    failed - started, the API does not."""
-    tasks = api(cluster, "/api/tasks")[1]
-    assert tasks[cluster.sent["fail"]]["runtime"] is None
-    assert api(cluster, f"/api/task/info/{cluster.sent['fail']}")[1]["runtime"] is None
-    assert all(task["runtime"] > 0 for task in tasks.values() if task["state"] == "SUCCESS")
-
-
 def test_tasks_filters_take_flowers_all_and_any_case(cluster):
     adds = {cluster.sent[key] for key in ("add", "child0", "child1")}
     assert set(api(cluster, "/api/tasks", taskname="sample.add")[1]) == adds

@@ -46,10 +46,6 @@ def _error(status: int, message: str):
 def _flower_task(row: dict, children: list[str]) -> dict:
     """A task as Flower answers it: celery's Task.as_dict(), where root, parent and children are ids."""
     task = {field: row.get(field) for field in TASK_FIELDS}
-    if row.get("succeeded") is None:
-        # Flower's runtime is the task-succeeded event's; the store also keeps a failure's (failed - started)
-        # for the pages and the search.
-        task["runtime"] = None
     task["root"] = row.get("root_id")
     task["parent"] = row.get("parent_id")
     task["children"] = children

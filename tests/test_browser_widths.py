@@ -67,6 +67,10 @@ def test_the_dashboard_shows_pool_size_and_utilisation_and_the_offline_worker(op
     assert worker_cells(page, cluster.gone)["status"] == "Offline"
     assert worker_cells(page, cluster.gone)["utilisation"] == "—"  # an offline worker uses nothing
     assert page.inner_text("#stat-online") == "1 / 2"
+    # The grid ends at its last row: AG Grid keeps 150 px for a grid as tall as its rows, a band under two workers.
+    rows = page.locator("#workers-grid .ag-center-cols-container .ag-row").count()
+    body = page.locator("#workers-grid .ag-body").bounding_box()["height"]
+    assert (rows, body) == (2, 2 * 38)  # rowHeight 38 (components/workers.py)
     assert "tone-warn" in page.get_attribute("#stat-online-card", "class")
     wait_for_tasks(cluster.server, {uuid: "SUCCESS" for uuid in running}, credentials=ADMIN)
 

@@ -547,7 +547,7 @@ EXCEPTION_COLUMNS = [
     {"field": "last", "headerName": "Last seen", **_SHORT_TIME},
 ]
 SLOWEST_COLUMNS = [
-    _NAME, _duration("runtime", "Runtime", sort="desc", width=104),
+    _NAME, _duration("runtime", "Runtime", sort="desc", width=112),
     {"field": "state", "headerName": "State", "width": 100,
      "cellClassRules": {"cell-success": "params.value == 'SUCCESS'", "cell-failure": "params.value == 'FAILURE'"}},
     {"field": "worker", "headerName": "Worker", "width": 170},

@@ -106,8 +106,9 @@ def test_at_390_px_the_menu_button_opens_the_navigation(open_page, cluster):
 # edge, over the numbers), and how far its filter button is from the name (px).
 HEADERS_JS = """() => [...document.querySelectorAll('.ag-header-cell')].filter(h => h.querySelector('.ag-header-cell-text')?.textContent).map(h => {
     const text = h.querySelector('.ag-header-cell-text'), button = h.querySelector('.ag-header-cell-filter-button');
-    const t = text.getBoundingClientRect(), b = button && button.getBoundingClientRect();
-    return {name: text.textContent, whole: text.scrollWidth <= text.clientWidth,
+    const t = text.getBoundingClientRect(), b = button && button.getBoundingClientRect(), words = document.createRange();
+    words.selectNodeContents(text);  // the name's own width, fractions included (scrollWidth rounds them away)
+    return {name: text.textContent, whole: words.getBoundingClientRect().width <= t.width + 0.01,
             number: h.classList.contains('ag-right-aligned-header'), gap: b ? Math.max(b.left - t.right, t.left - b.right) : null};
 })"""
 

@@ -25,6 +25,7 @@ from components.shell import shell
 from monitor.serving import admission, compressed_once, crosssite
 from monitor.serving.api import create_blueprint
 from monitor.serving.health import create_health_blueprint
+from monitor.serving.metrics import create_metrics_blueprint
 from monitor.services import Services, build_services, store_version
 from monitor.settings import Settings, normalized_prefix, without_password
 from monitor.startup import brokers_shown, or_exit, settings_or_exit
@@ -34,8 +35,6 @@ HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
 # The code Dash loads when a grid or a dropdown first shows, fetched with the page's scripts instead of after them.
 EARLY_CHUNKS = ("dash_ag_grid/async-community.js", "dash/dcc/async-dropdown.js")
-NO_METRICS = ("Flowerbed serves no Prometheus metrics (Flower does, at /metrics). /healthcheck/ready answers "
-              "whether it records; /api/workers and /api/tasks give the figures.\n")
 # plotly.js is left to the first chart: fetched or started before the layout is drawn (a second of the
 # browser's time on a 2-core machine), it delayed the first grid by as much (bench/README.md, "First screen").
 
@@ -94,6 +93,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     auth.guard_action_callbacks(app.server, routes_prefix)
     app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act,
                                                    current_user=auth.current_user))
+    app.server.register_blueprint(create_metrics_blueprint(services, routes_prefix))
     app.server.before_request(services.start)
     app.server.config["flowerbed_services"] = services
     admission.install(app.server, routes_prefix, by_credentials=settings.auth_enabled)
@@ -138,8 +138,6 @@ def _unknown_paths_are_not_found(services, routes_prefix: str, response):
         return response
     if path.startswith("api/"):
         response = flask.jsonify(error=f"no API route at /{path}")
-    elif path == "metrics":  # Flower's Prometheus endpoint: a scrape moved over from Flower is told why
-        response = flask.Response(NO_METRICS, mimetype="text/plain")
     response.status_code = 404
     return response
 

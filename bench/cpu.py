@@ -152,7 +152,7 @@ def run_writer(store, events: list[dict], profile: cProfile.Profile | None,
     took here and in the server."""
     collector = Collector(Celery("bench-cpu", broker="memory://", set_as_current=False), store,
                           receive_in_process=False, batch_events=batch_events)
-    collector._inbox.extend(dict(event) for event in events)  # fresh dicts: the merge may keep them
+    collector._inbox.events.extend(dict(event) for event in events)  # fresh dicts: the merge may keep them
     state = collector._state
     server_began, began = server_cpu_seconds(store), cpu_seconds()
     if profile:

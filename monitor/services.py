@@ -188,7 +188,7 @@ def build_services(settings: Settings) -> Services:
         user_app=user_app,
         store=store,
         collectors=[Collector(app, store, field_limit=settings.max_field_size, broker_name=name,
-                              events_queue=events_queue)
+                              events_queue=events_queue, runtime_buckets=settings.runtime_buckets)
                     for name, app in apps.items()],
         inspectors=[Inspector(app, store, broker_name=name, interval=settings.inspect_seconds,
                               timeout=settings.inspect_timeout, enable_events=settings.enable_events,

@@ -16,6 +16,7 @@ import re
 from typing import Mapping, Sequence
 
 from monitor.store import is_postgres_url
+from monitor.store.event_counts import DEFAULT_RUNTIME_BUCKETS, parse_buckets
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 5555
@@ -66,6 +67,8 @@ class Settings:
     keyfile: str = ""
     ca_certs: str = ""
     purge_offline_workers: int | None = None  # seconds offline after which a worker is hidden
+    # The upper bounds of /metrics' runtime histogram, in seconds, separated by commas (Flower's option).
+    task_runtime_metric_buckets: str = ""
     # Flower settings given that Flowerbed has no use for, as Flower names them (for the warning at start).
     ignored_flower_settings: tuple[str, ...] = ()
     # RabbitMQ's management HTTP API, e.g. http://guest:guest@rabbit:15672/api/ (queue depths).
@@ -74,6 +77,11 @@ class Settings:
     broker_transport_options: str = ""
     # Where the workers keep task results: /api/task/result reads them, abort writes its state there.
     result_backend: str = ""
+
+    @property
+    def runtime_buckets(self) -> tuple[float, ...]:
+        return parse_buckets(self.task_runtime_metric_buckets) if self.task_runtime_metric_buckets \
+            else DEFAULT_RUNTIME_BUCKETS
 
     @property
     def transport_options(self) -> dict:
@@ -153,7 +161,11 @@ _OPTIONS = (
      "serve under this path, e.g. /flower"),
     ("purge_offline_workers", ("--purge-offline-workers", "--purge_offline_workers"),
      ("FLOWERBED_PURGE_OFFLINE_WORKERS", "FLOWER_PURGE_OFFLINE_WORKERS"), int,
-     "hide workers offline for longer than this many seconds, on the pages and in the API"),
+     "hide workers offline for longer than this many seconds, on the pages, in the API and in /metrics"),
+    ("task_runtime_metric_buckets", ("--task-runtime-metric-buckets", "--task_runtime_metric_buckets"),
+     ("FLOWERBED_TASK_RUNTIME_METRIC_BUCKETS", "FLOWER_TASK_RUNTIME_METRIC_BUCKETS"), str,
+     "upper bounds in seconds of the buckets of the runtime histogram of /metrics, separated by commas; "
+     "set it on the collector"),
     ("certfile", ("--certfile",), ("FLOWERBED_CERTFILE", "FLOWER_CERTFILE"), str,
      "serve HTTPS with this certificate (PEM), with --keyfile"),
     ("keyfile", ("--keyfile",), ("FLOWERBED_KEYFILE", "FLOWER_KEYFILE"), str,
@@ -214,7 +226,7 @@ _IGNORED = {
     "auto_refresh": "pages refresh every --refresh-seconds", "tasks_columns": "the Tasks page picks its columns",
     "max_workers": "every worker is kept", "debug": "", "xheaders": "",
     "cookie_secret": "FLOWERBED_SECRET_KEY, else a key kept in the store",
-    "task_runtime_metric_buckets": "", "format_task": "",
+    "format_task": "",
 }
 # Options that may be given several times, each time one value.
 _REPEATED = ("broker",)
@@ -224,7 +236,8 @@ _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "fals
 
 
 # Defaults that depend on the command, as --help shows them.
-_SHOWN_DEFAULTS = {"port": f"{DEFAULT_PORT}, or none with collect"}
+_SHOWN_DEFAULTS = {"port": f"{DEFAULT_PORT}, or none with collect",
+                   "task_runtime_metric_buckets": ",".join(f"{bound:g}" for bound in DEFAULT_RUNTIME_BUCKETS)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -391,6 +404,10 @@ def _validate(settings: Settings) -> None:
         _positive(name.replace("_", "-"), getattr(settings, name))
     if settings.purge_offline_workers is not None:
         _positive("purge-offline-workers", settings.purge_offline_workers)
+    try:
+        settings.runtime_buckets
+    except ValueError as exc:
+        raise SettingsError(f"task-runtime-metric-buckets: {exc}") from None
     check_tls(settings)
     check_db(settings.db)
     check_transport_options(settings.broker_transport_options)

@@ -7,6 +7,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)  # a real scraper of /metrics, and promtool
 # PostgreSQL: the server on 127.0.0.1:5432 if one answers, else a private one the tests start from the binaries.
 (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
   || missing+=(postgresql)

@@ -203,10 +203,11 @@ def test_a_path_that_is_no_page_answers_404_and_an_unknown_api_path_in_json(tmp_
         for page in ("/task/unknown-task", "/worker/nope", "/tasks/extra"):
             response = client.get(base + page, headers=auth)
             assert (response.status_code, response.mimetype) == (404, "text/html"), page  # the page says "not found"
-        # A Prometheus scrape moved over from Flower is told why, in its own terms.
+        # Prometheus metrics, where Flower has them, behind the same auth (a scrape config gives basic_auth)
         metrics = client.get(base + "/metrics", headers=auth)
-        assert (metrics.status_code, metrics.mimetype) == (404, "text/plain")
-        assert "Flowerbed serves no Prometheus metrics" in metrics.get_data(as_text=True)
+        assert (metrics.status_code, metrics.mimetype) == (200, "text/plain")
+        assert "# TYPE flower_events_total counter" in metrics.get_data(as_text=True)
+        assert client.get(base + "/metrics").status_code == 401
         for route in ("/api/task/result/", "/api/task/info/", "/api/nonsense"):
             response = client.get(base + route, headers=auth)
             assert (response.status_code, response.get_json()) == (404, {"error": f"no API route at {route}"})

@@ -396,3 +396,72 @@ def test_collectors_of_two_brokers_on_one_store_both_record_each_naming_its_brok
         WORKER: "eu", "celery@beta": "us", "celery@gamma": "us"}
     assert {name: stats["broker"] for name, stats in eu.store.get_meta_prefixed("collector:").items()} == {
         "eu": "eu", "us": "us"}
+
+
+# -- the counters /metrics serves ---------------------------------------------------------------------
+
+def metric_counters(store) -> tuple[dict, dict, dict]:
+    """({(worker, name, type): count}, {(worker, name): (count, seconds)}, {(worker, name, le): count})."""
+    rows = store.metric_counters()
+    return ({tuple(row[:3]): row[3] for row in rows["events"]},
+            {tuple(row[:2]): (row[2], row[3]) for row in rows["runtimes"]},
+            {tuple(row[:3]): row[3] for row in rows["buckets"]})
+
+
+def test_task_events_are_counted_by_worker_name_and_type_and_successful_runtimes_in_buckets(tmp_path):
+    feed = Feed(tmp_path, runtime_buckets=(0.5, 2.0, 10.0))
+    feed.merge(
+        # a client's task-sent counts under the client's name, as Flower's does
+        {**feed.event("task-sent", T0 - 1, uuid=UUID, name="sample.add"), "hostname": "client@app"},
+        *task_lifecycle(feed),  # 1 s of runtime
+        feed.event("task-received", T0, uuid="fast", name="sample.add"),
+        feed.event("task-started", T0 + 0.1, uuid="fast"),
+        feed.event("task-succeeded", T0 + 0.2, uuid="fast", runtime=0.1),
+        feed.event("task-received", T0, uuid="slow", name="sample.sleep"),
+        feed.event("task-succeeded", T0 + 30, uuid="slow", runtime=30.0),  # above every bound: +Inf only
+        feed.event("task-received", T0, uuid="broken", name="sample.fail"),
+        feed.event("task-started", T0 + 0.1, uuid="broken"),
+        feed.event("task-failed", T0 + 0.2, uuid="broken", exception="ValueError()"),  # no runtime: not observed
+    )
+    events, runtimes, buckets = metric_counters(feed.store)
+    assert events == {("client@app", "sample.add", "task-sent"): 1,
+                      (WORKER, "sample.add", "task-received"): 2, (WORKER, "sample.add", "task-started"): 2,
+                      (WORKER, "sample.add", "task-succeeded"): 2, (WORKER, "sample.fail", "task-received"): 1,
+                      (WORKER, "sample.fail", "task-started"): 1, (WORKER, "sample.fail", "task-failed"): 1,
+                      (WORKER, "sample.sleep", "task-received"): 1, (WORKER, "sample.sleep", "task-succeeded"): 1}
+    assert runtimes == {(WORKER, "sample.add"): (2, pytest.approx(1.1)), (WORKER, "sample.sleep"): (1, 30.0)}
+    # each in its own bucket (/metrics adds them up): the 0.1 s run under 0.5, the 1 s one under 2
+    assert buckets == {(WORKER, "sample.add", 0.5): 1, (WORKER, "sample.add", 2.0): 1}
+    # the worker's own counters are unchanged by it
+    assert (feed.worker()["received"], feed.worker()["succeeded"], feed.worker()["failed"]) == (4, 3, 1)
+
+
+def test_an_event_of_a_task_whose_name_memory_let_go_is_labelled_with_its_stored_name(feed):
+    received, started, succeeded = task_lifecycle(feed)
+    feed.merge(received, started)
+    feed.state = feed.collector.new_merge_state()  # the task let go (or the collector started again)
+    feed.merge(succeeded)
+    events, _runtimes, _buckets = metric_counters(feed.store)
+    assert events[(WORKER, "sample.add", "task-succeeded")] == 1
+    # a task nobody recorded the name of keeps Flower's label for it, ""
+    feed.merge(feed.event("task-succeeded", T0 + 3, uuid="unheard-of", runtime=0.2))
+    assert metric_counters(feed.store)[0][(WORKER, "", "task-succeeded")] == 1
+
+
+def test_other_runtime_buckets_start_the_histogram_again_and_leave_the_event_counts(tmp_path):
+    def collector_with(buckets):  # one at a time: the one before stops and leaves the lease
+        feed = Feed(tmp_path, runtime_buckets=buckets)
+        feed.collector._housekeeping()  # takes the lease and agrees the buckets, before any batch
+        return feed
+    first = collector_with((1.0, 5.0))
+    first.merge(*task_lifecycle(first))
+    assert metric_counters(first.store)[2] == {(WORKER, "sample.add", 1.0): 1}
+    first.collector.stop()
+    same = collector_with((1.0, 5.0))  # the same buckets: counting goes on
+    assert metric_counters(same.store)[1] == {(WORKER, "sample.add"): (1, 1.0)}
+    same.collector.stop()
+    other = collector_with((0.25, 2.0))
+    events, runtimes, buckets = metric_counters(other.store)
+    assert (runtimes, buckets) == ({}, {})
+    assert events[(WORKER, "sample.add", "task-succeeded")] == 1
+    assert other.store.get_meta("runtime_buckets") == [0.25, 2.0]

@@ -67,8 +67,14 @@ UUID_TAIL = "1111111-2222-4333-8444-555555555555"  # a uuid without its first ch
 
 
 def counters(feed) -> dict:
+    """The worker's counters, checked against those /metrics serves: the same events, counted once."""
     worker = feed.worker()
-    return {name: worker[name] for name in WORKER_COUNTERS}
+    counts = {name: worker[name] for name in WORKER_COUNTERS}
+    served = {event_type: count for _worker, _name, event_type, count in feed.store.metric_counters()["events"]}
+    assert served == {f"task-{name}": count for name, count in counts.items() if count}
+    runtimes = feed.store.metric_counters()["runtimes"]
+    assert sum(row[2] for row in runtimes) == counts["succeeded"]  # each success observed once
+    return counts
 
 
 def test_events_delivered_again_merge_but_count_once_whichever_collector_gets_them(tmp_path):
@@ -158,6 +164,19 @@ def store_state(db, hostname: str) -> tuple[dict, dict]:
     return states, dict(zip(WORKER_COUNTERS, tuple(rows[0]) if rows else (0,) * len(WORKER_COUNTERS)))
 
 
+def served_counts(db, hostname: str) -> dict:
+    """The worker's counts as /metrics serves them: {counter: value}, from flower_events_total's rows,
+    and "runtimes" the observations of the runtime histogram."""
+    with contextlib.closing(open_store(str(db))) as store:
+        counters = store.metric_counters()
+    served = dict.fromkeys(WORKER_COUNTERS, 0)
+    for worker, _name, event_type, count in counters["events"]:
+        if worker == hostname:
+            served[event_type.removeprefix("task-")] += count
+    served["runtimes"] = sum(row[2] for row in counters["runtimes"] if row[0] == hostname)
+    return served
+
+
 def wait_for_store(db, hostname: str, expected_states: dict, expected_counts: dict, timeout: float, *collectors):
     """Wait until the store holds every task in its expected state, the worker's counters have reached
     the expected counts and the collectors hold nothing more; returns what the store holds then."""
@@ -214,6 +233,7 @@ def test_a_collector_killed_with_sigkill_mid_stream_loses_nothing_and_counts_not
                                                                 "succeeded": 5000}, 180, second)
     assert {uuid: states[uuid] for uuid in sent} == sent
     assert counts == {"received": 5000, "started": 5000, "succeeded": 5000, "failed": 0, "retried": 0}
+    assert served_counts(db, worker.hostname) == {**counts, "runtimes": 5000}  # /metrics' counters, once each too
     assert second.stats()["gaps"] == 0
 
 
@@ -234,6 +254,8 @@ def test_two_collectors_on_one_queue_end_with_the_state_one_alone_would(collect,
     single = wait_for_store(alone_db, worker.hostname, sent, expected, 60, alone)
     assert {uuid: shared[0][uuid] for uuid in sent} == {uuid: single[0][uuid] for uuid in sent} == sent
     assert shared[1] == single[1] == expected
+    assert served_counts(shared_db, worker.hostname) == served_counts(alone_db, worker.hostname) == {
+        **expected, "runtimes": 650}
     for collector in pair:  # both consumed: the broker split the messages between them
         stats = collector.stats()
         assert stats["stored"] > 0 and stats["role"] == "active", stats

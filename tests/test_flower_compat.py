@@ -4,6 +4,7 @@ result backend read through `--app`. Each assertion of Flower's behaviour names 
 (Flower 2.2's source; Flower itself is not needed to run these)."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -14,6 +15,7 @@ import zoneinfo
 
 import pytest
 from plotly.utils import PlotlyJSONEncoder
+from prometheus_client.parser import text_string_to_metric_families
 
 import app as flowerbed_app
 from helpers import (TESTS, CeleryWorker, FlowerbedServer, Stack, get, get_json, task_row, wait_for, wait_for_tasks,
@@ -189,8 +191,64 @@ def test_task_result_reads_the_apps_result_backend(cluster):
     assert api(cluster, f"/api/task/result/{add}", timeout="soon")[0] == 400
 
 
+# -- /metrics ------------------------------------------------------------------------------------------
+def scrape(server) -> dict:
+    """{(sample name, labels as sorted pairs): value} of a /metrics scrape, parsed by Prometheus' own parser."""
+    status, body = get(f"{server}/metrics")
+    assert status == 200, body
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
+
+
+def test_metrics_count_the_clusters_task_events_and_runtimes_under_flowers_names(cluster):
+    # Flower's metrics (flower/events.py PrometheusMetrics): one count per task event by worker, type and
+    # task name; a histogram of the runtime of task-succeeded events; the worker gauges.
+    host = cluster.worker.hostname
+    metrics = scrape(cluster.server)
+    events = {(labels["task"], labels["type"]): value for (name, pairs), value in metrics.items()
+              if name == "flower_events_total" for labels in [dict(pairs)] if labels["worker"] == host}
+    assert events == {
+        ("sample.add", "task-received"): 3, ("sample.add", "task-started"): 3, ("sample.add", "task-succeeded"): 3,
+        ("sample.fail", "task-received"): 1, ("sample.fail", "task-started"): 1, ("sample.fail", "task-failed"): 1,
+        # fails once: retried, received and started again, then succeeds
+        ("sample.flaky", "task-received"): 2, ("sample.flaky", "task-started"): 2, ("sample.flaky", "task-retried"): 1,
+        ("sample.flaky", "task-succeeded"): 1,
+        ("sample.spawn", "task-received"): 1, ("sample.spawn", "task-started"): 1, ("sample.spawn", "task-succeeded"): 1,
+    }
+    # task-sent counts under the sender's name, as Flower's does: the test's client, and the worker's
+    # producer for spawn's two children and flaky's retry
+    sent = collections.Counter()
+    for (name, pairs), value in metrics.items():
+        labels = dict(pairs)
+        if name == "flower_events_total" and labels["type"] == "task-sent":
+            assert labels["worker"] != host
+            sent[labels["task"]] += value
+    assert sent == {"sample.add": 3, "sample.fail": 1, "sample.flaky": 2, "sample.spawn": 1}
+
+    def runtime(sample: str, task: str, **labels) -> float:
+        return metrics[(f"flower_task_runtime_seconds_{sample}",
+                        tuple(sorted({"task": task, "worker": host, **labels}.items())))]
+    api_runtimes = [task["runtime"] for task in api(cluster, "/api/tasks", taskname="sample.add")[1].values()]
+    assert runtime("count", "sample.add") == runtime("bucket", "sample.add", le="+Inf") == 3
+    assert runtime("sum", "sample.add") == pytest.approx(sum(api_runtimes))
+    buckets = [runtime("bucket", "sample.add", le=le) for le in ("0.005", "0.1", "1.0", "10.0", "+Inf")]
+    assert buckets == sorted(buckets) and buckets[-2] == 3  # cumulative; sample.add runs in microseconds
+    assert ("flower_task_runtime_seconds_count", (("task", "sample.fail"), ("worker", host))) not in metrics
+    assert metrics[("flower_worker_online", (("worker", host),))] == 1
+    assert metrics[("flower_worker_number_of_currently_executing_tasks", (("worker", host),))] == 0
+    prefetch = ("task", "sample.add"), ("worker", host)
+    assert metrics[("flower_worker_prefetched_tasks", prefetch)] == 0  # nothing waits at the worker
+    assert metrics[("flower_task_prefetch_time_seconds", prefetch)] == 0  # nothing of that name runs
+    # Flowerbed's own: its collector records, and the queue the worker consumes is read
+    broker = next(dict(pairs)["broker"] for (name, pairs) in metrics if name == "flowerbed_collector_ready")
+    assert metrics[("flowerbed_collector_ready", (("broker", broker),))] == 1
+    assert metrics[("flowerbed_collector_events_total", (("broker", broker), ("outcome", "malformed")))] == 0
+    wait_for(lambda: ("flowerbed_queue_consumers", (("broker", broker), ("queue", cluster.worker.queue)))
+             in scrape(cluster.server), 20, "the worker's queue read by the inspector")
+
+
 # -- paths that are no page -------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/metrics", "/api/nonsense", "/worker/nope", "/task/00000000-0000-4000-8000-00000000dead",
+@pytest.mark.parametrize("path", ["/api/nonsense", "/worker/nope", "/task/00000000-0000-4000-8000-00000000dead",
                                   "/api/task/info/00000000-0000-4000-8000-00000000dead", "/api/task/result/"])
 def test_paths_that_are_no_page_answer_404(cluster, path):
     assert get(f"{cluster.server}{path}")[0] == 404
@@ -221,6 +279,9 @@ def test_offline_workers_are_purged_after_purge_offline_workers_seconds(cluster,
     wait_for(lambda: api_of(purging, status="true").get(leaving.hostname) is False, 20, "gamma offline, still shown")
     wait_for(lambda: leaving.hostname not in api_of(purging, status="true"), 20, "gamma purged")
     assert api_of(purging, status="true") == {cluster.worker.hostname: True}
+    # and from /metrics, as Flower removes a purged worker's labels
+    scraped = {dict(pairs).get("worker") for (_name, pairs) in scrape(purging)}
+    assert cluster.worker.hostname in scraped and leaving.hostname not in scraped
 
 
 def api_of(server, **query) -> dict:

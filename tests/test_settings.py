@@ -14,6 +14,7 @@ import pytest
 from helpers import ROOT, Process, free_port, get, get_json, wait_for, wait_started
 from monitor.settings import (DEMO_BROKER, DEMO_DB, Settings, SettingsError, broker_name, build_parser,
                               ignored_settings_text, load_settings)
+from monitor.store.event_counts import DEFAULT_RUNTIME_BUCKETS
 
 FLOWERBED = shutil.which("flowerbed")
 
@@ -305,7 +306,7 @@ def test_flower_auth_names_basic_auth_instead_and_a_switch_turned_off_is_no_loss
 
 @pytest.mark.parametrize("name", ["persistent", "db", "state_save_interval", "natural_time", "auto_refresh",
                                   "tasks_columns", "max_workers", "debug", "xheaders", "cookie_secret",
-                                  "task_runtime_metric_buckets", "format_task"])
+                                  "format_task"])
 def test_every_harmless_flower_setting_is_named_as_variable_and_as_flag(name):
     variable = f"FLOWER_{name.upper()}"
     assert load_settings([], {variable: "x"}).ignored_flower_settings == (variable,)
@@ -386,3 +387,14 @@ def test_https_with_certfile_and_keyfile(tmp_path, redis_url, flowerbed_server):
     except OSError:  # a TLS server closes a plain request
         status = None
     assert status != 200
+
+
+def test_runtime_metric_buckets_are_read_as_flower_takes_them_and_bad_ones_refused():
+    assert load_settings([]).runtime_buckets == DEFAULT_RUNTIME_BUCKETS
+    # Flower's flag and variable, its "inf" (always there) and any order
+    assert load_settings(["--task_runtime_metric_buckets", "10,0.5,inf"]).runtime_buckets == (0.5, 10.0)
+    assert load_settings([], {"FLOWER_TASK_RUNTIME_METRIC_BUCKETS": "1, 2"}).runtime_buckets == (1.0, 2.0)
+    for text, message in (("0.1,fast", "'fast' is not a number of seconds"), ("0,1", "greater than 0"),
+                          ("inf", "at least one finite bucket bound")):
+        with pytest.raises(SettingsError, match=f"task-runtime-metric-buckets: .*{message}"):
+            load_settings(["--task-runtime-metric-buckets", text])

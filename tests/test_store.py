@@ -166,9 +166,10 @@ def test_a_version_1_store_gets_the_broker_columns_and_keeps_what_it_holds(tmp_p
     with sqlite3.connect(path) as connection:
         connection.executescript(VERSION_1)
     store = Store(str(path))
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 7
     assert store.count_audit() == 0 and store.task_links(uuid(1)) == {"rerun_of": None, "reruns": []}  # version 3
     assert store.queues() == [] and store.queue_history(0, 60) == []  # version 4
+    assert store.metric_counters() == {"events": [], "runtimes": [], "buckets": []}  # version 7
     assert columns(store, "tasks")[-2:] == ["broker", "clock"] and columns(store, "workers")[-3:] == ["broker", "online_at", "clock_offset"]  # 2, 5, 6
     for table in ("tasks", "workers"):  # as a new store has them, with their types
         assert (store.query(f"PRAGMA table_info({table})") and [tuple(row)[1:3] for row in store.query(f"PRAGMA table_info({table})")]
@@ -261,3 +262,33 @@ def test_busy_floors_give_each_workers_fewest_active_and_first_heartbeat_since_a
                                ("w@a", T0, 3, 0.1, 0.1, 0.1),
                                ("w@b", T0 - 10, 4, 0.1, 0.1, 0.1), ("w@c", T0 - 20, None, None, None, None)])
     assert store.busy_floors(T0 - 200) == {"w@a": (2, T0 - 180), "w@b": (4, T0 - 10)}
+
+
+def test_the_metrics_counters_add_up_across_batches_and_survive_reopening(make_store):
+    store = make_store()
+    store.write_batch(events=[("w@a", "add", "task-succeeded", 2)], runtimes=[("w@a", "add", 2, 0.5)],
+                      runtime_buckets=[("w@a", "add", 0.25, 1), ("w@a", "add", 1.0, 2)])
+    store.write_batch(events=[("w@a", "add", "task-succeeded", 1), ("w@a", "add", "task-failed", 1)],
+                      runtimes=[("w@a", "add", 1, 2.0)], runtime_buckets=[])
+    store.close()
+    counters = make_store().metric_counters()
+    assert [tuple(row) for row in counters["events"]] == [("w@a", "add", "task-failed", 1),
+                                                          ("w@a", "add", "task-succeeded", 3)]
+    assert [tuple(row) for row in counters["runtimes"]] == [("w@a", "add", 3, 2.5)]
+    assert [tuple(row) for row in counters["buckets"]] == [("w@a", "add", 0.25, 1), ("w@a", "add", 1.0, 2)]
+
+
+def test_tasks_at_workers_are_those_received_or_running_without_an_eta_and_not_lost(make_store):
+    store = make_store()
+    store.write_batch(
+        tasks=[task_row(uuid=uuid(1), name="add", state="RECEIVED", worker="w@a", received=T0),
+               task_row(uuid=uuid(2), name="add", state="RECEIVED", worker="w@a", received=T0),
+               task_row(uuid=uuid(3), name="add", state="RECEIVED", worker="w@a", received=T0, eta="2027-01-01"),
+               task_row(uuid=uuid(4), name="add", state="STARTED", worker="w@a", received=T0, started=T0 + 2),
+               # started before its worker's last start: lost, not running
+               task_row(uuid=uuid(5), name="add", state="STARTED", worker="w@b", received=T0, started=T0 + 1),
+               task_row(uuid=uuid(6), name="add", state="SUCCESS", worker="w@a", received=T0, started=T0 + 1)],
+        workers=[worker_row("w@a", online_at=T0 - 10), worker_row("w@b", online_at=T0 + 5)])
+    found = store.tasks_at_workers()
+    assert [tuple(row) for row in found["received"]] == [("w@a", "add", 2)]
+    assert [tuple(row) for row in found["started"]] == [("w@a", "add", T0 + 2, T0)]

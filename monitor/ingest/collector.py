@@ -18,8 +18,9 @@ With an events queue (RabbitMQ, --events-queue) nothing is lost while no collect
 receiving process acknowledges a message only once the store committed its events, and every
 collector on the queue writes (the broker splits the messages between them), so no lease. A message
 may then arrive twice (its collector was killed between the commit and the acknowledgement): the
-task rows merge it as before, and a worker's counters count a task event only when the store does
-not already show it (its task's row holds that event's time), see `_new_counts`.
+task rows merge it as before, and the counters (a worker's, and those /metrics serves) count a task
+event only when the store does not already show it (its task's row holds that event's time), see
+`_new_events`.
 """
 from __future__ import annotations
 
@@ -39,19 +40,18 @@ from monitor.ingest import receiving
 from monitor.ingest.inbox import Inbox
 from monitor.ingest.incident import Incident
 from monitor.ingest.merge import MergeState
-from monitor.store.schema import NUMERIC_FIELDS, TASK_FIELDS, WORKER_COUNTERS
 from monitor.store.base import Store
+from monitor.store.event_counts import DEFAULT_RUNTIME_BUCKETS, Increments
+from monitor.store.schema import EVENT_TIME_FIELDS, NUMERIC_FIELDS, TASK_FIELDS, WORKER_COUNTERS
 
 log = logging.getLogger(__name__)
 
-_COUNTER_INDEX = {f"task-{name}": i for i, name in enumerate(WORKER_COUNTERS)}
-_FINISHED_INDEXES = frozenset(_COUNTER_INDEX[kind] for kind in ("task-succeeded", "task-failed"))
-# Each counted event sets the task field of its name to its time (`received`, `started`…).
-_EVENT_TIMES_SQL = f"SELECT uuid, {', '.join(WORKER_COUNTERS)} FROM tasks WHERE uuid IN "
-_NOTHING_STORED = (None,) * len(WORKER_COUNTERS)
+_COUNTER_INDEX = {name: i for i, name in enumerate(WORKER_COUNTERS)}
+_FINISHED = ("succeeded", "failed")
 _LOOKUP_CHUNK = 500  # uuids per lookup statement
 _NUMERIC_FIELDS = frozenset(NUMERIC_FIELDS)
 _SQLITE_INT = (-2 ** 63, 2 ** 63 - 1)
+_INFINITY = float("inf")
 # What stands after the kept part of a text field that was too long for the store.
 TRUNCATED = "…[truncated {:,} characters]"
 DEFAULT_FIELD_LIMIT = 65_536
@@ -75,7 +75,8 @@ class Collector:
                  retention_seconds: float = 5.0, max_backoff: float = 10.0,
                  receive_in_process: bool | None = None, field_limit: int = DEFAULT_FIELD_LIMIT,
                  lease_seconds: float = 30.0, broker_name: str | None = None,
-                 events_queue: receiving.EventsQueue | None = None):
+                 events_queue: receiving.EventsQueue | None = None,
+                 runtime_buckets: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS):
         self.app = celery_app
         self.store = store
         self.batch_seconds = batch_seconds
@@ -86,6 +87,8 @@ class Collector:
         self.max_backoff = max_backoff
         self.field_limit = field_limit
         self.lease_seconds = lease_seconds
+        self.runtime_buckets = runtime_buckets
+        self._buckets_agreed = False  # whether the store counts runtimes in runtime_buckets
         # None: in a process of its own (see receiving.py), unless the broker lives in this process.
         self.receive_in_process = receive_in_process
         if events_queue is not None and receive_in_process:
@@ -361,6 +364,11 @@ class Collector:
         if self.events_queue is None:
             self._renew_lease()
         if self.active:
+            if not self._buckets_agreed:  # before the first batch is written
+                if self.store.use_runtime_buckets(self.runtime_buckets):
+                    log.warning("collector: the runtime histogram of /metrics starts again from zero: its "
+                                "buckets are now %s", ", ".join(f"{bound:g}" for bound in self.runtime_buckets))
+                self._buckets_agreed = True
             if time.monotonic() >= self._retention_due:
                 self.store.enforce_retention()
                 self._retention_due = time.monotonic() + self.retention_seconds
@@ -400,7 +408,6 @@ class Collector:
         pending = self._pending
         dirty_tasks, dirty_workers = pending.tasks, pending.workers
         samples, count = pending.samples, pending.counted.append
-        counter_index = _COUNTER_INDEX.get
         merge_task, merge_worker = state.merge_task, state.merge_worker
         taken = malformed = 0
         monotonic, sleep = time.monotonic, time.sleep
@@ -429,12 +436,9 @@ class Collector:
                         continue
                     task, worker = merge_task(event, subject)
                     dirty_tasks[uuid] = task
-                    if worker is not None:
-                        if hostname not in dirty_workers:
-                            dirty_workers[hostname] = (worker, None, None)
-                        index = counter_index(kind)
-                        if index is not None:
-                            count((uuid, index, event["timestamp"], hostname))
+                    if worker is not None and hostname not in dirty_workers:
+                        dirty_workers[hostname] = (worker, None, None)
+                    count((uuid, subject, event["timestamp"], hostname, event.get("runtime")))
                 elif group == "worker":
                     worker = merge_worker(event, subject)
                     # A goodbye or a start keeps its moment until written, whatever follows it in the batch.
@@ -468,69 +472,86 @@ class Collector:
 
     def _flush(self, pending: "_Pending") -> None:
         limit, counts, broker = self.field_limit, self.counts, self.broker_name
-        increments = self._new_counts(pending)
+        increments = collections.defaultdict(lambda: [0] * len(WORKER_COUNTERS))
+        metrics, tasks = Increments(self.runtime_buckets), pending.tasks
+        # A task whose received event memory no longer holds (let go, or before this collector started):
+        # its name as stored, else Flower's label for a task of unknown name, "". Read before
+        # _new_events counts gaps, so that a read that fails counts nothing before the batch is retried.
+        stored = self._stored([uuid for uuid, task in tasks.items() if type(task.get("name")) is not str], ("name",))
+        for uuid, subject, _at, hostname, runtime in self._new_events(pending):
+            index = _COUNTER_INDEX.get(subject)
+            if index is not None:
+                increments[hostname][index] += 1
+            name = tasks[uuid].get("name")
+            if type(name) is not str:
+                name = stored.get(uuid, {}).get("name") or ""
+            name = name[:limit]  # a label, as long as the stored name at most
+            metrics.count(hostname, name, subject)
+            runtime = _number(runtime)
+            if subject == "succeeded" and runtime is not None and 0 < runtime < _INFINITY:  # (not NaN either)
+                metrics.observe(hostname, name, runtime)
         self._unwritten = _Unwritten({
             "tasks": [task_row(task, limit, counts, broker) for task in pending.tasks.values()],
             "workers": [worker_row(worker, offline_at, online_at, limit, counts, broker)
                         for worker, offline_at, online_at in pending.workers.values()],
             "counters": [(host, *values) for host, values in increments.items()],
             "samples": pending.samples,
+            **metrics.rows(),
         }, pending.events, pending.oldest, self._taken)
         self._pending = _Pending()
         self._write_unwritten()
 
-    def _new_counts(self, pending: "_Pending") -> dict:
-        """Per worker, the batch's task events to count, in WORKER_COUNTERS order.
+    def _new_events(self, pending: "_Pending") -> list[tuple]:
+        """The batch's task events to count (entries of `pending.counted`).
 
         Redis's pub/sub hands each event over once: all count. From an events queue a message may
         come twice (its collector was killed between a commit and its acknowledgement): an event
         counts only when its task's stored row does not hold its time in the field of its name yet,
         and once per batch, whichever collector wrote it. A task's retries keep only their latest
-        time, so an earlier retry's event delivered again would count twice: a collector killed
-        between a commit and its acknowledgement, during a retry, is rare enough."""
-        increments = collections.defaultdict(lambda: [0] * len(WORKER_COUNTERS))
+        time, so an earlier retry's event delivered again would count twice, as would a custom
+        event (no field holds its time): a collector killed between a commit and its
+        acknowledgement, during a retry, is rare enough."""
         if self.events_queue is None:
-            for _uuid, index, _at, hostname in pending.counted:
-                increments[hostname][index] += 1
             self.counts["gaps"] += self._gaps(pending)
-            return increments
-        stored = self._stored_event_times({entry[0] for entry in pending.counted})
-        seen = set()
-        for uuid, index, at, hostname in pending.counted:
-            at = _number(at)
+            return pending.counted
+        stored = self._stored({entry[0] for entry in pending.counted}, EVENT_TIME_FIELDS)
+        seen, new = set(), []
+        for entry in pending.counted:
+            uuid, subject, at = entry[0], entry[1], _number(entry[2])
             if at is not None:  # (a time the store cannot hold tells no copy apart)
-                if stored.get(uuid, _NOTHING_STORED)[index] == at or (uuid, index, at) in seen:
+                if stored.get(uuid, {}).get(subject) == at or (uuid, subject, at) in seen:
                     continue
-                seen.add((uuid, index, at))
-            increments[hostname][index] += 1
-        return increments
+                seen.add((uuid, subject, at))
+            new.append(entry)
+        return new
 
     def _gaps(self, pending: "_Pending") -> int:
         """Tasks of the batch seen finishing whose received or started event neither memory nor the
         store holds: published while no collector listened (pub/sub keeps nothing). The store is
         read only for the few tasks memory cannot vouch for, and a finish it already shows is the
         same event again, no new gap."""
-        finished = {uuid: (index, _number(at)) for uuid, index, at, _host in pending.counted
-                    if index in _FINISHED_INDEXES}
+        finished = {uuid: (subject, _number(at)) for uuid, subject, at, _host, _runtime in pending.counted
+                    if subject in _FINISHED}
         tasks = pending.tasks
         suspects = [uuid for uuid in finished
                     if tasks[uuid].get("received") is None or tasks[uuid].get("started") is None]
-        stored = self._stored_event_times(suspects) if suspects else {}
+        stored = self._stored(suspects, EVENT_TIME_FIELDS)
         gaps = 0
         for uuid in suspects:
-            (index, at), row, task = finished[uuid], stored.get(uuid, _NOTHING_STORED), tasks[uuid]
-            if at is None or row[index] != at:
-                gaps += ((task.get("received") is None and row[0] is None)
-                         or (task.get("started") is None and row[1] is None))
+            (subject, at), row, task = finished[uuid], stored.get(uuid, {}), tasks[uuid]
+            if at is None or row.get(subject) != at:
+                gaps += ((task.get("received") is None and row.get("received") is None)
+                         or (task.get("started") is None and row.get("started") is None))
         return gaps
 
-    def _stored_event_times(self, uuids) -> dict:
-        """{uuid: (received, started, succeeded, failed, retried)} of the tasks the store holds."""
+    def _stored(self, uuids, fields: tuple[str, ...]) -> dict:
+        """{uuid: {field: value}} of the tasks among `uuids` the store holds."""
         uuids, found = list(uuids), {}
         for start in range(0, len(uuids), _LOOKUP_CHUNK):
             chunk = uuids[start:start + _LOOKUP_CHUNK]
-            for row in self.store.query(f"{_EVENT_TIMES_SQL}({', '.join('?' * len(chunk))})", chunk):
-                found[row[0]] = tuple(row)[1:]
+            for row in self.store.query(f"SELECT uuid, {', '.join(fields)} FROM tasks "
+                                        f"WHERE uuid IN ({', '.join('?' * len(chunk))})", chunk):
+                found[row[0]] = dict(zip(fields, tuple(row)[1:]))
         return found
 
     def _acknowledge(self, through: int) -> None:
@@ -630,7 +651,7 @@ class _Pending:
         self.tasks: dict = {}
         self.workers: dict = {}
         self.samples: list = []
-        self.counted: list = []  # (uuid, index in WORKER_COUNTERS, time, worker) of each task event counted
+        self.counted: list = []  # (uuid, subject, time, hostname, runtime) of each task event
         self.events = 0
         self.oldest: float | None = None
 

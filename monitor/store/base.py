@@ -12,16 +12,16 @@ import json
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
-from monitor.store import rollup
+from monitor.store import event_counts, rollup
 from monitor.store.dialect import Dialect, like_escaped
-from monitor.store.schema import AUDIT_FIELDS, AUDIT_SEARCHED, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS, WORKER_FIELDS, is_online
+from monitor.store.schema import AUDIT_FIELDS, AUDIT_SEARCHED, LOST_SQL, TASK_FIELDS, TERMINAL_STATES, WORKER_COUNTERS, WORKER_FIELDS, is_online
 
-# Rows per task upsert statement. sqlite3's executemany releases and retakes the GIL for every row;
-# while the collector's receiving thread is busy each retake can wait a whole switch interval
-# (5 ms), which held the writer near 3k rows/s in the benchmark. Many rows per statement: few
-# retakes (and few round trips to PostgreSQL).
+# Rows per upsert statement of a collector's batch. sqlite3's executemany releases and retakes the GIL
+# for every row; while the collector's receiving thread is busy each retake can wait a whole switch
+# interval (5 ms), which held the writer near 3k rows/s in the benchmark. Many rows per statement: few
+# retakes (and few round trips to PostgreSQL: a row each cost its writer ~25 us, bench/cpu.py).
 _ROWS_PER_UPSERT = 200
-_TASK_ROW = f"({', '.join('?' * len(TASK_FIELDS))})"
+_TASK_INSERT = f"INSERT INTO tasks ({', '.join(TASK_FIELDS)})"
 _TASK_CONFLICT = (
     " ON CONFLICT (uuid) DO UPDATE SET "
     # A row written from a partial in-memory task (evicted from the merge state) must not erase
@@ -35,19 +35,25 @@ _TASK_CONFLICT = (
 )
 
 
-@functools.lru_cache(maxsize=_ROWS_PER_UPSERT)
-def _task_upsert(rows: int) -> str:
-    return f"INSERT INTO tasks ({', '.join(TASK_FIELDS)}) VALUES {', '.join([_TASK_ROW] * rows)}{_TASK_CONFLICT}"
+@functools.lru_cache(maxsize=4 * _ROWS_PER_UPSERT)
+def _upsert(insert: str, conflict: str, width: int, rows: int) -> str:
+    row = f"({', '.join('?' * width)})"
+    return f"{insert} VALUES {', '.join([row] * rows)}{conflict}"
 
 
-def _task_upserts(rows: Sequence[tuple]) -> list[tuple[str, list]]:
-    """(statement, parameter rows) for executemany: full statements of _ROWS_PER_UPSERT rows, then the rest."""
-    whole = len(rows) - len(rows) % _ROWS_PER_UPSERT
-    statements = [(_task_upsert(_ROWS_PER_UPSERT), [
+def _upserts(insert: str, conflict: str, rows: Sequence[tuple]) -> list[tuple[str, list]]:
+    """(statement, parameter rows) for executemany: full statements of _ROWS_PER_UPSERT rows, then the
+    rest. `insert` names the table and columns, `conflict` is the ON CONFLICT clause; a statement may
+    not hold two rows of one key (PostgreSQL refuses to update a row twice in one statement)."""
+    if not rows:
+        return []
+    width, whole = len(rows[0]), len(rows) - len(rows) % _ROWS_PER_UPSERT
+    statements = [(_upsert(insert, conflict, width, _ROWS_PER_UPSERT), [
         tuple(itertools.chain.from_iterable(rows[start:start + _ROWS_PER_UPSERT]))
         for start in range(0, whole, _ROWS_PER_UPSERT)])]
     if whole < len(rows):
-        statements.append((_task_upsert(len(rows) - whole), [tuple(itertools.chain.from_iterable(rows[whole:]))]))
+        statements.append((_upsert(insert, conflict, width, len(rows) - whole),
+                           [tuple(itertools.chain.from_iterable(rows[whole:]))]))
     return statements
 
 
@@ -121,17 +127,23 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------------
     def write_batch(self, tasks: Sequence[tuple] = (), workers: Sequence[tuple] = (),
-                    counters: Sequence[tuple] = (), samples: Sequence[tuple] = ()) -> None:
+                    counters: Sequence[tuple] = (), samples: Sequence[tuple] = (), events: Sequence[tuple] = (),
+                    runtimes: Sequence[tuple] = (), runtime_buckets: Sequence[tuple] = ()) -> None:
         """One transaction for everything a collector batch changed.
 
         tasks: tuples in TASK_FIELDS order; workers: in WORKER_FIELDS order; counters:
-        (hostname, *increments in WORKER_COUNTERS order); samples: (hostname, at, active, l1, l5, l15).
+        (hostname, *increments in WORKER_COUNTERS order); samples: (hostname, at, active, l1, l5, l15);
+        events, runtimes, runtime_buckets: increments of the /metrics counters (event_counts.py):
+        (worker, name, type, n), (worker, name, n, seconds), (worker, name, le, n).
         """
         self._write((
-            *_task_upserts(tasks),
+            *_upserts(_TASK_INSERT, _TASK_CONFLICT, tasks),
             (_WORKER_UPSERT, workers),
             (_COUNTER_UPSERT, counters),
             ("INSERT INTO worker_samples VALUES (?, ?, ?, ?, ?, ?)", samples),
+            *_upserts(*event_counts.EVENT_UPSERT, events),
+            *_upserts(*event_counts.RUNTIME_UPSERT, runtimes),
+            *_upserts(*event_counts.BUCKET_UPSERT, runtime_buckets),
         ), then=self._fold)  # the tasks this batch finished, into the analytics rollups
 
     def _fold(self, conn, force: bool = False) -> int:
@@ -173,6 +185,23 @@ class Store:
               if messages is not None]),
             (_META_UPSERT, [(QUEUE_REPORT_PREFIX + broker, json.dumps({"at": at, "error": error}))]),
         ))
+
+    def use_runtime_buckets(self, buckets: Sequence[float]) -> bool:
+        """Count runtimes in `buckets` from now on. A store that counted in other buckets starts its
+        histogram again (as Flower's does when restarted with other buckets: Prometheus reads a
+        reset); returns whether it did."""
+        wanted = list(buckets)
+        reset = []
+
+        def switch(conn):
+            current = self._locked_meta(conn, event_counts.RUNTIME_BUCKETS_KEY)
+            if current != wanted:
+                conn.execute(_META_UPSERT, (event_counts.RUNTIME_BUCKETS_KEY, json.dumps(wanted)))
+                conn.execute("DELETE FROM task_runtime_buckets")
+                conn.execute("DELETE FROM task_runtimes")
+            reset.append(current is not None and current != wanted)
+        self._write((), then=switch)
+        return reset[0]
 
     def set_meta(self, key: str, value) -> None:
         self._write(((_META_UPSERT, [(key, json.dumps(value))]),))
@@ -346,6 +375,24 @@ class Store:
         """One worker as workers() gives it, None when unknown."""
         rows = self.query("SELECT * FROM workers WHERE hostname = ?", (hostname,))
         return _worker(rows[0], time.time() if now is None else now) if rows else None
+
+    def metric_counters(self) -> dict[str, list]:
+        """The /metrics counters (event_counts.py): "events" (worker, name, type, count), "runtimes"
+        (worker, name, count, seconds), "buckets" (worker, name, le, count), each sorted by its key."""
+        return {"events": self.query("SELECT worker, name, type, count FROM task_events ORDER BY worker, name, type"),
+                "runtimes": self.query("SELECT worker, name, count, seconds FROM task_runtimes ORDER BY worker, name"),
+                "buckets": self.query("SELECT worker, name, le, count FROM task_runtime_buckets "
+                                      "ORDER BY worker, name, le")}
+
+    def tasks_at_workers(self) -> dict[str, list]:
+        """What Flower's prefetch gauges read, for tasks without an ETA (a scheduled task waits on
+        purpose): "received" (worker, name, count) of the tasks received and not started yet;
+        "started" (worker, name, started, received) of the tasks running now (not lost, LOST_SQL)."""
+        return {"received": self.query("SELECT worker, name, count(*) FROM tasks WHERE state = 'RECEIVED' "
+                                       "AND eta IS NULL AND worker IS NOT NULL GROUP BY worker, name"),
+                "started": self.query(f"SELECT worker, name, started, received FROM tasks WHERE state = 'STARTED' "
+                                      f"AND eta IS NULL AND worker IS NOT NULL AND received IS NOT NULL "
+                                      f"AND started IS NOT NULL AND NOT coalesce({LOST_SQL}, false)")}
 
     def queues(self, broker: str | None = None) -> list[dict]:
         """Each watched queue's latest reading (all brokers', or one's), by broker and name."""

@@ -20,7 +20,7 @@ import psycopg
 import psycopg_pool
 from psycopg.adapt import Loader
 
-from monitor.store import rollup
+from monitor.store import event_counts, rollup
 from monitor.store.base import Statements, Store
 from monitor.store.dialect import PG_TEXT_EXPRESSION, POSTGRES
 from monitor.store.schema import (NUMERIC_FIELDS, SCHEMA_VERSION, TASK_FIELDS, WORKER_COUNTERS, WORKER_FIELDS,
@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS queue_samples (
 );
 CREATE INDEX IF NOT EXISTS queue_samples_at ON queue_samples(at);
 {rollup.schema(POSTGRES)}
+{event_counts.schema(POSTGRES)}
 CREATE OR REPLACE FUNCTION flowerbed_queue_finished_task() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF new.state IN ({rollup.FINAL_LIST})

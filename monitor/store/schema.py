@@ -11,7 +11,9 @@ from __future__ import annotations
 #    list a task's children, and their timestamp, for the API's order (the most recent event first).
 # 6: workers carry when they last came online (online_at, NULL before), as the worker stamped it, and
 #    how far this host's clock is ahead of theirs (clock_offset).
-SCHEMA_VERSION = 6
+# 7: task_events (task events counted per worker, task name and event type) and task_runtimes /
+#    task_runtime_buckets (successful tasks' runtimes as a histogram): the counters /metrics serves.
+SCHEMA_VERSION = 7
 
 
 class StoreError(Exception):
@@ -25,7 +27,9 @@ TASK_FIELDS = (
     "rejected", "runtime", "eta", "expires", "exchange", "routing_key", "root_id", "parent_id",
     "client", "timestamp", "broker", "clock",
 )
-TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected", "timestamp")
+# The fields a task event sets to its time, each named as its event (task-sent sets `sent`…).
+EVENT_TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
+TIME_FIELDS = EVENT_TIME_FIELDS + ("timestamp",)
 NUMERIC_FIELDS = TIME_FIELDS + ("retries", "runtime", "clock")
 # The columns added after version 1, by table, with their SQLite type: a store written before gets them
 # (NULL) when opened.

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from typing import Iterator, Sequence
 
-from monitor.store import rollup
+from monitor.store import event_counts, rollup
 from monitor.store.base import Statements, Store
 from monitor.store.dialect import SQLITE
 from monitor.store.schema import (ADDED_COLUMNS, SCHEMA_VERSION, TEXT_COLUMNS, WORKER_COUNTERS,
@@ -123,7 +123,7 @@ class SqliteStore(Store):
                                  f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
             _add_columns(connection)
-            connection.executescript(_SCHEMA + rollup.schema(SQLITE) + _rollup_triggers() + _TEXT_SCHEMA)
+            connection.executescript(_SCHEMA + rollup.schema(SQLITE) + event_counts.schema(SQLITE) + _rollup_triggers() + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -1,0 +1,157 @@
+"""/metrics as Prometheus reads it: a real Prometheus server (Debian's) scrapes a `flowerbed web` tier
+with basic auth under /flower, while a separate `flowerbed collect` records a real worker's tasks,
+on SQLite and on PostgreSQL. The counters survive both processes restarting, which Prometheus sees
+as no reset."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from helpers import ROOT, TESTS, Process, Stack, free_port, get, get_json, wait_for, wait_started
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "prom", "scraper"
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+ALERTS = ROOT / "docs" / "prometheus-alerts.yml"
+PROMETHEUS_CONFIG = """
+global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}
+rule_files: ["{alerts}"]
+scrape_configs:
+  - job_name: flowerbed
+    metrics_path: /flower/metrics
+    basic_auth: {{username: {user}, password: {password}}}
+    static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
+"""
+SUCCEEDED, FAILED = 12, 3
+
+
+class Tier:
+    """`flowerbed collect` and `flowerbed web --workers 2` on one store, as the Procfile runs them."""
+
+    def __init__(self, db: str, broker: str, folder, port: int):
+        self.db, self.broker, self.folder, self.port = db, broker, folder, port
+        self.base = f"http://127.0.0.1:{port}/flower"
+        self.stack = Stack()
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        common = ["--broker", self.broker, "--db", self.db]
+        self.stack.add(Process([sys.executable, "cli.py", "collect", *common, "--inspect-seconds", "1",
+                                "--task-runtime-metric-buckets", "0.04,0.5,5"],
+                               self.folder / f"collect-{self.starts}.log"))
+        web = self.stack.add(Process([sys.executable, "cli.py", "web", *common, "--workers", "2", "--port",
+                                      str(self.port), "--url-prefix", "/flower", "--basic-auth", f"{USER}:{PASSWORD}"],
+                                     self.folder / f"web-{self.starts}.log"))
+        wait_started(web, lambda: get(f"{self.base}/healthcheck/ready")[0] == 200, 60, "the collector and web tier")
+
+    def stop(self) -> None:
+        self.stack.stop_all()
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """prometheus(port) scrapes the web tier on `port` every second; returns query(expr) -> [samples]."""
+    assert PROMETHEUS, "Prometheus is not installed: tests/run.sh installs Debian's prometheus package"
+    stack = Stack()
+
+    def start(port: int):
+        config = tmp_path / "prometheus.yml"
+        config.write_text(PROMETHEUS_CONFIG.format(user=USER, password=PASSWORD, port=port, alerts=ALERTS))
+        address = f"127.0.0.1:{free_port()}"
+        process = stack.add(Process([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                     f"--web.listen-address={address}"], tmp_path / "prometheus.log"))
+        wait_started(process, lambda: get(f"http://{address}/-/ready")[0] == 200, 60, "Prometheus")
+
+        def query(expression: str) -> list:
+            """The samples of `expression` now; `/rules` gives the rules' evaluation instead."""
+            path = "rules" if expression == "/rules" else f"query?{urllib.parse.urlencode({'query': expression})}"
+            status, body = get_json(f"http://{address}/api/v1/{path}")
+            assert status == 200, body
+            return body["data"]["groups"] if expression == "/rules" else body["data"]["result"]
+        return query
+    yield start
+    stack.stop_all()
+
+
+def value(query, expression: str):
+    """The one value `expression` has now in Prometheus, None while it has none."""
+    result = query(expression)
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+def test_prometheus_scrapes_flowers_metrics_from_a_web_tier_and_no_counter_resets_on_restarts(
+        prometheus, make_store, redis_url, celery_worker, tmp_path):
+    tier = Tier(make_store.url("metrics"), redis_url, tmp_path, free_port())
+    try:
+        tier.start()
+        query = prometheus(tier.port)
+        worker = celery_worker(redis_url, "scraped@tests")
+        for _ in range(SUCCEEDED):
+            worker.send("sample.sleep", 0.05)
+        for at in range(FAILED):
+            worker.send("sample.fail", f"boom {at}")
+        succeeded = f'flower_events_total{{job="flowerbed", worker="{worker.hostname}", type="task-succeeded"}}'
+        wait_for(lambda: value(query, f"sum({succeeded})") == SUCCEEDED, 60, "the successes in Prometheus")
+        assert value(query, 'up{job="flowerbed"}') == 1
+        assert value(query, f'sum(flower_events_total{{task="sample.fail", type="task-failed"}})') == FAILED
+        assert value(query, f'flower_worker_online{{worker="{worker.hostname}"}}') == 1
+        # A Grafana board's runtime panel: a quantile from the buckets the collector was given
+        p95 = value(query, 'histogram_quantile(0.95, sum by (le) (flower_task_runtime_seconds_bucket{task="sample.sleep"}))')
+        assert 0.04 < p95 <= 0.5
+        assert value(query, 'flower_task_runtime_seconds_count{task="sample.sleep"}') == SUCCEEDED
+        assert value(query, "min(flowerbed_collector_ready)") == 1
+        # docs/prometheus-alerts.yml evaluates on these series (no error, none firing; each alert's
+        # firing is tested by promtool below)
+        def evaluated():
+            rules = [rule for group in query("/rules") for rule in group["rules"]]
+            return rules if rules and all(not rule["lastEvaluation"].startswith("0001") for rule in rules) else None
+        rules = wait_for(evaluated, 30, "every rule evaluated")
+        assert {(rule["name"], rule["health"], rule["state"]) for rule in rules} == {
+            (name, "ok", "inactive") for name in ("CeleryWorkerOffline", "CeleryTaskFailureRateHigh",
+                                                  "CeleryQueueWithoutConsumers", "CeleryQueueBacklog", "FlowerbedDown",
+                                                  "FlowerbedNotRecording", "FlowerbedLosingEvents")}
+
+        # Flower's counters start again from zero when it restarts; these are kept in the store.
+        tier.stop()
+        wait_for(lambda: value(query, 'up{job="flowerbed"}') == 0, 30, "Prometheus seeing the tier down")
+        tier.start()
+        worker.send("sample.sleep", 0.05)
+        wait_for(lambda: value(query, f"sum({succeeded})") == SUCCEEDED + 1, 60, "the success after the restart")
+        assert value(query, f"sum(resets({succeeded}[5m]))") == 0
+        assert value(query, 'sum(resets(flower_task_runtime_seconds_count{task="sample.sleep"}[5m]))') == 0
+    finally:
+        tier.stop()
+
+
+def test_the_exposition_passes_promtool(tmp_path, redis_url, celery_worker):
+    """promtool, Prometheus' own linter, finds nothing wrong with what /metrics answers."""
+    assert PROMTOOL, "promtool is not installed: tests/run.sh installs Debian's prometheus package"
+    tier = Tier(str(tmp_path / "lint.db"), redis_url, tmp_path, free_port())
+    try:
+        tier.start()
+        worker = celery_worker(redis_url, "linted@tests")
+        uuid = worker.send("sample.add", 1, 2)
+        wait_for(lambda: json.loads(get(f"{tier.base}/api/task/info/{uuid}", (USER, PASSWORD))[1]).get("state")
+                 == "SUCCESS", 30, "the task recorded")
+        status, body = get(f"{tier.base}/metrics", (USER, PASSWORD))
+        assert status == 200 and b'flower_task_runtime_seconds_bucket{le="+Inf"' in body
+        assert get(f"{tier.base}/metrics")[0] == 401
+        linted = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=60)
+        assert (linted.returncode, linted.stdout + linted.stderr) == (0, b"")
+    finally:
+        tier.stop()
+
+
+def test_the_alerting_rules_fire_for_what_they_are_about_and_only_that():
+    assert PROMTOOL, "promtool is not installed: tests/run.sh installs Debian's prometheus package"
+    checked = subprocess.run([PROMTOOL, "test", "rules", "prometheus-alerts-test.yml"], cwd=TESTS, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -106,10 +106,13 @@ class Services:
             self.store.set_meta(REQUEST_KEY, time.time())
 
     def workers(self, now: float | None = None) -> list[dict]:
-        """Store.workers(), less those offline for longer than --purge-offline-workers (since their
-        last heartbeat, or their last inspect reply when they never sent one)."""
+        """Store.workers(), less those offline for longer than --purge-offline-workers."""
         now = time.time() if now is None else now
-        workers = self.store.workers(now)
+        return self.shown(self.store.workers(now), now)
+
+    def shown(self, workers: list[dict], now: float) -> list[dict]:
+        """`workers` less those offline for longer than --purge-offline-workers (since their last
+        heartbeat, or their last inspect reply when they never sent one)."""
         purge = self.settings.purge_offline_workers
         if purge is None:
             return workers

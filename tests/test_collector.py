@@ -443,9 +443,24 @@ def test_an_event_of_a_task_whose_name_memory_let_go_is_labelled_with_its_stored
     feed.merge(succeeded)
     events, _runtimes, _buckets = metric_counters(feed.store)
     assert events[(WORKER, "sample.add", "task-succeeded")] == 1
-    # a task nobody recorded the name of keeps Flower's label for it, ""
-    feed.merge(feed.event("task-succeeded", T0 + 3, uuid="unheard-of", runtime=0.2))
-    assert metric_counters(feed.store)[0][(WORKER, "", "task-succeeded")] == 1
+
+
+def test_events_of_a_task_no_collector_knows_the_name_of_wait_for_it_then_count_under_it(tmp_path):
+    # Two collectors on one events queue: the broker gives the task's success to one, its received
+    # event to the other, whose batch commits later.
+    queue = receiving.EventsQueue("q", 1000, 60.0)
+    first, second = Feed(tmp_path, events_queue=queue), Feed(tmp_path, events_queue=queue)
+    received, started, succeeded = task_lifecycle(first)
+    second.merge(succeeded)
+    assert metric_counters(second.store) == ({}, {}, {})  # waiting, not counted as ""
+    assert second.worker()["succeeded"] == 1  # the worker's own counter does not wait
+    first.merge(received, started)
+    events, runtimes, _buckets = metric_counters(first.store)
+    assert events == {(WORKER, "sample.add", "task-received"): 1, (WORKER, "sample.add", "task-started"): 1,
+                      (WORKER, "sample.add", "task-succeeded"): 1}
+    assert runtimes == {(WORKER, "sample.add"): (1, 1.0)}
+    second.merge(succeeded)  # delivered again: counted once still
+    assert metric_counters(second.store)[0] == events
 
 
 def test_other_runtime_buckets_start_the_histogram_again_and_leave_the_event_counts(tmp_path):

@@ -1,20 +1,25 @@
 """/metrics as Prometheus reads it: a real Prometheus server (Debian's) scrapes a `flowerbed web` tier
 with basic auth under /flower, while a separate `flowerbed collect` records a real worker's tasks,
 on SQLite and on PostgreSQL. The counters survive both processes restarting, which Prometheus sees
-as no reset."""
+as no reset. First, what /metrics makes of a store written by hand: the rules of each family."""
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import pytest
 
-from helpers import ROOT, TESTS, Process, Stack, free_port, get, get_json, wait_for, wait_started
+from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
 
-pytestmark = pytest.mark.integration
+from helpers import ROOT, TESTS, Process, Stack, free_port, get, get_json, task_row, wait_for, wait_started, worker_row
+from monitor.services import build_services
+from monitor.serving.metrics import create_metrics_blueprint
+from monitor.settings import load_settings
 
 USER, PASSWORD = "prom", "scraper"
 PROMETHEUS = shutil.which("prometheus")
@@ -30,6 +35,61 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
 """
 SUCCEEDED, FAILED = 12, 3
+
+
+def scrape_of(services) -> dict:
+    """{(sample name, ((label, value), ...)): value} of /metrics served from `services`."""
+    server = Flask("metrics-test")
+    server.register_blueprint(create_metrics_blueprint(services, "/"))
+    response = server.test_client().get("/metrics")
+    assert response.status_code == 200, response.data
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True)) for sample in family.samples}
+
+
+def test_each_family_follows_its_rule_on_a_store_written_by_hand(tmp_path):
+    services = build_services(load_settings(["web", "--db", str(tmp_path / "m.db"), "--purge-offline-workers", "60",
+                                             "--inspect-seconds", "10"]))
+    store, now = services.store, time.time()
+    store.use_runtime_buckets((0.1, 1.0, 10.0))
+    store.write_batch(
+        workers=[worker_row("w@a", last_heartbeat=now, freq=2.0, active=3),
+                 worker_row("w@quiet", last_heartbeat=now - 20, freq=2.0, active=2),  # offline, not purged yet
+                 worker_row("w@gone", last_heartbeat=now - 3600, freq=2.0, active=1)],  # purged
+        events=[("w@a", "add", "task-received", 7, now), ("w@a", "add", "task-succeeded", 3, now),
+                ("w@gone", "add", "task-received", 9, now), ("client@app", "add", "task-sent", 7, now)],
+        runtimes=[("w@a", "add", 3, 12.5, now), ("w@gone", "add", 1, 0.5, now)],
+        runtime_buckets=[("w@a", "add", 0.1, 1), ("w@a", "add", 10.0, 1), ("w@gone", "add", 1.0, 1)],
+        tasks=[task_row(uuid="r1", name="add", state="RECEIVED", worker="w@a", received=now - 5),
+               task_row(uuid="r2", name="add", state="RECEIVED", worker="w@a", received=now - 4),
+               task_row(uuid="s1", name="add", state="STARTED", worker="w@a", received=now - 9, started=now - 6),
+               task_row(uuid="s2", name="add", state="STARTED", worker="w@a", received=now - 3, started=now - 2.5)])
+    store.save_queue_depths("b", now, [("celery", 12, 2, {"w@a"}, True)])
+    store.save_queue_depths("stale", now - 3600, [("old", 99, 0, set(), True)])
+    metrics = scrape_of(services)
+
+    def sample(name, **labels):
+        return metrics.get((name, tuple(sorted(labels.items()))))
+    # cumulative from the per-bucket rows: one run under 0.1 s, one under 10 s, one above every bound
+    assert [sample("flower_task_runtime_seconds_bucket", worker="w@a", task="add", le=le)
+            for le in ("0.1", "1.0", "10.0", "+Inf")] == [1, 1, 2, 3]
+    assert (sample("flower_task_runtime_seconds_count", worker="w@a", task="add"),
+            sample("flower_task_runtime_seconds_sum", worker="w@a", task="add")) == (3, 12.5)
+    assert sample("flower_events_total", worker="client@app", type="task-sent", task="add") == 7
+    # prefetch: two received and not started; the latest started one waited 0.5 s
+    assert sample("flower_worker_prefetched_tasks", worker="w@a", task="add") == 2
+    assert sample("flower_task_prefetch_time_seconds", worker="w@a", task="add") == pytest.approx(0.5)
+    assert sample("flower_worker_online", worker="w@a") == 1
+    assert sample("flower_worker_number_of_currently_executing_tasks", worker="w@a") == 3
+    assert (sample("flower_worker_online", worker="w@quiet"),
+            sample("flower_worker_number_of_currently_executing_tasks", worker="w@quiet")) == (0, 0)
+    assert not [key for key in metrics if ("worker", "w@gone") in key[1]]  # purged: in no family
+    # a queue read lately is served; one whose broker has not been read for an hour is not
+    assert sample("flowerbed_queue_messages", broker="b", queue="celery") == 12
+    assert sample("flowerbed_queue_consumers", broker="b", queue="celery") == 2
+    assert sample("flowerbed_queue_messages", broker="stale", queue="old") is None
+    assert (sample("flowerbed_queues_read_ok", broker="b"), sample("flowerbed_queues_read_ok", broker="stale")) == (1, 0)
+    store.close()
 
 
 class Tier:
@@ -87,6 +147,7 @@ def value(query, expression: str):
     return float(result[0]["value"][1]) if len(result) == 1 else None
 
 
+@pytest.mark.integration
 def test_prometheus_scrapes_flowers_metrics_from_a_web_tier_and_no_counter_resets_on_restarts(
         prometheus, make_store, redis_url, celery_worker, tmp_path):
     tier = Tier(make_store.url("metrics"), redis_url, tmp_path, free_port())
@@ -101,7 +162,7 @@ def test_prometheus_scrapes_flowers_metrics_from_a_web_tier_and_no_counter_reset
         succeeded = f'flower_events_total{{job="flowerbed", worker="{worker.hostname}", type="task-succeeded"}}'
         wait_for(lambda: value(query, f"sum({succeeded})") == SUCCEEDED, 60, "the successes in Prometheus")
         assert value(query, 'up{job="flowerbed"}') == 1
-        assert value(query, f'sum(flower_events_total{{task="sample.fail", type="task-failed"}})') == FAILED
+        assert value(query, 'sum(flower_events_total{task="sample.fail", type="task-failed"})') == FAILED
         assert value(query, f'flower_worker_online{{worker="{worker.hostname}"}}') == 1
         # A Grafana board's runtime panel: a quantile from the buckets the collector was given
         p95 = value(query, 'histogram_quantile(0.95, sum by (le) (flower_task_runtime_seconds_bucket{task="sample.sleep"}))')
@@ -117,7 +178,8 @@ def test_prometheus_scrapes_flowers_metrics_from_a_web_tier_and_no_counter_reset
         assert {(rule["name"], rule["health"], rule["state"]) for rule in rules} == {
             (name, "ok", "inactive") for name in ("CeleryWorkerOffline", "CeleryTaskFailureRateHigh",
                                                   "CeleryQueueWithoutConsumers", "CeleryQueueBacklog", "FlowerbedDown",
-                                                  "FlowerbedNotRecording", "FlowerbedLosingEvents")}
+                                                  "FlowerbedNotRecording", "FlowerbedCannotReadQueues",
+                                                  "FlowerbedLosingEvents")}
 
         # Flower's counters start again from zero when it restarts; these are kept in the store.
         tier.stop()
@@ -131,6 +193,7 @@ def test_prometheus_scrapes_flowers_metrics_from_a_web_tier_and_no_counter_reset
         tier.stop()
 
 
+@pytest.mark.integration
 def test_the_exposition_passes_promtool(tmp_path, redis_url, celery_worker):
     """promtool, Prometheus' own linter, finds nothing wrong with what /metrics answers."""
     assert PROMTOOL, "promtool is not installed: tests/run.sh installs Debian's prometheus package"

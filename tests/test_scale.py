@@ -116,6 +116,8 @@ def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url
             ready = wait_for(lambda: (lambda a: a[1] if a[0] == 503 else None)(get_json(f"{web.url}/healthcheck/ready")),
                              30, "the web tier not ready")
             assert ready["problems"][0].startswith("the store cannot be read")
+            metrics = get(f"{web.url}/metrics")  # a scrape is told, in its own plain text
+            assert metrics[0] == 503 and metrics[1].startswith(b"the store cannot be read: ")
             wait_for(lambda: get_json(f"{collector.url}/api/collector")[1].get("writer_error"), 30,
                      "the collector saying it cannot write")
             assert get(f"{web.url}/healthcheck")[0] == 200  # the process itself is alive
@@ -127,5 +129,8 @@ def test_a_postgresql_that_goes_away_is_said_plainly_and_loses_nothing(redis_url
             stats = wait_for(lambda: (lambda s: s if not s.get("writer_error") else None)(
                 get_json(f"{collector.url}/api/collector")[1]), 30, "the collector writing again")
             assert stats["dropped"] == 0 and stats["rejected"] == 0
+            succeeded = [line for line in get(f"{web.url}/metrics")[1].decode().splitlines()
+                         if line.startswith("flower_events_total") and 'type="task-succeeded"' in line]
+            assert [float(line.rsplit(" ", 1)[1]) for line in succeeded] == [40.0]  # every one counted, once
     finally:
         proxy.stop()

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
 from conftest import StoreMaker
 from helpers import task_row, worker_row
+from monitor.store import event_counts
 from monitor.store.schema import SCHEMA_VERSION, StoreError, is_online
 from monitor.store.sqlite import SqliteStore as Store
 
@@ -266,16 +268,45 @@ def test_busy_floors_give_each_workers_fewest_active_and_first_heartbeat_since_a
 
 def test_the_metrics_counters_add_up_across_batches_and_survive_reopening(make_store):
     store = make_store()
-    store.write_batch(events=[("w@a", "add", "task-succeeded", 2)], runtimes=[("w@a", "add", 2, 0.5)],
-                      runtime_buckets=[("w@a", "add", 0.25, 1), ("w@a", "add", 1.0, 2)])
-    store.write_batch(events=[("w@a", "add", "task-succeeded", 1), ("w@a", "add", "task-failed", 1)],
-                      runtimes=[("w@a", "add", 1, 2.0)], runtime_buckets=[])
+    store.write_batch(events=[("w@a", "add", "task-succeeded", 2, T0)], runtimes=[("w@a", "add", 2, 0.5, T0)],
+                      runtime_buckets=[("w@a", "add", 0.25, 1), ("w@a", "add", 1.0, 1)])
+    store.write_batch(events=[("w@a", "add", "task-succeeded", 1, T0), ("w@a", "add", "task-failed", 1, T0)],
+                      runtimes=[("w@a", "add", 1, 2.0, T0)], runtime_buckets=[("w@a", "add", 5.0, 1)])
     store.close()
     counters = make_store().metric_counters()
-    assert [tuple(row) for row in counters["events"]] == [("w@a", "add", "task-failed", 1),
-                                                          ("w@a", "add", "task-succeeded", 3)]
-    assert [tuple(row) for row in counters["runtimes"]] == [("w@a", "add", 3, 2.5)]
-    assert [tuple(row) for row in counters["buckets"]] == [("w@a", "add", 0.25, 1), ("w@a", "add", 1.0, 2)]
+    assert counters["events"] == [("w@a", "add", "task-failed", 1), ("w@a", "add", "task-succeeded", 3)]
+    assert counters["runtimes"] == [("w@a", "add", 3, 2.5)]
+    assert counters["buckets"] == [("w@a", "add", 0.25, 1), ("w@a", "add", 1.0, 1), ("w@a", "add", 5.0, 1)]
+
+
+def test_counters_nothing_added_to_for_the_sample_window_go_a_histogram_whole(make_store):
+    store = make_store(sample_days=7)
+    old, recent = T0 - 8 * 86400, T0 - 86400
+    store.write_batch(events=[("gone@pod-1", "add", "task-received", 5, old), ("w@a", "add", "task-received", 5, old),
+                              ("w@a", "add", "task-succeeded", 5, recent)],
+                      runtimes=[("gone@pod-1", "add", 5, 1.0, old), ("w@a", "add", 5, 1.0, recent)],
+                      runtime_buckets=[("gone@pod-1", "add", 0.25, 5), ("w@a", "add", 0.25, 5)])
+    store.enforce_retention(now=T0)
+    counters = store.metric_counters()
+    assert counters["events"] == [("w@a", "add", "task-succeeded", 5)]
+    assert counters["runtimes"] == [("w@a", "add", 5, 1.0)]
+    assert counters["buckets"] == [("w@a", "add", 0.25, 5)]
+
+
+def test_events_waiting_for_a_name_count_under_it_once_stored_or_under_nothing_after_the_wait(make_store):
+    store = make_store()
+    store.use_runtime_buckets((0.5, 2.0))
+    now = time.time()
+    waited_long = now - event_counts.UNNAMED_WAIT_SECONDS - 1
+    store.write_batch(unnamed=[(uuid(1), "w@a", "succeeded", 1.0, now), (uuid(2), "w@a", "succeeded", 0.1, now),
+                               (uuid(3), "w@a", "failed", None, waited_long)])
+    # uuid(1)'s name is stored by a later batch; uuid(2)'s never is, and waits still; uuid(3)'s waited too long
+    store.write_batch(tasks=[task_row(uuid=uuid(1), name="add", state="RECEIVED", worker="w@a")])
+    counters = store.metric_counters()
+    assert counters["events"] == [("w@a", "", "task-failed", 1), ("w@a", "add", "task-succeeded", 1)]
+    assert counters["runtimes"] == [("w@a", "add", 1, 1.0)]
+    assert counters["buckets"] == [("w@a", "add", 2.0, 1)]
+    assert [tuple(row) for row in store.query("SELECT uuid FROM task_events_unnamed")] == [(uuid(2),)]
 
 
 def test_tasks_at_workers_are_those_received_or_running_without_an_eta_and_not_lost(make_store):

@@ -473,22 +473,27 @@ class Collector:
     def _flush(self, pending: "_Pending") -> None:
         limit, counts, broker = self.field_limit, self.counts, self.broker_name
         increments = collections.defaultdict(lambda: [0] * len(WORKER_COUNTERS))
-        metrics, tasks = Increments(self.runtime_buckets), pending.tasks
-        # A task whose received event memory no longer holds (let go, or before this collector started):
-        # its name as stored, else Flower's label for a task of unknown name, "". Read before
-        # _new_events counts gaps, so that a read that fails counts nothing before the batch is retried.
-        stored = self._stored([uuid for uuid, task in tasks.items() if type(task.get("name")) is not str], ("name",))
+        metrics, tasks, unnamed, now = Increments(self.runtime_buckets), pending.tasks, [], time.time()
+        # A task whose received event memory does not hold (let go, or merged by another collector): its
+        # name as stored, else its events wait for it (event_counts.py). Read before _new_events counts
+        # gaps, so that a read that fails counts nothing before the batch is retried.
+        stored = self._stored([uuid for uuid, task in tasks.items() if task.get("name") is None], ("name",))
         for uuid, subject, _at, hostname, runtime in self._new_events(pending):
             index = _COUNTER_INDEX.get(subject)
             if index is not None:
                 increments[hostname][index] += 1
-            name = tasks[uuid].get("name")
-            if type(name) is not str:
-                name = stored.get(uuid, {}).get("name") or ""
-            name = name[:limit]  # a label, as long as the stored name at most
-            metrics.count(hostname, name, subject)
             runtime = _number(runtime)
-            if subject == "succeeded" and runtime is not None and 0 < runtime < _INFINITY:  # (not NaN either)
+            if subject != "succeeded" or runtime is None or not 0 < runtime < _INFINITY:  # (NaN neither)
+                runtime = None  # nothing to observe
+            name = tasks[uuid].get("name")
+            if name is None:
+                name = stored.get(uuid, {}).get("name")
+                if name is None:
+                    unnamed.append((uuid, hostname, subject, runtime, now))
+                    continue
+            name = _text(name, limit)  # the label is the name as stored
+            metrics.count(hostname, name, subject)
+            if runtime is not None:
                 metrics.observe(hostname, name, runtime)
         self._unwritten = _Unwritten({
             "tasks": [task_row(task, limit, counts, broker) for task in pending.tasks.values()],
@@ -496,7 +501,8 @@ class Collector:
                         for worker, offline_at, online_at in pending.workers.values()],
             "counters": [(host, *values) for host, values in increments.items()],
             "samples": pending.samples,
-            **metrics.rows(),
+            **metrics.rows(now),
+            "unnamed": unnamed,
         }, pending.events, pending.oldest, self._taken)
         self._pending = _Pending()
         self._write_unwritten()
@@ -567,7 +573,9 @@ class Collector:
     def _write_unwritten(self) -> None:
         """Write the batch in hand: at once when the store takes it whole, else split until every
         row it refuses is found. A store error worth retrying propagates, and what is not yet
-        committed stays in hand (committed parts are never written twice: counters add up)."""
+        committed stays in hand (committed parts are never written twice: counters add up). A split
+        batch's parts commit one by one: from an events queue, a collector killed between two of them
+        may count an event delivered again twice, or not at all (a refused row and a kill: rare)."""
         batch = self._unwritten
         if batch.parts is None:
             try:
@@ -682,8 +690,9 @@ def _number(value):
     return None
 
 
-def _text(value, limit: int, counts: collections.Counter):
-    """Text for the store: other values as their str(), and at most `limit` characters, marked."""
+def _text(value, limit: int, counts: collections.Counter | None = None):
+    """Text for the store: other values as their str(), and at most `limit` characters, marked (and
+    counted in `counts`, when given)."""
     if value is None:
         return None
     if type(value) is not str:
@@ -692,7 +701,8 @@ def _text(value, limit: int, counts: collections.Counter):
         except RecursionError:
             return receiving.TOO_DEEP
     if len(value) > limit:
-        counts["truncated"] += 1
+        if counts is not None:
+            counts["truncated"] += 1
         return value[:limit] + TRUNCATED.format(len(value) - limit)
     return value
 

@@ -22,6 +22,8 @@ from monitor.store.event_counts import RUNTIME_BUCKETS_KEY
 
 # The text format every Prometheus reads (2.x and 3.x); Flower answers text/plain.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The least age of a queue reading /metrics no longer serves, in seconds.
+QUEUES_STALE_SECONDS = 60.0
 # What the collector's reports count, by the `outcome` label of flowerbed_collector_events_total.
 _COLLECTOR_OUTCOMES = ("received", "stored", "dropped", "malformed", "rejected")
 
@@ -57,17 +59,20 @@ class _Families:
 def metric_families(services, now: float) -> list:
     """Every family /metrics serves, read from the store at `now`."""
     store = services.store
-    shown = services.workers(now)
+    known = store.workers(now)
+    shown = services.shown(known, now)
     # Workers hidden by --purge-offline-workers leave every family, as Flower removes their labels.
-    hidden = {worker["hostname"] for worker in store.workers(now)} - {worker["hostname"] for worker in shown}
+    hidden = {worker["hostname"] for worker in known} - {worker["hostname"] for worker in shown}
     counters = store.metric_counters()
     at_workers = store.tasks_at_workers()
     families = [_events(counters["events"], hidden),
                 _runtimes(counters, store.get_meta(RUNTIME_BUCKETS_KEY) or [], hidden),
                 *_prefetch(counters["events"], at_workers, hidden),
                 *_workers(shown)]
+    # A queue reading older than a few inspects is no depth any more (the broker could not be read).
+    fresh_since = now - max(QUEUES_STALE_SECONDS, 5 * services.settings.inspect_seconds)
     return families + _collectors(services.broker_stats(), now, services.settings.stall_seconds) \
-        + _queues(store.queues())
+        + _queues(store.queues(), store.queue_reports(), fresh_since)
 
 
 def _events(rows, hidden: set) -> CounterMetricFamily:
@@ -132,33 +137,39 @@ def _workers(workers: list[dict]) -> list[GaugeMetricFamily]:
 
 
 def _collectors(reports: dict[str, dict], now: float, stall_seconds: float) -> list:
-    """Per broker: the recording collector's counters since it started (a restart is a reset, which
-    Prometheus reads as such), its lag, and whether it does its job (/healthcheck/ready's rule)."""
-    events = CounterMetricFamily("flowerbed_collector_events", "Events the collector of a broker received, "
+    """Per broker: the latest report's collector's counters since that process started, labelled with
+    it (collectors sharing an events queue report in turn: each keeps a series of its own, never read as
+    a reset of another's), the lag, and whether the broker is recorded (/healthcheck/ready's rule)."""
+    events = CounterMetricFamily("flowerbed_collector_events", "Events a collector of the broker received, "
                                  "stored, dropped, could not read, or the store refused, since it started",
-                                 labels=["broker", "outcome"])
-    lag = GaugeMetricFamily("flowerbed_collector_lag_seconds", "How long the oldest event not yet stored has "
-                            "waited, or the last batch took to be stored", labels=["broker"])
+                                 labels=["broker", "collector", "outcome"])
+    lag = GaugeMetricFamily("flowerbed_collector_lag_seconds", "How long events wait before they are stored: "
+                            "the oldest waiting, else the last batch's oldest", labels=["broker"])
     ready = GaugeMetricFamily("flowerbed_collector_ready", "1 when the collector of a broker records its events "
                               "(as /healthcheck/ready says), else 0", labels=["broker"])
     for broker, report in sorted(reports.items()):
         if "store_error" in report:  # the store failed between this scrape's reads: the next one says so
             continue
         for outcome in _COLLECTOR_OUTCOMES:
-            events.add_metric([broker, outcome], report.get(outcome) or 0)
+            events.add_metric([broker, report.get("owner") or "", outcome], report.get(outcome) or 0)
         lag.add_metric([broker], report.get("lag_seconds") or 0.0)
         ready.add_metric([broker], 0 if readiness_problems(report, now, stall_seconds) else 1)
     return [events, lag, ready]
 
 
-def _queues(queues: list[dict]) -> list[GaugeMetricFamily]:
-    """Each watched queue's latest depth and consumers, as the inspector last read them."""
+def _queues(queues: list[dict], reports: dict[str, dict], fresh_since: float) -> list[GaugeMetricFamily]:
+    """Each watched queue's depth and consumers as the inspector read them since `fresh_since`, and per
+    broker whether its latest reading then succeeded (else the depths are not known now)."""
     messages = GaugeMetricFamily("flowerbed_queue_messages", "Messages waiting in a queue of the broker",
                                  labels=["broker", "queue"])
     consumers = GaugeMetricFamily("flowerbed_queue_consumers", "Consumers of a queue of the broker",
                                   labels=["broker", "queue"])
+    read = GaugeMetricFamily("flowerbed_queues_read_ok", "1 when the broker's queues were read lately, else 0 "
+                             "(their depths are then left out)", labels=["broker"])
     for queue in queues:
-        if queue["messages"] is not None:  # None: the broker does not have that queue
+        if queue["messages"] is not None and queue["at"] >= fresh_since:  # None: the broker has no such queue
             messages.add_metric([queue["broker"], queue["name"]], queue["messages"])
             consumers.add_metric([queue["broker"], queue["name"]], queue["consumers"] or 0)
-    return [messages, consumers]
+    for broker, report in sorted(reports.items()):
+        read.add_metric([broker], 1 if report.get("error") is None and (report.get("at") or 0) >= fresh_since else 0)
+    return [messages, consumers, read]

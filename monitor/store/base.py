@@ -21,6 +21,7 @@ from monitor.store.schema import AUDIT_FIELDS, AUDIT_SEARCHED, LOST_SQL, TASK_FI
 # interval (5 ms), which held the writer near 3k rows/s in the benchmark. Many rows per statement: few
 # retakes (and few round trips to PostgreSQL: a row each cost its writer ~25 us, bench/cpu.py).
 _ROWS_PER_UPSERT = 200
+_LOOKUP_CHUNK = 500  # ids per `IN (...)` lookup
 _TASK_INSERT = f"INSERT INTO tasks ({', '.join(TASK_FIELDS)})"
 _TASK_CONFLICT = (
     " ON CONFLICT (uuid) DO UPDATE SET "
@@ -128,13 +129,15 @@ class Store:
     # -- writes ------------------------------------------------------------------------------
     def write_batch(self, tasks: Sequence[tuple] = (), workers: Sequence[tuple] = (),
                     counters: Sequence[tuple] = (), samples: Sequence[tuple] = (), events: Sequence[tuple] = (),
-                    runtimes: Sequence[tuple] = (), runtime_buckets: Sequence[tuple] = ()) -> None:
+                    runtimes: Sequence[tuple] = (), runtime_buckets: Sequence[tuple] = (),
+                    unnamed: Sequence[tuple] = ()) -> None:
         """One transaction for everything a collector batch changed.
 
         tasks: tuples in TASK_FIELDS order; workers: in WORKER_FIELDS order; counters:
         (hostname, *increments in WORKER_COUNTERS order); samples: (hostname, at, active, l1, l5, l15);
         events, runtimes, runtime_buckets: increments of the /metrics counters (event_counts.py):
-        (worker, name, type, n), (worker, name, n, seconds), (worker, name, le, n).
+        (worker, name, type, n, at), (worker, name, n, seconds, at), (worker, name, le, n); unnamed: task
+        events waiting for their task's name, (uuid, worker, subject, runtime to observe or None, at).
         """
         self._write((
             *_upserts(_TASK_INSERT, _TASK_CONFLICT, tasks),
@@ -144,7 +147,39 @@ class Store:
             *_upserts(*event_counts.EVENT_UPSERT, events),
             *_upserts(*event_counts.RUNTIME_UPSERT, runtimes),
             *_upserts(*event_counts.BUCKET_UPSERT, runtime_buckets),
-        ), then=self._fold)  # the tasks this batch finished, into the analytics rollups
+            (event_counts.UNNAMED_INSERT, unnamed),
+        ), then=self._after_batch)
+
+    def _after_batch(self, conn) -> None:
+        """In a batch's transaction: the waiting events whose task's name is now stored into the
+        counters, and the tasks the batch finished into the analytics rollups."""
+        self._count_named(conn, time.time())
+        self._fold(conn)
+
+    def _count_named(self, conn, now: float) -> None:
+        """Count the events that waited for their task's name (event_counts.py) and have it now, or
+        waited too long (under "")."""
+        taken = conn.execute(event_counts.TAKE_NAMED, (now - event_counts.UNNAMED_WAIT_SECONDS,)).fetchall()
+        if not taken:
+            return
+        uuids, names = list({row[0] for row in taken}), {}
+        for start in range(0, len(uuids), _LOOKUP_CHUNK):
+            chunk = uuids[start:start + _LOOKUP_CHUNK]
+            names.update((row[0], row[1]) for row in conn.execute(
+                f"SELECT uuid, name FROM tasks WHERE uuid IN ({', '.join('?' * len(chunk))})", chunk).fetchall())
+        bounds = conn.execute("SELECT value FROM meta WHERE key = ?", (event_counts.RUNTIME_BUCKETS_KEY,)).fetchone()
+        increments = event_counts.Increments(tuple(json.loads(bounds[0])) if bounds else
+                                             event_counts.DEFAULT_RUNTIME_BUCKETS)
+        for uuid, worker, subject, runtime in taken:
+            name = names.get(uuid) or ""
+            increments.count(worker, name, subject)
+            if runtime is not None:
+                increments.observe(worker, name, runtime)
+        rows = increments.rows(now)
+        for sql, params in (*_upserts(*event_counts.EVENT_UPSERT, rows["events"]),
+                            *_upserts(*event_counts.RUNTIME_UPSERT, rows["runtimes"]),
+                            *_upserts(*event_counts.BUCKET_UPSERT, rows["runtime_buckets"])):
+            conn.executemany(sql, params)
 
     def _fold(self, conn, force: bool = False) -> int:
         return rollup.fold_inbox(conn, self.dialect, force)
@@ -275,7 +310,7 @@ class Store:
         statements = [("DELETE FROM worker_samples WHERE at < ?", [(window_start,)]),
                       ("DELETE FROM queue_samples WHERE at < ?", [(window_start,)]),
                       ("DELETE FROM queues WHERE seen_at < ?", [(window_start,)]),
-                      *rollup.retention_statements(now)]
+                      *rollup.retention_statements(now), *event_counts.retention_statements(window_start)]
         if excess > 0:
             cutoff = self.query("SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET ?", (excess,))[0]["seq"]
             statements.append(("DELETE FROM tasks WHERE seq < ?", [(cutoff,)]))
@@ -377,12 +412,14 @@ class Store:
         return _worker(rows[0], time.time() if now is None else now) if rows else None
 
     def metric_counters(self) -> dict[str, list]:
-        """The /metrics counters (event_counts.py): "events" (worker, name, type, count), "runtimes"
-        (worker, name, count, seconds), "buckets" (worker, name, le, count), each sorted by its key."""
-        return {"events": self.query("SELECT worker, name, type, count FROM task_events ORDER BY worker, name, type"),
-                "runtimes": self.query("SELECT worker, name, count, seconds FROM task_runtimes ORDER BY worker, name"),
-                "buckets": self.query("SELECT worker, name, le, count FROM task_runtime_buckets "
-                                      "ORDER BY worker, name, le")}
+        """The /metrics counters (event_counts.py), read in one snapshot: "events" (worker, name, type,
+        count), "runtimes" (worker, name, count, seconds), "buckets" (worker, name, le, count), each
+        sorted by its key."""
+        found: dict[str, list] = {"events": [], "runtimes": [], "buckets": []}
+        for kind, worker, name, event_type, count, number in self.query(event_counts.READ_ALL):
+            found[kind].append((worker, name, event_type, count) if kind == "events" else
+                               (worker, name, count, number) if kind == "runtimes" else (worker, name, number, count))
+        return {kind: sorted(rows) for kind, rows in found.items()}
 
     def tasks_at_workers(self) -> dict[str, list]:
         """What Flower's prefetch gauges read, for tasks without an ETA (a scheduled task waits on

@@ -56,7 +56,7 @@ def filled(store, workers: int, names: int, tasks: int, now: float, rng: random.
                 counts.observe(host, name, seconds)
                 runtimes.setdefault((host, name), []).append(seconds)
     store.use_runtime_buckets(DEFAULT_RUNTIME_BUCKETS)  # as a collector's start leaves it
-    store.write_batch(**counts.rows())
+    store.write_batch(**counts.rows(now))
     store.write_batch(workers=[tuple({"hostname": host, "last_heartbeat": now, "freq": 2.0, "active": 3,
                                       "online_at": now - 3600}.get(f) for f in WORKER_FIELDS) for host in hosts])
     waiting: dict[tuple, int] = {}

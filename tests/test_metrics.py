@@ -169,6 +169,11 @@ def test_prometheus_scrapes_flowers_metrics_from_a_web_tier_and_no_counter_reset
         assert 0.04 < p95 <= 0.5
         assert value(query, 'flower_task_runtime_seconds_count{task="sample.sleep"}') == SUCCEEDED
         assert value(query, "min(flowerbed_collector_ready)") == 1
+        # The "Task Success Ratio" panel of Flower's example Grafana dashboard, as it is written there
+        ratio = {sample["metric"]["task"]: float(sample["value"][1]) for sample in query(
+            '(sum(avg_over_time(flower_events_total{type="task-succeeded"}[15m])) by (task) / '
+            'sum(avg_over_time(flower_events_total{type=~"task-failed|task-succeeded"}[15m])) by (task)) * 100')}
+        assert ratio == {"sample.sleep": 100, "sample.fail": 0}
         # docs/prometheus-alerts.yml evaluates on these series (no error, none firing; each alert's
         # firing is tested by promtool below)
         def evaluated():

@@ -97,11 +97,14 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
     details = ["no collector has written to this store yet"] if not stats else [
                f"{stats.get('stored', 0):,} events stored", f"lag {stats.get('lag_seconds', 0):.1f} s",
                f"backlog {stats.get('backlog', 0):,}"]
-    for key, label in (("dropped", "dropped (backlog full)"), ("rejected", "rows refused by the store"),
-                       ("malformed", "malformed"), ("gaps", "tasks seen finishing without their earlier events"),
-                       ("disconnects", "disconnects")):
+    for key, one, many in (("dropped", "dropped (backlog full)", "dropped (backlog full)"),
+                           ("rejected", "row refused by the store", "rows refused by the store"),
+                           ("malformed", "malformed", "malformed"),
+                           ("gaps", "task seen finishing without its earlier events",
+                            "tasks seen finishing without their earlier events"),
+                           ("disconnects", "disconnect", "disconnects")):
         if stats.get(key):
-            details.append(f"{stats[key]:,} {label}")
+            details.append(f"{stats[key]:,} {one if stats[key] == 1 else many}")
     if stats.get("unheard_events_lost"):
         details.append("events published while no collector listens are lost (on RabbitMQ, --events-queue keeps them)")
     if role == "standby":

@@ -64,6 +64,18 @@ def test_the_status_line_warns_of_unheard_events_only_where_a_broker_loses_them(
         assert (warning in text(collector_status(stats, stats["updated_at"], 30.0))) is lost, broker
 
 
+def test_the_status_line_counts_in_words_that_agree_with_the_number():
+    from components.shell import collector_status
+
+    base = {"stored": 10, "lag_seconds": 0.1, "backlog": 0, "connected": True, "running": True, "role": "active",
+            "updated_at": 1000.0}
+    one = text(collector_status({**base, "gaps": 1, "disconnects": 1, "rejected": 1}, 1000.0, 30.0))
+    assert "1 task seen finishing without its earlier events" in one
+    assert "1 disconnect" in one and "1 disconnects" not in one and "1 row refused by the store" in one
+    many = text(collector_status({**base, "gaps": 2, "disconnects": 3}, 1000.0, 30.0))
+    assert "2 tasks seen finishing without their earlier events" in many and "3 disconnects" in many
+
+
 def test_an_empty_audit_log_says_whether_nothing_was_done_or_nothing_matches():
     assert "No action taken yet" in text(audit_table([], searched=False, relative_path=lambda path: path))
     assert "No action matches this search." in text(audit_table([], searched=True, relative_path=lambda path: path))

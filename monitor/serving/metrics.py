@@ -22,8 +22,9 @@ from monitor.store.event_counts import RUNTIME_BUCKETS_KEY
 
 # The text format every Prometheus reads (2.x and 3.x); Flower answers text/plain.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# The least age of a queue reading /metrics no longer serves, in seconds.
-QUEUES_STALE_SECONDS = 60.0
+# The least age of a queue reading /metrics no longer serves, in seconds: well above the inspect interval
+# of a collector configured apart from this web process.
+QUEUES_STALE_SECONDS = 300.0
 # What the collector's reports count, by the `outcome` label of flowerbed_collector_events_total.
 _COLLECTOR_OUTCOMES = ("received", "stored", "dropped", "malformed", "rejected")
 

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _COUNTER_INDEX = {name: i for i, name in enumerate(WORKER_COUNTERS)}
 _FINISHED = ("succeeded", "failed")
-_LOOKUP_CHUNK = 500  # uuids per lookup statement
 _NUMERIC_FIELDS = frozenset(NUMERIC_FIELDS)
 _SQLITE_INT = (-2 ** 63, 2 ** 63 - 1)
 _INFINITY = float("inf")
@@ -477,7 +476,7 @@ class Collector:
         # A task whose received event memory does not hold (let go, or merged by another collector): its
         # name as stored, else its events wait for it (event_counts.py). Read before _new_events counts
         # gaps, so that a read that fails counts nothing before the batch is retried.
-        stored = self._stored([uuid for uuid, task in tasks.items() if task.get("name") is None], ("name",))
+        stored = self.store.task_fields([uuid for uuid, task in tasks.items() if task.get("name") is None], ("name",))
         for uuid, subject, _at, hostname, runtime in self._new_events(pending):
             index = _COUNTER_INDEX.get(subject)
             if index is not None:
@@ -520,7 +519,7 @@ class Collector:
         if self.events_queue is None:
             self.counts["gaps"] += self._gaps(pending)
             return pending.counted
-        stored = self._stored({entry[0] for entry in pending.counted}, EVENT_TIME_FIELDS)
+        stored = self.store.task_fields({entry[0] for entry in pending.counted}, EVENT_TIME_FIELDS)
         seen, new = set(), []
         for entry in pending.counted:
             uuid, subject, at = entry[0], entry[1], _number(entry[2])
@@ -541,7 +540,7 @@ class Collector:
         tasks = pending.tasks
         suspects = [uuid for uuid in finished
                     if tasks[uuid].get("received") is None or tasks[uuid].get("started") is None]
-        stored = self._stored(suspects, EVENT_TIME_FIELDS)
+        stored = self.store.task_fields(suspects, EVENT_TIME_FIELDS)
         gaps = 0
         for uuid in suspects:
             (subject, at), row, task = finished[uuid], stored.get(uuid, {}), tasks[uuid]
@@ -549,16 +548,6 @@ class Collector:
                 gaps += ((task.get("received") is None and row.get("received") is None)
                          or (task.get("started") is None and row.get("started") is None))
         return gaps
-
-    def _stored(self, uuids, fields: tuple[str, ...]) -> dict:
-        """{uuid: {field: value}} of the tasks among `uuids` the store holds."""
-        uuids, found = list(uuids), {}
-        for start in range(0, len(uuids), _LOOKUP_CHUNK):
-            chunk = uuids[start:start + _LOOKUP_CHUNK]
-            for row in self.store.query(f"SELECT uuid, {', '.join(fields)} FROM tasks "
-                                        f"WHERE uuid IN ({', '.join('?' * len(chunk))})", chunk):
-                found[row[0]] = dict(zip(fields, tuple(row)[1:]))
-        return found
 
     def _acknowledge(self, through: int) -> None:
         """The first `through` events taken from the inbox are committed: tell the receiving

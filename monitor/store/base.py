@@ -42,6 +42,31 @@ def _upsert(insert: str, conflict: str, width: int, rows: int) -> str:
     return f"{insert} VALUES {', '.join([row] * rows)}{conflict}"
 
 
+def _task_fields(execute: Callable[[str, list], list], uuids: Iterable[str], fields: Sequence[str]) -> dict:
+    """{uuid: {field: value}} of the tasks among `uuids` the store holds, `execute(sql, params)` giving the
+    rows (a read, or inside a write)."""
+    uuids, found = list(uuids), {}
+    for start in range(0, len(uuids), _LOOKUP_CHUNK):
+        chunk = uuids[start:start + _LOOKUP_CHUNK]
+        for row in execute(f"SELECT uuid, {', '.join(fields)} FROM tasks "
+                           f"WHERE uuid IN ({', '.join('?' * len(chunk))})", chunk):
+            found[row[0]] = dict(zip(fields, tuple(row)[1:]))
+    return found
+
+
+def _meta_in(conn, key: str, lock: str = ""):
+    """A meta value read in the transaction of `conn` (`lock`: a clause locking its row)."""
+    row = conn.execute(f"SELECT value FROM meta WHERE key = ?{lock}", (key,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def _counter_upserts(events: Sequence[tuple], runtimes: Sequence[tuple],
+                     runtime_buckets: Sequence[tuple]) -> list[tuple[str, list]]:
+    """The upserts adding increments to the /metrics counters (rows as event_counts.Increments.rows)."""
+    return [*_upserts(*event_counts.EVENT_UPSERT, events), *_upserts(*event_counts.RUNTIME_UPSERT, runtimes),
+            *_upserts(*event_counts.BUCKET_UPSERT, runtime_buckets)]
+
+
 def _upserts(insert: str, conflict: str, rows: Sequence[tuple]) -> list[tuple[str, list]]:
     """(statement, parameter rows) for executemany: full statements of _ROWS_PER_UPSERT rows, then the
     rest. `insert` names the table and columns, `conflict` is the ON CONFLICT clause; a statement may
@@ -144,9 +169,7 @@ class Store:
             (_WORKER_UPSERT, workers),
             (_COUNTER_UPSERT, counters),
             ("INSERT INTO worker_samples VALUES (?, ?, ?, ?, ?, ?)", samples),
-            *_upserts(*event_counts.EVENT_UPSERT, events),
-            *_upserts(*event_counts.RUNTIME_UPSERT, runtimes),
-            *_upserts(*event_counts.BUCKET_UPSERT, runtime_buckets),
+            *_counter_upserts(events, runtimes, runtime_buckets),
             (event_counts.UNNAMED_INSERT, unnamed),
         ), then=self._after_batch)
 
@@ -162,23 +185,16 @@ class Store:
         taken = conn.execute(event_counts.TAKE_NAMED, (now - event_counts.UNNAMED_WAIT_SECONDS,)).fetchall()
         if not taken:
             return
-        uuids, names = list({row[0] for row in taken}), {}
-        for start in range(0, len(uuids), _LOOKUP_CHUNK):
-            chunk = uuids[start:start + _LOOKUP_CHUNK]
-            names.update((row[0], row[1]) for row in conn.execute(
-                f"SELECT uuid, name FROM tasks WHERE uuid IN ({', '.join('?' * len(chunk))})", chunk).fetchall())
-        bounds = conn.execute("SELECT value FROM meta WHERE key = ?", (event_counts.RUNTIME_BUCKETS_KEY,)).fetchone()
-        increments = event_counts.Increments(tuple(json.loads(bounds[0])) if bounds else
-                                             event_counts.DEFAULT_RUNTIME_BUCKETS)
+        stored = _task_fields(lambda sql, params: conn.execute(sql, params).fetchall(), {row[0] for row in taken},
+                              ("name",))
+        bounds = _meta_in(conn, event_counts.RUNTIME_BUCKETS_KEY)
+        increments = event_counts.Increments(tuple(bounds) if bounds else event_counts.DEFAULT_RUNTIME_BUCKETS)
         for uuid, worker, subject, runtime in taken:
-            name = names.get(uuid) or ""
+            name = stored.get(uuid, {}).get("name") or ""
             increments.count(worker, name, subject)
             if runtime is not None:
                 increments.observe(worker, name, runtime)
-        rows = increments.rows(now)
-        for sql, params in (*_upserts(*event_counts.EVENT_UPSERT, rows["events"]),
-                            *_upserts(*event_counts.RUNTIME_UPSERT, rows["runtimes"]),
-                            *_upserts(*event_counts.BUCKET_UPSERT, rows["runtime_buckets"])):
+        for sql, params in _counter_upserts(**increments.rows(now)):
             conn.executemany(sql, params)
 
     def _fold(self, conn, force: bool = False) -> int:
@@ -273,8 +289,7 @@ class Store:
 
     def _locked_meta(self, conn, key: str):
         """A meta value read inside a write, so that no other writer changes it before the commit."""
-        row = conn.execute(f"SELECT value FROM meta WHERE key = ?{self._for_update}", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return _meta_in(conn, key, self._for_update)
 
     _for_update = ""  # SQLite's write transaction already excludes every other writer
 
@@ -365,6 +380,10 @@ class Store:
     def get_task(self, uuid: str) -> dict | None:
         rows = self.query("SELECT * FROM tasks WHERE uuid = ?", (uuid,))
         return dict(rows[0]) if rows else None
+
+    def task_fields(self, uuids: Iterable[str], fields: Sequence[str]) -> dict:
+        """{uuid: {field: value}} of the tasks among `uuids` the store holds."""
+        return _task_fields(self.query, uuids, fields)
 
     def distinct_task_values(self, column: str) -> list[str]:
         """The distinct task names or workers (`column`), found through the column's index one value

@@ -12,7 +12,8 @@ from __future__ import annotations
 # 6: workers carry when they last came online (online_at, NULL before), as the worker stamped it, and
 #    how far this host's clock is ahead of theirs (clock_offset).
 # 7: task_events (task events counted per worker, task name and event type) and task_runtimes /
-#    task_runtime_buckets (successful tasks' runtimes as a histogram): the counters /metrics serves.
+#    task_runtime_buckets (successful tasks' runtimes as a histogram): the counters /metrics serves;
+#    task_events_unnamed (events waiting for their task's name to be counted).
 SCHEMA_VERSION = 7
 
 

@@ -123,7 +123,8 @@ class SqliteStore(Store):
                                  f"knows up to {SCHEMA_VERSION}): upgrade Flowerbed, or use another --db")
             indexed = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_text'").fetchone()
             _add_columns(connection)
-            connection.executescript(_SCHEMA + rollup.schema(SQLITE) + event_counts.schema(SQLITE) + _rollup_triggers() + _TEXT_SCHEMA)
+            connection.executescript(_SCHEMA + rollup.schema(SQLITE) + event_counts.schema(SQLITE) + _rollup_triggers()
+                                     + _TEXT_SCHEMA)
             if not indexed:  # a store written before the text index: index what it holds
                 connection.execute("INSERT INTO tasks_text (tasks_text) VALUES ('rebuild')")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

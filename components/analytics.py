@@ -619,15 +619,18 @@ CSV_FILES = {"analytics-stats": "task-runtimes", "analytics-exceptions": "except
              "analytics-slowest": "slowest-tasks", "analytics-stuck": "stuck-tasks", "analytics-compare": "compare"}
 
 
-def grid(grid_id: str, columns, empty: str, height: int | None = None, priority: tuple = (), **options) -> dag.AgGrid:
+def grid(grid_id: str, columns, empty: str, row_id: str, height: int | None = None, priority: tuple = (),
+         **options) -> dag.AgGrid:
     """A client-side grid whose rows open their drill-down target and export as CSV (as sorted/filtered,
     every column even where a narrow screen hides some); `priority`: the columns a narrow screen keeps
-    longest, most useful first (components/common.py fitting_columns)."""
+    longest, most useful first (components/common.py fitting_columns). `row_id`: what names a row across
+    refreshes (a JavaScript expression of `params.data`), so a refresh updates the rows in place instead
+    of building them again under a click, a text selection or the keyboard's focus."""
     fitting = fitting_columns(priority) if priority else {}
     if fitting:
         options = {"context": fitting["context"], **options}
     return dag.AgGrid(
-        id=grid_id, rowData=[], columnDefs=columns, eventListeners=fitting.get("eventListeners"),
+        id=grid_id, rowData=[], columnDefs=columns, getRowId=row_id, eventListeners=fitting.get("eventListeners"),
         defaultColDef={"sortable": True, "resizable": True, "suppressHeaderMenuButton": True},
         csvExportParams=csv_export_params(f"flowerbed-{CSV_FILES[grid_id]}.csv"),
         dashGridOptions={"rowHeight": 32, "headerHeight": 36, "animateRows": False, "tooltipShowDelay": 250,
@@ -659,6 +662,9 @@ def _csv_button(grid_id: str) -> html.Button:
 
 
 CSV_GRIDS = tuple(CSV_FILES)
+# What names a row of each table across refreshes: a task name, an exception group, a task.
+BY_NAME, BY_UUID = "params.data.name", "params.data.uuid"
+BY_EXCEPTION = "params.data.type + '\\n' + params.data.message"
 DASHBOARD_GRAPHS = ("dashboard-throughput", "dashboard-runtime")
 GRAPHS = ("analytics-throughput", "analytics-failure-rate", "analytics-runtime", "analytics-wait",
           "analytics-failures-by-name", "analytics-worker-active", "analytics-worker-load")
@@ -711,13 +717,14 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
         ], className="chart-grid two"),
         BelowFirstScreen([
             _panel("Runtime and wait per task name", grid("analytics-stats", STATS_COLUMNS,
-                                                          "No finished task in this range.", priority=STATS_PRIORITY),
+                                                          "No finished task in this range.", BY_NAME,
+                                                          priority=STATS_PRIORITY),
                    help_text="quantiles from log histograms (±4.4 %); worker/queue filters narrow counts, means "
                              "and max", actions=[_csv_button("analytics-stats")]),
             html.Div([
                 _panel("Failures by task name", _graph("analytics-failures-by-name", 300)),
                 _panel("Failures by exception type and message", grid("analytics-exceptions", EXCEPTION_COLUMNS,
-                                                     "No failures in this range.", height=300,
+                                                     "No failures in this range.", BY_EXCEPTION, height=300,
                                                      priority=EXCEPTION_PRIORITY),
                        help_text="hover for a sample traceback", actions=[_csv_button("analytics-exceptions")]),
             ], className="chart-grid failures"),
@@ -728,11 +735,11 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
             ], className="chart-grid two"),
             html.Div([
                 _panel("Slowest tasks in the range", grid("analytics-slowest", SLOWEST_COLUMNS,
-                                                          "No finished task in this range.", height=330,
+                                                          "No finished task in this range.", BY_UUID, height=330,
                                                           priority=SLOWEST_PRIORITY),
                        actions=[_csv_button("analytics-slowest")]),
                 _panel("Stuck tasks", grid("analytics-stuck", STUCK_COLUMNS,
-                                           "Nothing running past its limit.", height=330,
+                                           "Nothing running past its limit.", BY_UUID, height=330,
                                            priority=STUCK_PRIORITY),
                        help_text="running now far past what is normal for their name",
                        actions=[_csv_button("analytics-stuck")]),
@@ -752,7 +759,7 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
                               style={} if compare_mode == "split" else {"display": "none"}),
                     html.Span(id="compare-windows", className="muted small"),
                 ], className="compare-controls"),
-                grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window."),
+                grid("analytics-compare", COMPARE_COLUMNS, "No finished task in either window.", BY_NAME),
             ]), help_text="per task name, worst change first; a click opens its tasks (a Before cell: of the earlier window)",
                 actions=[_csv_button("analytics-compare")], id=COMPARE_ANCHOR),
         ]),

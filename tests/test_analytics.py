@@ -783,6 +783,21 @@ def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cl
 
 
 @pytest.mark.browser
+def test_a_refresh_updates_a_tables_rows_in_place(cluster, page):
+    # Built again, a row would drop a click landing on it (seen under load), the keyboard's focus and a
+    # text selection, at every refresh.
+    server, worker = cluster
+    page.goto(f"{server}/analytics#compare")
+    index = _grid_row_index(page, "analytics-compare", "sample.sleep")
+    row = page.query_selector(f"#analytics-compare .ag-center-cols-container .ag-row[row-index='{index}']")
+    page.focus(GRID_CELL % ("analytics-compare", index, "finished_after"))
+    wait_for_tasks(server, {worker.send("sample.add", 1, 2): "SUCCESS"}, timeout=30)
+    _grid_row_index(page, "analytics-compare", "sample.add")  # a refresh that changed the rows came
+    assert row.evaluate("row => row.isConnected && row.getAttribute('row-id')") == "sample.sleep"
+    assert page.evaluate("document.activeElement.getAttribute('col-id')") == "finished_after"
+
+
+@pytest.mark.browser
 def test_compare_says_when_a_window_had_no_tasks_and_a_row_opens_each_window(cluster, page):
     server, _worker = cluster
     page.goto(f"{server}/analytics")  # compares with the same time yesterday: the cluster ran today only

@@ -11,6 +11,7 @@ import time
 import pytest
 from celery import Celery
 
+from helpers import wait_for
 from monitor.ingest import receiving
 from monitor.ingest.collector import TRUNCATED, Collector
 from monitor.ingest.receiving import TOO_DEEP
@@ -244,7 +245,7 @@ class RefusingStore(Store):
     def write_batch(self, tasks=(), **rows):
         if any(row[1] == "poison" for row in tasks):
             raise sqlite3.IntegrityError("CHECK constraint failed: poison")
-        super().write_batch(tasks=tasks, **rows)
+        return super().write_batch(tasks=tasks, **rows)
 
 
 def test_a_batch_the_store_refuses_is_split_until_the_bad_row_is_dropped_and_nothing_is_written_twice(tmp_path):
@@ -480,3 +481,25 @@ def test_other_runtime_buckets_start_the_histogram_again_and_leave_the_event_cou
     assert (runtimes, buckets) == ({}, {})
     assert events[(WORKER, "sample.add", "task-succeeded")] == 1
     assert other.store.get_meta("runtime_buckets") == [0.25, 2.0]
+
+
+def _minutes_rolled_up(store) -> int:
+    return store.query("SELECT coalesce(sum(count), 0) FROM task_rollup WHERE grain = 60")[0][0]
+
+
+def test_a_fold_in_a_batch_of_heartbeats_changes_the_version_the_pages_refresh_on(feed):
+    # The Dashboard's charts and the compare table are asked again when the version changes: a fold
+    # that left it as it was kept them without the tasks it folded.
+    feed.merge(*task_lifecycle(feed))
+    written = feed.collector.stats()["tasks_stored_at"]
+    assert _minutes_rolled_up(feed.store) == 0  # not due yet: a fold takes many batches' tasks at once
+    heartbeat = lambda: feed.merge(feed.event("worker-heartbeat", time.time(), freq=2.0, active=0))
+    wait_for(lambda: heartbeat() and _minutes_rolled_up(feed.store), 15, "a heartbeats batch folding the task")
+    assert feed.collector.stats()["tasks_stored_at"] > written
+
+
+def test_a_quiet_clusters_last_tasks_are_folded_without_another_event(feed):
+    feed.merge(*task_lifecycle(feed))
+    written = feed.collector.stats()["tasks_stored_at"]
+    wait_for(lambda: feed.collector._housekeeping() or _minutes_rolled_up(feed.store), 15, "the quiet store's fold")
+    assert feed.collector.stats()["tasks_stored_at"] > written

@@ -40,6 +40,7 @@ from monitor.ingest import receiving
 from monitor.ingest.inbox import Inbox
 from monitor.ingest.incident import Incident
 from monitor.ingest.merge import MergeState
+from monitor.store import rollup
 from monitor.store.base import Store
 from monitor.store.event_counts import DEFAULT_RUNTIME_BUCKETS, Increments
 from monitor.store.schema import EVENT_TIME_FIELDS, NUMERIC_FIELDS, TASK_FIELDS, WORKER_COUNTERS
@@ -110,7 +111,10 @@ class Collector:
         self.counts = collections.Counter()
         self.lag_seconds = 0.0
         self.last_stored_at: float | None = None
-        self.tasks_stored_at: float | None = None  # a batch with task rows, not only heartbeats
+        # When the tasks or their analytics rollups last changed (heartbeats alone do not count): what
+        # the pages' refreshes are keyed on (monitor.services.store_version).
+        self.tasks_stored_at: float | None = None
+        self._fold_due: float | None = None  # finished tasks may wait unfolded in the rollup inbox
         self._pending = _Pending()
         self._unwritten: _Unwritten | None = None
         self._state = self.new_merge_state()
@@ -368,6 +372,7 @@ class Collector:
                     log.warning("collector: the runtime histogram of /metrics starts again from zero: its "
                                 "buckets are now %s", ", ".join(f"{bound:g}" for bound in self.runtime_buckets))
                 self._buckets_agreed = True
+            self._fold_quiet_store()
             if time.monotonic() >= self._retention_due:
                 self.store.enforce_retention()
                 self._retention_due = time.monotonic() + self.retention_seconds
@@ -568,7 +573,7 @@ class Collector:
         batch = self._unwritten
         if batch.parts is None:
             try:
-                self.store.write_batch(**batch.rows)
+                self._committed(bool(batch.rows["tasks"]), self.store.write_batch(**batch.rows))
             except Exception as exc:
                 if self.store.is_transient(exc):
                     raise
@@ -576,7 +581,7 @@ class Collector:
         while batch.parts:
             kind, rows = batch.parts[0]
             try:
-                self.store.write_batch(**{kind: rows})
+                self._committed(kind == "tasks", self.store.write_batch(**{kind: rows}))
             except Exception as exc:
                 if self.store.is_transient(exc):
                     raise
@@ -591,17 +596,34 @@ class Collector:
         self.counts["merged"] += batch.events
         self.counts["stored"] += batch.events
         self.last_stored_at = time.time()
-        if batch.rows.get("tasks"):
+        if batch.rows["tasks"]:
             self.tasks_stored_at = self.last_stored_at
         if batch.oldest:
             self.lag_seconds = max(0.0, self.last_stored_at - batch.oldest)
+
+    def _committed(self, wrote_tasks: bool, folded: int) -> None:
+        """After a write: a fold takes everything the rollup inbox holds, this write's tasks too; tasks
+        written and not folded wait for a later batch's fold, or for _fold_quiet_store's."""
+        if folded:
+            self._fold_due = None
+            self.tasks_stored_at = time.time()
+        elif wrote_tasks and self._fold_due is None:
+            self._fold_due = time.monotonic() + rollup.FOLD_SECONDS
+
+    def _fold_quiet_store(self) -> None:
+        """Fold the finished tasks a quiet cluster left in the rollup inbox: no batch comes to fold
+        them, and the charts would miss its last tasks until the next event."""
+        if self._fold_due is not None and time.monotonic() >= self._fold_due and not self._inbox:
+            self._fold_due = None
+            if self.store.fold_rollups():
+                self.tasks_stored_at = time.time()
 
     def _write_repaired(self, kind: str, row: tuple, error: Exception) -> None:
         """One row the store refused: retry it with every value made storable, else drop it."""
         repaired = tuple(map(_storable, row))
         if repaired != row:
             try:
-                self.store.write_batch(**{kind: [repaired]})
+                self._committed(kind == "tasks", self.store.write_batch(**{kind: [repaired]}))
                 return
             except Exception as exc:
                 if self.store.is_transient(exc):

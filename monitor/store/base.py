@@ -137,9 +137,10 @@ class Store:
         streamed without holding it all in memory."""
         raise NotImplementedError
 
-    def _write(self, statements: Statements, then: Callable | None = None) -> None:
+    def _write(self, statements: Statements, then: Callable | None = None):
         """Run the statements (sql, parameter rows) in one transaction; `then(connection)` runs
-        last, inside it, with `execute` and `executemany` taking `?` placeholders."""
+        last, inside it, with `execute` and `executemany` taking `?` placeholders. Returns what
+        `then` returned."""
         raise NotImplementedError
 
     @classmethod
@@ -155,8 +156,9 @@ class Store:
     def write_batch(self, tasks: Sequence[tuple] = (), workers: Sequence[tuple] = (),
                     counters: Sequence[tuple] = (), samples: Sequence[tuple] = (), events: Sequence[tuple] = (),
                     runtimes: Sequence[tuple] = (), runtime_buckets: Sequence[tuple] = (),
-                    unnamed: Sequence[tuple] = ()) -> None:
-        """One transaction for everything a collector batch changed.
+                    unnamed: Sequence[tuple] = ()) -> int:
+        """One transaction for everything a collector batch changed. Returns how many finished tasks
+        it folded into the analytics rollups (rollup.fold_inbox: those of earlier batches too).
 
         tasks: tuples in TASK_FIELDS order; workers: in WORKER_FIELDS order; counters:
         (hostname, *increments in WORKER_COUNTERS order); samples: (hostname, at, active, l1, l5, l15);
@@ -164,7 +166,7 @@ class Store:
         (worker, name, type, n, at), (worker, name, n, seconds, at), (worker, name, le, n); unnamed: task
         events waiting for their task's name, (uuid, worker, subject, runtime to observe or None, at).
         """
-        self._write((
+        return self._write((
             *_upserts(_TASK_INSERT, _TASK_CONFLICT, tasks),
             (_WORKER_UPSERT, workers),
             (_COUNTER_UPSERT, counters),
@@ -173,11 +175,11 @@ class Store:
             (event_counts.UNNAMED_INSERT, unnamed),
         ), then=self._after_batch)
 
-    def _after_batch(self, conn) -> None:
+    def _after_batch(self, conn) -> int:
         """In a batch's transaction: the waiting events whose task's name is now stored into the
-        counters, and the tasks the batch finished into the analytics rollups."""
+        counters, and the finished tasks into the analytics rollups when due (how many it folded)."""
         self._count_named(conn, time.time())
-        self._fold(conn)
+        return self._fold(conn)
 
     def _count_named(self, conn, now: float) -> None:
         """Count the events that waited for their task's name (event_counts.py) and have it now, or
@@ -202,9 +204,7 @@ class Store:
 
     def fold_rollups(self) -> int:
         """Fold the finished tasks queued for the analytics rollups now instead of when due."""
-        folded = []
-        self._write((), then=lambda conn: folded.append(self._fold(conn, force=True)))
-        return folded[0]
+        return self._write((), then=lambda conn: self._fold(conn, force=True))
 
     def save_inspection(self, replies: dict[str, dict], at: float, broker: str | None = None,
                         online_since: dict[str, float] | None = None) -> None:
@@ -242,7 +242,6 @@ class Store:
         histogram again (as Flower's does when restarted with other buckets: Prometheus reads a
         reset); returns whether it did."""
         wanted = list(buckets)
-        reset = []
 
         def switch(conn):
             current = self._locked_meta(conn, event_counts.RUNTIME_BUCKETS_KEY)
@@ -250,9 +249,8 @@ class Store:
                 conn.execute(_META_UPSERT, (event_counts.RUNTIME_BUCKETS_KEY, json.dumps(wanted)))
                 conn.execute("DELETE FROM task_runtime_buckets")
                 conn.execute("DELETE FROM task_runtimes")
-            reset.append(current is not None and current != wanted)
-        self._write((), then=switch)
-        return reset[0]
+            return current is not None and current != wanted
+        return self._write((), then=switch)
 
     def set_meta(self, key: str, value) -> None:
         self._write(((_META_UPSERT, [(key, json.dumps(value))]),))
@@ -266,16 +264,14 @@ class Store:
         its owner is that one. One transaction, so two processes can never both take it."""
         now = time.time() if now is None else now
         key = f"lease:{name}"
-        holder = []
 
         def take(conn):
             current = self._locked_meta(conn, key)
             if current is None or current["owner"] in (owner, replacing) or current["expires"] <= now:
                 current = {"owner": owner, "expires": now + seconds}
                 conn.execute(_META_UPSERT, (key, json.dumps(current)))
-            holder.append(current)
-        self._write((), then=take)
-        return holder[0]
+            return current
+        return self._write((), then=take)
 
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up at once (a clean stop), so that a standby takes over without waiting."""
@@ -295,16 +291,13 @@ class Store:
 
     def meta_once(self, key: str, make: Callable[[], object]):
         """The meta value `key`, set to make() by the first process to ask: every process agrees."""
-        value = []
-
         def read_or_set(conn):
             current = self._locked_meta(conn, key)
             if current is None:
                 current = make()
                 conn.execute(_META_UPSERT, (key, json.dumps(current)))
-            value.append(current)
-        self._write((), then=read_or_set)
-        return value[0]
+            return current
+        return self._write((), then=read_or_set)
 
     def get_meta(self, key: str, default=None):
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -330,7 +323,7 @@ class Store:
             cutoff = self.query("SELECT seq FROM tasks ORDER BY seq LIMIT 1 OFFSET ?", (excess,))[0]["seq"]
             statements.append(("DELETE FROM tasks WHERE seq < ?", [(cutoff,)]))
             deleted = excess
-        self._write(statements, then=self._fold)  # a quiet cluster's last tasks reach the charts too
+        self._write(statements)
         return deleted
 
     def record_action(self, entry: dict, reruns: Sequence[tuple[str, str]] = ()) -> None:

@@ -276,13 +276,12 @@ class PostgresStore(Store):
                 while rows := cursor.fetchmany(chunk):
                     yield from map(dict, rows)
 
-    def _write(self, statements: Statements, then=None) -> None:
+    def _write(self, statements: Statements, then=None):
         with self._connection() as raw, raw.transaction():
             connection = _Connection(raw)
             for sql, rows in statements:
                 connection.executemany(sql, rows)
-            if then is not None:
-                then(connection)
+            return then(connection) if then is not None else None
 
     def count_tasks(self, where: str = "", params: Sequence = ()) -> int:
         if where:

@@ -170,19 +170,19 @@ class SqliteStore(Store):
         code = getattr(error, "sqlite_errorname", None) or ""
         return isinstance(error, sqlite3.OperationalError) and (not code or code.startswith(cls._TRANSIENT_CODES))
 
-    def _write(self, statements: Statements, then=None) -> None:
+    def _write(self, statements: Statements, then=None):
         conn = self._connection()
         with self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in statements:
                     conn.executemany(sql, rows)
-                if then is not None:
-                    then(conn)
+                result = then(conn) if then is not None else None
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            return result
 
 
 def _rollup_triggers() -> str:

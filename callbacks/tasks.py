@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import urllib.parse
 
-from dash import Input, Output, State, ctx, no_update
+from dash import Input, Output, State, no_update
 from dash.exceptions import PreventUpdate
 
 import auth
@@ -253,23 +253,33 @@ def register_actions(app, services) -> None:
             raise PreventUpdate
         return auth.current_user()
 
+    # The body's refresh (while the task runs) puts new buttons in, which Dash reports as a trigger
+    # without a click. Sent to the server, that trigger would replace the request of a click still
+    # under way, and Dash drops the answer of a replaced request: the action done, its outcome never
+    # shown. So the browser passes on confirmed clicks only.
+    app.clientside_callback(
+        """function() {
+            var triggered = window.dash_clientside.callback_context.triggered;
+            if (!triggered || !triggered.length || !triggered[0].value) { return window.dash_clientside.no_update; }
+            return {action: triggered[0].prop_id.split('.')[0], at: Date.now()};
+        }""",
+        Output("task-act-request", "data"),
+        [Input(f"act-{action}", "submit_n_clicks") for action in ("rerun", "revoke", "terminate", "abort")],
+        prevent_initial_call=True,
+    )
+
     @app.callback(
         Output("act-task-result", "children"),
-        Input("act-rerun", "submit_n_clicks"),
-        Input("act-revoke", "submit_n_clicks"),
-        Input("act-terminate", "submit_n_clicks"),
-        Input("act-abort", "submit_n_clicks"),
+        Input("task-act-request", "data"),
         State("task-signal", "value"),
         State("task-detail-uuid", "data"),
         prevent_initial_call=True,
     )
-    def act_on_task(_rerun, _revoke, _terminate, _abort, signal, task_id):
-        # The body's refresh (while the task runs) puts new buttons in, which Dash reports as a trigger
-        # without a click: only a confirmed click acts.
-        if not ctx.triggered or not ctx.triggered[0]["value"]:
+    def act_on_task(request, signal, task_id):
+        if not isinstance(request, dict):
             raise PreventUpdate
         user = acting_user()
-        action = ctx.triggered_id
+        action = request.get("action")
         try:
             if action == "act-rerun":
                 result = controller.rerun(user, task_id)

@@ -281,6 +281,7 @@ def task_detail(task: dict, relative_path, **parts) -> html.Div:
     return html.Div([
         dcc.Store(id="task-detail-uuid", data=task["uuid"]),
         dcc.Store(id="task-detail-finished", data=task.get("state") in TERMINAL_STATES),
+        dcc.Store(id="task-act-request"),  # a confirmed click on an action: callbacks/tasks.py act_on_task
         html.Div(task_detail_body(task, relative_path, **parts), id="task-detail-body"),
         html.Div(id="act-task-result", role="status"),
     ], id="task-detail")

@@ -337,6 +337,18 @@ class FlowerbedServer(str):
     def stop(self) -> None:
         self.process.stop()
 
+    def wait_for_rollups(self, timeout: float = 30) -> None:
+        """Wait until the finished tasks stored are folded into the analytics rollups too: that fold
+        changes the store version the pages refresh on, a few seconds after the tasks were stored."""
+        from monitor.store import open_store
+
+        store = open_store(str(self.db))
+        try:
+            wait_for(lambda: store.query("SELECT count(*) FROM rollup_inbox")[0][0] == 0, timeout,
+                     "the finished tasks folded into the rollups")
+        finally:
+            store.close()
+
 
 class Stack:
     """Things with a stop(), stopped in reverse order at the end of a fixture's scope."""

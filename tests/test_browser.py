@@ -174,6 +174,7 @@ def test_sort_and_search_survive_the_auto_refresh_which_shows_new_tasks(page, cl
 def test_an_idle_cluster_costs_the_tasks_grid_no_reload(page, cluster):
     wait_for_tasks(cluster.server, {uuid: "FAILURE" if purpose == "fail" else "SUCCESS"
                                     for purpose, uuid in cluster.sent.items()})
+    cluster.server.wait_for_rollups()  # whose fold changes the store version once more
     open_tasks(page, cluster)
     wait_for_rows(page, set(cluster.sent.values()), "every task")
     reloads, ticks = [], []

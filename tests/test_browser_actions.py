@@ -132,3 +132,32 @@ def test_a_read_only_user_sees_no_action(open_page, cluster):
     assert page.query_selector("#bulk-rerun-preview") is None and page.query_selector("#nav-audit") is None
     page.goto(f"{cluster.server}/audit")
     assert "for admins" in page.wait_for_selector(".empty-state").inner_text()
+
+
+def test_an_actions_outcome_is_shown_though_the_page_refreshed_while_it_was_asked(open_page, cluster):
+    # The page of a running task refreshes at each change in the store, its buttons too. A refresh
+    # while an action is under way used to replace that action's request, and its answer was dropped.
+    running = cluster.worker.send("sample.sleep", 60)
+    wait_for_tasks(cluster.server, {running: "STARTED"}, credentials=ADMIN)
+    page = open_page(ADMIN)
+    accept_dialogs(page, [])
+    held, refreshed = [], []
+    page.on("response", lambda answer: refreshed.append(answer)
+            if "task-detail-body" in (answer.request.post_data or "") else None)
+
+    def hold_the_action(route):
+        if "act-task-result" in (route.request.post_data or "") and not held:
+            held.append(route)
+        else:
+            route.continue_()
+    page.route(lambda url: "/_dash-update-component" in url, hold_the_action)
+    page.goto(f"{cluster.server}/task/{running}")
+    page.click("#task-terminate-button")
+    wait_for(lambda: page.wait_for_timeout(100) or held, 15, "the terminate asked")
+    refreshes = len(refreshed)
+    cluster.worker.send("sample.add", 1, 1)  # a change in the store: the page refreshes meanwhile
+    wait_for(lambda: page.wait_for_timeout(100) or len(refreshed) > refreshes, 30, "the page refreshed")
+    held[0].continue_()
+    outcome = page.wait_for_selector(".action-outcome.tone-ok").inner_text()
+    assert f"Revoked '{running}'" in outcome
+    wait_for_tasks(cluster.server, {running: "REVOKED"}, credentials=ADMIN)

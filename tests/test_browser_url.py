@@ -104,6 +104,7 @@ def test_back_and_a_shared_link_restore_the_analytics_range_filter_and_compare_m
 def test_an_idle_cluster_costs_the_dashboard_charts_no_request(page, cluster):
     wait_for_tasks(cluster.server, {uuid: "FAILURE" if purpose == "fail" else "SUCCESS"
                                     for purpose, uuid in cluster.sent.items()})
+    cluster.server.wait_for_rollups()  # whose fold changes the store version once more
     page.goto(f"{cluster.server}/")
     page.wait_for_selector("#dashboard-throughput .js-plotly-plot")
     charts, ticks = [], []

@@ -366,6 +366,10 @@ def test_a_second_collector_on_the_same_broker_and_store_stands_by_and_takes_ove
     second.collector._skip_waiting_events()  # what the writing loop does while it stands by
     assert second.collector.stats()["backlog"] == 0
     assert first.worker()["succeeded"] == 1
+    # The standby's pages refresh when the holder stores tasks (its version is the holder's).
+    first.collector._housekeeping()
+    second.collector._housekeeping()
+    assert second.collector.stats()["tasks_stored_at"] == first.collector.stats()["tasks_stored_at"] is not None
 
     first.collector.stop()
     second.collector._housekeeping()
@@ -462,6 +466,14 @@ def test_events_of_a_task_no_collector_knows_the_name_of_wait_for_it_then_count_
     assert runtimes == {(WORKER, "sample.add"): (1, 1.0)}
     second.merge(succeeded)  # delivered again: counted once still
     assert metric_counters(second.store)[0] == events
+    # The charts count it under its name as well, and each collector's pages refresh on the other's tasks.
+    assert first.store.fold_rollups() == 1
+    assert [tuple(row) for row in first.store.query("SELECT name, count FROM task_rollup WHERE grain = 60")] == [
+        ("sample.add", 1)]
+    for _turn in range(2):  # each reads the report the other wrote last, and takes a later change
+        first.collector._housekeeping()
+        second.collector._housekeeping()
+    assert first.collector.stats()["tasks_stored_at"] == second.collector.stats()["tasks_stored_at"] is not None
 
 
 def test_other_runtime_buckets_start_the_histogram_again_and_leave_the_event_counts(tmp_path):

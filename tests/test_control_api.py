@@ -75,9 +75,8 @@ def test_every_action_callback_refuses_a_read_only_user(dash_app):
 def test_an_action_callback_refuses_a_read_only_user(dash_app):
     client = dash_app.server.test_client()
     body = {"output": "act-task-result.children", "outputs": {"id": "act-task-result", "property": "children"},
-            "inputs": [{"id": f"act-{action}", "property": "submit_n_clicks", "value": 1 if action == "rerun" else None}
-                       for action in ("rerun", "revoke", "terminate", "abort")],
-            "changedPropIds": ["act-rerun.submit_n_clicks"],
+            "inputs": [{"id": "task-act-request", "property": "data", "value": {"action": "act-rerun", "at": 1}}],
+            "changedPropIds": ["task-act-request.data"],
             "state": [{"id": "task-signal", "property": "value", "value": "SIGTERM"},
                       {"id": "task-detail-uuid", "property": "data", "value": "t-1"}]}
     refused = client.post("/_dash-update-component", json=body, headers=basic(*VIEWER))

@@ -167,6 +167,8 @@ class Collector:
         if self.active:
             try:
                 self._write_what_is_held(deadline)
+                if self.store.fold_rollups():  # its last tasks in the charts, not when a collector next writes
+                    self.tasks_stored_at = time.time()
                 self.store.set_meta(self.report_key, self.stats())  # `running: false`, for the web side to show
                 if self.events_queue is None:
                     self.store.release_lease(self.lease_name, self.owner)
@@ -374,11 +376,24 @@ class Collector:
                 self._buckets_agreed = True
             self._fold_quiet_store()
             if time.monotonic() >= self._retention_due:
-                self.store.enforce_retention()
+                if self.store.enforce_retention():  # the oldest tasks gone from the Tasks page
+                    self.tasks_stored_at = time.time()
                 self._retention_due = time.monotonic() + self.retention_seconds
+            if self.events_queue is not None:  # the collectors sharing it take turns at the report
+                self._adopt_later_change(self.store.get_meta(self.report_key))
             self.store.set_meta(self.report_key, self.stats())
         else:
-            self.holder_reported_at = (self.store.get_meta(self.report_key) or {}).get("updated_at")
+            holder = self.store.get_meta(self.report_key) or {}
+            self.holder_reported_at = holder.get("updated_at")
+            self._adopt_later_change(holder)
+
+    def _adopt_later_change(self, report: dict | None) -> None:
+        """Take a later `tasks_stored_at` from the report of the collector writing in this one's stead
+        (the lease holder of a standby) or beside it (on a shared events queue): this process's pages
+        refresh on it, and show that collector's tasks too."""
+        theirs = (report or {}).get("tasks_stored_at")
+        if isinstance(theirs, (int, float)) and (self.tasks_stored_at is None or theirs > self.tasks_stored_at):
+            self.tasks_stored_at = theirs
 
     def _renew_lease(self) -> None:
         holder = self.store.claim_lease(self.lease_name, self.owner, self.lease_seconds)["owner"]
@@ -614,8 +629,9 @@ class Collector:
         """Fold the finished tasks a quiet cluster left in the rollup inbox: no batch comes to fold
         them, and the charts would miss its last tasks until the next event."""
         if self._fold_due is not None and time.monotonic() >= self._fold_due and not self._inbox:
+            folded = self.store.fold_rollups()  # (a failure leaves it due, for the next housekeeping)
             self._fold_due = None
-            if self.store.fold_rollups():
+            if folded:
                 self.tasks_stored_at = time.time()
 
     def _write_repaired(self, kind: str, row: tuple, error: Exception) -> None:

@@ -54,6 +54,11 @@ def _task_fields(execute: Callable[[str, list], list], uuids: Iterable[str], fie
     return found
 
 
+def _reader(conn) -> Callable[[str, list], list]:
+    """`execute(sql, params)` giving the rows, inside a write's transaction (for _task_fields)."""
+    return lambda sql, params: conn.execute(sql, params).fetchall()
+
+
 def _meta_in(conn, key: str, lock: str = ""):
     """A meta value read in the transaction of `conn` (`lock`: a clause locking its row)."""
     row = conn.execute(f"SELECT value FROM meta WHERE key = ?{lock}", (key,)).fetchone()
@@ -187,8 +192,7 @@ class Store:
         taken = conn.execute(event_counts.TAKE_NAMED, (now - event_counts.UNNAMED_WAIT_SECONDS,)).fetchall()
         if not taken:
             return
-        stored = _task_fields(lambda sql, params: conn.execute(sql, params).fetchall(), {row[0] for row in taken},
-                              ("name",))
+        stored = _task_fields(_reader(conn), {row[0] for row in taken}, ("name",))
         bounds = _meta_in(conn, event_counts.RUNTIME_BUCKETS_KEY)
         increments = event_counts.Increments(tuple(bounds) if bounds else event_counts.DEFAULT_RUNTIME_BUCKETS)
         for uuid, worker, subject, runtime in taken:
@@ -200,7 +204,7 @@ class Store:
             conn.executemany(sql, params)
 
     def _fold(self, conn, force: bool = False) -> int:
-        return rollup.fold_inbox(conn, self.dialect, force)
+        return rollup.fold_inbox(conn, self.dialect, functools.partial(_task_fields, _reader(conn)), force)
 
     def fold_rollups(self) -> int:
         """Fold the finished tasks queued for the analytics rollups now instead of when due."""

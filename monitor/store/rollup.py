@@ -19,6 +19,9 @@ from __future__ import annotations
 import functools
 import math
 import re
+from typing import Callable
+
+from monitor.store.event_counts import UNNAMED_WAIT_SECONDS
 
 MINUTE, FIVE_MINUTES, QUARTER, THREE_HOURS, DAY = 60, 300, 900, 10800, 86400
 GRAINS = (MINUTE, FIVE_MINUTES, QUARTER, THREE_HOURS, DAY)
@@ -91,16 +94,25 @@ _INBOX_COLUMNS = ("finished", "name", "state", "worker", "queue", "runtime", "wa
 FINAL_LIST = ", ".join(f"'{s}'" for s in FINAL_STATES)
 
 
+def _described(dialect, prefix: str) -> list[str]:
+    """What the rollups take of a task row: name, worker, queue, runtime, wait and sent_wait (in
+    _INBOX_COLUMNS order), from the columns named `prefix`name etc."""
+    positive = dialect.greatest
+    return [f"coalesce({prefix}name, '')", f"coalesce({prefix}worker, '')", f"coalesce({prefix}routing_key, '')",
+            f"{prefix}runtime",
+            f"CASE WHEN {prefix}started IS NOT NULL AND {prefix}received IS NOT NULL "
+            f"THEN {positive}(0.0, {prefix}started - {prefix}received) END",
+            # sent comes from the client's clock, started from the worker's: a skew below zero is clamped.
+            f"CASE WHEN {prefix}started IS NOT NULL AND {prefix}sent IS NOT NULL "
+            f"THEN {positive}(0.0, {prefix}started - {prefix}sent) END"]
+
+
 def queue_finished_task(dialect) -> str:
     """The trigger statement queueing the task `new` that just reached a final state."""
-    positive = dialect.greatest
+    name, worker, queue, *measures = _described(dialect, "new.")
     return f"""
-    INSERT INTO rollup_inbox ({", ".join(_INBOX_COLUMNS)}) SELECT {finished_sql("new.")}, coalesce(new.name, ''), new.state,
-        coalesce(new.worker, ''), coalesce(new.routing_key, ''), new.runtime,
-        CASE WHEN new.started IS NOT NULL AND new.received IS NOT NULL THEN {positive}(0.0, new.started - new.received) END,
-        -- sent comes from the client's clock, started from the worker's: a skew below zero is clamped.
-        CASE WHEN new.started IS NOT NULL AND new.sent IS NOT NULL THEN {positive}(0.0, new.started - new.sent) END,
-        CASE WHEN new.state = 'FAILURE' THEN new.exception END, new.uuid
+    INSERT INTO rollup_inbox ({", ".join(_INBOX_COLUMNS)}) SELECT {finished_sql("new.")}, {name}, new.state,
+        {worker}, {queue}, {", ".join(measures)}, CASE WHEN new.state = 'FAILURE' THEN new.exception END, new.uuid
     WHERE {finished_sql("new.")} IS NOT NULL"""
 
 
@@ -137,18 +149,32 @@ FOLD_SECONDS = 2.0
 FOLD_ROWS = 20_000
 
 
-def fold_inbox(conn, dialect, force: bool = False) -> int:
+def fold_inbox(conn, dialect, task_fields: Callable[[list, list], dict], force: bool = False) -> int:
     """Add the tasks queued in rollup_inbox to the rollups when it is due (or `force`); runs in the
-    writer's transaction. Returns how many tasks it folded."""
+    writer's transaction. Returns how many tasks it folded.
+
+    A task may reach its final state before the events that name it or tell when it was received
+    are stored: collectors sharing an events queue each write part of its events. Its queued row
+    then lacks them, so the fold takes them from the task's row as it is now (`task_fields(uuids,
+    expressions)`: Store's lookup by id), and a task with no name yet waits for it, as the /metrics
+    counters' events do (event_counts.UNNAMED_WAIT_SECONDS; then it counts under "")."""
     if not force:
         waited, queued = conn.execute(
             f"SELECT {dialect.seconds_since('min(queued)')}, count(*) FROM rollup_inbox").fetchone()
         if not queued or waited < FOLD_SECONDS and queued < FOLD_ROWS:
             return 0
-    rows = conn.execute(f"SELECT {', '.join(_INBOX_COLUMNS)} FROM rollup_inbox").fetchall()
+    rows = [list(row) for row in conn.execute(
+        f"DELETE FROM rollup_inbox WHERE name <> '' OR {dialect.seconds_since('queued')} >= {UNNAMED_WAIT_SECONDS} "
+        "OR EXISTS (SELECT 1 FROM tasks WHERE tasks.uuid = rollup_inbox.uuid AND coalesce(tasks.name, '') <> '') "
+        f"RETURNING {', '.join(_INBOX_COLUMNS)}").fetchall()]
     if not rows:
         return 0
-    conn.execute("DELETE FROM rollup_inbox")
+    described = _described(dialect, "")
+    incomplete = [row for row in rows if row[1] == "" or row[6] is None]  # no name, or no wait
+    now = task_fields([row[-1] for row in incomplete], described)
+    for row in incomplete:
+        if row[-1] in now:
+            row[1], row[3], row[4], row[5], row[6], row[7] = now[row[-1]].values()
     # One pass over the tasks at the minute grain; the coarser grains are sums of the minute rows,
     # far fewer than the tasks.
     totals: dict[tuple, list] = {}

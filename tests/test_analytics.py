@@ -353,6 +353,13 @@ def _text(component) -> str:
     return str(children) if children is not None else ""
 
 
+def test_windows_that_meet_inside_a_bucket_count_its_tasks_once(store):
+    scope = analytics.last("1h", NOW)  # NOW is not on a minute: the previous hour ends inside one
+    write(store, [finished("edge", "t", 0.1, scope.start - 20), finished("early", "t", 0.1, scope.start - 80)])
+    row = analytics.compare(store, *compare_windows(scope, "previous", None, NOW), NOW).set_index("name").loc["t"]
+    assert (row["finished_before"], row["finished_after"]) == (1, 1)  # the later window has the shared minute
+
+
 def test_compare_windows_never_overlap_in_any_mode():
     for range_key in analytics.RANGES:
         for mode in ("previous", "day", "week", "split"):

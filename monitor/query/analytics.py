@@ -103,6 +103,11 @@ def bucket_seconds(scope: Scope, now: float | None = None) -> int:
     return step
 
 
+def edge_grain(scope: Scope, now: float | None = None) -> int:
+    """The grain of the buckets a scope's edges are read in (taken whole: see _cover)."""
+    return _grain_of(bucket_seconds(scope, now))
+
+
 def _grain_of(step: int) -> int:
     return max(g for g in rollup.GRAINS if step % g == 0)
 
@@ -156,7 +161,7 @@ def _cover(start: float, end: float, finest: int) -> list[tuple[int, int, float]
 
 
 def _cover_where(scope: Scope, now: float | None, dimensions=ALL_DIMENSIONS) -> tuple[str, list]:
-    pieces = _cover(scope.start, scope.end, _grain_of(bucket_seconds(scope, now)))
+    pieces = _cover(scope.start, scope.end, edge_grain(scope, now))
     extra, params = _filters(scope, dimensions)
     where = " OR ".join("(grain = ? AND bucket >= ? AND bucket < ?)" for _ in pieces)
     return f"({where}){extra}", [value for piece in pieces for value in piece] + params
@@ -274,6 +279,11 @@ def compare(store: Store, before: Scope, after: Scope, now: float | None = None)
     rise of the failure rate (against at least 1 %, so that 0 → 5 % counts as five times worse, not
     infinitely); `overall`, their sum, breaks ties. A name found in one window only has no change and
     comes after those that have one."""
+    # A window is read from the start of its first bucket (_cover): an earlier window reaching into
+    # the bucket the later one starts in leaves that bucket to it, or both would count its tasks.
+    grain = edge_grain(after, now)
+    if before.end > after.start // grain * grain:
+        before = dataclasses.replace(before, end=max(before.start, after.start // grain * grain))
     picked = ["name", "finished", "failure_rate", "runtime_p50", "runtime_p95"]
     merged = pd.merge(task_stats(store, before, now)[picked], task_stats(store, after, now)[picked],
                       on="name", how="outer", suffixes=("_before", "_after"))
@@ -318,7 +328,7 @@ class CompareCache:
 def _buckets_read(scope: Scope, now: float) -> tuple:
     """What task_stats reads for `scope`: its filters and the buckets of its finest grain from the one
     holding its start up to the last that starts before its end (_cover: coarser rows sum the same)."""
-    finest = _grain_of(bucket_seconds(scope, now))
+    finest = edge_grain(scope, now)
     return (finest, math.floor(scope.start / finest), math.ceil(scope.end / finest), scope.names, scope.workers,
             scope.queues, scope.brokers)
 

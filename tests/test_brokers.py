@@ -94,7 +94,9 @@ def test_the_pages_filter_by_broker(page, cluster):
     assert page.inner_text("#stat-online") == "2 / 2"
     choose(page, "#workers-broker", "us")
     wait_for(lambda: page.inner_text("#stat-online") == "1 / 1", WAIT_SECONDS, "the workers of broker us only")
-    assert page.inner_text("#workers-grid .ag-center-cols-container .ag-row [col-id=hostname]") == "worker@us"
+    # The grid takes its rows after the count is drawn.
+    wait_for(lambda: page.locator("#workers-grid .ag-center-cols-container .ag-row [col-id=hostname]")
+             .all_inner_texts() == ["worker@us"], WAIT_SECONDS, "the grid showing worker@us only")
 
     page.goto(f"{cluster.server}/tasks")
     page.wait_for_selector("#tasks-grid .ag-center-cols-container .ag-row [col-id=broker]")

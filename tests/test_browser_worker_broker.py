@@ -77,12 +77,12 @@ def test_a_dashboard_row_opens_the_worker_page_with_pool_queues_and_registered_t
 
 def test_a_running_task_is_listed_active_and_links_to_its_page(open_page, cluster):
     page = open_worker(open_page, cluster, VIEWER)
-    task_id = cluster.worker.send("sample.sleep", 8)
+    task_id = cluster.worker.send("sample.sleep", 20)  # running until the link was clicked, on a busy machine too
     link = page.locator(f"#worker-active a[href='/task/{task_id}']")
     link.wait_for()
     # The id's start shows, so that the Started column fits; the whole id on hover.
     assert link.get_attribute("title") == task_id and "short-id" in link.get_attribute("class")
-    assert page.evaluate("e => e.scrollWidth > e.clientWidth", link.element_handle())
+    wait_for(lambda: link.evaluate("e => e.scrollWidth > e.clientWidth"), 10, "the id cut to its start")
     link.click()
     page.wait_for_selector("#task-detail")
     assert page.evaluate("location.pathname") == f"/task/{task_id}"

@@ -167,8 +167,7 @@ class Collector:
         if self.active:
             try:
                 self._write_what_is_held(deadline)
-                if self.store.fold_rollups():  # its last tasks in the charts, not when a collector next writes
-                    self.tasks_stored_at = time.time()
+                self._fold_now()  # its last tasks in the charts, not when a collector next writes
                 self.store.set_meta(self.report_key, self.stats())  # `running: false`, for the web side to show
                 if self.events_queue is None:
                     self.store.release_lease(self.lease_name, self.owner)
@@ -629,10 +628,14 @@ class Collector:
         """Fold the finished tasks a quiet cluster left in the rollup inbox: no batch comes to fold
         them, and the charts would miss its last tasks until the next event."""
         if self._fold_due is not None and time.monotonic() >= self._fold_due and not self._inbox:
-            folded = self.store.fold_rollups()  # (a failure leaves it due, for the next housekeeping)
-            self._fold_due = None
-            if folded:
-                self.tasks_stored_at = time.time()
+            self._fold_now()
+
+    def _fold_now(self) -> None:
+        """Fold what the rollup inbox holds (a failure leaves it due); a fold changes the charts."""
+        folded = self.store.fold_rollups()
+        self._fold_due = None
+        if folded:
+            self.tasks_stored_at = time.time()
 
     def _write_repaired(self, kind: str, row: tuple, error: Exception) -> None:
         """One row the store refused: retry it with every value made storable, else drop it."""

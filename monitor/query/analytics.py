@@ -282,8 +282,9 @@ def compare(store: Store, before: Scope, after: Scope, now: float | None = None)
     # A window is read from the start of its first bucket (_cover): an earlier window reaching into
     # the bucket the later one starts in leaves that bucket to it, or both would count its tasks.
     grain = edge_grain(after, now)
-    if before.end > after.start // grain * grain:
-        before = dataclasses.replace(before, end=max(before.start, after.start // grain * grain))
+    meeting = after.start // grain * grain
+    if before.end > meeting:
+        before = dataclasses.replace(before, end=max(before.start, meeting))
     picked = ["name", "finished", "failure_rate", "runtime_p50", "runtime_p95"]
     merged = pd.merge(task_stats(store, before, now)[picked], task_stats(store, after, now)[picked],
                       on="name", how="outer", suffixes=("_before", "_after"))

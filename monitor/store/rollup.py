@@ -94,9 +94,12 @@ _INBOX_COLUMNS = ("finished", "name", "state", "worker", "queue", "runtime", "wa
 FINAL_LIST = ", ".join(f"'{s}'" for s in FINAL_STATES)
 
 
+_DESCRIBED = ("name", "worker", "queue", "runtime", "wait", "sent_wait")
+
+
 def _described(dialect, prefix: str) -> list[str]:
-    """What the rollups take of a task row: name, worker, queue, runtime, wait and sent_wait (in
-    _INBOX_COLUMNS order), from the columns named `prefix`name etc."""
+    """What the rollups take of a task row (the inbox columns _DESCRIBED), from the columns named
+    `prefix`name etc."""
     positive = dialect.greatest
     return [f"coalesce({prefix}name, '')", f"coalesce({prefix}worker, '')", f"coalesce({prefix}routing_key, '')",
             f"{prefix}runtime",
@@ -169,12 +172,13 @@ def fold_inbox(conn, dialect, task_fields: Callable[[list, list], dict], force: 
         f"RETURNING {', '.join(_INBOX_COLUMNS)}").fetchall()]
     if not rows:
         return 0
-    described = _described(dialect, "")
-    incomplete = [row for row in rows if row[1] == "" or row[6] is None]  # no name, or no wait
-    now = task_fields([row[-1] for row in incomplete], described)
+    name, wait, uuid = (_INBOX_COLUMNS.index(column) for column in ("name", "wait", "uuid"))
+    incomplete = [row for row in rows if row[name] == "" or row[wait] is None]
+    current = task_fields([row[uuid] for row in incomplete], _described(dialect, ""))
+    described = [_INBOX_COLUMNS.index(column) for column in _DESCRIBED]
     for row in incomplete:
-        if row[-1] in now:
-            row[1], row[3], row[4], row[5], row[6], row[7] = now[row[-1]].values()
+        for at, value in zip(described, current.get(row[uuid], {}).values()):
+            row[at] = value
     # One pass over the tasks at the minute grain; the coarser grains are sums of the minute rows,
     # far fewer than the tasks.
     totals: dict[tuple, list] = {}

@@ -161,10 +161,12 @@ def test_browser_through_nginx(processes, tmp_path, browser, mode, flags, proxy_
     assert page.evaluate("location.pathname") == "/flower/tasks"
     # The infinite grid draws its rows before their data arrives: wait for a uuid, not for a row.
     uuid = wait_for(lambda: first_uuid.inner_text().strip(), 30, "the first task row's uuid")
-    # New demo tasks arrive at the top meanwhile: click the row whose uuid was read (AG Grid's
-    # row-id comes from getRowId), not whichever row is first by now. The click is dispatched on that
-    # row's cell: a click at its screen position could land on another row the grid just drew there.
-    page.locator(f'#tasks-grid .ag-center-cols-container .ag-row[row-id="{uuid}"] [col-id=name]').dispatch_event("click")
+    # New demo tasks arrive at the top meanwhile, and the infinite grid gives a row's place to another
+    # task before it redraws the row: search for the task read, so that its row stays where it is.
+    page.fill("#tasks-search", f"uuid:{uuid}")
+    wait_for(lambda: page.locator("#tasks-grid .ag-center-cols-container .ag-row [col-id=uuid]").all_inner_texts()
+             == [uuid], 30, "the grid showing that task alone")
+    page.locator(f'#tasks-grid .ag-center-cols-container .ag-row[row-id="{uuid}"] [col-id=name]').click()
     page.wait_for_selector("#task-detail", timeout=30_000)
     assert page.evaluate("location.pathname") == f"/flower/task/{uuid}"
 

@@ -114,8 +114,8 @@ def _layout(app: dash.Dash, services: Services, refresh_ms: int):
 
 def _versioned_assets_are_kept(routes_prefix: str, response):
     """An asset Dash links with its modification time (?m=) is kept by the browser for a year: a
-    change gives it another address."""
-    if (response.status_code == 200 and flask.request.path.startswith(f"{routes_prefix}assets/")
+    change gives it another address. A 304 says so too: its headers replace those the browser kept."""
+    if (response.status_code in (200, 304) and flask.request.path.startswith(f"{routes_prefix}assets/")
             and "m" in flask.request.args):
         response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     return response

@@ -79,7 +79,11 @@ def test_every_page_fetches_the_grid_and_dropdown_code_with_its_scripts(dash_app
 def test_versioned_assets_are_kept_and_others_revalidated(dash_app):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
     kept = "public, max-age=31536000, immutable"
-    assert client.get(f"{prefix}assets/style.css?m=1.5").headers["Cache-Control"] == kept
+    first = client.get(f"{prefix}assets/style.css?m=1.5", headers={"Accept-Encoding": "gzip"})
+    assert first.headers["Cache-Control"] == kept
+    again = client.get(f"{prefix}assets/style.css?m=1.5", headers={"Accept-Encoding": "gzip",
+                                                                   "If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.headers["Cache-Control"] == kept  # the browser keeps what it holds
     assert client.get(f"{prefix}assets/style.css").headers.get("Cache-Control") != kept
     page = client.get(prefix).get_data(as_text=True)
     assert f'src="{prefix}assets/theme.js?m=' in page  # Dash links the assets it loads with their version
@@ -96,22 +100,25 @@ def test_plotly_js_is_named_by_its_version_and_kept_by_the_browser(dash_app):
     assert versioned.get_data() == client.get(f"{prefix}_dash-component-suites/plotly/package_data/plotly.min.js").get_data()
 
 
-def test_the_framework_scripts_are_gzipped_once_and_sent_with_their_own_etag(dash_app, monkeypatch):
+@pytest.mark.parametrize("kind", ["package", "asset"])
+def test_the_page_scripts_and_styles_are_gzipped_once_and_sent_with_their_own_etag(dash_app, monkeypatch, kind):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
     compressions = []
     monkeypatch.setattr(compressed_once, "gzip", types.SimpleNamespace(  # this module's gzip only, not Flask-Compress's
         compress=lambda body, **options: compressions.append(len(body)) or gzip.compress(body, **options)))
-    grid_code = f"{prefix}_dash-component-suites/{flowerbed_app.EARLY_CHUNKS[0]}"
-    raw = client.get(grid_code).get_data()
+    address = {"package": f"{prefix}_dash-component-suites/{flowerbed_app.EARLY_CHUNKS[0]}",
+               "asset": f"{prefix}assets/style.css?m=1"}[kind]  # an asset: Flask sends it from its file
+    raw = client.get(address).get_data()
     assert len(raw) > compressed_once.SMALLEST_KEPT and not compressions  # not asked for gzip: sent as it is
-    first, again = (client.get(grid_code, headers={"Accept-Encoding": "gzip, br"}) for _ in range(2))
+    first, again = (client.get(address, headers={"Accept-Encoding": "gzip, br"}) for _ in range(2))
     assert compressions == [len(raw)]  # the second request is answered from what the first compressed
     for answer in (first, again):
         assert answer.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in answer.headers["Vary"]
         assert gzip.decompress(answer.get_data()) == raw and answer.headers["ETag"].endswith(':gzip"')
-    unchanged = client.get(grid_code, headers={"Accept-Encoding": "gzip", "If-None-Match": first.headers["ETag"]})
+        assert "Accept-Ranges" not in answer.headers  # a range would be of the file, not of this body
+    unchanged = client.get(address, headers={"Accept-Encoding": "gzip", "If-None-Match": first.headers["ETag"]})
     assert unchanged.status_code == 304
-    head = client.head(grid_code, headers={"Accept-Encoding": "gzip, br, zstd"})  # the headers a GET gets
+    head = client.head(address, headers={"Accept-Encoding": "gzip, br, zstd"})  # the headers a GET gets
     assert [head.headers[h] for h in ("Content-Encoding", "ETag", "Content-Length")] == [
         first.headers[h] for h in ("Content-Encoding", "ETag", "Content-Length")]
     # A callback's answer is compressed by Flask-Compress as it leaves, never kept.

@@ -15,7 +15,8 @@ browser profile kept on disk, as a real browser keeps it:
   returning  the third and every later visit: Chrome also keeps the code it compiled from a script it ran
              twice (a new context of Playwright's, like a private window, never keeps compiled code)
 A visit ends once its page has settled, as a reader stays a few seconds: for Flowerbed, once its warm-up is
-done (<html data-code-warmed="true">).
+done (<html data-code-warmed="true">). A visit with no data on screen within a minute is left out of the
+medians, and said so on stderr with a screenshot of the page.
 then, in that profile, from the Dashboard each page its menu link leads to (the Tasks, Analytics and
 Broker pages; Flower's Tasks and Broker): "menu", timed from the click. The same visits of a stock Dash
 app with nothing but a one-row table ("Dash text"), with the row in an AG Grid instead ("Dash grid") and
@@ -220,9 +221,10 @@ def measure(bases: dict[str, str], repeats: int, pages: list[str] | None) -> tup
             for _ in range(repeats):
                 with browser_profile(playwright) as context:
                     for visit in VISITS:
-                        sample, timelines[system, page_name, visit] = load(context, bases[system] + path, selector,
-                                                                           pattern, charts)
+                        sample, timeline = load(context, bases[system] + path, selector, pattern, charts)
                         samples[visit].append(sample)
+                        if timeline:
+                            timelines[system, page_name, visit] = timeline
             results += medians(system, page_name, samples)
         results += measure_menu(playwright, bases, repeats, pages)
     return results, timelines
@@ -286,7 +288,11 @@ def measure_menu(playwright, bases: dict[str, str], repeats: int, pages: list[st
     return results
 
 
-def load(context, url: str, selector: str, pattern: str, charts: bool) -> dict:
+SAMPLE_KEYS = ("grid ms", "charts ms", "in view ms", "kB moved", "kB decoded", "warm-up ms")
+
+
+def load(context, url: str, selector: str, pattern: str, charts: bool) -> tuple[dict, dict | None]:
+    """One visit's figures (SAMPLE_KEYS) and timeline; all None, and no timeline, when no data came."""
     page = context.new_page()
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
@@ -300,8 +306,13 @@ def load(context, url: str, selector: str, pattern: str, charts: bool) -> dict:
     # performance.now() counts from the navigation's start, in the page: no Python overhead included.
     try:
         grid_ms, charts_ms = until_data(page, selector, pattern, charts)
-    except Exception as exc:
-        raise SystemExit(f"{url}: no data on screen within a minute ({type(exc).__name__})") from None
+    except Exception as exc:  # one visit gone wrong leaves the run's other figures standing
+        shot = Path(tempfile.mkdtemp(prefix="first-screen-timeout-")) / "page.png"
+        page.screenshot(path=str(shot))
+        print(f"{url}: no data on screen within a minute ({type(exc).__name__}); this visit is left out of the "
+              f"medians; the page as it was: {shot}", file=sys.stderr, flush=True)
+        page.close()
+        return dict.fromkeys(SAMPLE_KEYS), None
     page.wait_for_load_state("networkidle")
     # Bytes and timeline before the warm-up, which reads the scripts again
     sample = {"grid ms": grid_ms, "charts ms": charts_ms,
@@ -388,7 +399,8 @@ def print_results(rows: list[dict], args) -> None:
     table = []
     for row in rows:
         baseline = flower.get((row["page"], row["visit"]))
-        versus = f"{row['grid ms'] / baseline['grid ms']:.2f}x" if baseline and row["system"] != "Flower" else None
+        versus = (f"{row['grid ms'] / baseline['grid ms']:.2f}x" if baseline and baseline["grid ms"] and row["grid ms"]
+                  and row["system"] != "Flower" else None)
         table.append((row["system"], row["page"], row["visit"], row["grid ms"], row["charts ms"], row["in view ms"],
                       versus, row["kB moved"], row["kB decoded"], row["warm-up ms"]))
     print_table(f"First screen, median of {args.repeats} browser profiles per page and visit ({args.tasks}+ tasks "

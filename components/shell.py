@@ -90,6 +90,8 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
         tone, headline = "warn", "Standing by"
     elif stats.get("dropped") or stats.get("rejected"):
         tone, headline = "warn", "Recording, events lost"
+    elif stats.get("silent_collectors"):
+        tone, headline = "warn", "Recording, a collector silent"
     else:
         tone, headline = "ok", "Recording"
     if stats.get("store_error"):
@@ -105,6 +107,12 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
                            ("disconnects", "disconnect", "disconnects")):
         if stats.get(key):
             details.append(f"{stats[key]:,} {one if stats[key] == 1 else many}")
+    sharing = len(stats.get("collectors") or ())
+    if sharing > 1:
+        details.append(f"{sharing} collectors share the events queue {stats.get('events_queue')}")
+    if silent := stats.get("silent_collectors"):
+        details.append(f"{silent:,} {'collector' if silent == 1 else 'collectors'} of the queue silent for over "
+                       f"{stall_seconds:g} s (what it did not acknowledge goes to the others)")
     if stats.get("unheard_events_lost"):
         details.append("events published while no collector listens are lost (on RabbitMQ, --events-queue keeps them)")
     if role == "standby":

@@ -9,7 +9,8 @@ from celery import Celery
 
 from monitor import user_app as user_apps
 from monitor.control import Controller
-from monitor.ingest.collector import REPORT_PREFIX, Collector
+from monitor.ingest import reports as collector_reports
+from monitor.ingest.collector import Collector
 from monitor.ingest.inspector import INSPECT_METHODS, INSPECTED_PREFIX, REQUEST_KEY, REQUEST_POLL_SECONDS, Inspector
 from monitor.ingest.receiving import EventsQueue
 from monitor.settings import Settings
@@ -76,25 +77,36 @@ class Services:
             self._started = True
 
     def broker_stats(self) -> dict[str, dict]:
-        """Each collector's counters by broker name: live when the collectors run here, else what the
-        collectors of other processes last stored (a broker since dropped from the configuration
-        keeps its last report there)."""
-        if self._started and self.settings.collects:
-            return {collector.broker_name: collector.stats() for collector in self.collectors}
+        """Each broker's report by its name (reports.merged): its collector's counters, or the sum of
+        those sharing an events queue."""
         try:
-            return self.store.get_meta_prefixed(REPORT_PREFIX)
+            grouped = self.collector_reports()
         except Exception as exc:
             if not self.store.is_transient(exc):
                 raise
             # One report saying why, which every reader of the reports shows: top bar, readiness, API.
             return {"store": {"store_error": store_error_text(exc)}}
+        now = time.time()
+        return {broker: collector_reports.merged(group, now, self.settings.stall_seconds)
+                for broker, group in grouped.items()}
 
-    def collector_stats(self) -> dict:
-        """The collector's counters ({} before any report); with several brokers, {"brokers": each one's}."""
-        reports = self.broker_stats()
-        if len(reports) > 1:
-            return {"brokers": reports}
-        return next(iter(reports.values()), {})
+    def collector_reports(self) -> dict[str, list[dict]]:
+        """Each collector's own counters, by broker name: live for the collectors running here; else
+        as the collectors of other processes last stored them (a broker since dropped from the
+        configuration keeps its last report there)."""
+        if not (self._started and self.settings.collects):
+            return collector_reports.by_broker(self.store.get_meta_prefixed(collector_reports.REPORT_PREFIX))
+        # Of the collectors sharing an events queue with the ones here, only the store knows.
+        stored = (collector_reports.by_broker(self.store.get_meta_prefixed(collector_reports.REPORT_PREFIX))
+                  if self.settings.events_queue else {})
+        return {broker: [own, *(report for report in stored.get(broker, ()) if report.get("owner") != own["owner"])]
+                for broker, own in self.own_reports().items()}
+
+    def own_reports(self) -> dict[str, dict]:
+        """The counters of this process's collectors by broker name: what `flowerbed collect --port`
+        answers for, whatever the others sharing its events queue do."""
+        return {collector.broker_name: collector.stats() for collector in self.collectors}
+
 
     def request_inspect(self) -> None:
         """An inspect now, without waiting for it: by the inspector here, or asked of the collector's

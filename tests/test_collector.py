@@ -6,6 +6,7 @@ import itertools
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from helpers import wait_for
 from monitor.ingest import receiving
 from monitor.ingest.collector import TRUNCATED, Collector
 from monitor.ingest.receiving import TOO_DEEP
+from monitor.ingest.reports import GONE_REPORT_SECONDS, REPORT_PREFIX, by_broker, merged, report_key
 from monitor.store.sqlite import SqliteStore as Store
 
 T0 = 1_800_000_000.0
@@ -474,6 +476,66 @@ def test_events_of_a_task_no_collector_knows_the_name_of_wait_for_it_then_count_
         first.collector._housekeeping()
         second.collector._housekeeping()
     assert first.collector.stats()["tasks_stored_at"] == second.collector.stats()["tasks_stored_at"] is not None
+
+
+def test_collectors_sharing_an_events_queue_report_apart_and_their_broker_shows_the_sum(tmp_path):
+    # They used to take turns at one report: the top bar and /api/collector showed one collector's
+    # counters, then the other's.
+    queue = receiving.EventsQueue("q", 1000, 60.0)
+    first, second = Feed(tmp_path, events_queue=queue), Feed(tmp_path, events_queue=queue)
+    for feed in (first, second):  # running, as far as their reports go: the test hands them their events
+        stand_in = threading.Thread(target=lambda: None)
+        stand_in.start()
+        feed.collector._threads = [stand_in]
+    received, started, succeeded = task_lifecycle(first)
+    first.merge(received, started)
+    second.merge(succeeded, second.event("worker-heartbeat", time.time(), freq=2.0, active=0))
+
+    def broker_report():
+        [group] = by_broker(first.store.get_meta_prefixed(REPORT_PREFIX)).values()
+        return merged(group, time.time(), 30.0)
+    for feed in (first, second):
+        feed.collector._housekeeping()
+    report = broker_report()
+    assert report["collectors"] == sorted([first.collector.owner, second.collector.owner])
+    assert (report["received"], report["stored"], report["silent_collectors"]) == (4, 4, 0)
+    assert report["role"] == "active" and report["connected"] is False  # neither listens to a broker here
+
+    second.collector.stop()  # its last report says it stopped: the running one carries on alone
+    assert broker_report()["collectors"] == [first.collector.owner]
+    first.collector._housekeeping()
+    assert list(first.store.get_meta_prefixed(REPORT_PREFIX)) == [
+        f"{first.collector.broker_name} {first.collector.owner}"]
+
+    # One killed without a stop goes silent: counted as such, and its report deleted once it is long gone.
+    gone = {**first.collector.stats(), "owner": "elsewhere:1:abcdef", "updated_at": time.time() - 60}
+    first.store.set_meta(report_key(first.collector.broker_name, gone["owner"]), gone)
+    report = broker_report()
+    assert (report["collectors"], report["silent_collectors"]) == ([first.collector.owner], 1)
+    first.collector._housekeeping()
+    assert broker_report()["silent_collectors"] == 1  # not gone for long yet
+    first.store.set_meta(report_key(first.collector.broker_name, gone["owner"]), {**gone, "updated_at": time.time() - GONE_REPORT_SECONDS - 1})
+    first.collector._housekeeping()
+    assert broker_report()["silent_collectors"] == 0
+    assert len(first.store.get_meta_prefixed(REPORT_PREFIX)) == 1
+
+
+def test_a_brokers_report_sums_its_live_collectors_and_takes_the_worst_of_the_rest():
+    now = 1000.0
+    live = {"running": True, "updated_at": now, "connected": True, "role": "active", "broker": "b"}
+    reports = [{**live, "owner": "a", "stored": 5, "backlog": 2, "lag_seconds": 0.5, "tasks_stored_at": 990.0},
+               {**live, "owner": "b", "stored": 7, "backlog": 0, "lag_seconds": 3.0, "connected": False,
+                "broker_error": "refused", "writer_failing_since": 980.0, "writer_error": "disk full"},
+               {**live, "owner": "c", "stored": 100, "running": False, "updated_at": 999.0, "tasks_stored_at": 995.0}]
+    report = merged(reports, now, 30.0)
+    assert (report["stored"], report["backlog"], report["lag_seconds"]) == (12, 2, 3.0)
+    assert (report["connected"], report["broker_error"], report["writer_error"]) == (False, "refused", "disk full")
+    assert (report["writer_failing_since"], report["tasks_stored_at"]) == (980.0, 995.0)
+    assert (report["collectors"], report["owner"], report["silent_collectors"]) == (["a", "b"], None, 0)
+    ended = merged([{**reports[0], "updated_at": 900.0}, reports[2]], now, 30.0)  # none live: the latest says how
+    assert (ended["owner"], ended["running"], ended["collectors"]) == ("c", False, [])
+    alone = merged([reports[0]], now, 30.0)
+    assert {key: alone[key] for key in reports[0]} == reports[0] and alone["collectors"] == ["a"]
 
 
 def test_other_runtime_buckets_start_the_histogram_again_and_leave_the_event_counts(tmp_path):

@@ -159,6 +159,22 @@ def collect(tmp_path, broker):
     stack.stop_all()
 
 
+@pytest.fixture
+def web_side(tmp_path, broker):
+    """web_side(db) starts `python cli.py web` on that store and returns its address; it is stopped at
+    the end of the test."""
+    stack = Stack()
+
+    def start(db) -> str:
+        port = free_port()
+        web = stack.add(Process([sys.executable, "cli.py", "web", "--broker", broker, "--db", str(db), "--port",
+                                 str(port)], tmp_path / "web.log"))
+        wait_started(web, lambda: get(f"http://127.0.0.1:{port}/healthcheck/ready")[0] == 200, 60, "the web side")
+        return f"http://127.0.0.1:{port}"
+    yield start
+    stack.stop_all()
+
+
 def store_state(db, hostname: str) -> tuple[dict, dict]:
     """({uuid: state}, {counter: value} of the worker) as the store (SQLite or PostgreSQL) holds them."""
     with contextlib.closing(open_store(str(db))) as store:
@@ -241,7 +257,8 @@ def test_a_collector_killed_with_sigkill_mid_stream_loses_nothing_and_counts_not
 
 
 @pytest.mark.integration
-def test_two_collectors_on_one_queue_end_with_the_state_one_alone_would(collect, celery_worker, broker, make_store):
+def test_two_collectors_on_one_queue_end_with_the_state_one_alone_would(collect, celery_worker, broker, make_store,
+                                                                        web_side):
     """On both stores: on PostgreSQL the two write at the same time, in transactions of their own."""
     shared_db, alone_db = make_store.url("shared"), make_store.url("alone")
     shared_queue, alone_queue = (f"flowerbed-{name}-{uuid_module.uuid4().hex[:8]}" for name in ("shared", "alone"))
@@ -262,6 +279,17 @@ def test_two_collectors_on_one_queue_end_with_the_state_one_alone_would(collect,
     for collector in pair:  # both consumed: the broker split the messages between them
         stats = collector.stats()
         assert stats["stored"] > 0 and stats["role"] == "active", stats
+
+    # The web side shows the broker's collectors together: they used to take turns at one report.
+    web = web_side(shared_db)
+    owners = sorted(collector.stats()["owner"] for collector in pair)
+
+    def summed():  # heartbeats go on arriving: the pair's reports and the web's reading agree between two
+        own = [collector.stats() for collector in pair]
+        shown = get_json(f"{web}/api/collector")[1]
+        return shown if shown["stored"] == sum(stats["stored"] for stats in own) else None
+    shown = wait_for(summed, 60, "the web side's counters the sum of the pair's", interval=0.3)
+    assert (shown["collectors"], shown["silent_collectors"], shown["role"]) == (owners, 0, "active"), shown
 
 
 @pytest.mark.integration

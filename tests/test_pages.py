@@ -76,6 +76,19 @@ def test_the_status_line_counts_in_words_that_agree_with_the_number():
     assert "2 tasks seen finishing without their earlier events" in many and "3 disconnects" in many
 
 
+def test_the_status_line_counts_the_collectors_sharing_a_queue_and_warns_of_a_silent_one():
+    from components.shell import collector_status
+
+    shared = {"stored": 10, "lag_seconds": 0.1, "backlog": 0, "connected": True, "running": True, "role": "active",
+              "updated_at": 1000.0, "events_queue": "flowerbed", "collectors": ["a", "b"], "silent_collectors": 0}
+    together = text(collector_status(shared, 1000.0, 30.0))
+    assert '"Recording"' in together and "2 collectors share the events queue flowerbed" in together
+    assert "silent" not in together
+    silent = text(collector_status({**shared, "collectors": ["a"], "silent_collectors": 1}, 1000.0, 30.0))
+    assert '"Recording, a collector silent"' in silent and "collectors share" not in silent
+    assert "1 collector of the queue silent for over 30 s" in silent
+
+
 def test_an_empty_audit_log_says_whether_nothing_was_done_or_nothing_matches():
     assert "No action taken yet" in text(audit_table([], searched=False, relative_path=lambda path: path))
     assert "No action matches this search." in text(audit_table([], searched=True, relative_path=lambda path: path))

@@ -40,6 +40,7 @@ from monitor.ingest import receiving
 from monitor.ingest.inbox import Inbox
 from monitor.ingest.incident import Incident
 from monitor.ingest.merge import MergeState
+from monitor.ingest.reports import GONE_REPORT_SECONDS, report_key
 from monitor.store import rollup
 from monitor.store.base import Store
 from monitor.store.event_counts import DEFAULT_RUNTIME_BUCKETS, Increments
@@ -60,8 +61,6 @@ REPORT_SECONDS = 1.0
 # Events the relaying thread keeps unpickled ahead of the writer (see inbox.py): two of the
 # receiving process's batches.
 READY_EVENTS = 2 * receiving.BATCH_EVENTS
-# The meta key a collector publishes its counters under is this followed by its broker's name.
-REPORT_PREFIX = "collector:"
 
 
 class Collector:
@@ -125,8 +124,9 @@ class Collector:
         # brokers never stand by for each other.
         self.broker_name = broker_name or maybe_sanitize_url(celery_app.conf.broker_url)
         self.lease_name = f"collector:{self.broker_name}"
-        self.report_key = f"{REPORT_PREFIX}{self.broker_name}"
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid_module.uuid4().hex[:6]}"
+        # The collectors sharing an events queue all record: each reports apart (see reports.py).
+        self.report_key = report_key(self.broker_name, self.owner if events_queue is not None else None)
         self.lease_holder: str | None = None
         self.holder_reported_at: float | None = None  # when the lease holder last published its counters
 
@@ -378,13 +378,27 @@ class Collector:
                 if self.store.enforce_retention():  # the oldest tasks gone from the Tasks page
                     self.tasks_stored_at = time.time()
                 self._retention_due = time.monotonic() + self.retention_seconds
-            if self.events_queue is not None:  # the collectors sharing it take turns at the report
-                self._adopt_later_change(self.store.get_meta(self.report_key))
+            if self.events_queue is not None:
+                self._read_sharing_reports()
             self.store.set_meta(self.report_key, self.stats())
         else:
             holder = self.store.get_meta(self.report_key) or {}
             self.holder_reported_at = holder.get("updated_at")
             self._adopt_later_change(holder)
+
+    def _read_sharing_reports(self) -> None:
+        """Take the later changes of the collectors sharing the events queue, and delete the reports of
+        those that stopped (the running ones carry on without them) or are gone."""
+        now, prefix = time.time(), report_key(self.broker_name)
+        ended = []
+        for rest, report in self.store.get_meta_prefixed(prefix).items():
+            if report.get("broker") != self.broker_name or report.get("owner") == self.owner:
+                continue  # a broker whose name begins with this one's, or this collector
+            self._adopt_later_change(report)
+            if report.get("running") is False or now - (report.get("updated_at") or 0) > GONE_REPORT_SECONDS:
+                ended.append(prefix + rest)
+        if ended:
+            self.store.delete_meta(ended)
 
     def _adopt_later_change(self, report: dict | None) -> None:
         """Take a later `tasks_stored_at` from the report of the collector writing in this one's stead

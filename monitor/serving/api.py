@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 from flask import Blueprint, current_app, jsonify, request
 
 from monitor.control import BULK_RERUN_CAP, ActionResult, ControlError
+from monitor.ingest.reports import collector_answer
 from monitor.query.tasks import (FLOWER_ORDER, MAX_ROW, QueryError, TaskQuery, parse_sort, parse_time, shown,
                                  spelled_as_stored, stream_tasks)
 from monitor.serving.csv_export import csv_lines, file_name, iso_utc
@@ -470,6 +471,6 @@ def create_blueprint(services, prefix: str, may_act=lambda: True, current_user=l
 
     @api.get("/api/collector")
     def collector():
-        return jsonify(services.collector_stats())
+        return jsonify(collector_answer(services.broker_stats()))
 
     return api

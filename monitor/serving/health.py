@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 from flask import Blueprint, Flask, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
+
+from monitor.ingest.reports import collector_answer
 
 _STRICT = ("1", "true", "yes")
 
@@ -53,12 +56,14 @@ def brokers_problems(reports: dict[str, dict], now: float, stall_seconds: float)
 _SHOWN = ("role", "connected", "backlog", "lag_seconds", "last_stored_at", "dropped", "rejected", "malformed")
 
 
-def create_health_blueprint(services, prefix: str) -> Blueprint:
+def create_health_blueprint(broker_reports: Callable[[], dict[str, dict]], stall_seconds: float,
+                            prefix: str) -> Blueprint:
+    """The health checks of what `broker_reports()` says: each broker's collector report by its name."""
     health = Blueprint("flowerbed_health", __name__, url_prefix=prefix.rstrip("/") or None)
 
     def ready():
-        reports = services.broker_stats()
-        problems = brokers_problems(reports, time.time(), services.settings.stall_seconds)
+        reports = broker_reports()
+        problems = brokers_problems(reports, time.time(), stall_seconds)
         body = {"status": "not ready" if problems else "ready", "problems": problems}
         if len(reports) > 1:
             body["brokers"] = {name: {key: stats.get(key) for key in _SHOWN} for name, stats in reports.items()}
@@ -88,8 +93,9 @@ def serve_collector_status(services, address: str, port: int):
     """`flowerbed collect --port`: the health checks and the counters of a collector that runs without
     the web side, served from a thread. Returns the server (its shutdown() stops it)."""
     app = Flask("flowerbed-collector")
-    app.register_blueprint(create_health_blueprint(services, "/"))
-    app.add_url_rule("/api/collector", "collector", lambda: jsonify(services.collector_stats()))
+    # This process's collectors, whatever the others sharing their events queue do: its own probes.
+    app.register_blueprint(create_health_blueprint(services.own_reports, services.settings.stall_seconds, "/"))
+    app.add_url_rule("/api/collector", "collector", lambda: jsonify(collector_answer(services.own_reports())))
     server = make_server(address, port, app, threaded=True, request_handler=_Unlogged)
     threading.Thread(target=server.serve_forever, name="flowerbed-collector-status", daemon=True).start()
     return server

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from monitor.ingest.reports import merged
 from monitor.serving.health import readiness_problems
 from monitor.store import store_error_text
 from monitor.store.event_counts import RUNTIME_BUCKETS_KEY
@@ -72,7 +73,7 @@ def metric_families(services, now: float) -> list:
                 *_workers(shown)]
     # A queue reading older than a few inspects is no depth any more (the broker could not be read).
     fresh_since = now - max(QUEUES_STALE_SECONDS, 5 * services.settings.inspect_seconds)
-    return families + _collectors(services.broker_stats(), now, services.settings.stall_seconds) \
+    return families + _collectors(services.collector_reports(), now, services.settings.stall_seconds) \
         + _queues(store.queues(), store.queue_reports(), fresh_since)
 
 
@@ -137,10 +138,10 @@ def _workers(workers: list[dict]) -> list[GaugeMetricFamily]:
     return [online, executing]
 
 
-def _collectors(reports: dict[str, dict], now: float, stall_seconds: float) -> list:
-    """Per broker: the latest report's collector's counters since that process started, labelled with
-    it (collectors sharing an events queue report in turn: each keeps a series of its own, never read as
-    a reset of another's), the lag, and whether the broker is recorded (/healthcheck/ready's rule)."""
+def _collectors(grouped: dict[str, list[dict]], now: float, stall_seconds: float) -> list:
+    """Per broker: each of its collectors' counters since that process started, labelled with it (the
+    collectors sharing an events queue report apart: each keeps a series of its own, never read as a
+    reset of another's), the lag, and whether the broker is recorded (/healthcheck/ready's rule)."""
     events = CounterMetricFamily("flowerbed_collector_events", "Events a collector of the broker received, "
                                  "stored, dropped, could not read, or the store refused, since it started",
                                  labels=["broker", "collector", "outcome"])
@@ -148,11 +149,11 @@ def _collectors(reports: dict[str, dict], now: float, stall_seconds: float) -> l
                             "the oldest waiting, else the last batch's oldest", labels=["broker"])
     ready = GaugeMetricFamily("flowerbed_collector_ready", "1 when the collector of a broker records its events "
                               "(as /healthcheck/ready says), else 0", labels=["broker"])
-    for broker, report in sorted(reports.items()):
-        if "store_error" in report:  # the store failed between this scrape's reads: the next one says so
-            continue
-        for outcome in _COLLECTOR_OUTCOMES:
-            events.add_metric([broker, report.get("owner") or "", outcome], report.get(outcome) or 0)
+    for broker, group in sorted(grouped.items()):
+        for report in group:
+            for outcome in _COLLECTOR_OUTCOMES:
+                events.add_metric([broker, report.get("owner") or "", outcome], report.get(outcome) or 0)
+        report = merged(group, now, stall_seconds)
         lag.add_metric([broker], report.get("lag_seconds") or 0.0)
         ready.add_metric([broker], 0 if readiness_problems(report, now, stall_seconds) else 1)
     return [events, lag, ready]

@@ -259,6 +259,9 @@ class Store:
     def set_meta(self, key: str, value) -> None:
         self._write(((_META_UPSERT, [(key, json.dumps(value))]),))
 
+    def delete_meta(self, keys: list[str]) -> None:
+        self._write((("DELETE FROM meta WHERE key = ?", [(key,) for key in keys]),))
+
     def claim_lease(self, name: str, owner: str, seconds: float, now: float | None = None,
                     replacing: str | None = None) -> dict:
         """Take or renew the lease `name` for `owner` unless another owner holds it unexpired (or

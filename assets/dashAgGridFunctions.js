@@ -123,6 +123,21 @@ window.flowerbedCount = dagfuncs.flowerbedCount = function (value) {
   return value === null || value === undefined ? "" : Number(value).toLocaleString("en-US");
 };
 
+// A list whose rows move while the pointer is on them moves the row about to be clicked (newest first,
+// every refresh pushes the rows down): `refresh` waits until the pointer leaves the grid's rows.
+// flowerbedHeldRefreshes[gridId] is their element while one waits (a page left since waits no more).
+window.flowerbedHeldRefreshes = {};
+window.flowerbedRefreshWhenLeft = function (gridId, refresh) {
+  var rows = document.querySelector("#" + gridId + " .ag-body"), held = window.flowerbedHeldRefreshes;
+  if (!rows || !rows.matches(":hover")) { refresh(); return; }
+  if (held[gridId] === rows) { return; }
+  held[gridId] = rows;
+  rows.addEventListener("mouseleave", function () {
+    if (held[gridId] === rows) { delete held[gridId]; }
+    refresh();
+  }, {once: true});
+};
+
 // A drill-down from the Analytics page: target is [search text, state chip] whose {0}, {1}... are
 // filled from `values` (a clicked point's customdata); see components/analytics.py.
 window.flowerbedOpenTasks = function (base, target, values) {

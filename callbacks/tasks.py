@@ -207,7 +207,9 @@ def register(app, services) -> None:
     )
     app.clientside_callback(  # only when something was stored: an idle cluster costs no reload
         """function(version) {
-            try { dash_ag_grid.getApi('tasks-grid').refreshInfiniteCache(); } catch (notReady) {}
+            window.flowerbedRefreshWhenLeft('tasks-grid', function () {
+                try { dash_ag_grid.getApi('tasks-grid').refreshInfiniteCache(); } catch (notReady) {}
+            });
             return window.dash_clientside.no_update;
         }""",
         Output("tasks-grid", "style"),

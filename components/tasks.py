@@ -133,7 +133,9 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
     state = state if state in {value for _label, value in STATE_CHIPS} else "ALL"
     broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
-        page_header("Tasks", html.Span(id="tasks-count", className="muted"),
+        page_header("Tasks", html.Span([html.Span(id="tasks-count"),
+                                        html.Span(" · new tasks wait until the pointer leaves the rows",
+                                                  className="refresh-held-hint")], className="muted"),
                     subtitle="Sorting, filtering and paging run in the store; the table refreshes itself."),
         html.Div([
             dcc.Input(id="tasks-search", type="search", value=search, debounce=0.4, className="search-input wide",

@@ -190,6 +190,25 @@ def test_an_idle_cluster_costs_the_tasks_grid_no_reload(page, cluster):
     wait_for_rows(page, set(cluster.sent.values()), "the task sent after the idle ticks")
 
 
+def test_new_tasks_wait_while_the_pointer_is_on_the_table_so_the_row_aimed_at_stays_put(page, cluster):
+    # Newest first, each refresh pushed the rows down under a pointer about to click one.
+    open_tasks(page, cluster)
+    before = wait_for_rows(page, set(cluster.sent.values()), "every task")
+    hint = page.locator(".refresh-held-hint")
+    assert not hint.is_visible()
+    page.hover(f"{TASK_ROWS}[row-index='1'] [col-id=name]")
+    assert hint.is_visible()
+    cluster.sent["while pointed at"] = cluster.workers[0].send("sample.add", 5, 5)
+    wait_for_tasks(cluster.server, {cluster.sent["while pointed at"]: "SUCCESS"})
+    wait_for(lambda: page.evaluate("!!window.flowerbedHeldRefreshes['tasks-grid']"), WAIT_SECONDS,
+             "the refresh for the new task held")
+    assert displayed_uuids(page) == before
+    page.mouse.move(5, 5)  # off the table: the held refresh comes
+    assert wait_for_rows(page, set(cluster.sent.values()), "the new task once the pointer left")[0] == \
+        cluster.sent["while pointed at"]
+    assert not hint.is_visible()
+
+
 def test_row_click_opens_the_detail_with_exception_and_traceback(page, cluster):
     open_tasks(page, cluster, "?state=FAILURE")
     wait_for_rows(page, [cluster.sent["fail"]], "the failed task")

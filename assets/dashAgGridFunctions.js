@@ -124,18 +124,37 @@ window.flowerbedCount = dagfuncs.flowerbedCount = function (value) {
 };
 
 // A list whose rows move while the pointer is on them moves the row about to be clicked (newest first,
-// every refresh pushes the rows down): `refresh` waits until the pointer leaves the grid's rows.
-// flowerbedHeldRefreshes[gridId] is their element while one waits (a page left since waits no more).
+// every refresh pushes the rows down): `refresh` waits while the pointer moves on the grid's rows.
+// It comes once the pointer leaves them, rests for HOLD_IDLE_MS (not aiming: a screen watched with the
+// mouse parked there goes on refreshing) or scrolls them (their rows move anyway, and blocks loaded
+// meanwhile must match the rest). Not on a touch screen, where a tapped row stays ":hover".
+// flowerbedHeldRefreshes[gridId] is their element while one waits; the page's body then has the class
+// refresh-held-<gridId>, which shows the Tasks page's words about it.
+var HOLD_IDLE_MS = 8000;
+var lastPointerMove = 0, lastScroll = 0;
+document.addEventListener("mousemove", function () { lastPointerMove = Date.now(); }, {passive: true});
+document.addEventListener("scroll", function () { lastScroll = Date.now(); }, {passive: true, capture: true});
 window.flowerbedHeldRefreshes = {};
 window.flowerbedRefreshWhenLeft = function (gridId, refresh) {
   var rows = document.querySelector("#" + gridId + " .ag-body"), held = window.flowerbedHeldRefreshes;
-  if (!rows || !rows.matches(":hover")) { refresh(); return; }
+  var since = Date.now();
+  function aiming() {
+    return rows.isConnected && rows.matches(":hover") && Date.now() - lastPointerMove < HOLD_IDLE_MS
+      && lastScroll < since;
+  }
+  if (!rows || !window.matchMedia("(hover: hover)").matches || !aiming()) { refresh(); return; }
   if (held[gridId] === rows) { return; }
   held[gridId] = rows;
-  rows.addEventListener("mouseleave", function () {
-    if (held[gridId] === rows) { delete held[gridId]; }
-    refresh();
-  }, {once: true});
+  document.body.classList.add("refresh-held-" + gridId);
+  var watch = setInterval(function () {
+    if (aiming()) { return; }
+    clearInterval(watch);
+    if (held[gridId] === rows) {
+      delete held[gridId];
+      document.body.classList.remove("refresh-held-" + gridId);
+    }
+    if (rows.isConnected) { refresh(); }
+  }, 200);
 };
 
 // A drill-down from the Analytics page: target is [search text, state chip] whose {0}, {1}... are

@@ -92,6 +92,8 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
         tone, headline = "warn", "Recording, events lost"
     elif stats.get("silent_collectors"):
         tone, headline = "warn", "Recording, a collector silent"
+    elif stats.get("disconnected_collectors"):
+        tone, headline = "warn", "Recording, a collector cut off"
     else:
         tone, headline = "ok", "Recording"
     if stats.get("store_error"):
@@ -113,13 +115,16 @@ def _assess(stats: dict, now: float, stall_seconds: float) -> tuple[str, str, st
     if silent := stats.get("silent_collectors"):
         details.append(f"{silent:,} {'collector' if silent == 1 else 'collectors'} of the queue silent for over "
                        f"{stall_seconds:g} s (what it did not acknowledge goes to the others)")
+    if sharing > 1 and (cut_off := stats.get("disconnected_collectors")):
+        details.append(f"{cut_off:,} {'collector' if cut_off == 1 else 'collectors'} of the queue cannot reach the "
+                       "broker; the others record")
     if stats.get("unheard_events_lost"):
         details.append("events published while no collector listens are lost (on RabbitMQ, --events-queue keeps them)")
     if role == "standby":
         details.insert(0, f"{stats.get('lease_holder')} records this broker; this one takes over if it stops")
-    error = stats.get("writer_error") or stats.get("broker_error") or stats.get("last_error")
-    if error:
-        details.append(f"{'error' if tone == 'bad' else 'last error'}: {error}")
+    current = stats.get("writer_error") or stats.get("broker_error")
+    if error := current or stats.get("last_error"):
+        details.append(f"{'error' if tone == 'bad' or current else 'last error'}: {error}")
     return tone, headline, " · ".join(details)
 
 

@@ -134,7 +134,7 @@ def tasks_layout(search: str, state: str, search_message: str = "", brokers: tup
     broker = broker if len(brokers) > 1 and broker in brokers else ""
     return html.Div([
         page_header("Tasks", html.Span([html.Span(id="tasks-count"),
-                                        html.Span(" · new tasks wait until the pointer leaves the rows",
+                                        html.Span(" · new tasks wait while the pointer is on the rows",
                                                   className="refresh-held-hint")], className="muted"),
                     subtitle="Sorting, filtering and paging run in the store; the table refreshes itself."),
         html.Div([

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import re
 
 import pytest
@@ -190,22 +191,38 @@ def test_an_idle_cluster_costs_the_tasks_grid_no_reload(page, cluster):
     wait_for_rows(page, set(cluster.sent.values()), "the task sent after the idle ticks")
 
 
-def test_new_tasks_wait_while_the_pointer_is_on_the_table_so_the_row_aimed_at_stays_put(page, cluster):
+def test_new_tasks_wait_while_the_pointer_moves_on_the_rows_so_the_row_aimed_at_stays_put(page, cluster):
     # Newest first, each refresh pushed the rows down under a pointer about to click one.
     open_tasks(page, cluster)
     before = wait_for_rows(page, set(cluster.sent.values()), "every task")
     hint = page.locator(".refresh-held-hint")
-    assert not hint.is_visible()
-    page.hover(f"{TASK_ROWS}[row-index='1'] [col-id=name]")
-    assert hint.is_visible()
-    cluster.sent["while pointed at"] = cluster.workers[0].send("sample.add", 5, 5)
-    wait_for_tasks(cluster.server, {cluster.sent["while pointed at"]: "SUCCESS"})
-    wait_for(lambda: page.evaluate("!!window.flowerbedHeldRefreshes['tasks-grid']"), WAIT_SECONDS,
-             "the refresh for the new task held")
+    box = page.locator(f"{TASK_ROWS}[row-index='1'] [col-id=name]").bounding_box()
+    x, y = box["x"] + 10, box["y"] + box["height"] / 2
+    moves = itertools.count()
+
+    def held_while_aiming(purpose: str) -> None:
+        cluster.sent[purpose] = cluster.workers[0].send("sample.add", 5, 5)
+        wait_for_tasks(cluster.server, {cluster.sent[purpose]: "SUCCESS"})
+        wait_for(lambda: page.mouse.move(x + next(moves) % 3, y)
+                 or page.evaluate("!!window.flowerbedHeldRefreshes['tasks-grid']"),
+                 WAIT_SECONDS, f"the refresh for {purpose} held while the pointer moves on a row")
+        assert hint.is_visible()
+
+    page.mouse.move(x, y)
+    assert not hint.is_visible()  # nothing waits yet
+    held_while_aiming("while aimed at")
     assert displayed_uuids(page) == before
-    page.mouse.move(5, 5)  # off the table: the held refresh comes
+    page.mouse.move(5, 5)  # off the rows: the held refresh comes
     assert wait_for_rows(page, set(cluster.sent.values()), "the new task once the pointer left")[0] == \
-        cluster.sent["while pointed at"]
+        cluster.sent["while aimed at"]
+    assert not hint.is_visible()
+
+    # A pointer that rests on the rows is not aiming: a screen watched so goes on refreshing.
+    page.mouse.move(x, y)
+    held_while_aiming("while resting")
+    assert wait_for_rows(page, set(cluster.sent.values()), "the new task with the pointer resting")[0] == \
+        cluster.sent["while resting"]
+    assert page.evaluate("document.querySelector('#tasks-grid .ag-body').matches(':hover')")
     assert not hint.is_visible()
 
 

@@ -514,7 +514,8 @@ def test_collectors_sharing_an_events_queue_report_apart_and_their_broker_shows_
     assert (report["collectors"], report["silent_collectors"]) == ([first.collector.owner], 1)
     first.collector._housekeeping()
     assert broker_report()["silent_collectors"] == 1  # not gone for long yet
-    first.store.set_meta(report_key(first.collector.broker_name, gone["owner"]), {**gone, "updated_at": time.time() - GONE_REPORT_SECONDS - 1})
+    long_gone = {**gone, "updated_at": time.time() - GONE_REPORT_SECONDS - 1}
+    first.store.set_meta(report_key(first.collector.broker_name, gone["owner"]), long_gone)
     first.collector._housekeeping()
     assert broker_report()["silent_collectors"] == 0
     assert len(first.store.get_meta_prefixed(REPORT_PREFIX)) == 1
@@ -526,16 +527,33 @@ def test_a_brokers_report_sums_its_live_collectors_and_takes_the_worst_of_the_re
     reports = [{**live, "owner": "a", "stored": 5, "backlog": 2, "lag_seconds": 0.5, "tasks_stored_at": 990.0},
                {**live, "owner": "b", "stored": 7, "backlog": 0, "lag_seconds": 3.0, "connected": False,
                 "broker_error": "refused", "writer_failing_since": 980.0, "writer_error": "disk full"},
-               {**live, "owner": "c", "stored": 100, "running": False, "updated_at": 999.0, "tasks_stored_at": 995.0}]
+               {**live, "owner": "c", "stored": 100, "running": False, "updated_at": 999.0, "tasks_stored_at": 995.0},
+               {**live, "owner": "d", "stored": 1, "updated_at": now - 60},  # silent: killed, say
+               {**live, "owner": "e", "stored": 1, "updated_at": now - GONE_REPORT_SECONDS - 1}]  # long gone
     report = merged(reports, now, 30.0)
     assert (report["stored"], report["backlog"], report["lag_seconds"]) == (12, 2, 3.0)
-    assert (report["connected"], report["broker_error"], report["writer_error"]) == (False, "refused", "disk full")
-    assert (report["writer_failing_since"], report["tasks_stored_at"]) == (980.0, 995.0)
-    assert (report["collectors"], report["owner"], report["silent_collectors"]) == (["a", "b"], None, 0)
+    # One of them reaches the broker: it is recorded, and the other is counted as cut off.
+    assert (report["connected"], report["disconnected_collectors"], report["broker_error"]) == (True, 1, "refused")
+    assert (report["writer_error"], report["writer_failing_since"], report["tasks_stored_at"]) == (
+        "disk full", 980.0, 995.0)
+    assert (report["collectors"], report["owner"], report["silent_collectors"]) == (["a", "b"], None, 1)
+    assert merged(reports[1:2], now, 30.0)["connected"] is False  # none reaches it
     ended = merged([{**reports[0], "updated_at": 900.0}, reports[2]], now, 30.0)  # none live: the latest says how
     assert (ended["owner"], ended["running"], ended["collectors"]) == ("c", False, [])
     alone = merged([reports[0]], now, 30.0)
     assert {key: alone[key] for key in reports[0]} == reports[0] and alone["collectors"] == ["a"]
+
+
+def test_the_lease_holder_deletes_the_reports_an_events_queues_collectors_left_behind(tmp_path):
+    feed = Feed(tmp_path)  # recording without an events queue, after some that shared one
+    feed.collector._housekeeping()  # takes the lease
+    broker = feed.collector.broker_name
+    left = {**feed.collector.stats(), "events_queue": "q", "running": True}
+    feed.store.set_meta(report_key(broker, "stopped:1:a"), {**left, "owner": "stopped:1:a", "running": False})
+    feed.store.set_meta(report_key(broker, "killed:2:b"), {**left, "owner": "killed:2:b",
+                                                         "updated_at": time.time() - GONE_REPORT_SECONDS - 1})
+    feed.collector._housekeeping()
+    assert list(feed.store.get_meta_prefixed(REPORT_PREFIX)) == [broker]
 
 
 def test_other_runtime_buckets_start_the_histogram_again_and_leave_the_event_counts(tmp_path):

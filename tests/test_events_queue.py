@@ -23,8 +23,10 @@ from kombu import Connection
 from helpers import Process, Stack, child_pids, free_port, get, get_json, wait_for, wait_started
 from monitor.ingest.collector import Collector
 from monitor.ingest.receiving import EventsQueue
+from monitor.ingest.reports import report_key
 from monitor.store import open_store
 from monitor.store.sqlite import SqliteStore as Store
+from monitor.services import build_services
 from monitor.settings import SettingsError, load_settings
 from monitor.store.schema import WORKER_COUNTERS
 from test_collector import T0, UUID, Feed, task_lifecycle
@@ -335,3 +337,25 @@ def test_a_stop_writes_and_acknowledges_exactly_what_was_received(broker, tmp_pa
     # ... and acknowledged, and nothing else: the queue keeps exactly the rest
     wait_for(lambda: queue_depth(broker, queue) == published - stats["received"], 60,  # a busy broker: up to a minute
              f"{published - stats['received']:,} messages in the queue (received {stats['received']:,})")
+
+
+@pytest.mark.integration
+def test_a_process_that_collects_shows_its_collector_live_beside_the_others_of_its_queue(broker, tmp_path):
+    queue = f"flowerbed-{uuid_module.uuid4().hex[:8]}"
+    services = build_services(load_settings(["--broker", broker, "--db", str(tmp_path / "s.db"), "--events-queue",
+                                             queue], {}))
+    services.start()
+    try:
+        own = services.collector
+        wait_for(lambda: own.stats()["connected"], 30, "the collector connected")
+        other = {**own.stats(), "owner": "elsewhere:1:abcdef", "received": 40, "stored": 40, "updated_at": time.time()}
+        services.store.set_meta(report_key(own.broker_name, other["owner"]), other)
+        [shown] = services.broker_stats().values()
+        assert shown["collectors"] == sorted([own.owner, other["owner"]])
+        assert shown["stored"] >= 40 and shown["received"] >= 40
+        assert list(services.own_reports()) == [own.broker_name]
+        assert services.own_reports()[own.broker_name]["owner"] == own.owner  # what `collect --port` answers for
+    finally:
+        services.stop()
+        with Connection(broker) as connection:
+            connection.default_channel.queue_delete(queue)

@@ -17,6 +17,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import ROOT, TESTS, Process, Stack, free_port, get, get_json, task_row, wait_for, wait_started, worker_row
+from monitor.ingest.reports import report_key
 from monitor.services import build_services
 from monitor.serving.metrics import create_metrics_blueprint
 from monitor.settings import load_settings
@@ -90,6 +91,23 @@ def test_each_family_follows_its_rule_on_a_store_written_by_hand(tmp_path):
     assert sample("flowerbed_queue_messages", broker="stale", queue="old") is None
     assert (sample("flowerbed_queues_read_ok", broker="b"), sample("flowerbed_queues_read_ok", broker="stale")) == (1, 0)
     store.close()
+
+
+def test_collectors_sharing_an_events_queue_keep_a_series_each_and_their_broker_one_lag(tmp_path):
+    services = build_services(load_settings(["web", "--db", str(tmp_path / "m.db")]))
+    now = time.time()
+    shared = {"broker": "rabbit", "events_queue": "q", "running": True, "connected": True, "role": "active",
+              "received": 10, "stored": 10, "dropped": 0, "malformed": 0, "rejected": 0, "backlog": 0}
+    for owner, stored, lag in (("h:1:a", 10, 0.2), ("h:2:b", 30, 1.5)):
+        services.store.set_meta(report_key("rabbit", owner), {**shared, "owner": owner, "stored": stored,
+                                                              "lag_seconds": lag, "updated_at": now})
+    metrics = scrape_of(services)
+    stored = {dict(labels)["collector"]: value for (name, labels), value in metrics.items()
+              if name == "flowerbed_collector_events_total" and ("outcome", "stored") in labels}
+    assert stored == {"h:1:a": 10, "h:2:b": 30}
+    assert metrics[("flowerbed_collector_lag_seconds", (("broker", "rabbit"),))] == 1.5
+    assert metrics[("flowerbed_collector_ready", (("broker", "rabbit"),))] == 1
+    services.store.close()
 
 
 class Tier:

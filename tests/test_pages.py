@@ -87,6 +87,9 @@ def test_the_status_line_counts_the_collectors_sharing_a_queue_and_warns_of_a_si
     silent = text(collector_status({**shared, "collectors": ["a"], "silent_collectors": 1}, 1000.0, 30.0))
     assert '"Recording, a collector silent"' in silent and "collectors share" not in silent
     assert "1 collector of the queue silent for over 30 s" in silent
+    cut_off = text(collector_status({**shared, "disconnected_collectors": 1, "broker_error": "refused"}, 1000.0, 30.0))
+    assert '"Recording, a collector cut off"' in cut_off and "error: refused" in cut_off and "last error" not in cut_off
+    assert "1 collector of the queue cannot reach the broker; the others record" in cut_off
 
 
 def test_an_empty_audit_log_says_whether_nothing_was_done_or_nothing_matches():

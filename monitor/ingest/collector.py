@@ -378,22 +378,22 @@ class Collector:
                 if self.store.enforce_retention():  # the oldest tasks gone from the Tasks page
                     self.tasks_stored_at = time.time()
                 self._retention_due = time.monotonic() + self.retention_seconds
-            if self.events_queue is not None:
-                self._read_sharing_reports()
+            self._read_broker_reports()
             self.store.set_meta(self.report_key, self.stats())
         else:
             holder = self.store.get_meta(self.report_key) or {}
             self.holder_reported_at = holder.get("updated_at")
             self._adopt_later_change(holder)
 
-    def _read_sharing_reports(self) -> None:
+    def _read_broker_reports(self) -> None:
         """Take the later changes of the collectors sharing the events queue, and delete the reports of
-        those that stopped (the running ones carry on without them) or are gone."""
+        this broker's other collectors that stopped (the running ones carry on without them) or are
+        gone: an events queue's, or one's left from before (a lease holder's is written over)."""
         now, prefix = time.time(), report_key(self.broker_name)
         ended = []
         for rest, report in self.store.get_meta_prefixed(prefix).items():
-            if report.get("broker") != self.broker_name or report.get("owner") == self.owner:
-                continue  # a broker whose name begins with this one's, or this collector
+            if report.get("broker") != self.broker_name or prefix + rest == self.report_key:
+                continue  # a broker whose name begins with this one's, or this collector's own key
             self._adopt_later_change(report)
             if report.get("running") is False or now - (report.get("updated_at") or 0) > GONE_REPORT_SECONDS:
                 ended.append(prefix + rest)

@@ -47,31 +47,35 @@ def is_live(report: dict, now: float, stall_seconds: float) -> bool:
 def merged(reports: list[dict], now: float, stall_seconds: float) -> dict:
     """One broker's report from its collectors' (one, or those sharing an events queue).
 
-    The live ones add their counters up; the latest lag is the largest, and any error is the broker's.
-    A collector that stopped cleanly leaves the count; one that went silent is counted in
-    `silent_collectors` until it is deleted. With none live, the latest report says how it ended."""
+    The live ones add their counters up; the lag is the largest. The broker is reached while one of
+    them reaches it (`disconnected_collectors` counts the others), and a store error of any is the
+    broker's. A collector that stopped cleanly leaves the count; one that went silent is counted in
+    `silent_collectors` for GONE_REPORT_SECONDS. With none live, the latest report says how it ended."""
     if not reports:
         return {}
     live = [report for report in reports if is_live(report, now, stall_seconds)]
     if not live:
         latest = max(reports, key=lambda report: report.get("updated_at") or 0)
-        return {**latest, "collectors": [], "silent_collectors": 0}
+        return {**latest, "collectors": [], "silent_collectors": 0, "disconnected_collectors": 0}
     first = live[0]
     one = {**first, **{key: sum(report.get(key) or 0 for report in live) for key in _SUMMED}}
     for key in _LATEST:  # of every report: a collector gone may have stored the latest tasks
         one[key] = max((report.get(key) for report in reports if report.get(key) is not None), default=None)
     failing_since = [report["writer_failing_since"] for report in live if report.get("writer_failing_since")]
+    cut_off = [report for report in live if not report.get("connected")]
     one.update(
         lag_seconds=max(report.get("lag_seconds") or 0.0 for report in live),
-        connected=all(report.get("connected") for report in live),
+        connected=len(cut_off) < len(live),
+        disconnected_collectors=len(cut_off),
+        broker_error=next((report["broker_error"] for report in cut_off if report.get("broker_error")), None),
+        writer_error=next((report["writer_error"] for report in live if report.get("writer_error")), None),
+        last_error=next((report["last_error"] for report in live if report.get("last_error")), None),
         writer_failing_since=min(failing_since, default=None),
         owner=first.get("owner") if len(live) == 1 else None,
         collectors=sorted(_recording(report) for report in live),
-        silent_collectors=sum(1 for report in reports
-                              if report.get("running") is not False and not is_live(report, now, stall_seconds)),
+        silent_collectors=sum(1 for report in reports if report.get("running") is not False
+                              and stall_seconds < now - (report.get("updated_at") or 0) <= GONE_REPORT_SECONDS),
     )
-    for key in ("broker_error", "writer_error", "last_error"):
-        one[key] = next((report[key] for report in live if report.get(key)), None)
     return one
 
 

@@ -130,11 +130,13 @@ def _figure(traces: list[dict], layout: dict) -> dict:
 def _time_axis(scope) -> dict:
     """The whole range [start, end], even where it has no data, with whole times as ticks: plotly picks
     round steps for the width (the same for charts of a width), the format follows the step. The range
-    moves with every refresh; the clientside callback keeps a zoom of the user's (callbacks/analytics.py)."""
+    moves with every refresh; the clientside callback keeps a zoom of the user's (callbacks/analytics.py).
+    A tick at an end of the range keeps its label (the margin grows for it): plotly hid the one that passed
+    the chart's edge, so charts side by side, one with a right axis, lost different ends."""
     hours = "%d %b %H:%M" if scope.span > 86400 else "%H:%M"
     return dict(type="date", range=[round(scope.start * 1000), round(scope.end * 1000)], autorange=False,
                 tickformatstops=[dict(dtickrange=[None, 86400000], value=hours),
-                                 dict(dtickrange=[86400000, None], value="%d %b")])
+                                 dict(dtickrange=[86400000, None], value="%d %b")], ticklabeloverflow="allow")
 
 
 def _history_marks(scope, history: float | None) -> dict:

@@ -829,6 +829,11 @@ def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cl
         assert places and all(at % 60000 == 0 for at, _text in places), places
         assert [text for _at, text in places] == [
             datetime.fromtimestamp(at / 1000, timezone.utc).strftime("%H:%M") for at, _text in places]
+    # Both ends' labels shown on both charts, though only one has a right axis (plotly hid those past the edge).
+    shown = {graph: page.locator(f"#{graph} .xtick text").evaluate_all(
+        "texts => texts.filter(text => getComputedStyle(text).display !== 'none').map(text => text.textContent)")
+        for graph in ("analytics-throughput", "analytics-failure-rate")}
+    assert shown["analytics-throughput"] == shown["analytics-failure-rate"] == [text for _at, text in places], shown
 
 
 @pytest.mark.browser

@@ -1,6 +1,6 @@
 // Keyboard and phone helpers for every page: "/" jumps to the page's search box (unless the user is
-// typing somewhere), Escape closes what opened, and the menu button folds the navigation open and
-// shut on a narrow screen; an address with #id scrolls to that part once the page has drawn it.
+// typing somewhere), Escape (or a click elsewhere) closes what opened, and the menu button folds the
+// navigation open and shut on a narrow screen; an address with #id scrolls to that part once the page has drawn it.
 (function () {
   function typing(target) {
     return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
@@ -28,6 +28,10 @@
   });
   document.addEventListener("click", function (event) {
     if (!event.target.closest) { return; }
+    // The search help closes with its button or a click elsewhere (on a phone it covers its "?").
+    document.querySelectorAll("details.search-help[open]").forEach(function (help) {
+      if (event.target.closest(".search-help-close") || !help.contains(event.target)) { help.open = false; }
+    });
     if (event.target.closest("#nav-toggle")) {
       setMenu(!document.querySelector(".topbar").classList.contains("nav-open"));
     } else if (!event.target.closest("#nav") || event.target.closest(".nav-link")) {

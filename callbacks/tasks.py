@@ -82,12 +82,12 @@ def carried(text) -> bool:
 
 def describe_query(query: dict) -> str:
     """'the search "x" and state FAILURE', as the bulk re-run preview names what it re-runs."""
-    parts = [f'the search "{query["search"]}"' if query.get("search") else "every task"]
+    parts = [f'the search "{query["search"]}"'] if query.get("search") else []
     if query.get("state") not in (None, "", "ALL"):
         parts.append(f"state {query['state']}")
     if query.get("broker"):
         parts.append(f"broker {query['broker']}")
-    return " and ".join(parts)
+    return " and ".join(parts) or "the empty search (every task)"
 
 
 def detail_parts(services, task: dict) -> dict:
@@ -313,19 +313,31 @@ def register_actions(app, services) -> None:
             preview = controller.rerun_preview(bulk_query(query), cap if cap is not None else 0)
         except (ControlError, QueryError) as exc:
             return action_refused(str(exc))
-        return bulk_rerun_preview(preview.matched, preview.cap, describe_query(query or {}))
+        return bulk_rerun_preview(preview.matched, preview.cap, describe_query(query or {}),
+                                  {"query": query, "cap": cap})
+
+    # A preview counts one search and cap: another search or cap puts it away, rather than leave a
+    # button that says one count under a search that matches others.
+    app.clientside_callback(
+        """function() { return []; }""",
+        Output("act-bulk-panel", "children", allow_duplicate=True),
+        Input("tasks-query", "data"),
+        Input("bulk-rerun-cap", "value"),
+        prevent_initial_call=True,
+    )
 
     @app.callback(
         Output("act-bulk-result", "children"),
         Input("act-bulk-confirm", "submit_n_clicks"),
-        State("bulk-rerun-cap", "value"),
-        State("tasks-query", "data"),
+        State("act-bulk-previewed", "data"),
         prevent_initial_call=True,
     )
-    def bulk_rerun(_submitted, cap, query):
+    def bulk_rerun(_submitted, previewed):
         user = acting_user()
+        previewed = previewed if isinstance(previewed, dict) else {}
+        cap = previewed.get("cap")
         try:
-            result = controller.bulk_rerun(user, bulk_query(query), cap if cap is not None else 0)
+            result = controller.bulk_rerun(user, bulk_query(previewed.get("query")), cap if cap is not None else 0)
         except (ControlError, QueryError) as exc:
             return action_refused(str(exc))
         return action_outcome(result.as_dict(), app.get_relative_path)

@@ -696,10 +696,10 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
             dcc.RadioItems(id="analytics-range", options=[{"label": l, "value": v} for l, v in RANGE_CHOICES],
                            value=range_key, inline=True, className="chips", labelClassName="chip"),
             html.Div([
-                dcc.Input(id="analytics-from", type="text", placeholder="from 2026-11-25 09:00", debounce=True,
+                dcc.Input(id="analytics-from", type="text", placeholder="2026-11-25 09:00", debounce=True,
                           className="search-input time-input", value=view.get("from") or None),
                 html.Span("→", className="muted"),
-                dcc.Input(id="analytics-to", type="text", placeholder="to 2026-11-25 10:00", debounce=True,
+                dcc.Input(id="analytics-to", type="text", placeholder="2026-11-25 10:00", debounce=True,
                           className="search-input time-input", value=view.get("to") or None),
             ], id="analytics-custom", className="custom-range",
                 style={"display": "flex" if range_key == "custom" else "none"}),
@@ -761,7 +761,7 @@ def analytics_layout(options: dict, view: dict | None = None) -> html.Div:
                 html.Div([
                     dcc.RadioItems(id="compare-mode", options=[{"label": l, "value": v} for l, v in COMPARE_CHOICES],
                                    value=compare_mode, inline=True, className="chips", labelClassName="chip"),
-                    dcc.Input(id="compare-split", type="text", placeholder="split at 2026-11-25 10:00", debounce=True,
+                    dcc.Input(id="compare-split", type="text", placeholder="2026-11-25 10:00", debounce=True,
                               className="search-input time-input", value=view.get("split") or None,
                               style={} if compare_mode == "split" else {"display": "none"}),
                     html.Span(id="compare-windows", className="muted small"),

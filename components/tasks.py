@@ -91,7 +91,9 @@ def search_help(with_brokers: bool) -> html.Details:
         html.Summary("?", className="help", title="Search help", id="search-help-button",
                      **{"aria-label": "Search help"}),
         html.Div([
-            html.H2("Search help"),
+            html.Div([html.H2("Search help"),
+                      html.Button("Close", type="button", className="button ghost small search-help-close")],
+                     className="search-help-top"),
             html.Table(html.Tbody([html.Tr([html.Td(html.Code(typed)), html.Td(meaning)]) for typed, meaning in examples]),
                        className="help-table"),
             html.P(["Press ", html.Kbd("/"), " to jump to the search box; Enter on a row opens the task."],
@@ -200,8 +202,9 @@ def bulk_rerun_controls() -> html.Div:
     ], className="bulk-rerun")
 
 
-def bulk_rerun_preview(matched: int, cap: int, describe: str) -> list:
-    """The count a bulk re-run would send, and the button that sends it (after the browser's confirm)."""
+def bulk_rerun_preview(matched: int, cap: int, describe: str, previewed: dict) -> list:
+    """The count a bulk re-run would send, and the button that sends it (after the browser's confirm):
+    to the tasks of `previewed` ({query, cap}), those counted, whatever the search says by then."""
     would_send = min(matched, cap)
     if would_send == 0:
         return [html.P(f"No finished task matches {describe}: nothing to re-run.")]
@@ -212,6 +215,7 @@ def bulk_rerun_preview(matched: int, cap: int, describe: str) -> list:
         dcc.ConfirmDialogProvider(
             html.Button(f"Re-run {would_send:,} task{'s' if would_send != 1 else ''}", className="button danger"),
             id="act-bulk-confirm", message=f"Re-run {would_send:,} tasks now? This sends them to the workers again."),
+        dcc.Store(id="act-bulk-previewed", data=previewed),
         html.Div(id="act-bulk-result", role="status"),
     ]
 

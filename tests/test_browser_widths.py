@@ -152,6 +152,26 @@ def test_at_1024_px_the_tasks_grid_shows_name_state_runtime_and_worker(open_page
     edges = wait_for(lambda: (lambda found: found if all(e is not None and e <= 1024 for e in found.values()) else None)(
         right_edges()), WAIT_SECONDS, f"the four columns within the window; right edges {right_edges()}")
     assert all(0 < edge <= 1024 for edge in edges.values())
+    page.click("#search-help-button")  # the help opens on the screen (it ran off its left edge here)
+    left, right = page.eval_on_selector("#search-help-panel", "panel => [panel.getBoundingClientRect().left, "
+                                                              "panel.getBoundingClientRect().right]")
+    assert 0 <= left and right <= 1024
+
+
+def test_at_390_px_the_search_help_closes_with_its_button_or_a_tap_elsewhere(open_page, cluster):
+    # There it covers the "?" that opened it: only Escape closed it, which a phone has not.
+    page = open_page(ADMIN, width=390, height=800)
+    page.goto(f"{cluster.server}/tasks")
+    page.wait_for_selector(f"{TASK_ROWS} [col-id=name]")
+    panel = page.locator("#search-help-panel")
+    page.click("#search-help-button")
+    panel.wait_for(state="visible")
+    page.click(".search-help-close")
+    panel.wait_for(state="hidden")
+    page.click("#search-help-button")
+    panel.wait_for(state="visible")
+    page.mouse.click(200, 790)  # under the panel, on the page
+    panel.wait_for(state="hidden")
 
 
 def test_slash_focuses_the_search_and_tab_reaches_the_help_and_the_chips(open_page, cluster):

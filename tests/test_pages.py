@@ -92,6 +92,14 @@ def test_the_status_line_counts_the_collectors_sharing_a_queue_and_warns_of_a_si
     assert "1 collector of the queue cannot reach the broker; the others record" in cut_off
 
 
+def test_the_bulk_rerun_preview_names_what_it_counted():
+    from callbacks.tasks import describe_query
+
+    assert describe_query({}) == describe_query({"search": "", "state": "ALL"}) == "the empty search (every task)"
+    assert describe_query({"state": "FAILURE"}) == "state FAILURE"
+    assert describe_query({"search": "x", "state": "FAILURE", "broker": "b"}) == 'the search "x" and state FAILURE and broker b'
+
+
 def test_an_empty_audit_log_says_whether_nothing_was_done_or_nothing_matches():
     assert "No action taken yet" in text(audit_table([], searched=False, relative_path=lambda path: path))
     assert "No action matches this search." in text(audit_table([], searched=True, relative_path=lambda path: path))

@@ -88,7 +88,8 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
                    broker_callbacks, audit_callbacks):
         module.register(app, services)
     auth.install(app, settings, services.store, public_paths=(f"{routes_prefix}healthcheck", f"{routes_prefix}healthcheck/ready"))
-    app.server.register_blueprint(create_health_blueprint(services.broker_stats, services.settings.stall_seconds, routes_prefix))
+    app.server.register_blueprint(create_health_blueprint(services.broker_stats, services.settings.stall_seconds,
+                                                          routes_prefix))
     crosssite.install(app.server, routes_prefix, auth.current_user)
     auth.guard_action_callbacks(app.server, routes_prefix)
     app.server.register_blueprint(create_blueprint(services, routes_prefix, may_act=auth.can_act,

@@ -1,6 +1,7 @@
 // Keyboard and phone helpers for every page: "/" jumps to the page's search box (unless the user is
 // typing somewhere), Escape (or a click elsewhere) closes what opened, and the menu button folds the
-// navigation open and shut on a narrow screen; an address with #id scrolls to that part once the page has drawn it.
+// navigation open and shut on a narrow screen; an address with #id scrolls to that part once the page
+// has drawn it.
 (function () {
   function typing(target) {
     return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));

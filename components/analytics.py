@@ -182,7 +182,8 @@ def throughput_figure(frame, scope, uirevision: str, height: int = 280, compact:
     for state, rows in sorted(frame.groupby("state", sort=False), key=lambda item: order.get(item[0], 9)):
         counts = rows.groupby("bucket")["count"].sum().reindex(starts, fill_value=0)
         traces.append(dict(
-            type="bar", **_bars_over_buckets(starts, step), y=counts.astype(int).tolist(), name=state.title(), uid=state, marker=dict(color=STATE_COLORS.get(state, "#64748b")),
+            type="bar", **_bars_over_buckets(starts, step), y=counts.astype(int).tolist(), name=state.title(),
+            uid=state, marker=dict(color=STATE_COLORS.get(state, "#64748b")),
             customdata=bounds, meta=drill(scope, "{0}", "{1}", state=state),
             hovertemplate=f"%{{y:,}} {state.lower()} · %{{customdata[2]}}<extra></extra>"))
     compact_layout = dict(legend=dict(x=1, xanchor="right", font=dict(size=11)), margin=dict(t=20)) if compact else {}
@@ -339,8 +340,8 @@ def _bars_over_buckets(starts, step: int) -> dict:
 
 
 def _middles(starts, step: int) -> list[int]:
-    """Bucket starts (epoch seconds) as the epoch milliseconds of their middles: a bar covers its bucket,
-    and so does the area that hovers and clicks it."""
+    """Bucket starts (epoch seconds) as the epoch milliseconds of their middles, where a line's point for
+    its bucket stands."""
     return [round((start + step / 2) * 1000) for start in starts]
 
 

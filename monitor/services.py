@@ -94,12 +94,13 @@ class Services:
         """Each collector's own counters, by broker name: live for the collectors running here; else
         as the collectors of other processes last stored them (a broker since dropped from the
         configuration keeps its last report there)."""
-        if not (self._started and self.settings.collects):
+        def stored() -> dict[str, list[dict]]:
             return collector_reports.by_broker(self.store.get_meta_prefixed(collector_reports.REPORT_PREFIX))
+        if not (self._started and self.settings.collects):
+            return stored()
         # Of the collectors sharing an events queue with the ones here, only the store knows.
-        stored = (collector_reports.by_broker(self.store.get_meta_prefixed(collector_reports.REPORT_PREFIX))
-                  if self.settings.events_queue else {})
-        return {broker: [own, *(report for report in stored.get(broker, ()) if report.get("owner") != own["owner"])]
+        others = stored() if self.settings.events_queue else {}
+        return {broker: [own, *(report for report in others.get(broker, ()) if report.get("owner") != own["owner"])]
                 for broker, own in self.own_reports().items()}
 
     def own_reports(self) -> dict[str, dict]:

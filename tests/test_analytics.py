@@ -822,7 +822,8 @@ def test_the_time_axes_span_the_range_with_empty_buckets_and_whole_time_ticks(cl
     # Where the ticks stand, as their words say, though plotly puts them under the bars of a short range.
     wait_for_tasks(server, {worker.send("sample.add", 1, 2): "SUCCESS"}, timeout=30)
     start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=5)
-    page.goto(f"{server}/analytics?range=custom&from={start:%Y-%m-%d %H:%M}&to={start + timedelta(minutes=7):%Y-%m-%d %H:%M}")
+    end = start + timedelta(minutes=7)
+    page.goto(f"{server}/analytics?range=custom&from={start:%Y-%m-%d %H:%M}&to={end:%Y-%m-%d %H:%M}")
     page.wait_for_function(f"{plot % 'analytics-throughput'}?.data?.length > 0")
     for graph in ("analytics-throughput", "analytics-failure-rate"):
         places = page.evaluate(f"() => {plot % graph}._fullLayout.xaxis._vals.map(tick => [tick.x, tick.text])")

@@ -90,7 +90,8 @@ def test_at_390_px_no_page_is_wider_than_the_screen(open_page, cluster):
     page.goto(f"{cluster.server}/analytics?range=custom&from=2026-12-01 09:00&to=2026-12-01 10:00")
     page.wait_for_selector("#analytics-throughput .main-svg")
     panel, last = page.evaluate("""() => [document.querySelector('.analytics-controls'),
-        document.querySelector('.time-input:has(#analytics-to)')].map(element => element.getBoundingClientRect().right)""")
+        document.querySelector('.time-input:has(#analytics-to)')]
+        .map(element => element.getBoundingClientRect().right)""")
     assert last <= panel and page.evaluate("document.documentElement.scrollWidth") == 390
     for field in ("#analytics-from", "#analytics-to"):  # each time whole in its box
         assert page.eval_on_selector(field, "input => input.scrollWidth <= input.clientWidth"), field

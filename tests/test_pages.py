@@ -97,7 +97,8 @@ def test_the_bulk_rerun_preview_names_what_it_counted():
 
     assert describe_query({}) == describe_query({"search": "", "state": "ALL"}) == "the empty search (every task)"
     assert describe_query({"state": "FAILURE"}) == "state FAILURE"
-    assert describe_query({"search": "x", "state": "FAILURE", "broker": "b"}) == 'the search "x" and state FAILURE and broker b'
+    assert describe_query({"search": "x", "state": "FAILURE", "broker": "b"}) == (
+        'the search "x" and state FAILURE and broker b')
 
 
 def test_an_empty_audit_log_says_whether_nothing_was_done_or_nothing_matches():

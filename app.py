@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import urllib.parse
 from pathlib import Path
 
 import dash
 import flask
 import plotly
+from dash._utils import to_json
 from dash.exceptions import DependencyException
 from dash.fingerprint import build_fingerprint
 from werkzeug.exceptions import HTTPException
@@ -35,17 +38,46 @@ HERE = Path(__file__).resolve().parent
 log = logging.getLogger("flowerbed")
 # The code Dash loads when a grid or a dropdown first shows, fetched with the page's scripts instead of after them.
 EARLY_CHUNKS = ("dash_ag_grid/async-community.js", "dash/dcc/async-dropdown.js")
+# Assets the page's HTML loads itself, before Dash's scripts (Dash adds the others after them): the theme before
+# anything is drawn, the grids' formatters and the drawing of the first screen (assets/first_screen.js).
+HEAD_ASSETS = ("theme.js",)
+FIRST_SCREEN_ASSETS = ("dashAgGridFunctions.js", "first_screen.js")
 # plotly.js is left to the first chart: fetched or started before the layout is drawn (a second of the
 # browser's time on a 2-core machine), it delayed the first grid by as much (bench/README.md, "First screen").
 
 
 class _Dash(dash.Dash):
-    """Dash whose page fetches early what its first screen needs (interpolate_index, Dash's hook for it)."""
+    """Dash whose page comes with its first screen's layout, drawn before Dash's scripts have run, and
+    fetches early what its first screen needs (interpolate_index, Dash's hook for it)."""
 
     def interpolate_index(self, **kwargs):
         prefix = f"{self.config.requests_pathname_prefix}_dash-component-suites/"
         head = "".join(f'<link rel="preload" as="script" href="{prefix}{chunk}">' for chunk in EARLY_CHUNKS)
-        return super().interpolate_index(**{**kwargs, "css": kwargs.get("css", "") + head})
+        head += "".join(map(self._asset_script, HEAD_ASSETS))
+        return super().interpolate_index(**{**kwargs, "css": kwargs.get("css", "") + head,
+                                            "app_entry": kwargs.get("app_entry", "") + self._first_screen()})
+
+    def _asset_script(self, name: str) -> str:
+        modified = (Path(self.config.assets_folder) / name).stat().st_mtime
+        return f'<script src="{self.get_asset_url(name)}?m={modified}"></script>'
+
+    def _first_screen(self) -> str:
+        """The layout Dash would ask for next (`_dash-layout`), and the first rows of a grid that asks for
+        its own (Tasks), for assets/first_screen.js to draw the page at once and hand the layout to Dash.
+        Without them (the store unreachable now) Dash asks for the layout, which says why."""
+        services = self.server.config["flowerbed_services"]
+        scripts = "".join(map(self._asset_script, FIRST_SCREEN_ASSETS))
+        try:
+            layout = self.get_layout()
+            rows = tasks_callbacks.first_rows(services, layout)
+        except Exception as exc:
+            if not services.store.is_transient(exc):
+                raise
+            return scripts
+        address = f"{self.config.requests_pathname_prefix}_dash-layout"
+        return (f'<script type="application/json" id="first-layout" data-address="{address}">{_in_script(to_json(layout))}'
+                f'</script><script type="application/json" id="first-rows">{_in_script(json.dumps(rows))}</script>'
+                + scripts)
 
     def _config(self):
         # Served locally, plotly.js has an address without its version, which the browser asks about again on
@@ -66,6 +98,11 @@ class _Dash(dash.Dash):
                 f"{build_fingerprint(path, plotly.__version__, modified)}")
 
 
+def _in_script(text: str) -> str:
+    """JSON that a <script> element holds as it is: no "</script>" (a task's args may say it) ends it early."""
+    return text.replace("<", "\\u003c")
+
+
 def create_app(settings: Settings, services: Services | None = None) -> dash.Dash:
     """The Dash app; background services start with the first request (or `start_services`)."""
     services = services or build_services(settings)
@@ -77,6 +114,7 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
         routes_pathname_prefix=routes_prefix,
         requests_pathname_prefix=requests_prefix,
         assets_folder=str(HERE / "assets"),
+        assets_ignore="^(" + "|".join(name.replace(".", r"\.") for name in HEAD_ASSETS + FIRST_SCREEN_ASSETS) + ")$",
         title="Flowerbed",
         update_title=None,
         suppress_callback_exceptions=True,  # pages are rendered by the router callback
@@ -107,10 +145,11 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
 
 def _layout(app: dash.Dash, services: Services, refresh_ms: int):
     # The version before the page's data: a write in between then shows at the next tick.
-    version = store_version(services.broker_stats())
+    reports = services.broker_stats()  # its version before the page's data: a write in between shows at the next tick
     page, address = shell_callbacks.first_page(app, services)
-    return shell(app.get_relative_path, refresh_ms, admin=auth.can_act(), store_version=version, page=page,
-                 page_address=address)
+    return shell(app.get_relative_path, refresh_ms, admin=auth.can_act(), store_version=store_version(reports),
+                 page=page, page_address=address, status=shell_callbacks.collector_status(services, reports),
+                 current_nav=address and shell_callbacks.current_nav(app, urllib.parse.urlsplit(address).path))
 
 
 def _versioned_assets_are_kept(routes_prefix: str, response):

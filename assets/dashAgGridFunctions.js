@@ -212,16 +212,29 @@ dagfuncs.flowerbedOpenOnEnter = function (params, base) {
   }
 };
 
+var MIN_SHOWN_COLUMNS = 3;
+// Of `priority`'s columns (ids, most useful first), those to show in `room` px and those to hide:
+// the grids' rule, and the first screen's drawing of them (first_screen.js).
+window.flowerbedColumnsThatFit = function (priority, unwanted, room, widthOf) {
+  var show = [], hide = [], full = false;
+  priority.forEach(function (id) {
+    if (unwanted.indexOf(id) >= 0) { hide.push(id); return; }
+    var width = widthOf(id);
+    full = full || (show.length >= MIN_SHOWN_COLUMNS && width > room);
+    if (full) { hide.push(id); return; }
+    show.push(id);
+    room -= width;
+  });
+  return {show: show, hide: hide};
+};
 // A grid whose context names a columnPriority shows, in that order, the columns that fit its width
 // and hides the rest (never fewer than three): a phone gets the three that matter, a laptop keeps
 // the ones that answer questions on screen instead of behind a horizontal scroll. Columns the user
 // chose to see outside that list take their room first; those the user hid stay hidden.
-var MIN_SHOWN_COLUMNS = 3;
 dagfuncs.flowerbedFitColumns = function (params) {
   var api = params.api;
   var context = api.getGridOption("context") || {};
   var priority = context.columnPriority;
-  var unwanted = context.hiddenByUser || [];  // the column chooser's (Tasks): never shown here
   // A size change says the new width; other events leave it to the visible part of the grid.
   var range = params.clientWidth ? null : api.getHorizontalPixelRange();
   var room = params.clientWidth || (range && range.right - range.left);
@@ -229,18 +242,12 @@ dagfuncs.flowerbedFitColumns = function (params) {
   api.getAllDisplayedColumns().forEach(function (column) {
     if (priority.indexOf(column.getColId()) < 0) { room -= column.getActualWidth(); }
   });
-  var show = [], hide = [], full = false;
-  priority.forEach(function (id) {
-    var column = api.getColumn(id);
-    if (!column) { return; }
-    if (unwanted.indexOf(id) >= 0) { hide.push(id); return; }
-    var def = column.getColDef();
-    var width = def.width || def.minWidth || 100;
-    full = full || (show.length >= MIN_SHOWN_COLUMNS && width > room);
-    if (full) { hide.push(id); return; }
-    show.push(id);
-    room -= width;
+  var unwanted = context.hiddenByUser || [];  // the column chooser's (Tasks): never shown here
+  var fit = window.flowerbedColumnsThatFit(priority.filter(function (id) { return api.getColumn(id); }), unwanted, room, function (id) {
+    var def = api.getColumn(id).getColDef();
+    return def.width || def.minWidth || 100;
   });
+  var show = fit.show, hide = fit.hide;
   var changed = show.some(function (id) { return !api.getColumn(id).isVisible(); }) ||
     hide.some(function (id) { return api.getColumn(id).isVisible(); });
   if (changed) {

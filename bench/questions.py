@@ -185,6 +185,8 @@ def _first_row(page, grid: str, wanted: str) -> dict:
 
 def _open_dashboard(page, base: str, steps: Steps) -> None:
     page.goto(f"{base}/")
+    # The page's picture (assets/first_screen.js) shows first; the live page, read here by ids, takes its place.
+    page.wait_for_function("() => !document.getElementById('first-screen')")
     steps.append("open the Dashboard")
 
 

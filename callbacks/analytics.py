@@ -226,7 +226,9 @@ def _uirevision(scope) -> str:
 
 
 def error_outputs(message: str) -> dict:
-    blank = view.empty_figure(message)
+    """Every chart and table emptied; the message says why, once, under the range (each chart's box holds a
+    line, not the message: at 390 px it was cut)."""
+    blank = view.empty_figure("Not drawn: see the message under the range")
     outputs = {key: [] for key in REFRESH_OUTPUTS}
     outputs[FIGURES] = {graph: blank for graph in view.GRAPHS}
     outputs[("analytics-message", "children")] = message

@@ -40,21 +40,31 @@ def register(app, services) -> None:
 
     @app.callback(Output("nav-audit", "className"), Input("url", "pathname"))
     def highlight_audit_nav(pathname):  # the Audit link is an admin's only (components/shell.py)
-        return "nav-link active" if (safe_strip(app, pathname) or "") == "audit" else "nav-link"
+        return "nav-link active" if current_nav(app, pathname) == "nav-audit" else "nav-link"
 
     @app.callback([Output(nav_id, "className") for nav_id in nav_ids], Input("url", "pathname"))
     def highlight_nav(pathname):
-        section = (safe_strip(app, pathname) or "").split("/")[0] or "dashboard"
-        current = {"task": "nav-tasks", "worker": "nav-dashboard"}.get(section, f"nav-{section}")
+        current = current_nav(app, pathname)
         return ["nav-link active" if nav_id == current else "nav-link" for nav_id in nav_ids]
 
     @app.callback(Output("collector-status", "children"), Output("store-version", "data"),
                   Input("refresh-tick", "n_intervals"), State("store-version", "data"))
     def show_collector_status(_tick, version_shown):
         reports = services.broker_stats()
-        status = shell_components.brokers_status(reports, time.time(), services.settings.stall_seconds)
         version = store_version(reports)
-        return status, no_update if version == version_shown else version
+        return collector_status(services, reports), no_update if version == version_shown else version
+
+
+def collector_status(services, reports: dict) -> list:
+    """The top bar's line on the collectors of `reports` (Services.broker_stats)."""
+    return shell_components.brokers_status(reports, time.time(), services.settings.stall_seconds)
+
+
+def current_nav(app, pathname: str | None) -> str:
+    """The id of the navigation's link for the page at `pathname`: a task is under Tasks, a worker under
+    the Dashboard."""
+    section = (safe_strip(app, pathname) or "").split("/")[0] or "dashboard"
+    return {"task": "nav-tasks", "worker": "nav-dashboard"}.get(section, f"nav-{section}")
 
 
 def safe_strip(app, pathname: str | None) -> str | None:
@@ -72,21 +82,29 @@ def encodable(text: str | None) -> str | None:
 
 
 def page_address(pathname, search) -> str:
-    """The address a page is rendered for, as the browser's location gives it: path and query."""
-    return f"{pathname}{search or ''}"
+    """The address a page is rendered for, path and query, as the browser's location gives it; decoded,
+    since the HTML's request and the browser's location may encode it differently."""
+    return urllib.parse.unquote(f"{pathname}{search or ''}")
 
 
 def first_page(app, services) -> tuple[object, str | None]:
-    """The page the first layout (Dash's _dash-layout request) comes with, and its address: the one
-    the browser asks from (the request's Referer), so that the page opens without the router's round
-    trip. (None, None) when the browser did not say or the store cannot be read now: the router
-    renders it then (and says why it cannot)."""
-    referrer = urllib.parse.urlsplit(flask.request.referrer or "")
-    if not referrer.path:
+    """The page the first layout comes with, and its address: the page's own when the layout comes with
+    its HTML (app.py, for assets/first_screen.js), the one the browser asks from (the Referer) on Dash's
+    _dash-layout request; so that the page opens without the router's round trip. (None, None) when the
+    browser did not say or the store cannot be read now: the router renders it then (and says why it
+    cannot)."""
+    if flask.request.path == f"{app.config.routes_pathname_prefix}_dash-layout":
+        referrer = urllib.parse.urlsplit(flask.request.referrer or "")
+        path, query = referrer.path, referrer.query
+    else:  # the page's HTML: its address as the browser has it, with the URL prefix a proxy may have stripped
+        below_prefix = flask.request.path[len(app.config.routes_pathname_prefix):]
+        path = app.config.requests_pathname_prefix + urllib.parse.quote(below_prefix)
+        query = flask.request.query_string.decode("latin-1")
+    if not path:
         return None, None
-    search = f"?{referrer.query}" if referrer.query else ""
+    search = f"?{query}" if query else ""
     try:
-        return route(app, services, referrer.path, search), page_address(referrer.path, search)
+        return route(app, services, path, search), page_address(path, search)
     except Exception as exc:
         if not services.store.is_transient(exc):
             raise

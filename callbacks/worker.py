@@ -11,6 +11,7 @@ from dash import ALL, Input, Output, State, ctx, no_update
 import auth
 from components import analytics as charts
 from components.worker import action_refused, action_result, control_choices, last_hour, worker_live
+from monitor import control
 from monitor.control import ControlError
 from monitor.query import analytics
 
@@ -27,6 +28,19 @@ QUESTIONS = {
     "rate-limit": "Set the rate limit of {task} on {w} to {rate}?",
     "time-limit": "Set the time limits of {task} on {w} to soft {soft} s, hard {hard} s?",
     "shutdown": "Shut {w} down? It stops taking tasks and exits.",
+}
+
+
+# Each action's arguments checked as the controller checks them, before the dialog asks: a rate limit with no
+# task, or "abc" seconds, is refused at once rather than after the user confirmed it.
+CHECKS = {
+    "pool-grow": lambda values: control.pool_change(values["n"]),
+    "pool-shrink": lambda values: control.pool_change(values["n"]),
+    "autoscale": lambda values: control.autoscale_bounds(values["high"], values["low"]),
+    "add-consumer": lambda values: control.queue_name(values["queue"]),
+    "cancel-consumer": lambda values: control.queue_name(values["queue"]),
+    "rate-limit": lambda values: control.rate_limit_arguments(values["task"], values["rate"]),
+    "time-limit": lambda values: control.time_limit_arguments(values["task"], values["soft"], values["hard"]),
 }
 
 
@@ -99,6 +113,7 @@ def register(app, services) -> None:
         Output("worker-confirm", "message"),
         Output("worker-confirm", "displayed"),
         Output("worker-pending", "data"),
+        Output("act-worker-result", "children", allow_duplicate=True),
         Input({"type": "worker-action", "action": ALL}, "n_clicks"),
         State("worker-name", "data"),
         State("worker-pool-n", "value"),
@@ -113,13 +128,17 @@ def register(app, services) -> None:
     )
     def ask(clicks, hostname, n, low, high, queue, task, rate, soft, hard):
         if not any(clicks) or not isinstance(ctx.triggered_id, dict):
-            return no_update, no_update, no_update
+            return no_update, no_update, no_update, no_update
         action = ctx.triggered_id.get("action")
         values = {"n": n, "low": low, "high": high, "queue": queue, "task": task, "rate": rate, "soft": soft,
                   "hard": hard}
+        try:
+            CHECKS.get(action, lambda _values: None)(values)
+        except ControlError as exc:
+            return no_update, False, None, action_refused(str(exc))
         shown = {key: "—" if value in (None, "") else value for key, value in values.items()}
         question = QUESTIONS.get(action, "{w}: {action}?").format(w=hostname, action=action, **shown)
-        return question, True, {"action": action, "values": values}
+        return question, True, {"action": action, "values": values}, no_update
 
     # Its output's "act-" id has auth refuse a read-only user's request (auth.guard_action_callbacks).
     @app.callback(

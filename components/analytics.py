@@ -305,7 +305,8 @@ def worker_figure(frame, column: str, title: str, scope, uirevision: str, height
         traces.append(dict(
             type="scatter", x0=_middles(starts[:1], step)[0], dx=step * 1000,
             y=values.astype(object).where(values.notna(), None).tolist(),
-            name=name, uid=_css_safe(name), mode="lines+markers", marker=dict(size=3), connectgaps=False,
+            # A shared line's legend names its workers one to a line: on one line they ran past a phone's edge.
+            name="<br>".join(workers), uid=_css_safe(name), mode="lines+markers", marker=dict(size=3), connectgaps=False,
             line=dict(width=1.8, color=WORKER_PALETTE[index % len(WORKER_PALETTE)],
                       dash=WORKER_DASHES[index // len(WORKER_PALETTE) % len(WORKER_DASHES)]),
             hovertemplate=f"{name}<br>%{{y:.2f}} {title} (mean per {step_label(step)}) · %{{x|%H:%M}} UTC<extra></extra>"))

@@ -9,11 +9,15 @@ NAV_ITEMS = (("Dashboard", ""), ("Tasks", "tasks"), ("Analytics", "analytics"), 
 
 
 def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=None, page=None,
-          page_address: str | None = None) -> html.Div:
+          page_address: str | None = None, current_nav: str | None = None, status=None) -> html.Div:
     """`relative_path` turns an app path into a link that honours the URL prefix; an `admin` also
     gets the Audit page in the navigation. `store_version`: monitor.services.store_version now,
     so that the first tick does not count as news. `page`: the page at `page_address` (path and
-    query), when the layout comes with it (callbacks/shell.py first_page)."""
+    query), when the layout comes with it (callbacks/shell.py first_page), with the id of its link in
+    the navigation (`current_nav`) and the collector's `status` line, so that its first screen is whole."""
+    def nav_class(nav_id: str) -> str:
+        return "nav-link active" if nav_id == current_nav else "nav-link"
+
     return html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
         dcc.Interval(id="refresh-tick", interval=refresh_ms),
@@ -25,11 +29,12 @@ def shell(relative_path, refresh_ms: int, admin: bool = False, store_version=Non
             # On a phone the navigation folds behind this button (assets/keyboard.js opens it).
             html.Button("☰", id="nav-toggle", className="nav-toggle", title="Menu",
                         **{"aria-label": "Menu", "aria-expanded": "false", "aria-controls": "nav"}),
-            html.Nav([dcc.Link(label, href=relative_path(f"/{path}"), className="nav-link", id=f"nav-{path or 'dashboard'}")
+            html.Nav([dcc.Link(label, href=relative_path(f"/{path}"), className=nav_class(f"nav-{path or 'dashboard'}"),
+                               id=f"nav-{path or 'dashboard'}")
                       for label, path in NAV_ITEMS]
-                     + ([dcc.Link("Audit", href=relative_path("/audit"), className="nav-link", id="nav-audit")]
+                     + ([dcc.Link("Audit", href=relative_path("/audit"), className=nav_class("nav-audit"), id="nav-audit")]
                         if admin else []), className="nav", id="nav"),
-            html.Div(id="collector-status", className="collector-status"),
+            html.Div(status, id="collector-status", className="collector-status"),
             html.Button("UTC", id="timezone-toggle", className="theme-toggle timezone-toggle",
                         title="Times in UTC; click for this browser's time zone"),
             html.Button("◐", id="theme-toggle", className="theme-toggle", title="Switch light / dark theme",

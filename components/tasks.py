@@ -181,8 +181,13 @@ def column_chooser(shown: list[str]) -> html.Details:
     choice is kept in this browser and written to the address (cols=)."""
     return html.Details([
         html.Summary("Columns", className="button ghost"),
-        dcc.Checklist(id="tasks-columns", options=[{"label": label, "value": column} for label, column in CHOOSABLE_COLUMNS],
-                      value=shown, persistence="tasks-columns", persistence_type="local", className="column-list"),
+        html.Div([
+            dcc.Checklist(id="tasks-columns", options=[{"label": label, "value": column} for label, column in CHOOSABLE_COLUMNS],
+                          value=shown, persistence="tasks-columns", persistence_type="local", className="column-list"),
+            # On a phone the table keeps three of them: say so, or a ticked column seems to do nothing.
+            html.P("The table shows the ticked columns that fit its width, the most useful first.",
+                   className="column-note"),
+        ], className="column-panel"),
     ], className="column-chooser")
 
 

@@ -231,6 +231,11 @@ def _action(action: str, label: str, danger: bool = False) -> html.Button:
                        className="button small" + (" danger" if danger else ""))
 
 
+def _group(*children) -> html.Span:
+    """Inputs and the button that takes them: a narrow screen wraps the row between groups, never inside one."""
+    return html.Span(list(children), className="control-group")
+
+
 def _number(input_id: str, placeholder: str, value=None) -> dcc.Input:
     # Text, not type=number: compact, and the control engine says what is wrong with a value.
     return dcc.Input(id=input_id, type="text", inputMode="numeric", value=value, placeholder=placeholder,
@@ -250,27 +255,25 @@ def worker_controls(worker: dict) -> html.Div:
     tasks, consumed = control_choices(worker)
     return _panel("Control", html.Div([
         html.Div([
-            html.Span("Pool", className="control-label"),
-            _number("worker-pool-n", "n", "1"), _action("pool-grow", "Grow"), _action("pool-shrink", "Shrink"),
+            _group(html.Span("Pool", className="control-label"), _number("worker-pool-n", "n", "1"),
+                   _action("pool-grow", "Grow"), _action("pool-shrink", "Shrink")),
             _action("pool-restart", "Restart pool"),
-            html.Span("Autoscale", className="control-label"),
-            _number("worker-autoscale-min", "min"), _number("worker-autoscale-max", "max"),
-            _action("autoscale", "Set"),
+            _group(html.Span("Autoscale", className="control-label"), _number("worker-autoscale-min", "min"),
+                   _number("worker-autoscale-max", "max"), _action("autoscale", "Set")),
         ], className="control-row"),
         html.Div([
-            html.Span("Queue", className="control-label"),
-            dcc.Input(id="worker-queue", type="text", placeholder="queue name", list="worker-queues-consumed",
-                      className="search-input control-text"),
+            _group(html.Span("Queue", className="control-label"),
+                   dcc.Input(id="worker-queue", type="text", placeholder="queue name", list="worker-queues-consumed",
+                             className="search-input control-text")),
             html.Datalist(consumed, id="worker-queues-consumed"),
             _action("add-consumer", "Add consumer"), _action("cancel-consumer", "Cancel consumer"),
         ], className="control-row"),
         html.Div([
-            html.Span("Task", className="control-label"),
-            dcc.Dropdown(id="worker-task", options=tasks, placeholder="registered task", className="control-dropdown"),
-            dcc.Input(id="worker-rate", type="text", placeholder="rate, e.g. 10/m", className="search-input control-short"),
-            _action("rate-limit", "Set rate limit"),
-            _number("worker-soft", "soft s"), _number("worker-hard", "hard s"),
-            _action("time-limit", "Set time limits"),
+            _group(html.Span("Task", className="control-label"),
+                   dcc.Dropdown(id="worker-task", options=tasks, placeholder="registered task", className="control-dropdown")),
+            _group(dcc.Input(id="worker-rate", type="text", placeholder="rate, e.g. 10/m", className="search-input control-short"),
+                   _action("rate-limit", "Set rate limit")),
+            _group(_number("worker-soft", "soft s"), _number("worker-hard", "hard s"), _action("time-limit", "Set time limits")),
         ], className="control-row"),
         html.Div([_action("shutdown", "Shut down worker", danger=True)], className="control-row"),
         dcc.ConfirmDialog(id="worker-confirm"),

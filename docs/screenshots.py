@@ -60,6 +60,8 @@ def revoke(base: str, uuid: str) -> None:
     urllib.request.urlopen(request, timeout=30).close()
 
 
+# The live page has taken the place of its picture (assets/first_screen.js).
+LIVE = "() => !document.getElementById('first-screen')"
 # The page's height once it has not changed for a second (at most 10 s of waiting).
 SETTLED_HEIGHT = """() => new Promise(resolve => {
     let last = -1, same = 0, ticks = 0;
@@ -94,6 +96,7 @@ def shoot(browser, base: str, pages, widths, task: str) -> list[Path]:
             for name, path, ready in pages:
                 page.goto(base + path.format(task=task))
                 page.wait_for_selector(ready, state="attached")
+                page.wait_for_function(LIVE)
                 page.wait_for_function(CHARTS_DRAWN)
                 fit_to_page(page, width)
                 target = OUT / f"{name}-{width}-{theme}.png"

@@ -155,47 +155,39 @@ class Controller:
                                     f"Restarting '{worker}' worker's pool", action="pool-restart")
 
     def pool_grow(self, user: str, worker: str, n: int = 1) -> ActionResult:
-        n = _pool_size(n, "n")
+        n = pool_change(n)
         return self._worker_command(user, worker, "pool_grow", {"n": n}, f"Growing '{worker}' worker's pool by {n}",
                                     action="pool-grow")
 
     def pool_shrink(self, user: str, worker: str, n: int = 1) -> ActionResult:
-        n = _pool_size(n, "n")
+        n = pool_change(n)
         return self._worker_command(user, worker, "pool_shrink", {"n": n},
                                     f"Shrinking '{worker}' worker's pool by {n}", action="pool-shrink")
 
     def autoscale(self, user: str, worker: str, max: int, min: int) -> ActionResult:  # noqa: A002 - celery's names
-        high, low = _pool_size(max, "max"), _whole(min, "min")
-        if low > high:
-            raise ControlError(400, f"min ({low}) must not be above max ({high})")
+        high, low = autoscale_bounds(max, min)
         return self._worker_command(user, worker, "autoscale", {"max": high, "min": low},
                                     f"Autoscaling '{worker}' worker (min={low}, max={high})")
 
     def add_consumer(self, user: str, worker: str, queue: str) -> ActionResult:
-        queue = _name(queue, "queue")
+        queue = queue_name(queue)
         return self._worker_command(user, worker, "add_consumer", {"queue": queue}, f"add consumer {queue}",
                                     action="add-consumer")
 
     def cancel_consumer(self, user: str, worker: str, queue: str) -> ActionResult:
-        queue = _name(queue, "queue")
+        queue = queue_name(queue)
         return self._worker_command(user, worker, "cancel_consumer", {"queue": queue},
                                     f"no longer consuming from {queue}", action="cancel-consumer")
 
     def rate_limit(self, user: str, task_name: str, rate: str, worker: str | None = None) -> ActionResult:
-        task_name, rate = _name(task_name, "task name"), str(rate).strip()
-        if not _RATE.match(rate):
-            raise ControlError(400, f"ratelimit must be a number of tasks per second, or like 10/s, 100/m, "
-                                    f"1000/h (0 lifts the limit); got {rate[:40]!r}")
+        task_name, rate = rate_limit_arguments(task_name, rate)
         return self._task_name_command(user, task_name, worker, "rate_limit",
                                        {"task_name": task_name, "rate_limit": rate},
                                        "new rate limit set successfully", action="rate-limit")
 
     def time_limit(self, user: str, task_name: str, soft: float | None = None, hard: float | None = None,
                    worker: str | None = None) -> ActionResult:
-        task_name = _name(task_name, "task name")
-        soft, hard = _seconds(soft, "soft"), _seconds(hard, "hard")
-        if soft is None and hard is None:
-            raise ControlError(400, "give soft, hard or both (seconds)")
+        task_name, soft, hard = time_limit_arguments(task_name, soft, hard)
         return self._task_name_command(user, task_name, worker, "time_limit",
                                        {"task_name": task_name, "soft": soft, "hard": hard},
                                        "time limits set successfully", action="timeout")
@@ -382,6 +374,38 @@ def _with_replies(result: ActionResult, replies) -> ActionResult:
             if worker not in result.asked:
                 result.asked.append(worker)
     return result
+
+
+# The checks of the worker actions' arguments: the controller's, and the worker page's before it asks for
+# confirmation. Each gives the arguments as they are sent, or raises ControlError(400) saying what is wrong.
+def pool_change(n) -> int:
+    return _pool_size(n, "n")
+
+
+def autoscale_bounds(high, low) -> tuple[int, int]:
+    high, low = _pool_size(high, "max"), _whole(low, "min")
+    if low > high:
+        raise ControlError(400, f"min ({low}) must not be above max ({high})")
+    return high, low
+
+
+def queue_name(queue) -> str:
+    return _name(queue, "queue")
+
+
+def rate_limit_arguments(task_name, rate) -> tuple[str, str]:
+    task_name, rate = _name(task_name, "task name"), str(rate).strip()
+    if not _RATE.match(rate):
+        raise ControlError(400, f"ratelimit must be a number of tasks per second, or like 10/s, 100/m, "
+                                f"1000/h (0 lifts the limit); got {rate[:40]!r}")
+    return task_name, rate
+
+
+def time_limit_arguments(task_name, soft, hard) -> tuple[str, float | None, float | None]:
+    task_name, soft, hard = _name(task_name, "task name"), _seconds(soft, "soft"), _seconds(hard, "hard")
+    if soft is None and hard is None:
+        raise ControlError(400, "give soft, hard or both (seconds)")
+    return task_name, soft, hard
 
 
 def _routing(task: dict) -> dict:

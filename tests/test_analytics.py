@@ -305,6 +305,12 @@ def test_an_inverted_or_unreadable_custom_range_says_what_to_fix():
         scope_from_controls("custom", "2026-11-25 10:00", "tomorrow", None, None, None)
     with pytest.raises(analytics.AnalyticsError, match="enter a 'from'"):
         scope_from_controls("custom", "", "2026-11-25 09:00", None, None, None)
+    # The page says it once, under the range; each chart's box a short line that fits a phone's width.
+    message = "Custom range: 'to' should be a UTC date/time such as 2026-11-25 10:00, not 'tomorrow'"
+    outputs = error_outputs(message)
+    assert outputs[("analytics-message", "children")] == message
+    notes = {figure["layout"]["annotations"][0]["text"] for figure in outputs[FIGURES].values()}
+    assert notes == {"Not drawn: see the message under the range"}
 
 
 def test_unknown_names_give_the_empty_state_not_an_error(store):
@@ -588,9 +594,10 @@ def test_a_box_hovers_in_one_line_and_workers_with_the_same_load_share_a_line(st
                                for worker, active, load in (("a@host", 1, 2.5), ("b@host", 2, 2.5), ("c@other", 1, 0.7))])
     activity = analytics.worker_activity(store, scope, NOW)
     load = view.worker_figure(activity, "load1", "load", scope, "test")
-    assert sorted(trace["name"] for trace in load["data"]) == ["a, b @host", "c@other"]
+    assert sorted(trace["name"] for trace in load["data"]) == ["a@host<br>b@host", "c@other"]
+    assert load["data"][0]["hovertemplate"].startswith("a, b @host<br>")
     active = view.worker_figure(activity, "active_mean", "active tasks", scope, "test")
-    assert sorted(trace["name"] for trace in active["data"]) == ["a@host, c@other", "b@host"]
+    assert sorted(trace["name"] for trace in active["data"]) == ["a@host<br>c@other", "b@host"]
     assert len({trace["line"]["color"] for trace in active["data"]}) == 2
 
 

@@ -135,6 +135,8 @@ def test_malformed_search_empties_the_grid_and_the_count_and_names_the_character
     # The rows go first; the count comes with the answer for the rows.
     wait_for(lambda: displayed_uuids(page) == [] and page.inner_text("#tasks-count") == "", WAIT_SECONDS,
              "no rows and no count under the message")
+    page.wait_for_selector("#tasks-grid .ag-overlay-no-rows-center", state="attached")
+    assert not page.is_visible("#tasks-grid .ag-overlay-no-rows-center")  # not "No tasks match.": none was searched
     page.fill("#tasks-search", "state:FAILURE")
     wait_for_rows(page, [cluster.sent["fail"]], "the failed task once the search is fixed")
     assert message.inner_text() == ""
@@ -145,8 +147,8 @@ def test_malformed_search_in_the_address_shows_the_inline_message_and_no_task(pa
     page.goto(f"{cluster.server}/tasks?q=(name:sample")  # a shared link, or Back to a mistyped search
     page.wait_for_selector("#tasks-search-message:not(:empty)")
     assert page.inner_text("#tasks-search-message") == "Search not understood at character 13: missing ')'"
-    page.wait_for_selector("#tasks-grid .ag-overlay-no-rows-center")
-    assert displayed_uuids(page) == []
+    page.wait_for_selector("#tasks-grid .ag-overlay-no-rows-center", state="attached")
+    assert displayed_uuids(page) == [] and not page.is_visible("#tasks-grid .ag-overlay-no-rows-center")
     assert page.input_value("#tasks-search") == "(name:sample"
 
 

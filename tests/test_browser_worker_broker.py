@@ -135,6 +135,24 @@ def test_the_broker_page_shows_the_depth_of_a_queue_nobody_consumes_with_a_warni
              f"{orphan} charted")
 
 
+def test_a_control_with_a_missing_or_unreadable_value_is_refused_before_the_dialog(open_page, cluster):
+    page = open_worker(open_page, cluster, ADMIN)
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    outcome = page.locator("#worker-action-outcome")
+    page.fill("#worker-rate", "10/m")
+    page.get_by_role("button", name="Set rate limit").click()  # no task chosen
+    wait_for(lambda: "task name is missing" in outcome.inner_text(), WAIT_SECONDS, "the missing task said")
+    page.fill("#worker-soft", "abc")
+    page.get_by_role("button", name="Set time limits").click()
+    wait_for(lambda: "soft must be a number of seconds, got 'abc'" in outcome.inner_text(), WAIT_SECONDS,
+             "the unreadable limit said")
+    assert outcome.locator(".badge").inner_text() == "not done" and dialogs == []
+    page.fill("#worker-pool-n", "2")  # a good value still asks first
+    page.get_by_role("button", name="Grow", exact=True).click()
+    wait_for(lambda: dialogs == [f"Grow the pool of {cluster.worker.hostname} by 2?"], WAIT_SECONDS, "the dialog")
+
+
 def test_an_admin_sets_a_rate_limit_and_the_registered_tasks_show_it(open_page, cluster):
     page = open_worker(open_page, cluster, ADMIN)
     page.on("dialog", lambda dialog: dialog.accept())

@@ -1,5 +1,6 @@
-"""What makes the first screen quick, through the Flask test client: the first layout comes with the
-page the browser is on and the router does not render it again; the page fetches early what its first
+"""What makes the first screen quick, through the Flask test client: the page's HTML holds its first screen's
+layout (and the Tasks grid's first rows), which the browser draws before Dash's scripts have run and hands to
+Dash; the first layout comes with the page the browser is on and the router does not render it again; the page fetches early what its first
 screen needs; versioned assets, plotly.js too, are kept by the browser; every graph comes with its figure, and the
 foot of the Analytics page is mounted after its first screen. In chromium with a profile on disk: a first visit
 leaves the framework's code compiled in the browser's cache for the next. (bench/first_screen.py measures the
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import sqlite3
 import types
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 import app as flowerbed_app
 from components import analytics as view
 from conftest import CHROMIUM, CHROMIUM_ARGS, watch_problems
-from helpers import router_body, wait_for
+from helpers import router_body, tasks, wait_for, wait_for_tasks, worker_status
 from monitor.serving import compressed_once
 from monitor.settings import load_settings
 
@@ -48,11 +51,57 @@ def test_the_first_layout_comes_with_the_page_the_browser_is_on(dash_app):
     client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
     address = f"{prefix}tasks?q=name%3Aadd"
     layout = components(client.get(f"{prefix}_dash-layout", headers={"Referer": f"http://localhost{address}"}).get_json())
-    assert layout["page-address"]["data"] == address
+    assert layout["page-address"]["data"] == f"{prefix}tasks?q=name:add"  # decoded: the HTML's own may differ
     assert "tasks-grid" in layout and layout["tasks-search"]["value"] == "name:add"
     # Without a Referer the router renders the page, as before.
     bare = components(client.get(f"{prefix}_dash-layout").get_json())
     assert bare["page-address"].get("data") is None and "tasks-grid" not in bare
+
+
+def embedded(html: str, element_id: str):
+    """The JSON a page's HTML holds in <script type="application/json" id=...>."""
+    found = re.search(rf'<script type="application/json" id="{element_id}"[^>]*>(.*?)</script>', html, re.S)
+    return json.loads(found.group(1)) if found else None
+
+
+def test_the_page_comes_with_its_first_layout_and_the_tasks_grid_with_its_first_rows(dash_app):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    address = f"{prefix}tasks?q=name%3Aadd"
+    html = client.get(address).get_data(as_text=True)
+    layout = components(embedded(html, "first-layout"))
+    asked = components(client.get(f"{prefix}_dash-layout", headers={"Referer": f"http://localhost{address}"}).get_json())
+    assert layout.keys() == asked.keys() and layout["page-address"]["data"] == f"{prefix}tasks?q=name:add"
+    assert layout["tasks-search"]["value"] == "name:add"
+    assert layout["nav-tasks"]["className"] == "nav-link active" and layout["nav-dashboard"]["className"] == "nav-link"
+    assert json.dumps(layout["collector-status"]["children"]) == json.dumps(asked["collector-status"]["children"])
+    assert "status-text" in json.dumps(layout["collector-status"]["children"])
+    assert embedded(html, "first-rows") == {"tasks-grid": []}  # an empty store
+    assert f'data-address="{prefix}_dash-layout"' in html
+    # The drawing's scripts come before Dash's, the theme's in the head; Dash does not add them again.
+    for name in flowerbed_app.HEAD_ASSETS + flowerbed_app.FIRST_SCREEN_ASSETS:
+        assert html.count(f'src="{prefix}assets/{name}?m=') == 1
+    assert html.index("first_screen.js") < html.index("dash_renderer") and html.index("theme.js") < html.index("<body")
+    dashboard = client.get(prefix).get_data(as_text=True)
+    assert embedded(dashboard, "first-rows") == {} and "workers-grid" in components(embedded(dashboard, "first-layout"))
+
+
+def test_a_page_whose_store_cannot_be_read_now_comes_without_its_first_screen(dash_app, monkeypatch):
+    client, prefix = dash_app.server.test_client(), dash_app.config.requests_pathname_prefix
+    services = dash_app.server.config["flowerbed_services"]
+
+    def locked(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database is locked")
+    # The page's own data cannot be read: the layout comes without the page, which the router renders later.
+    monkeypatch.setattr(services.store, "brokers", locked)
+    layout = components(embedded(client.get(f"{prefix}tasks").get_data(as_text=True), "first-layout"))
+    assert "tasks-grid" not in layout and layout["page-address"].get("data") is None
+    # Nothing can be read: no layout in the page; Dash asks for it, and the answer says why it cannot come.
+    monkeypatch.setattr(services, "broker_stats", locked)
+    answer = client.get(f"{prefix}tasks")
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 200 and embedded(html, "first-layout") is None
+    assert "first_screen.js" in html and "dashAgGridFunctions.js" in html  # the grids still need their formatters
+    assert client.get(f"{prefix}_dash-layout").status_code == 503
 
 
 def test_the_router_shows_the_first_page_once_then_renders_each_navigation(dash_app):
@@ -221,3 +270,57 @@ def test_a_first_visit_leaves_the_framework_code_compiled_for_the_next(browser, 
     assert visit() >= 2  # a release starts afresh, split code too (its addresses stay the same)
     assert not problems, problems
 
+
+
+@pytest.mark.browser
+def test_the_first_screen_shows_the_data_before_dash_runs_and_gives_way_to_the_live_page(
+        browser, flowerbed_server, celery_worker, redis_url, open_page):
+    """Real Redis, a real worker: with Dash's renderer held back, the page still shows the worker and the task
+    (drawn from its HTML, a task's "</script>" in its args included); in full, the live grid replaces that
+    drawing once it holds its rows, and Dash never asks for the layout the page came with."""
+    broker = redis_url.rsplit("/", 1)[0] + "/9"  # a Redis database of its own: other modules' tasks stay out
+    server = flowerbed_server(broker)
+    worker = celery_worker(broker, "first@screen")
+    wait_for(lambda: worker_status(server, worker.hostname), 20, f"{worker.hostname} online")
+    uuid = worker.send("sample.add", "</script><b>", "x")
+    wait_for_tasks(server, {uuid: "SUCCESS"})
+
+    for width, path, shown in ((1440, "", worker.hostname), (1440, "tasks", uuid), (390, "tasks", "sample.add")):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            still = context.new_page()
+            still.route(re.compile("dash_renderer"), lambda route: route.abort())
+            still.goto(f"{server}/{path}")
+            still.locator("#first-screen td", has_text=shown).first.wait_for(timeout=20_000)
+            assert still.evaluate("document.getElementById('first-screen').inert")
+            assert still.evaluate("document.querySelectorAll('#first-screen [id]').length") == 0  # no id twice
+            assert still.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            if path == "tasks":
+                assert still.locator("#first-screen .nav-link.active").inner_text() == "Tasks"
+                args = still.locator("#first-screen td", has_text="('</script><b>', 'x')")  # args, shown where it fits
+                assert args.count() == (width > 1000)
+        finally:
+            context.close()
+
+    page = open_page()
+    layout_requests = []
+    page.on("request", lambda request: layout_requests.append(request.url) if "_dash-layout" in request.url else None)
+    # When the drawing came and went, against the live grid's first row.
+    page.add_init_script("""new MutationObserver(() => {
+        const seen = window.firstScreenSeen = window.firstScreenSeen || {};
+        const picture = document.getElementById('first-screen'), live = document.querySelector('#tasks-grid .ag-row[row-id]');
+        if (picture && seen.drawn === undefined) { seen.drawn = performance.now(); seen.liveThen = !!live; }
+        if (!picture && seen.drawn !== undefined && seen.gone === undefined) { seen.gone = performance.now(); seen.liveAtGone = !!live; }
+      }).observe(document, {childList: true, subtree: true});""")
+    page.goto(f"{server}/tasks")
+    page.wait_for_selector(f'#tasks-grid .ag-row[row-id="{uuid}"]')
+    page.wait_for_function("window.firstScreenSeen && window.firstScreenSeen.gone !== undefined")
+    seen = page.evaluate("window.firstScreenSeen")
+    assert not seen["liveThen"] and seen["liveAtGone"] and seen["gone"] > seen["drawn"], seen
+    assert not page.evaluate("document.documentElement.classList.contains('first-screen-shown')")
+    assert page.locator("#tasks-grid").is_visible() and page.locator("#nav-tasks").get_attribute("class") == "nav-link active"
+    assert layout_requests == []
+    # A navigation in the page renders the next page as before.
+    page.click("#nav-dashboard")
+    page.wait_for_selector(f'#workers-grid .ag-row[row-id="{worker.hostname}"]')
+    assert layout_requests == [] and worker.hostname in tasks(server)[uuid]["worker"]

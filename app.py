@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
+import html
 import logging
 import urllib.parse
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import dash
 import flask
 import plotly
-from dash._utils import to_json
+from plotly.io.json import to_json_plotly
 from dash.exceptions import DependencyException
 from dash.fingerprint import build_fingerprint
 from werkzeug.exceptions import HTTPException
@@ -39,9 +39,10 @@ log = logging.getLogger("flowerbed")
 # The code Dash loads when a grid or a dropdown first shows, fetched with the page's scripts instead of after them.
 EARLY_CHUNKS = ("dash_ag_grid/async-community.js", "dash/dcc/async-dropdown.js")
 # Assets the page's HTML loads itself, before Dash's scripts (Dash adds the others after them): the theme before
-# anything is drawn, the grids' formatters and the drawing of the first screen (assets/first_screen.js).
+# anything is drawn; the grids' formatters and the time zone's rewriting of times, which the drawing of the
+# first screen (assets/first_screen.js) uses.
 HEAD_ASSETS = ("theme.js",)
-FIRST_SCREEN_ASSETS = ("dashAgGridFunctions.js", "first_screen.js")
+FIRST_SCREEN_ASSETS = ("dashAgGridFunctions.js", "timezone.js", "first_screen.js")
 # plotly.js is left to the first chart: fetched or started before the layout is drawn (a second of the
 # browser's time on a 2-core machine), it delayed the first grid by as much (bench/README.md, "First screen").
 
@@ -64,20 +65,24 @@ class _Dash(dash.Dash):
     def _first_screen(self) -> str:
         """The layout Dash would ask for next (`_dash-layout`), and the first rows of a grid that asks for
         its own (Tasks), for assets/first_screen.js to draw the page at once and hand the layout to Dash.
-        Without them (the store unreachable now) Dash asks for the layout, which says why."""
+        Not for a HEAD request (a probe reads no page) nor under api/ (a 404). Without them (the store
+        unreachable now) Dash asks for the layout, which says why."""
         services = self.server.config["flowerbed_services"]
         scripts = "".join(map(self._asset_script, FIRST_SCREEN_ASSETS))
+        below_prefix = flask.request.path[len(self.config.routes_pathname_prefix):]
+        if flask.request.method != "GET" or below_prefix.startswith("api/"):
+            return scripts
         try:
             layout = self.get_layout()
             rows = tasks_callbacks.first_rows(services, layout)
-        except Exception as exc:
+        except Exception as exc:  # the page still loads: the layout's own request then fails as it did before
             if not services.store.is_transient(exc):
-                raise
+                log.exception("the first screen of %s could not be built", flask.request.path)
             return scripts
-        address = f"{self.config.requests_pathname_prefix}_dash-layout"
-        return (f'<script type="application/json" id="first-layout" data-address="{address}">{_in_script(to_json(layout))}'
-                f'</script><script type="application/json" id="first-rows">{_in_script(json.dumps(rows))}</script>'
-                + scripts)
+        address = html.escape(f"{self.config.requests_pathname_prefix}_dash-layout")
+        return (f'<script type="application/json" id="first-layout" data-address="{address}">'
+                f'{_in_script(to_json_plotly(layout))}</script><script type="application/json" id="first-rows">'
+                f'{_in_script(to_json_plotly(rows))}</script>' + scripts)
 
     def _config(self):
         # Served locally, plotly.js has an address without its version, which the browser asks about again on
@@ -139,12 +144,12 @@ def create_app(settings: Settings, services: Services | None = None) -> dash.Das
     app.server.register_error_handler(Exception, _callback_request_not_understood)
     app.server.after_request(functools.partial(_unknown_paths_are_not_found, services, routes_prefix))
     app.server.after_request(functools.partial(_versioned_assets_are_kept, routes_prefix))
+    app.server.after_request(functools.partial(_pages_are_not_kept, routes_prefix))
     compressed_once.install(app.server, routes_prefix)
     return app
 
 
 def _layout(app: dash.Dash, services: Services, refresh_ms: int):
-    # The version before the page's data: a write in between then shows at the next tick.
     reports = services.broker_stats()  # its version before the page's data: a write in between shows at the next tick
     page, address = shell_callbacks.first_page(app, services)
     return shell(app.get_relative_path, refresh_ms, admin=auth.can_act(), store_version=store_version(reports),
@@ -158,6 +163,13 @@ def _versioned_assets_are_kept(routes_prefix: str, response):
     if (response.status_code in (200, 304) and flask.request.path.startswith(f"{routes_prefix}assets/")
             and "m" in flask.request.args):
         response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
+
+
+def _pages_are_not_kept(routes_prefix: str, response):
+    """A page's HTML holds its data (its first screen): the browser asks again rather than show a kept one."""
+    if flask.request.endpoint in (routes_prefix, f"{routes_prefix}<path:path>"):
+        response.headers["Cache-Control"] = "no-cache, private"
     return response
 
 

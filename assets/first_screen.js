@@ -1,6 +1,6 @@
 // The first screen, drawn from the page's layout that comes with its HTML, while Dash's scripts load and run
 // (half a second to a second on a 2-core machine before Dash draws anything). The drawing is a picture of
-// the page: no ids, nothing that acts (inert), links that work as plain links. Dash then takes the same
+// the page: no ids, and nothing in it acts (inert) until the live page replaces it. Dash then takes the same
 // layout from here instead of asking for it (_dash-layout), draws the live page out of sight, and the live
 // page replaces the picture once its grids hold their rows. The server embeds the layout (app.py
 // _Dash._first_screen); grids are drawn as tables with the grids' own formatters (dashAgGridFunctions.js).
@@ -16,7 +16,8 @@
   var realFetch = window.fetch;
   var answerLayout = window.fetch = function (input, init) {
     var address = typeof input === "string" ? input : input && input.url;
-    if (layoutText !== null && address === layoutAddress && (!init || !init.method || init.method === "GET")) {
+    var method = (init && init.method) || (input && input.method) || "GET";
+    if (layoutText !== null && address === layoutAddress && method === "GET") {
       var text = layoutText;
       layoutText = null;
       if (window.fetch === answerLayout) { window.fetch = realFetch; }
@@ -219,10 +220,6 @@
   picture.id = "first-screen";
   picture.inert = true;
   picture.setAttribute("aria-hidden", "true");
-  picture.appendChild(draw(layout));
-  entry.parentNode.insertBefore(picture, entry);
-  Array.prototype.forEach.call(picture.querySelectorAll(".first-grid"), function (box) { box.firstScreenDraw(); });
-  document.documentElement.classList.add("first-screen-shown");
 
   // The live page has settled when it shows a page and each of its grids holds rows or says it has none.
   function settled() {
@@ -235,14 +232,22 @@
     });
   }
 
-  var watcher = null, limit = null;
+  var watcher = new MutationObserver(function () { if (settled()) { reveal(); } });
+  var limit = window.setTimeout(reveal, LONGEST_WAIT_MS);
   function reveal() {
-    if (watcher) { watcher.disconnect(); }
+    watcher.disconnect();
     window.clearTimeout(limit);
     picture.remove();
     document.documentElement.classList.remove("first-screen-shown");
   }
-  watcher = new MutationObserver(function () { if (settled()) { reveal(); } });
-  watcher.observe(entry, {childList: true, subtree: true});
-  limit = window.setTimeout(reveal, LONGEST_WAIT_MS);
+  watcher.observe(entry, {childList: true, subtree: true, attributes: true, attributeFilter: ["row-id"]});
+  try {
+    picture.appendChild(draw(layout));
+    entry.parentNode.insertBefore(picture, entry);
+    Array.prototype.forEach.call(picture.querySelectorAll(".first-grid"), function (box) { box.firstScreenDraw(); });
+    document.documentElement.classList.add("first-screen-shown");
+  } catch (failed) {  // a page drawn in part is no picture of it: the live page shows as it comes
+    reveal();
+    throw failed;
+  }
 })();

@@ -38,36 +38,27 @@ def grid_query(request: dict, query: dict) -> TaskQuery:
     return dataclasses.replace(wanted, brokers=(broker,) if broker else ())
 
 
-def rows_answer(services, request: dict, query) -> tuple[dict, str]:
-    """The Tasks grid's answer to its getRowsRequest under the page's query, and the count it shows."""
-    try:
-        wanted = grid_query(request, query or {})
-        page = fetch_tasks(services.store, wanted, GRID_FIELDS)
-    except QueryError as exc:
-        # A malformed search is explained under the search box; the count stays empty.
-        malformed_search = isinstance(query, dict) and carried(query.get("search")) and search_message(query.get("search"))
-        return {"rowData": [], "rowCount": 0}, "" if malformed_search else f"Filter not understood: {exc}"
-    count = f"{page.total:,}{'' if page.total_is_exact else '+'} task{'' if page.total == 1 else 's'}"
-    # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
-    row_count = page.total if page.total_is_exact else None
-    if row_count is None and len(page.rows) < wanted.limit:
-        row_count = wanted.offset + len(page.rows)
-    return {"rowData": page.rows, "rowCount": row_count}, count
+FIRST_SCREEN_ROWS = 60  # as many as assets/first_screen.js draws of a grid
 
 
 def first_rows(services, layout) -> dict[str, list[dict]]:
-    """The rows the Tasks grid of `layout` asks for first ({grid id: rows}; {} on other pages), for the
-    first screen to draw before the grid is up (app.py): the request it makes, its sort and no filter."""
+    """The first rows of the Tasks grid of `layout` ({grid id: rows}; {} on other pages), as its first request
+    will ask for them (its sort, no filter), for the first screen to draw before the grid is up (app.py);
+    not counted, as the drawing shows no count. [] for a query the grid will refuse."""
     try:
         grid, query = layout["tasks-grid"], layout["tasks-query"]
     except KeyError:
         return {}
     sorted_columns = sorted((column for column in grid.columnDefs if column.get("sort")),
                             key=lambda column: column.get("sortIndex", 0))
-    request = {"startRow": 0, "endRow": grid.dashGridOptions["cacheBlockSize"], "filterModel": {},
+    request = {"startRow": 0, "endRow": FIRST_SCREEN_ROWS, "filterModel": {},
                "sortModel": [{"colId": column.get("colId") or column["field"], "sort": column["sort"]}
                              for column in sorted_columns]}
-    return {"tasks-grid": rows_answer(services, request, getattr(query, "data", None))[0]["rowData"]}
+    try:
+        rows = fetch_tasks(services.store, grid_query(request, query.data or {}), GRID_FIELDS, counted=False).rows
+    except QueryError:
+        rows = []
+    return {"tasks-grid": rows}
 
 
 def grid_view(params: dict[str, list[str]], brokers) -> tuple[list[dict], str]:
@@ -186,7 +177,19 @@ def register(app, services) -> None:
     def load_rows(request, query):
         if not request:
             return no_update, no_update
-        return rows_answer(services, request, query)
+        try:
+            wanted = grid_query(request, query or {})
+            page = fetch_tasks(services.store, wanted, GRID_FIELDS)
+        except QueryError as exc:
+            # A malformed search is explained under the search box; the count stays empty.
+            malformed_search = isinstance(query, dict) and carried(query.get("search")) and search_message(query.get("search"))
+            return {"rowData": [], "rowCount": 0}, "" if malformed_search else f"Filter not understood: {exc}"
+        count = f"{page.total:,}{'' if page.total_is_exact else '+'} task{'' if page.total == 1 else 's'}"
+        # With an exact total the grid sizes its scrollbar; otherwise it grows as rows arrive.
+        row_count = page.total if page.total_is_exact else None
+        if row_count is None and len(page.rows) < wanted.limit:
+            row_count = wanted.offset + len(page.rows)
+        return {"rowData": page.rows, "rowCount": row_count}, count
 
     @app.callback(Output("tasks-csv", "href"), Input("tasks-query", "data"))
     def csv_link(query):

@@ -12,7 +12,6 @@ import auth
 from components import analytics as charts
 from components.worker import action_refused, action_result, control_choices, last_hour, worker_live
 from monitor import control
-from monitor.control import ControlError
 from monitor.query import analytics
 
 log = logging.getLogger(__name__)
@@ -31,36 +30,48 @@ QUESTIONS = {
 }
 
 
-# Each action's arguments checked as the controller checks them, before the dialog asks: a rate limit with no
-# task, or "abc" seconds, is refused at once rather than after the user confirmed it.
-CHECKS = {
-    "pool-grow": lambda values: control.pool_change(values["n"]),
-    "pool-shrink": lambda values: control.pool_change(values["n"]),
-    "autoscale": lambda values: control.autoscale_bounds(values["high"], values["low"]),
-    "add-consumer": lambda values: control.queue_name(values["queue"]),
-    "cancel-consumer": lambda values: control.queue_name(values["queue"]),
-    "rate-limit": lambda values: control.rate_limit_arguments(values["task"], values["rate"]),
-    "time-limit": lambda values: control.time_limit_arguments(values["task"], values["soft"], values["hard"]),
+# Each action: the check of its values, as the controller checks them, and its call through the control
+# engine. The page checks before the dialog asks: a rate limit with no task, or "abc" seconds, is refused at
+# once rather than after the user confirmed it.
+ACTIONS = {
+    "pool-grow": (lambda values: control.pool_change(values["n"]),
+                  lambda controller, user, worker, values: controller.pool_grow(user, worker, values["n"])),
+    "pool-shrink": (lambda values: control.pool_change(values["n"]),
+                    lambda controller, user, worker, values: controller.pool_shrink(user, worker, values["n"])),
+    "pool-restart": (None, lambda controller, user, worker, values: controller.pool_restart(user, worker)),
+    "autoscale": (lambda values: control.autoscale_bounds(values["high"], values["low"]),
+                  lambda controller, user, worker, values: controller.autoscale(user, worker, values["high"],
+                                                                                values["low"])),
+    "add-consumer": (lambda values: control.queue_name(values["queue"]),
+                     lambda controller, user, worker, values: controller.add_consumer(user, worker, values["queue"])),
+    "cancel-consumer": (lambda values: control.queue_name(values["queue"]),
+                        lambda controller, user, worker, values: controller.cancel_consumer(user, worker,
+                                                                                            values["queue"])),
+    "rate-limit": (lambda values: control.rate_limit_arguments(values["task"], values["rate"]),
+                   lambda controller, user, worker, values: controller.rate_limit(user, values["task"], values["rate"],
+                                                                                  worker=worker)),
+    "time-limit": (lambda values: control.time_limit_arguments(values["task"], values["soft"], values["hard"]),
+                   lambda controller, user, worker, values: controller.time_limit(user, values["task"], values["soft"],
+                                                                                  values["hard"], worker=worker)),
+    "shutdown": (None, lambda controller, user, worker, values: controller.shutdown(user, worker)),
 }
 
 
+def check_action(action, values: dict) -> None:
+    """ControlError(400) when the action is unknown or one of its values is not one the controller takes."""
+    if action not in ACTIONS:
+        raise control.ControlError(400, f"unknown action {str(action)[:40]!r}")
+    check = ACTIONS[action][0]
+    if check:
+        check(values)
+
+
 def run_action(controller, user: str, worker: str, pending: dict):
-    """Carry out a confirmed action (a `worker-pending` record) through the control engine."""
-    action, values = pending["action"], pending["values"]
-    calls = {
-        "pool-grow": lambda: controller.pool_grow(user, worker, values["n"]),
-        "pool-shrink": lambda: controller.pool_shrink(user, worker, values["n"]),
-        "pool-restart": lambda: controller.pool_restart(user, worker),
-        "autoscale": lambda: controller.autoscale(user, worker, values["high"], values["low"]),
-        "add-consumer": lambda: controller.add_consumer(user, worker, values["queue"]),
-        "cancel-consumer": lambda: controller.cancel_consumer(user, worker, values["queue"]),
-        "rate-limit": lambda: controller.rate_limit(user, values["task"], values["rate"], worker=worker),
-        "time-limit": lambda: controller.time_limit(user, values["task"], values["soft"], values["hard"], worker=worker),
-        "shutdown": lambda: controller.shutdown(user, worker),
-    }
-    if action not in calls:
-        raise ControlError(400, f"unknown action {str(action)[:40]!r}")
-    return calls[action]()
+    """Carry out a confirmed action (a `worker-pending` record, kept by the browser: checked again) through the
+    control engine."""
+    action = pending["action"]
+    check_action(action, pending["values"])
+    return ACTIONS[action][1](controller, user, worker, pending["values"])
 
 
 def worker_figures(store, hostname: str, now: float) -> dict:
@@ -133,12 +144,12 @@ def register(app, services) -> None:
         values = {"n": n, "low": low, "high": high, "queue": queue, "task": task, "rate": rate, "soft": soft,
                   "hard": hard}
         try:
-            CHECKS.get(action, lambda _values: None)(values)
-        except ControlError as exc:
+            check_action(action, values)
+        except control.ControlError as exc:
             return no_update, False, None, action_refused(str(exc))
         shown = {key: "—" if value in (None, "") else value for key, value in values.items()}
-        question = QUESTIONS.get(action, "{w}: {action}?").format(w=hostname, action=action, **shown)
-        return question, True, {"action": action, "values": values}, no_update
+        question = QUESTIONS[action].format(w=hostname, **shown)
+        return question, True, {"action": action, "values": values}, None
 
     # Its output's "act-" id has auth refuse a read-only user's request (auth.guard_action_callbacks).
     @app.callback(
@@ -153,7 +164,7 @@ def register(app, services) -> None:
             return action_refused("nothing to confirm: pick an action again")
         try:
             result = run_action(services.controller, auth.current_user(), hostname, pending)
-        except ControlError as exc:
+        except control.ControlError as exc:
             return action_refused(str(exc))
         except Exception as exc:  # noqa: BLE001 - the broker away: said on the page, details in the log
             log.warning("worker control %s on %s failed: %s", pending.get("action"), hostname, exc)

@@ -305,8 +305,7 @@ def worker_figure(frame, column: str, title: str, scope, uirevision: str, height
         traces.append(dict(
             type="scatter", x0=_middles(starts[:1], step)[0], dx=step * 1000,
             y=values.astype(object).where(values.notna(), None).tolist(),
-            # A shared line's legend names its workers one to a line: on one line they ran past a phone's edge.
-            name="<br>".join(workers), uid=_css_safe(name), mode="lines+markers", marker=dict(size=3), connectgaps=False,
+            name=_legend_names(workers), uid=_css_safe(name), mode="lines+markers", marker=dict(size=3), connectgaps=False,
             line=dict(width=1.8, color=WORKER_PALETTE[index % len(WORKER_PALETTE)],
                       dash=WORKER_DASHES[index // len(WORKER_PALETTE) % len(WORKER_DASHES)]),
             hovertemplate=f"{name}<br>%{{y:.2f}} {title} (mean per {step_label(step)}) · %{{x|%H:%M}} UTC<extra></extra>"))
@@ -331,6 +330,13 @@ def _worker_names(workers: list[str]) -> str:
     if len(workers) > 1 and len(hosts) == 1 and all("@" in worker for worker in workers):
         return f"{', '.join(worker.partition('@')[0] for worker in workers)} @{hosts.pop()}"
     return ", ".join(workers)
+
+
+def _legend_names(workers: list[str], shown: int = 3) -> str:
+    """A line's workers one to a line in the legend (on one line they ran past a phone's edge), at most
+    `shown` of them and how many more: the hover names them all."""
+    more = len(workers) - shown
+    return "<br>".join(workers[:shown] if more > 1 else workers) + (f"<br>and {more} more" if more > 1 else "")
 
 
 def _bars_over_buckets(starts, step: int) -> dict:

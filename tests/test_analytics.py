@@ -599,6 +599,12 @@ def test_a_box_hovers_in_one_line_and_workers_with_the_same_load_share_a_line(st
     active = view.worker_figure(activity, "active_mean", "active tasks", scope, "test")
     assert sorted(trace["name"] for trace in active["data"]) == ["a@host<br>c@other", "b@host"]
     assert len({trace["line"]["color"] for trace in active["data"]}) == 2
+    # Five workers of one more host share a line: the legend names three, the hover all five.
+    store.write_batch(samples=[(f"w{number}@many", NOW - 300, 1, 4.0, 2.0, 1.5) for number in range(5)])
+    many = view.worker_figure(analytics.worker_activity(store, scope, NOW), "load1", "load", scope, "test")
+    shared = next(trace for trace in many["data"] if "many" in trace["name"])
+    assert shared["name"] == "w0@many<br>w1@many<br>w2@many<br>and 2 more"
+    assert shared["hovertemplate"].startswith("w0, w1, w2, w3, w4 @many<br>")
 
 
 def test_first_seen_of_a_failure_is_not_clipped_to_the_range(store):

@@ -143,14 +143,19 @@ def test_a_control_with_a_missing_or_unreadable_value_is_refused_before_the_dial
     page.fill("#worker-rate", "10/m")
     page.get_by_role("button", name="Set rate limit").click()  # no task chosen
     wait_for(lambda: "task name is missing" in outcome.inner_text(), WAIT_SECONDS, "the missing task said")
+    page.click("#worker-task")
+    page.get_by_role("option", name="sample.add", exact=True).click()
+    page.keyboard.press("Escape")
     page.fill("#worker-soft", "abc")
     page.get_by_role("button", name="Set time limits").click()
     wait_for(lambda: "soft must be a number of seconds, got 'abc'" in outcome.inner_text(), WAIT_SECONDS,
              "the unreadable limit said")
     assert outcome.locator(".badge").inner_text() == "not done" and dialogs == []
-    page.fill("#worker-pool-n", "2")  # a good value still asks first
-    page.get_by_role("button", name="Grow", exact=True).click()
-    wait_for(lambda: dialogs == [f"Grow the pool of {cluster.worker.hostname} by 2?"], WAIT_SECONDS, "the dialog")
+    page.fill("#worker-pool-n", "2")  # a good value asks first, and the refusal goes
+    with page.expect_event("dialog") as asked:  # (the listener above dismisses it)
+        page.get_by_role("button", name="Grow", exact=True).click()
+    assert asked.value.message == f"Grow the pool of {cluster.worker.hostname} by 2?"
+    wait_for(lambda: outcome.count() == 0, WAIT_SECONDS, "the refusal cleared")
 
 
 def test_an_admin_sets_a_rate_limit_and_the_registered_tasks_show_it(open_page, cluster):

@@ -83,6 +83,12 @@ def test_the_page_comes_with_its_first_layout_and_the_tasks_grid_with_its_first_
     assert html.index("first_screen.js") < html.index("dash_renderer") and html.index("theme.js") < html.index("<body")
     dashboard = client.get(prefix).get_data(as_text=True)
     assert embedded(dashboard, "first-rows") == {} and "workers-grid" in components(embedded(dashboard, "first-layout"))
+    # It holds data: the browser asks again rather than show a kept copy. A probe's HEAD, or a path under
+    # api/ (a 404), costs no layout.
+    assert client.get(address).headers["Cache-Control"] == "no-cache, private"
+    assert client.get(f"{prefix}assets/first_screen.js").headers.get("Cache-Control") != "no-cache, private"
+    for quiet in (client.head(prefix), client.get(f"{prefix}api/no-such-thing")):
+        assert "first-layout" not in quiet.get_data(as_text=True)
 
 
 def test_a_page_whose_store_cannot_be_read_now_comes_without_its_first_screen(dash_app, monkeypatch):
@@ -301,6 +307,18 @@ def test_the_first_screen_shows_the_data_before_dash_runs_and_gives_way_to_the_l
                 assert args.count() == (width > 1000)
         finally:
             context.close()
+
+    # A drawing that fails (here without the grids' functions) leaves the live page to show as it comes.
+    context = browser.new_context()
+    try:
+        broken = context.new_page()
+        broken.route(re.compile("dashAgGridFunctions"), lambda route: route.abort())
+        broken.goto(f"{server}/")
+        broken.wait_for_selector(f'#workers-grid .ag-row[row-id="{worker.hostname}"]')
+        assert broken.evaluate("!document.getElementById('first-screen')"
+                               " && !document.documentElement.classList.contains('first-screen-shown')")
+    finally:
+        context.close()
 
     page = open_page()
     layout_requests = []

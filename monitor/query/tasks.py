@@ -90,20 +90,24 @@ class TaskQuery:
 @dataclasses.dataclass(frozen=True)
 class TaskPage:
     rows: list[dict] | Iterator[dict]  # fetch_tasks: a list; stream_tasks: read from the store as consumed
-    total: int
+    total: int | None  # None: not counted
     total_is_exact: bool
 
 
-def stream_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS, chunk: int = 500) -> TaskPage:
+def stream_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS, chunk: int = 500,
+                 counted: bool = True) -> TaskPage:
     """The query's page with its rows read from the store `chunk` at a time as they are consumed,
-    so that a large answer (the API's 10,000 rows) never sits whole in memory."""
+    so that a large answer (the API's 10,000 rows) never sits whole in memory; `counted`: with the number
+    of tasks the query matches (up to COUNT_CAP under a search)."""
     unknown = [c for c in columns if c not in SORTABLE]
     if unknown:
         raise QueryError(f"unknown column {unknown[0]!r}")
     where, params = query.where(store.dialect)
     where_sql = f"WHERE {where}" if where else ""
     order = query.order_by(store.dialect)
-    if not where:
+    if not counted:
+        total, exact = None, False
+    elif not where:
         total, exact = store.count_tasks(), True
     else:
         total = store.query(f"SELECT count(*) FROM (SELECT 1 FROM tasks {where_sql} LIMIT ?) AS matched",
@@ -125,9 +129,9 @@ def _resumed(first: dict | None, rows: Iterator[dict]) -> Iterator[dict]:
         yield from rows
 
 
-def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS) -> TaskPage:
-    """The query's page with its rows in a list."""
-    page = stream_tasks(store, query, columns)
+def fetch_tasks(store: Store, query: TaskQuery, columns: Sequence[str] = TASK_FIELDS, counted: bool = True) -> TaskPage:
+    """The query's page with its rows in a list (stream_tasks)."""
+    page = stream_tasks(store, query, columns, counted=counted)
     return dataclasses.replace(page, rows=list(page.rows))
 
 

@@ -112,7 +112,7 @@
 
   function graph(props) {
     var height = ((props.figure || {}).layout || {}).height;
-    return element("div", {className: "first-chart " + classes(props.className),
+    return element("div", {className: props.className,
                            style: Object.assign({height: (height || 450) + "px"}, props.style)}, []);
   }
 
@@ -167,7 +167,7 @@
     box.firstScreenDraw = function () {  // once the box is in the page, where its width is known
       var columns = gridColumns(props, box.clientWidth || document.documentElement.clientWidth);
       var table = element("table", {style: {width: columns.reduce(function (sum, column) { return sum + column.width; }, 0) + "px"}}, []);
-      var head = table.appendChild(element("tr", {className: "first-grid-head", style: {height: (options.headerHeight || 38) + "px"}}, []));
+      var head = table.appendChild(element("tr", {style: {height: (options.headerHeight || 38) + "px"}}, []));
       columns.forEach(function (column) {
         var numeric = column.def.type === "numericColumn";
         head.appendChild(element("th", {className: numeric ? "numeric" : "", style: {width: column.width + "px"}}, headerText(column.def)));

@@ -47,8 +47,9 @@ def register(app, services) -> None:
         current = current_nav(app, pathname)
         return ["nav-link active" if nav_id == current else "nav-link" for nav_id in nav_ids]
 
+    # The layout comes with the line and the version (app.py _layout): the first tick brings the next.
     @app.callback(Output("collector-status", "children"), Output("store-version", "data"),
-                  Input("refresh-tick", "n_intervals"), State("store-version", "data"))
+                  Input("refresh-tick", "n_intervals"), State("store-version", "data"), prevent_initial_call=True)
     def show_collector_status(_tick, version_shown):
         reports = services.broker_stats()
         version = store_version(reports)
